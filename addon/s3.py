@@ -1,0 +1,87 @@
+"""S3 request addressing and S3-style error bodies.
+
+Pure functions over mitmproxy requests/responses: which object a request names,
+whether it is a plain GetObject, and whether the store's answer means "no such key".
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote
+from xml.sax.saxutils import escape
+
+from mitmproxy import http
+
+# Query parameters that turn an object URL into a different API call (ACL, tags,
+# multipart parts, a specific version...). Such GETs are never mirrored.
+SUBRESOURCES = frozenset(
+    {
+        "acl",
+        "attributes",
+        "legal-hold",
+        "partNumber",
+        "restore",
+        "retention",
+        "select",
+        "tagging",
+        "torrent",
+        "uploadId",
+        "uploads",
+        "versionId",
+        "versioning",
+        "versions",
+        "symlink",
+        "objectMeta",
+        "x-oss-process",
+    }
+)
+
+_ERROR_CODE = re.compile(rb"<Code>\s*([A-Za-z]+)\s*</Code>")
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    bucket: str
+    key: str
+
+
+def object_ref(request: http.Request) -> ObjectRef | None:
+    """The object a path-style request names, or None for bucket/service calls."""
+    path = request.path.split("?", 1)[0]
+    if not path.startswith("/"):
+        return None
+    bucket, sep, raw_key = path[1:].partition("/")
+    if not bucket or not sep or not raw_key:
+        return None
+    return ObjectRef(unquote(bucket), unquote(raw_key))
+
+
+def is_plain_object_call(request: http.Request) -> bool:
+    """True unless a sub-resource parameter makes the request another API call."""
+    return not any(name in SUBRESOURCES for name in request.query.keys())
+
+
+def error_code(response: http.Response) -> str | None:
+    """The <Code> of an S3 XML error body, if the response carries one."""
+    match = _ERROR_CODE.search(response.get_content(strict=False) or b"")
+    return match.group(1).decode() if match else None
+
+
+def is_no_such_key(response: http.Response) -> bool:
+    return response.status_code == 404 and error_code(response) == "NoSuchKey"
+
+
+def error_body(code: str, message: str, ref: ObjectRef, request_id: str) -> bytes:
+    """An S3-style XML error document, as the store itself would send."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+        f"<BucketName>{escape(ref.bucket)}</BucketName><Key>{escape(ref.key)}</Key>"
+        f"<RequestId>{request_id}</RequestId></Error>"
+    ).encode()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:24].upper()

@@ -1,0 +1,159 @@
+"""A scripted origin for the tests: a stdlib HTTP server whose answer is chosen by the
+second path segment (/<dir>/<scenario>/...), recording every request it receives."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+STORABLE = {
+    "Content-Type": "text/plain; charset=utf-8",
+    "Content-Disposition": 'inline; filename="object.txt"',
+    "Cache-Control": "max-age=60",
+    "Expires": "Wed, 21 Oct 2037 07:28:00 GMT",
+    "Content-Language": "en",
+    "Access-Control-Allow-Origin": "*",
+}
+PRIVATE = {"X-Origin-Private": "secret", "Set-Cookie": "session=abc", "ETag": '"origin-etag"'}
+
+
+def body_for(path: str) -> bytes:
+    """The deterministic body the origin serves for a path (what tests compare against)."""
+    return f"origin body for {path}\n".encode() * 8
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+
+
+class ScriptedOrigin:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.gate = threading.Event()
+        self.slow_seconds = 3.0
+        handler = type("Handler", (_Handler,), {"origin": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> ScriptedOrigin:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def requests_for(self, fragment: str) -> list[Received]:
+        return [r for r in self.received if fragment in r.path]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    origin: ScriptedOrigin
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        self.origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
+        path = urlsplit(self.path).path
+        parts = path.split("/")
+        scenario = parts[2] if len(parts) > 2 else "outside"
+        getattr(self, "scenario_" + scenario.replace("-", "_"), self.scenario_ok)(path)
+
+    def do_HEAD(self) -> None:
+        self.origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
+        self._send(200, b"", {"Content-Length": "0"})
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if not any(h.lower() in ("content-length", "transfer-encoding") for h in headers):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def scenario_ok(self, path: str) -> None:
+        self._send(200, body_for(path), {**STORABLE, **PRIVATE})
+
+    def scenario_big(self, path: str) -> None:
+        size = int(path.split("/")[3])
+        self._send(200, bytes(i % 251 for i in range(size)), {"Content-Type": "application/octet-stream"})
+
+    def scenario_missing(self, path: str) -> None:
+        self._send(404, b"not here", {"Content-Type": "text/plain"})
+
+    def scenario_error500(self, path: str) -> None:
+        self._send(500, b"boom", {"Content-Type": "text/plain"})
+
+    def scenario_forbidden(self, path: str) -> None:
+        self._send(403, b"no", {"Content-Type": "text/plain"})
+
+    def scenario_redirect(self, path: str) -> None:
+        parts = path.split("/")
+        hops = int(parts[3])
+        if hops == 0:
+            return self.scenario_ok(path)
+        parts[3] = str(hops - 1)
+        self._send(302, b"", {"Location": "/".join(parts)})
+
+    scenario_nofollow = scenario_redirect
+
+    def scenario_loop(self, path: str) -> None:
+        self._send(302, b"", {"Location": path})
+
+    def scenario_slow(self, path: str) -> None:
+        time.sleep(self.origin.slow_seconds)
+        self.scenario_ok(path)
+
+    def scenario_gate(self, path: str) -> None:
+        """Answers only once the test opens the gate (bounded: 10 s)."""
+        self.origin.gate.wait(timeout=10)
+        self.scenario_ok(path)
+
+    def scenario_reset(self, path: str) -> None:
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+
+    def scenario_short(self, path: str) -> None:
+        body = body_for(path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.close_connection = True
+
+    def scenario_chunked(self, path: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        body = body_for(path)
+        for piece in (body[:10], body[10:]):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def scenario_gzip(self, path: str) -> None:
+        self._send(200, gzip.compress(body_for(path), mtime=0), {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
+
+    def scenario_echo(self, path: str) -> None:
+        """Body = what the origin received (path with query, headers), as JSON."""
+        seen = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        self._send(200, json.dumps(seen).encode(), {"Content-Type": "application/json"})
+
+
+def echo_of(body: bytes) -> dict:
+    return json.loads(body)

@@ -1,0 +1,163 @@
+"""Running the real mitmdump with the addon, exactly as the README documents it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from addon.embedded_store import free_ports
+
+REPO = Path(__file__).resolve().parent.parent
+MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+
+
+def mirror_rule(number: int, mirror_url: str, prefix: str = "", suffix: str = "", **redirect) -> dict:
+    condition = {"HttpErrorCodeReturnedEquals": 404}
+    if prefix:
+        condition["KeyPrefixEquals"] = prefix
+    if suffix:
+        condition["KeySuffixEquals"] = suffix
+    return {
+        "RuleNumber": number,
+        "Condition": condition,
+        "Redirect": {"RedirectType": "Mirror", "MirrorURL": mirror_url, **redirect},
+    }
+
+
+def write_rules(path: Path, buckets: dict[str, list[dict]]) -> Path:
+    path.write_text(json.dumps({"Buckets": [{"Name": n, "RoutingRules": r} for n, r in buckets.items()]}, indent=2))
+    return path
+
+
+@dataclass
+class Mitmdump:
+    """mitmdump -s addon/backorigin.py --mode MODE --set backorigin_rules=FILE [--set ...]"""
+
+    mode: str
+    rules: Path
+    workdir: Path
+    options: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"mitmdump-{self.port}.log"
+
+    def command(self) -> list[str]:
+        sets = [f"backorigin_rules={self.rules}", f"confdir={self.workdir / 'confdir'}", *(f"{k}={v}" for k, v in self.options.items())]
+        return [
+            MITMDUMP, "-s", "addon/backorigin.py", "--mode", self.mode,
+            "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+            *(arg for s in sets for arg in ("--set", s)),
+        ]
+
+    def start(self, ready_within: float = 30.0) -> Mitmdump:
+        self.port = self.port or free_ports(1)[0]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            log = self.log()
+            if "error in script" in log:  # logged before "listening"; mitmdump then exits with 1
+                self.process.wait(timeout=ready_within)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.process.returncode}:\n{self.log()}")
+            if " listening at " in log:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"mitmdump did not start within {ready_within:g}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Ctrl-C, as a user would; returns the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def wait_for(check, within: float = 15.0, every: float = 0.1):
+    """Poll `check()` until it returns a truthy value or `within` seconds pass (then raise)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within:g}s: {check}")
+        time.sleep(every)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A raw GET (no decoding, no redirects followed): status, headers, body bytes."""
+    request = urllib.request.Request(url, headers=headers or {})
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+class DelayingRelay:
+    """A loopback TCP relay that holds each connection `delay` seconds before passing it
+    on: a slow store, so write-backs are still pending when the test needs them to be."""
+
+    def __init__(self, upstream_port: int, delay: float) -> None:
+        self.upstream_port = upstream_port
+        self.delay = delay
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        time.sleep(self.delay)
+        with client, socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
+            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+            _pipe(client, upstream)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
