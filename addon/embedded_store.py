@@ -36,6 +36,8 @@ def weed_binary() -> str:
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # servers bind with SO_REUSEADDR, so a port in TIME_WAIT is free for them too
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -80,7 +82,10 @@ class EmbeddedStore:
         if self.access_key and self.secret_key:  # with these set, SeaweedFS enforces SigV4
             env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = open(log_path or self.data_dir / "weed.log", "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # own session: a Ctrl-C meant for the proxy must not stop the store before write-backs drain
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + ready_within
         while time.monotonic() < deadline:

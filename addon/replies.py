@@ -11,6 +11,7 @@ import time
 from urllib.parse import quote, unquote
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
 from addon.origin import OriginResult
 from addon.s3 import ObjectRef, error_body, new_request_id
@@ -56,7 +57,7 @@ def _response(
     return http.Response(
         http_version=request.http_version.encode(),
         status_code=status,
-        reason=b"",
+        reason=status_codes.RESPONSES.get(status, "").encode(),
         headers=http.Headers([(k.encode(), v.encode()) for k, v in headers + framing]),
         content=body,
         trailers=None,

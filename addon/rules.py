@@ -11,10 +11,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # OSS allows 5 rules per bucket in the documents we follow, 20 today.
 DEFAULT_MAX_RULES = 5
@@ -68,14 +68,12 @@ def _check_header_name(name: str) -> str:
     return name.lower()
 
 
-class HeaderValue(_Model):
-    Key: str
-    Value: str
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
 
-    @field_validator("Key")
-    @classmethod
-    def _key(cls, key: str) -> str:
-        return _check_header_name(key)
+
+class HeaderValue(_Model):
+    Key: HeaderName
+    Value: str
 
     @field_validator("Value")
     @classmethod
@@ -87,14 +85,9 @@ class HeaderValue(_Model):
 
 class HeaderPolicy(_Model):
     PassAll: bool = False
-    Pass: tuple[str, ...] = ()
+    Pass: tuple[HeaderName, ...] = ()
     Remove: tuple[str, ...] = ()
     Set: tuple[HeaderValue, ...] = ()
-
-    @field_validator("Pass")
-    @classmethod
-    def _pass(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_check_header_name(n) for n in names)
 
     @field_validator("Remove")
     @classmethod

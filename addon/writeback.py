@@ -109,7 +109,7 @@ class WriteBack:
         self._put = retry(
             retry=retry_if_exception(_is_transient),
             stop=stop_any(stop_after_attempt(attempts), lambda _: self._stopping.is_set()),
-            wait=wait_exponential_jitter(initial=0.2, max=5),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
             reraise=True,
         )(self._put_once)
 

@@ -80,6 +80,8 @@ class Mitmdump:
             if " listening at " in log:
                 return self
             time.sleep(0.1)
+        self.process.kill()
+        self.process.wait()
         raise RuntimeError(f"mitmdump did not start within {ready_within:g}s:\n{self.log()}")
 
     def log(self) -> str:

@@ -1,0 +1,20 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run   - install, then run the proxy on an embedded SeaweedFS store with a sample origin
+#   make test  - install, then run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/python -m addon demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
