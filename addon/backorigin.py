@@ -2,8 +2,9 @@
 
 Run it as:  mitmdump -s addon/backorigin.py --mode reverse:http://STORE:PORT --set backorigin_rules=rules.json
 
-The addon only wires the modules: s3 (which object), rules (which rule), origin (fetch),
-replies (client response), writeback (store the object). It holds no policy of its own.
+The addon only wires the modules: s3 (which object), rules (which rule), redirect
+(Location), origin (fetch), replies (client response), objectmeta and writeback (store
+the object). It holds no policy of its own.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Optional
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import replies, s3
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from addon import objectmeta, redirect, replies, s3
 from addon.flight import SingleFlight
 from addon.origin import OriginClient, OriginRequest, OriginResult, UnsafeKey, build_request
-from addon.rules import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RuleBook, RulesError, RoutingRule, load_rules
-from addon.writeback import ACAO_META, ORIGIN_URL_META, ObjectUpload, WriteBack
+from addon.rules import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
+from addon.writeback import ObjectUpload, WriteBack
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per origin request is noise
@@ -90,18 +93,47 @@ class BackOrigin:
         if "backorigin_shutdown_timeout" in updated:
             parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Redirect rules without a status condition decide before the store is asked
+        (OSS: "hide objects with a prefix"), unless an earlier rule needs the store's answer."""
+        candidate = self._candidate(flow)
+        if candidate is None:
+            return
+        rule = self.rulebook.decide_before_store(candidate.bucket, candidate.key, flow.request.method, flow.request.headers.get)
+        if rule is not None:
+            flow.response = self._redirect(flow, candidate, rule)
+
     async def response(self, flow: http.HTTPFlow) -> None:
-        if not flow.live or flow.request.method != "GET" or flow.response is None:
+        candidate = self._candidate(flow)
+        if candidate is None or flow.response is None:
             return
+        status = flow.response.status_code
+        # a GET's 404 names its cause; only NoSuchKey is a missing object (HEAD has no body to tell)
+        if status == 404 and flow.request.method == "GET" and not s3.is_no_such_key(flow.response):
+            return
+        rule = self.rulebook.decide_after_store(
+            candidate.bucket, candidate.key, flow.request.method, flow.request.headers.get, status
+        )
+        if rule is None:
+            if 200 <= status < 300:
+                objectmeta.restore_on_download(flow.response)
+        elif not rule.Redirect.is_mirror:
+            flow.response = self._redirect(flow, candidate, rule)
+        elif status == 404:
+            flow.response = await self._mirror(flow, candidate, rule)
+
+    def _candidate(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
+        """The object a live GET/HEAD names, if its bucket has rules."""
+        if not flow.live or flow.request.method not in ("GET", "HEAD") or not s3.is_plain_object_call(flow.request):
+            return None
         ref = s3.object_ref(flow.request)
-        if ref is None or not self.rulebook.rules_for(ref.bucket) or not s3.is_plain_object_call(flow.request):
-            return
-        if flow.response.status_code in (200, 206):
-            tag_stored_mirror(flow.response)
-        elif s3.is_no_such_key(flow.response):
-            rule = self.rulebook.first_match(ref.bucket, ref.key, 404)
-            if rule is not None:
-                flow.response = await self._mirror(flow, ref, rule)
+        return ref if ref is not None and self.rulebook.rules_for(ref.bucket) else None
+
+    def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> http.Response:
+        scheme, host = client_facing(flow)
+        target = redirect.location(rule, ref, flow.request, scheme, host)
+        logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
+        return replies.redirect(flow.request, rule.Redirect.HttpRedirectCode, target, redirect.extra_headers(rule))
 
     async def _mirror(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> http.Response:
         try:
@@ -113,24 +145,42 @@ class BackOrigin:
         flight = (endpoint, ref, request.flight_key)
         if flight in self.flights:
             logger.info("%s joins the origin fetch under way for %s", flow.client_conn.peername, ref.key)
-        result = await self.flights.do(flight, lambda: self._fetch_and_store(endpoint, ref, request))
+        result = await self.flights.do(flight, lambda: self._fetch_and_store(endpoint, ref, rule, request))
         logger.info(
-            "bucket %s, RuleNumber %d: %s -> %s",
-            ref.bucket, rule.RuleNumber, result.url, result.status or result.failure,
+            "bucket %s, RuleNumber %d: %s %s -> %s",
+            ref.bucket, rule.RuleNumber, request.method, result.url, result.status or result.failure,
         )
+        action = rule.Redirect
+        extra = objectmeta.mirrored_extra_headers(result, action)
         if result.ok:
-            return replies.mirrored(flow.request, ref, result)
+            if request.method == "HEAD":
+                return replies.mirrored_head(flow.request, result, extra)
+            return replies.mirrored(flow.request, ref, result, extra)
         if result.status == 404:
             return flow.response
+        if result.status in request.transparent_codes:
+            return replies.transparent(flow.request, result)
         if result.location and not request.follow_redirects:
-            return replies.origin_redirect(flow.request, result)
+            return replies.redirect(flow.request, result.status or 302, result.location)
         return replies.mirror_failed(flow.request, ref, result.failure or f"the origin answered {result.status}")
 
-    async def _fetch_and_store(self, endpoint: str, ref: s3.ObjectRef, request: OriginRequest) -> OriginResult:
+    async def _fetch_and_store(
+        self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, request: OriginRequest
+    ) -> OriginResult:
         result = await self.origin.fetch(request)
-        if result.ok:
+        action = rule.Redirect
+        if not result.ok or request.method == "HEAD":
+            return result
+        if action.MirrorProxyPass:
+            logger.info("not stored: MirrorProxyPass serves s3://%s/%s from the origin only", ref.bucket, ref.key)
+        elif result.not_storable:
+            logger.warning("not stored: s3://%s/%s: %s", ref.bucket, ref.key, result.not_storable)
+        else:
             self.writeback.submit(
-                ObjectUpload(endpoint, ref.bucket, ref.key, result.body, result.storable_headers, result.url)
+                ObjectUpload(
+                    endpoint, ref.bucket, ref.key, result.body, result.storable_headers,
+                    objectmeta.user_metadata(result, action),
+                )
             )
         return result
 
@@ -145,14 +195,15 @@ class BackOrigin:
         await self.origin.aclose()
 
 
-def tag_stored_mirror(response: http.Response) -> None:
-    """Objects stored by a mirror say so on every download, as OSS does (x-oss-tag)."""
-    origin_url = response.headers.get(f"x-amz-meta-{ORIGIN_URL_META}")
-    if origin_url:
-        response.headers["x-oss-tag"] = replies.oss_tag(origin_url)
-        acao = response.headers.get(f"x-amz-meta-{ACAO_META}")
-        if acao and "access-control-allow-origin" not in response.headers:
-            response.headers["access-control-allow-origin"] = acao
+def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:
+    """(scheme, host[:port]) the client used. In reverse mode mitmproxy has already
+    rewritten Host to the store's (unless keep_host_header), so the address the client
+    connected to stands in for it."""
+    scheme = "https" if flow.client_conn.tls_established else "http"
+    if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not ctx.options.keep_host_header:
+        host, port = flow.client_conn.sockname[:2]
+        return scheme, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return scheme, flow.request.host_header or flow.request.pretty_host
 
 
 addons = [BackOrigin()]

@@ -7,20 +7,28 @@ does the I/O and always returns an OriginResult value, never raises for origin f
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from mitmproxy import http
 
-from addon.rules import RoutingRule, is_protected_header
+from addon.rules import OriginCredentials, RoutingRule, is_protected_header
 
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+PROBE_TTL = 5.0  # seconds a MirrorURLProbe verdict is trusted
 
 # Origin headers that describe the object; they go to the client and into the store.
 STORABLE_HEADERS = (
@@ -32,6 +40,7 @@ STORABLE_HEADERS = (
     "content-language",
     "access-control-allow-origin",
 )
+_USER_META = re.compile(r"^x-(?:amz|oss)-meta-(.+)$", re.IGNORECASE)
 
 # Query parameters that carry a request signature for the store; an origin never gets them.
 SIGNATURE_PARAMS = frozenset(
@@ -47,17 +56,25 @@ class UnsafeKey(ValueError):
 class OriginRequest:
     url: str
     headers: tuple[tuple[str, str], ...]
-    follow_redirects: bool
+    follow_redirects: bool = True
+    method: str = "GET"
+    fallback_url: str | None = None  # MirrorURLSlave + key
+    probe_url: str | None = None
+    switch_all_errors: bool = False
+    check_md5: bool = False
+    transparent_codes: frozenset[int] = frozenset()
+    auth: OriginCredentials | None = None
 
     @property
-    def flight_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
-        return self.url, self.headers
+    def flight_key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        return self.method, self.url, self.headers
 
 
 @dataclass(frozen=True)
 class OriginResult:
     """What the origin said about `url` (the URL asked, before any redirect).
-    `status` is None when no usable answer arrived; `failure` then says why."""
+    `status` is None when no usable answer arrived; `failure` then says why.
+    `not_storable` says why a body the client may see must not be stored."""
 
     url: str
     status: int | None
@@ -67,15 +84,34 @@ class OriginResult:
     failure: str = ""
     hops: int = 0
     location: str = ""
+    not_storable: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status == 200
 
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
     @property
     def storable_headers(self) -> dict[str, str]:
         found = {name.lower(): value for name, value in self.headers}
         return {name: found[name] for name in STORABLE_HEADERS if name in found}
+
+    @property
+    def user_metadata(self) -> dict[str, str]:
+        """The origin's own x-amz-meta-* / x-oss-meta-* headers, prefix stripped."""
+        return {m.group(1).lower(): v for k, v in self.headers if (m := _USER_META.match(k))}
+
+
+def should_switch(result: OriginResult, all_errors: bool) -> bool:
+    """MirrorSwitchAllErrors false: only network faults, timeouts and 5xx send a fetch to
+    MirrorURLSlave; true: anything but 200/206/3xx/404."""
+    if result.status is None:
+        return True
+    if all_errors:
+        return result.status not in (200, 206, 404) and not 300 <= result.status < 400
+    return result.status >= 500
 
 
 def origin_url(mirror_url: str, key: str, query: str = "") -> str:
@@ -88,6 +124,15 @@ def origin_url(mirror_url: str, key: str, query: str = "") -> str:
     if urlsplit(url).netloc != base.netloc:  # defence in depth: the key never picks the host
         raise UnsafeKey(f"key {key!r} would change the origin host")
     return f"{url}?{query}" if query else url
+
+
+def origin_key(rule: RoutingRule, key: str) -> str:
+    """The key as the origin sees it: rewritten by the rule, slashes collapsed unless
+    MirrorPassOriginalSlashes (so 'a//b' and '/a' do not reach the origin as such)."""
+    rewritten = rule.rewritten_key(key)
+    if rule.Redirect.MirrorPassOriginalSlashes:
+        return rewritten
+    return re.sub("/{2,}", "/", rewritten).lstrip("/")
 
 
 def passable_query(request: http.Request) -> str:
@@ -115,17 +160,36 @@ def origin_headers(rule: RoutingRule, client_headers: Iterable[tuple[str, str]])
             chosen[lowered] = value
     for header in policy.Set:
         chosen[header.Key] = header.Value
+    if rule.Redirect.MirrorHost:
+        chosen["host"] = rule.Redirect.MirrorHost
     return tuple(sorted(chosen.items()))
 
 
 def build_request(rule: RoutingRule, key: str, request: http.Request) -> OriginRequest:
-    redirect = rule.Redirect
-    query = passable_query(request) if redirect.MirrorPassQueryString else ""
+    action = rule.Redirect
+    assert action.MirrorURL is not None  # validated: Mirror rules have one
+    query = passable_query(request) if action.passes_query else ""
+    path = origin_key(rule, key)
     return OriginRequest(
-        url=origin_url(redirect.MirrorURL, key, query),
+        url=origin_url(action.MirrorURL, path, query),
         headers=origin_headers(rule, request.headers.items(multi=True)),
-        follow_redirects=redirect.MirrorFollowRedirect,
+        follow_redirects=action.MirrorFollowRedirect,
+        method="HEAD" if request.method == "HEAD" else "GET",
+        fallback_url=origin_url(action.MirrorURLSlave, path, query) if action.MirrorURLSlave else None,
+        probe_url=action.MirrorURLProbe,
+        switch_all_errors=action.MirrorSwitchAllErrors,
+        check_md5=action.MirrorCheckMd5,
+        transparent_codes=frozenset(action.TransparentMirrorResponseCodes),
+        auth=action.MirrorAuth,
     )
+
+
+def sigv4_headers(method: str, url: str, headers: dict[str, str], auth: OriginCredentials) -> dict[str, str]:
+    """Headers signed with AWS SigV4 (botocore's signer), for a private S3 bucket as origin."""
+    signed = AWSRequest(method=method, url=url, headers=headers)
+    credentials = Credentials(auth.AccessKeyId, auth.AccessKeySecret.get_secret_value())
+    S3SigV4Auth(credentials, "s3", auth.Region).add_auth(signed)
+    return dict(signed.headers.items())
 
 
 class OriginClient:
@@ -133,6 +197,7 @@ class OriginClient:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        self._probes: dict[str, tuple[float, bool]] = {}
         # trust_env=False: proxy variables meant for the client must not reroute origin fetches.
         self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
 
@@ -140,44 +205,77 @@ class OriginClient:
         await self._client.aclose()
 
     async def fetch(self, request: OriginRequest) -> OriginResult:
+        """Primary origin, or MirrorURLSlave when the probe fails or the primary's answer
+        is one that switches (see should_switch)."""
+        if request.fallback_url and request.probe_url and not await self._healthy(request.probe_url):
+            logger.info("probe %s failed; asking %s", request.probe_url, request.fallback_url)
+            return await self._fetch_url(request, request.fallback_url)
+        result = await self._fetch_url(request, request.url)
+        if request.fallback_url and should_switch(result, request.switch_all_errors):
+            logger.info("%s answered %s; asking %s", request.url, result.status or result.failure, request.fallback_url)
+            return await self._fetch_url(request, request.fallback_url)
+        return result
+
+    async def _healthy(self, probe_url: str) -> bool:
+        checked_at, healthy = self._probes.get(probe_url, (0.0, False))
+        if time.monotonic() - checked_at > PROBE_TTL:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    healthy = (await self._client.get(probe_url, timeout=self.timeout)).status_code == 200
+            except (TimeoutError, httpx.HTTPError):
+                healthy = False
+            self._probes[probe_url] = (time.monotonic(), healthy)
+        return healthy
+
+    async def _fetch_url(self, request: OriginRequest, url: str) -> OriginResult:
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._fetch(request)
+                return await self._follow(request, url)
         except TimeoutError:
-            return OriginResult(request.url, None, failure=f"no complete answer within {self.timeout:g}s")
+            return OriginResult(url, None, failure=f"no complete answer within {self.timeout:g}s")
         except httpx.HTTPError as e:
-            return OriginResult(request.url, None, failure=f"{type(e).__name__}: {e}")
+            return OriginResult(url, None, failure=f"{type(e).__name__}: {e}")
 
-    async def _fetch(self, request: OriginRequest) -> OriginResult:
-        url = request.url
+    async def _follow(self, request: OriginRequest, first_url: str) -> OriginResult:
+        url = first_url
         headers = dict(request.headers)
+        auth = request.auth
         for hop in range(MAX_REDIRECTS + 1):
-            async with self._client.stream("GET", url, headers=headers, timeout=self.timeout) as response:
+            sent = sigv4_headers(request.method, url, headers, auth) if auth else headers
+            async with self._client.stream(request.method, url, headers=sent, timeout=self.timeout) as response:
                 location = response.headers.get("location", "")
                 if response.status_code in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
-                        return OriginResult(request.url, response.status_code, location=location, hops=hop)
+                        return OriginResult(first_url, response.status_code, location=location, hops=hop)
                     next_url = urljoin(url, location)
                     if urlsplit(next_url).scheme not in ("http", "https"):
-                        return OriginResult(request.url, None, failure=f"redirect to non-HTTP {next_url!r}", hops=hop)
+                        return OriginResult(first_url, None, failure=f"redirect to non-HTTP {next_url!r}", hops=hop)
                     if urlsplit(next_url).netloc != urlsplit(url).netloc:
-                        headers.pop("host", None)  # a Host meant for one origin must not follow to another
+                        # a Host or credentials meant for one origin never follow to another
+                        headers.pop("host", None)
+                        auth = None
                     url = next_url
                     continue
-                return await self._read(request.url, response, hop)
-        return OriginResult(request.url, None, failure=f"more than {MAX_REDIRECTS} redirects", hops=MAX_REDIRECTS + 1)
+                return await self._read(request, first_url, response, hop)
+        return OriginResult(first_url, None, failure=f"more than {MAX_REDIRECTS} redirects", hops=MAX_REDIRECTS + 1)
 
     @staticmethod
-    async def _read(url: str, response: httpx.Response, hops: int) -> OriginResult:
-        """Read a final answer; only a 200's body is kept, raw (still content-encoded)."""
+    async def _read(request: OriginRequest, url: str, response: httpx.Response, hops: int) -> OriginResult:
+        """Read a final answer; the body of a 200 (or a transparent code) is kept raw."""
         headers = tuple(response.headers.multi_items())
-        if response.status_code != 200:
-            return OriginResult(url, response.status_code, headers, hops=hops)
+        status = response.status_code
+        if request.method == "HEAD" or (status != 200 and status not in request.transparent_codes):
+            return OriginResult(url, status, headers, hops=hops)
         body = b"".join([chunk async for chunk in response.aiter_raw()])
         declared = response.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) != len(body)):
-            return OriginResult(
-                url, None, failure=f"body of {len(body)} bytes, Content-Length said {declared}", hops=hops
-            )
+            return OriginResult(url, None, failure=f"body of {len(body)} bytes, Content-Length said {declared}", hops=hops)
         chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
-        return OriginResult(url, 200, headers, body, chunked=chunked, hops=hops)
+        not_storable = ""
+        if status != 200:
+            not_storable = f"the origin answered {status}"
+        elif request.check_md5 and (sent := response.headers.get("content-md5")):
+            actual = base64.b64encode(hashlib.md5(body).digest()).decode()
+            if actual != sent:
+                not_storable = f"Content-MD5 {sent} does not match the body ({actual})"
+        return OriginResult(url, status, headers, body, chunked, hops=hops, not_storable=not_storable)

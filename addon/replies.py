@@ -7,6 +7,7 @@ body, so responses are built from raw content with explicit framing headers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 import time
 from urllib.parse import quote, unquote
 
@@ -46,12 +47,18 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 def _response(
-    request: http.Request, status: int, headers: list[tuple[str, str]], body: bytes, chunked: bool = False
+    request: http.Request,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    chunked: bool = False,
+    length: int | None = None,
 ) -> http.Response:
+    """`length` overrides Content-Length for a HEAD answer, which has no body to count."""
     framing = (
         [("transfer-encoding", "chunked")]
         if chunked and request.http_version == "HTTP/1.1"
-        else [("content-length", str(len(body)))]
+        else [("content-length", str(len(body) if length is None else length))]
     )
     now = time.time()
     return http.Response(
@@ -66,10 +73,16 @@ def _response(
     )
 
 
-def mirrored(request: http.Request, ref: ObjectRef, result: OriginResult) -> http.Response:
+def _object_headers(result: OriginResult, extra: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [*result.storable_headers.items(), *extra, ("accept-ranges", "bytes"), ("x-oss-tag", oss_tag(result.url))]
+
+
+def mirrored(
+    request: http.Request, ref: ObjectRef, result: OriginResult, extra: Sequence[tuple[str, str]] = ()
+) -> http.Response:
     """200 with the origin's bytes and storable headers, or 206/416 for a Range request."""
     size = len(result.body)
-    headers = [*result.storable_headers.items(), ("accept-ranges", "bytes"), ("x-oss-tag", oss_tag(result.url))]
+    headers = _object_headers(result, extra)
     try:
         wanted = byte_range(request.headers.get("range", ""), size)
     except RangeNotSatisfiable:
@@ -84,9 +97,21 @@ def mirrored(request: http.Request, ref: ObjectRef, result: OriginResult) -> htt
     return _response(request, 206, headers, result.body[first : last + 1])
 
 
-def origin_redirect(request: http.Request, result: OriginResult) -> http.Response:
-    """The origin's 3xx, passed through when MirrorFollowRedirect is false."""
-    return _response(request, result.status or 302, [("location", result.location)], b"")
+def mirrored_head(request: http.Request, result: OriginResult, extra: Sequence[tuple[str, str]] = ()) -> http.Response:
+    """MirrorAllowHeadObject: the origin's HEAD answer, shaped like a store's HEAD."""
+    declared = result.header("content-length")
+    length = int(declared) if declared and declared.isdigit() else 0
+    return _response(request, 200, _object_headers(result, extra), b"", length=length)
+
+
+def transparent(request: http.Request, result: OriginResult) -> http.Response:
+    """TransparentMirrorResponseCodes: the origin's status and body instead of 424."""
+    return _response(request, result.status or 502, list(result.storable_headers.items()), result.body)
+
+
+def redirect(request: http.Request, status: int, location: str, extra: Sequence[tuple[str, str]] = ()) -> http.Response:
+    """A 3xx to `location`: a redirect rule's, or the origin's when MirrorFollowRedirect is false."""
+    return _response(request, status, [("location", location), *extra], b"")
 
 
 def mirror_failed(request: http.Request, ref: ObjectRef, reason: str) -> http.Response:

@@ -8,13 +8,23 @@ file, the bucket, the RuleNumber and the field, so a bad edit is found at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # OSS allows 5 rules per bucket in the documents we follow, 20 today.
 DEFAULT_MAX_RULES = 5
@@ -95,43 +105,165 @@ class HeaderPolicy(_Model):
         return tuple(n.lower() for n in names)
 
 
+class HeaderCondition(_Model):
+    """IncludeHeader: the client's request has header Key whose value Equals / StartsWith / EndsWith."""
+
+    Key: str = Field(min_length=1)
+    Equals: str | None = None
+    StartsWith: str | None = None
+    EndsWith: str | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> HeaderCondition:
+        if sum(v is not None for v in (self.Equals, self.StartsWith, self.EndsWith)) != 1:
+            raise ValueError("give exactly one of Equals, StartsWith, EndsWith")
+        return self
+
+    def holds(self, value: str | None) -> bool:
+        if value is None:
+            return False
+        if self.Equals is not None:
+            return value == self.Equals
+        if self.StartsWith is not None:
+            return value.startswith(self.StartsWith)
+        return value.endswith(self.EndsWith or "")
+
+
 class RuleCondition(_Model):
     KeyPrefixEquals: str = ""
     KeySuffixEquals: str = ""
-    HttpErrorCodeReturnedEquals: int = 404
+    HttpErrorCodeReturnedEquals: int | None = Field(default=None, ge=100, le=599)
+    IncludeHeader: tuple[HeaderCondition, ...] = Field(default=(), max_length=5)
 
-    @field_validator("HttpErrorCodeReturnedEquals")
-    @classmethod
-    def _mirror_only_on_404(cls, code: int) -> int:
-        if code != 404:
-            raise ValueError("mirror rules act only on the store's 404; use 404 or leave it out")
-        return code
+
+class OriginCredentials(_Model):
+    """Credentials to sign origin GETs with AWS SigV4, so a private S3 bucket can be the origin."""
+
+    AuthType: Literal["S3V4"]
+    Region: str = Field(min_length=1)
+    AccessKeyId: str = Field(min_length=1)
+    AccessKeySecret: SecretStr
+
+
+# OSS RoutingRule fields we deliberately refuse, with the reason the user is shown.
+UNSUPPORTED_OSS_FIELDS = {
+    "MirrorMultiAlternates": "several alternate origins by region need OSS's own network; use MirrorURLSlave",
+    "MirrorRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
+    "MirrorUsingRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
+    "MirrorIsExpressTunnel": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorDstRegion": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorDstVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorDstSlaveVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorAsyncStatus": "asynchronous pull answers the client before the object exists; backorigin always answers from the origin",
+    "MirrorTaggings": "object tags are not written back; S3 stores differ in tagging support",
+    "MirrorReturnHeaders": "response headers follow the fixed OSS storable-header list",
+    "MirrorSNI": "the origin's TLS server name is always its host name",
+    "EnableMirrorSNI": "the origin's TLS server name is always its host name",
+    "LuaConfig": "OSS runs Lua scripts on its own servers; there is no equivalent here",
+}
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_MIRROR_ONLY = frozenset(
+    {"MirrorURL", "MirrorURLSlave", "MirrorURLProbe", "MirrorSwitchAllErrors", "MirrorPassQueryString",
+     "MirrorFollowRedirect", "MirrorCheckMd5", "MirrorHeaders", "MirrorAllowHeadObject",
+     "MirrorPassOriginalSlashes", "TransparentMirrorResponseCodes", "MirrorProxyPass",
+     "MirrorUserLastModified", "MirrorSaveOssMeta", "MirrorAuth", "MirrorHost"}
+)
+_REDIRECT_ONLY = frozenset({"HttpRedirectCode", "Protocol", "HostName"})
+
+
+def _check_origin_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    if parts.username or parts.password:
+        raise ValueError(f"{url!r} carries credentials; they would leak into x-oss-tag, logs and metadata")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r} must not have a query string or fragment")
+    return url
+
+
+def _check_mirror_url(url: str) -> str:
+    if not _check_origin_url(url).endswith("/"):
+        raise ValueError(f"{url!r} must end with '/' (the key is appended to it)")
+    return url
+
+
+def _check_host_name(host: str) -> str:
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"{host!r} is not a host name (host or host:port, no scheme or path)")
+    return host
+
+
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
+MirrorURLText = Annotated[str, AfterValidator(_check_mirror_url)]
+HostText = Annotated[str, AfterValidator(_check_host_name)]
 
 
 class RuleAction(_Model):
-    RedirectType: Literal["Mirror"]
-    MirrorURL: str
-    MirrorPassQueryString: bool = False
-    MirrorFollowRedirect: bool = True
-    MirrorHeaders: HeaderPolicy = Field(default_factory=HeaderPolicy)
+    """OSS's Redirect element: what a matching rule does."""
 
-    @field_validator("MirrorURL")
-    @classmethod
-    def _mirror_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"{url!r} must start with http:// or https://")
-        if not parts.hostname:
-            raise ValueError(f"{url!r} has no host")
-        if parts.username or parts.password:
-            raise ValueError(
-                f"{url!r} carries credentials; they would leak into x-oss-tag, logs and metadata"
-            )
-        if parts.query or parts.fragment:
-            raise ValueError(f"{url!r} must not have a query string or fragment")
-        if not url.endswith("/"):
-            raise ValueError(f"{url!r} must end with '/' (the key is appended to it)")
-        return url
+    RedirectType: Literal["Mirror", "External", "AliCDN"]
+    PassQueryString: bool = False
+    ReplaceKeyWith: str | None = None
+    EnableReplacePrefix: bool = False
+    ReplaceKeyPrefixWith: str | None = None
+    # External / AliCDN
+    HttpRedirectCode: int = 302
+    Protocol: Literal["http", "https"] | None = None
+    HostName: HostText | None = None
+    # Mirror
+    MirrorURL: MirrorURLText | None = None
+    MirrorURLSlave: MirrorURLText | None = None
+    MirrorURLProbe: Annotated[str, AfterValidator(_check_origin_url)] | None = None
+    MirrorSwitchAllErrors: bool = False
+    MirrorPassQueryString: bool | None = None
+    MirrorFollowRedirect: bool = True
+    MirrorCheckMd5: bool = False
+    MirrorHeaders: HeaderPolicy = Field(default_factory=HeaderPolicy)
+    MirrorAllowHeadObject: bool = False
+    MirrorPassOriginalSlashes: bool = False
+    TransparentMirrorResponseCodes: tuple[Annotated[int, Field(ge=400, le=599)], ...] = ()
+    MirrorProxyPass: bool = False
+    MirrorUserLastModified: bool = False
+    MirrorSaveOssMeta: bool = False
+    MirrorAuth: OriginCredentials | None = None
+    MirrorHost: HostText | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_type(self) -> RuleAction:
+        given = self.model_fields_set
+        if self.is_mirror:
+            if self.MirrorURL is None:
+                raise ValueError("MirrorURL is required when RedirectType is Mirror")
+            wrong = sorted(given & _REDIRECT_ONLY)
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} applies only to External and AliCDN redirects")
+        else:
+            wrong = sorted(given & _MIRROR_ONLY)
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} applies only when RedirectType is Mirror")
+            if self.HttpRedirectCode not in REDIRECT_CODES:
+                raise ValueError(f"HttpRedirectCode {self.HttpRedirectCode} is not one of {sorted(REDIRECT_CODES)}")
+        if self.ReplaceKeyWith is not None and self.ReplaceKeyPrefixWith is not None:
+            raise ValueError("ReplaceKeyWith and ReplaceKeyPrefixWith cannot both be set")
+        if self.ReplaceKeyPrefixWith is not None and not self.EnableReplacePrefix:
+            raise ValueError("ReplaceKeyPrefixWith needs EnableReplacePrefix: true")
+        if self.MirrorURLProbe and not self.MirrorURLSlave:
+            raise ValueError("MirrorURLProbe needs MirrorURLSlave (where to go when the probe fails)")
+        return self
+
+    @property
+    def is_mirror(self) -> bool:
+        return self.RedirectType == "Mirror"
+
+    @property
+    def passes_query(self) -> bool:
+        """OSS: MirrorPassQueryString, when given, wins over PassQueryString for mirrors."""
+        if self.is_mirror and self.MirrorPassQueryString is not None:
+            return self.MirrorPassQueryString
+        return self.PassQueryString
 
 
 class RoutingRule(_Model):
@@ -139,13 +271,43 @@ class RoutingRule(_Model):
     Condition: RuleCondition = Field(default_factory=RuleCondition)
     Redirect: RuleAction
 
-    def matches(self, key: str, store_status: int) -> bool:
+    @model_validator(mode="after")
+    def _mirror_acts_on_404(self) -> RoutingRule:
+        code = self.Condition.HttpErrorCodeReturnedEquals
+        if self.Redirect.is_mirror and code not in (None, 404):
+            raise ValueError(
+                "Condition.HttpErrorCodeReturnedEquals must be 404 or left out: a Mirror rule acts only on the store's 404"
+            )
+        return self
+
+    @property
+    def status_condition(self) -> int | None:
+        """The store status this rule waits for; None: it decides before the store is asked."""
+        return 404 if self.Redirect.is_mirror else self.Condition.HttpErrorCodeReturnedEquals
+
+    def applies_to(self, method: str) -> bool:
+        if method == "GET":
+            return True
+        if method == "HEAD":
+            return not self.Redirect.is_mirror or self.Redirect.MirrorAllowHeadObject
+        return False
+
+    def matches_request(self, key: str, header: Callable[[str], str | None]) -> bool:
         cond = self.Condition
         return (
-            store_status == cond.HttpErrorCodeReturnedEquals
-            and key.startswith(cond.KeyPrefixEquals)
+            key.startswith(cond.KeyPrefixEquals)
             and key.endswith(cond.KeySuffixEquals)
+            and all(h.holds(header(h.Key)) for h in cond.IncludeHeader)
         )
+
+    def rewritten_key(self, key: str) -> str:
+        """The key a redirect points at or a mirror asks the origin for (OSS key replacement)."""
+        action = self.Redirect
+        if action.EnableReplacePrefix:
+            return (action.ReplaceKeyPrefixWith or "") + key[len(self.Condition.KeyPrefixEquals):]
+        if action.ReplaceKeyWith is not None:
+            return action.ReplaceKeyWith.replace("${key}", key)
+        return key
 
 
 class BucketRules(_Model):
@@ -167,9 +329,26 @@ class RuleBook:
     def rules_for(self, bucket: str) -> tuple[RoutingRule, ...]:
         return self.buckets.get(bucket, ())
 
-    def first_match(self, bucket: str, key: str, store_status: int) -> RoutingRule | None:
+    def decide_before_store(
+        self, bucket: str, key: str, method: str, header: Callable[[str], str | None]
+    ) -> RoutingRule | None:
+        """A rule that decides without the store's answer (a redirect with no status
+        condition), unless an earlier matching rule has to see that answer first."""
+        for rule in self.rules_for(bucket):
+            if rule.applies_to(method) and rule.matches_request(key, header):
+                return rule if rule.status_condition is None else None
+        return None
+
+    def decide_after_store(
+        self, bucket: str, key: str, method: str, header: Callable[[str], str | None], status: int
+    ) -> RoutingRule | None:
+        """The first rule that matches the request and the store's status (404 means NoSuchKey)."""
         return next(
-            (r for r in self.rules_for(bucket) if r.matches(key, store_status)), None
+            (
+                r for r in self.rules_for(bucket)
+                if r.applies_to(method) and r.matches_request(key, header) and r.status_condition in (None, status)
+            ),
+            None,
         )
 
 
@@ -233,7 +412,9 @@ def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:
             field.append(f".{step}" if field else str(step))
         node = node[step] if _has(node, step) else None
     message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "extra_forbidden" and loc[-1] in UNSUPPORTED_OSS_FIELDS:
+        message = f"an OSS field backorigin deliberately does not support: {UNSUPPORTED_OSS_FIELDS[loc[-1]]}"
+    elif err["type"] == "extra_forbidden":
         message = "unknown field (check its spelling against the OSS RoutingRule names)"
     label = f"field {''.join(field)}: " if field else ""
     return f"{': '.join(where)}: {label}{message}"

@@ -32,9 +32,6 @@ from tenacity import (
 
 logger = logging.getLogger(__name__)
 
-ORIGIN_URL_META = "backorigin-origin-url"
-ACAO_META = "access-control-allow-origin"
-
 # Storable origin headers and the PutObject parameter each becomes.
 _PUT_PARAMS = {
     "content-type": "ContentType",
@@ -53,8 +50,8 @@ class ObjectUpload:
     bucket: str
     key: str
     body: bytes
-    headers: dict[str, str]
-    origin_url: str
+    headers: dict[str, str]  # storable origin headers
+    metadata: dict[str, str]  # S3 user metadata (see objectmeta)
 
     def put_arguments(self) -> dict[str, Any]:
         """PutObject arguments: object headers, metadata, integrity and create-only."""
@@ -65,7 +62,7 @@ class ObjectUpload:
             "ContentMD5": base64.b64encode(hashlib.md5(self.body).digest()).decode(),
             "StorageClass": "STANDARD",
             "IfNoneMatch": "*",
-            "Metadata": {ORIGIN_URL_META: self.origin_url},
+            "Metadata": self.metadata,
         }
         for header, param in _PUT_PARAMS.items():
             if header in self.headers:
@@ -75,9 +72,6 @@ class ObjectUpload:
                 args["Expires"] = parsedate_to_datetime(self.headers["expires"])
             except (TypeError, ValueError):
                 logger.info("not storing unparsable Expires %r for %s", self.headers["expires"], self.key)
-        acao = self.headers.get("access-control-allow-origin", "")
-        if acao.isascii() and acao:
-            args["Metadata"][ACAO_META] = acao
         return args
 
 
@@ -150,7 +144,7 @@ class WriteBack:
         except Exception as e:  # any other failure is logged, never raised into the loop
             logger.error("write-back of %s failed: %s: %s", where, type(e).__name__, e)
             return "failed"
-        logger.info("write-back stored %s (%d bytes) from %s", where, len(upload.body), upload.origin_url)
+        logger.info("write-back stored %s (%d bytes)", where, len(upload.body))
         return "stored"
 
     def _put_once(self, upload: ObjectUpload) -> None:

@@ -58,7 +58,7 @@ def test_regular_proxy_mode_with_absolute_urls(tmp_path, store, s3, origin, rule
 
 BAD_RULES = [
     ({"RedirectType": "Teleport", "MirrorURL": "http://o/"}, "field Redirect.RedirectType"),
-    ({"RedirectType": "Mirror"}, "field Redirect.MirrorURL: Field required"),
+    ({"RedirectType": "Mirror"}, "field Redirect: MirrorURL is required when RedirectType is Mirror"),
     ({"RedirectType": "Mirror", "MirrorURL": "http://o/dir"}, "field Redirect.MirrorURL: 'http://o/dir' must end with '/'"),
     ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorSpeed": 1}, "field Redirect.MirrorSpeed: unknown field"),
 ]

@@ -37,17 +37,21 @@ def test_rules_are_ordered_by_rule_number_not_file_order():
     ]
     book = parse_rules(json.dumps({"Buckets": [{"Name": "photos", "RoutingRules": rules}]}), "r.json")
     assert [r.RuleNumber for r in book.rules_for("photos")] == [2, 5, 9]
-    assert book.first_match("photos", "a/b/c", 404).RuleNumber == 2
-    assert book.first_match("photos", "z", 404).RuleNumber == 9
-    assert book.first_match("photos", "z", 403) is None
-    assert book.first_match("other", "z", 404) is None
+    def match(bucket, key, status):
+        return book.decide_after_store(bucket, key, "GET", lambda _: None, status)
+
+    assert match("photos", "a/b/c", 404).RuleNumber == 2
+    assert match("photos", "z", 404).RuleNumber == 9
+    assert match("photos", "z", 403) is None
+    assert match("other", "z", 404) is None
 
 
 def test_prefix_and_suffix_must_both_hold():
     book = parse_rules(document(condition={"KeyPrefixEquals": "img/", "KeySuffixEquals": ".jpg"}), "r.json")
-    assert book.first_match("photos", "img/a.jpg", 404)
-    assert not book.first_match("photos", "img/a.png", 404)
-    assert not book.first_match("photos", "doc/a.jpg", 404)
+    rule = book.rules_for("photos")[0]
+    assert rule.matches_request("img/a.jpg", lambda _: None)
+    assert not rule.matches_request("img/a.png", lambda _: None)
+    assert not rule.matches_request("doc/a.jpg", lambda _: None)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +60,7 @@ def test_prefix_and_suffix_must_both_hold():
         (document({"RedirectType": "Teleport", "MirrorURL": "http://o/"}),
          "rules.json: bucket \"photos\": RuleNumber 3: field Redirect.RedirectType: Input should be 'Mirror'"),
         (document({"RedirectType": "Mirror"}),
-         'rules.json: bucket "photos": RuleNumber 3: field Redirect.MirrorURL: Field required'),
+         'rules.json: bucket "photos": RuleNumber 3: field Redirect: MirrorURL is required when RedirectType is Mirror'),
         (document({"RedirectType": "Mirror", "MirrorURL": "http://o/dir"}),
          "RuleNumber 3: field Redirect.MirrorURL: 'http://o/dir' must end with '/'"),
         (document({"RedirectType": "Mirror", "MirrorURL": "ftp://o/"}), "must start with http:// or https://"),
@@ -74,7 +78,7 @@ def test_prefix_and_suffix_must_both_hold():
         (document(condition={"KeyPrefix": "a/"}),
          'rules.json: bucket "photos": RuleNumber 3: field Condition.KeyPrefix: unknown field'),
         (document(condition={"HttpErrorCodeReturnedEquals": 403}),
-         "field Condition.HttpErrorCodeReturnedEquals: mirror rules act only on the store's 404"),
+         "RuleNumber 3: Condition.HttpErrorCodeReturnedEquals must be 404 or left out"),
         (document(RuleNumber=0), "RuleNumber 0: field RuleNumber: Input should be greater than or equal to 1"),
         (json.dumps({"Buckets": [{"RoutingRules": []}]}), "rules.json: bucket #1: field Name: Field required"),
         (json.dumps({"Buckets": [], "Version": 2}), "rules.json: field Version: unknown field"),
@@ -91,7 +95,7 @@ def test_every_error_is_reported_not_just_the_first():
         {"RuleNumber": 2, "Redirect": {"RedirectType": "Mirror", "MirrorURL": "http://o/x"}},
     ]}]})
     message = error_of(text)
-    assert "RuleNumber 1: field Redirect.MirrorURL: Field required" in message
+    assert "RuleNumber 1: field Redirect: MirrorURL is required when RedirectType is Mirror" in message
     assert "RuleNumber 2: field Redirect.MirrorURL: 'http://o/x' must end with '/'" in message
 
 

@@ -8,7 +8,7 @@ import gzip
 import pytest
 from mitmproxy.test import tutils
 
-from addon import replies, s3
+from addon import objectmeta, replies, s3
 from addon.flight import SingleFlight
 from addon.origin import OriginResult, UnsafeKey, origin_headers, origin_url, passable_query
 from addon.rules import parse_rules
@@ -161,7 +161,7 @@ def test_mirror_failed_is_s3_xml():
 def test_put_arguments_are_create_only_with_headers_and_metadata():
     upload = ObjectUpload("http://s", "b", "k", b"data", {
         "content-type": "text/plain", "cache-control": "no-cache", "expires": "Wed, 21 Oct 2037 07:28:00 GMT",
-        "access-control-allow-origin": "*"}, "http://o/k")
+        "access-control-allow-origin": "*"}, {"backorigin-origin-url": "http://o/k", "access-control-allow-origin": "*"})
     args = upload.put_arguments()
     assert args["IfNoneMatch"] == "*" and args["StorageClass"] == "STANDARD"
     assert args["ContentType"] == "text/plain" and args["CacheControl"] == "no-cache"
@@ -170,9 +170,21 @@ def test_put_arguments_are_create_only_with_headers_and_metadata():
     assert args["ContentMD5"] == "jXd/OF09/siBXSD3SWAm3A=="
 
 
-def test_unparsable_expires_and_non_ascii_cors_are_left_out():
-    args = ObjectUpload("http://s", "b", "k", b"", {"expires": "0", "access-control-allow-origin": "h\u00e9"}, "u").put_arguments()
-    assert "Expires" not in args and "access-control-allow-origin" not in args["Metadata"]
+def test_unparsable_expires_is_left_out():
+    assert "Expires" not in ObjectUpload("http://s", "b", "k", b"", {"expires": "0"}, {}).put_arguments()
+
+
+def test_user_metadata_by_rule_flags_and_ascii_only():
+    headers = (("Access-Control-Allow-Origin", "h\u00e9"), ("Last-Modified", "Tue, 01 Jan 2030 00:00:00 GMT"),
+               ("x-oss-meta-Owner", "ops"), ("X-Amz-Meta-team", "data"))
+    result = OriginResult("http://o/k", 200, headers, b"")
+    plain = rule_with_headers({}).Redirect
+    assert objectmeta.user_metadata(result, plain) == {"backorigin-origin-url": "http://o/k"}
+    rich = plain.model_copy(update={"MirrorSaveOssMeta": True, "MirrorUserLastModified": True})
+    assert objectmeta.user_metadata(result, rich) == {
+        "backorigin-origin-url": "http://o/k", "owner": "ops", "team": "data",
+        "backorigin-last-modified": "Tue, 01 Jan 2030 00:00:00 GMT",
+    }
 
 
 # single flight ------------------------------------------------------------------------------
