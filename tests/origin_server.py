@@ -1,9 +1,11 @@
-"""A scripted origin for the tests: a stdlib HTTP server whose answer is chosen by the
-second path segment (/<dir>/<scenario>/...), recording every request it receives."""
+"""A scripted origin for the tests: a stdlib HTTP server whose answer is chosen by a
+path segment after the first (/<dir>/[prefix/]<scenario>/...), recording every request."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import json
 import socket
 import struct
@@ -21,6 +23,7 @@ STORABLE = {
     "Content-Language": "en",
     "Access-Control-Allow-Origin": "*",
 }
+LAST_MODIFIED = "Tue, 01 Jan 2030 00:00:00 GMT"
 PRIVATE = {"X-Origin-Private": "secret", "Set-Cookie": "session=abc", "ETag": '"origin-etag"'}
 
 
@@ -36,7 +39,10 @@ class Received:
 
 
 class ScriptedOrigin:
-    def __init__(self) -> None:
+    """`forced` makes every path answer with that scenario (a healthy secondary origin)."""
+
+    def __init__(self, forced: str | None = None) -> None:
+        self.forced = forced
         self.received: list[Received] = []
         self.gate = threading.Event()
         self.slow_seconds = 3.0
@@ -70,12 +76,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
         path = urlsplit(self.path).path
         parts = path.split("/")
-        scenario = parts[2] if len(parts) > 2 else "outside"
-        getattr(self, "scenario_" + scenario.replace("-", "_"), self.scenario_ok)(path)
+        # the first segment after /<dir>/ that names a scenario (so rules may add prefixes)
+        named = [p for p in parts[2:] if hasattr(self, "scenario_" + p.replace("-", "_"))]
+        scenario = self.origin.forced or (named[0] if named else "ok")
+        getattr(self, "scenario_" + scenario.replace("-", "_"))(path)
 
     def do_HEAD(self) -> None:
+        """The headers a GET of an ok path would have, no body."""
         self.origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
-        self._send(200, b"", {"Content-Length": "0"})
+        path = urlsplit(self.path).path
+        self.send_response(200)
+        for name, value in {**STORABLE, **PRIVATE, "Content-Length": str(len(body_for(path)))}.items():
+            self.send_header(name, value)
+        self.end_headers()
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -148,6 +161,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def scenario_gzip(self, path: str) -> None:
         self._send(200, gzip.compress(body_for(path), mtime=0), {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
+
+    def scenario_md5(self, path: str) -> None:
+        """A Content-MD5 that matches the body (…/md5/good/…) or does not (…/md5/bad/…)."""
+        body = body_for(path)
+        digest = hashlib.md5(body if "/good/" in path else b"something else").digest()
+        self._send(200, body, {"Content-Type": "text/plain", "Content-MD5": base64.b64encode(digest).decode()})
+
+    def scenario_meta(self, path: str) -> None:
+        self._send(200, body_for(path), {
+            "Content-Type": "text/plain", "Last-Modified": LAST_MODIFIED,
+            "x-amz-meta-owner": "ops", "x-oss-meta-team": "data",
+        })
 
     def scenario_echo(self, path: str) -> None:
         """Body = what the origin received (path with query, headers), as JSON."""

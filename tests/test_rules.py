@@ -114,3 +114,77 @@ def test_rule_count_limit_and_duplicates():
 def test_unreadable_file_names_the_file(tmp_path):
     with pytest.raises(RulesError, match=f"{tmp_path}/nope.json: cannot read the rules file"):
         load_rules(tmp_path / "nope.json")
+
+
+def one_rule(redirect: dict, condition: dict | None = None):
+    return parse_rules(document(redirect, condition), "rules.json").rules_for("photos")[0]
+
+
+@pytest.mark.parametrize(
+    "redirect, expected",
+    [
+        ({"RedirectType": "External", "MirrorURL": "http://o/"}, "field Redirect: MirrorURL applies only when RedirectType is Mirror"),
+        ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "HostName": "x.com"}, "HostName applies only to External and AliCDN"),
+        ({"RedirectType": "External", "HttpRedirectCode": 200}, "HttpRedirectCode 200 is not one of [301, 302, 303, 307, 308]"),
+        ({"RedirectType": "External", "HostName": "http://x.com/"}, "field Redirect.HostName: 'http://x.com/' is not a host name"),
+        ({"RedirectType": "External", "Protocol": "ftp"}, "field Redirect.Protocol: Input should be 'http' or 'https'"),
+        ({"RedirectType": "External", "ReplaceKeyWith": "a", "ReplaceKeyPrefixWith": "b", "EnableReplacePrefix": True},
+         "ReplaceKeyWith and ReplaceKeyPrefixWith cannot both be set"),
+        ({"RedirectType": "External", "ReplaceKeyPrefixWith": "b"}, "ReplaceKeyPrefixWith needs EnableReplacePrefix: true"),
+        ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorURLProbe": "http://o/health"}, "MirrorURLProbe needs MirrorURLSlave"),
+        ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorURLSlave": "http://p/x"}, "field Redirect.MirrorURLSlave: 'http://p/x' must end with '/'"),
+        ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "TransparentMirrorResponseCodes": [200]},
+         "field Redirect.TransparentMirrorResponseCodes[0]: Input should be greater than or equal to 400"),
+        ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorAuth": {"AuthType": "OSS", "Region": "r", "AccessKeyId": "a", "AccessKeySecret": "s"}},
+         "field Redirect.MirrorAuth.AuthType: Input should be 'S3V4'"),
+        ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorRole": "arn"},
+         "field Redirect.MirrorRole: an OSS field backorigin deliberately does not support: RAM roles"),
+        ({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorMultiAlternates": {}},
+         "field Redirect.MirrorMultiAlternates: an OSS field backorigin deliberately does not support"),
+    ],
+)
+def test_vocabulary_errors(redirect, expected):
+    assert expected in error_of(document(redirect))
+
+
+def test_include_header_needs_exactly_one_test():
+    text = document({"RedirectType": "External"}, {"IncludeHeader": [{"Key": "a", "Equals": "1", "StartsWith": "1"}]})
+    assert "field Condition.IncludeHeader[0]: give exactly one of Equals, StartsWith, EndsWith" in error_of(text)
+
+
+def test_secrets_never_show_in_reprs():
+    rule = one_rule({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorAuth": {
+        "AuthType": "S3V4", "Region": "r", "AccessKeyId": "AKID", "AccessKeySecret": "very-secret"}})
+    assert "very-secret" not in repr(rule) and "very-secret" not in str(rule.model_dump())
+    assert rule.Redirect.MirrorAuth.AccessKeySecret.get_secret_value() == "very-secret"
+
+
+@pytest.mark.parametrize(
+    "redirect, key, expected",
+    [
+        ({"ReplaceKeyWith": "prefix/${key}.suffix"}, "abc/test.txt", "prefix/abc/test.txt.suffix"),
+        ({"ReplaceKeyWith": "error.html"}, "abc/test.txt", "error.html"),
+        ({"EnableReplacePrefix": True, "ReplaceKeyPrefixWith": "def/"}, "abc/test.txt", "def/test.txt"),
+        ({"EnableReplacePrefix": True}, "abc/test.txt", "test.txt"),  # OSS: no replacement -> prefix cut
+        ({}, "abc/test.txt", "abc/test.txt"),
+    ],
+)
+def test_key_rewriting_follows_oss(redirect, key, expected):
+    rule = one_rule({"RedirectType": "External", **redirect}, {"KeyPrefixEquals": "abc/"})
+    assert rule.rewritten_key(key) == expected
+
+
+def test_which_rules_decide_before_the_store_is_asked():
+    rules = [
+        {"RuleNumber": 1, "Condition": {"KeyPrefixEquals": "a/"}, "Redirect": {"RedirectType": "Mirror", "MirrorURL": "http://o/"}},
+        {"RuleNumber": 2, "Condition": {"KeyPrefixEquals": ""}, "Redirect": {"RedirectType": "External", "HostName": "x.com"}},
+        {"RuleNumber": 3, "Condition": {"HttpErrorCodeReturnedEquals": 500}, "Redirect": {"RedirectType": "External"}},
+    ]
+    book = parse_rules(json.dumps({"Buckets": [{"Name": "b", "RoutingRules": rules}]}), "r.json")
+    no_headers = lambda _: None  # noqa: E731
+    assert book.decide_before_store("b", "a/x", "GET", no_headers) is None  # rule 1 needs the 404 first
+    assert book.decide_before_store("b", "z", "GET", no_headers).RuleNumber == 2
+    assert book.decide_after_store("b", "a/x", "GET", no_headers, 404).RuleNumber == 1
+    assert book.decide_after_store("b", "a/x", "GET", no_headers, 200).RuleNumber == 2
+    assert book.decide_after_store("b", "a/x", "HEAD", no_headers, 404).RuleNumber == 2  # no HEAD mirroring
+    assert book.decide_before_store("b", "z", "PUT", no_headers) is None

@@ -10,7 +10,8 @@ from mitmproxy.test import tutils
 
 from addon import objectmeta, replies, s3
 from addon.flight import SingleFlight
-from addon.origin import OriginResult, UnsafeKey, origin_headers, origin_url, passable_query
+from addon.origin import OriginResult, UnsafeKey, origin_headers, origin_key, origin_url, passable_query, should_switch
+from addon.redirect import location
 from addon.rules import parse_rules
 from addon.writeback import ObjectUpload
 
@@ -208,3 +209,35 @@ async def test_single_flight_shares_one_run_and_survives_a_cancelled_caller():
     results = await asyncio.gather(*callers[1:])
     assert results == [1, 1, 1, 1] and runs == 1 and len(flight) == 0
     assert await flight.do("k", fetch) == 2  # a later miss runs again
+
+
+# secondary origin switching, slashes, redirects' Location ------------------------------------
+
+@pytest.mark.parametrize(
+    "status, all_errors, switch",
+    [(None, False, True), (500, False, True), (503, False, True), (403, False, False), (404, False, False),
+     (200, False, False), (None, True, True), (403, True, True), (500, True, True), (404, True, False),
+     (302, True, False), (206, True, False)],
+)
+def test_should_switch_to_the_secondary(status, all_errors, switch):
+    assert should_switch(OriginResult("u", status), all_errors) is switch
+
+
+def test_origin_key_collapses_slashes_unless_told_not_to():
+    plain = rule_with_headers({})
+    assert origin_key(plain, "//a//b///c") == "a/b/c"
+    keep = plain.model_copy(update={"Redirect": plain.Redirect.model_copy(update={"MirrorPassOriginalSlashes": True})})
+    assert origin_key(keep, "//a//b") == "//a//b"
+
+
+def test_redirect_location():
+    doc = {"Buckets": [{"Name": "b", "RoutingRules": [
+        {"RuleNumber": 1, "Condition": {"KeyPrefixEquals": "old/"}, "Redirect": {
+            "RedirectType": "External", "EnableReplacePrefix": True, "ReplaceKeyPrefixWith": "new dir/", "PassQueryString": True}},
+        {"RuleNumber": 2, "Redirect": {"RedirectType": "External", "Protocol": "https", "HostName": "cdn.example.com:8443"}},
+    ]}]}
+    first, second = parse_rules(__import__("json").dumps(doc), "t").rules_for("b")
+    req = request("/b/old/x%2By?a=1&Signature=s")
+    ref = s3.ObjectRef("b", "old/x+y")
+    assert location(first, ref, req, "http", "proxy:8080") == "http://proxy:8080/b/new%20dir/x%2By?a=1"
+    assert location(second, ref, req, "http", "proxy:8080") == "https://cdn.example.com:8443/old/x%2By"
