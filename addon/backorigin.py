@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from dataclasses import replace
+from pathlib import Path
 from typing import Optional
 
 from mitmproxy import ctx, exceptions, http
@@ -19,12 +22,22 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addon import objectmeta, redirect, replies, s3
 from addon.flight import SingleFlight
-from addon.origin import OriginClient, OriginRequest, OriginResult, UnsafeKey, build_request
-from addon.rules import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
+from addon.origin import OriginClient, OriginRequest, OriginResult, Timeouts, UnsafeKey, build_request, presigned_url
+from addon.rules import LOOP_HEADER, DEFAULT_MAX_RULES, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
 from addon.writeback import ObjectUpload, WriteBack
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per origin request is noise
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_TIMEOUT_OPTIONS = {
+    "backorigin_origin_connect_timeout": "connect",
+    "backorigin_origin_read_timeout": "read",
+    "backorigin_origin_timeout": "total",
+    "backorigin_copy_timeout": "copy",
+}
+DEFERRED_RETRY_EVERY = 30.0  # seconds between retries of write-backs the store refused for now
 
 
 def parse_seconds(option: str, text: str) -> float:
@@ -38,6 +51,14 @@ def parse_seconds(option: str, text: str) -> float:
     return seconds
 
 
+def parse_size(option: str, text: str) -> int:
+    """Bytes given as text: "65536", "512k", "64m", "1g" (binary multiples)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise exceptions.OptionsError(f"{option}: {text!r} is not a size (like 512k, 64m, 1g)")
+    return int(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
+
+
 def store_endpoint(request: http.Request) -> str:
     """scheme://host:port of the store that answered this request."""
     host = f"[{request.host}]" if ":" in request.host else request.host
@@ -47,15 +68,13 @@ def store_endpoint(request: http.Request) -> str:
 class BackOrigin:
     def __init__(self) -> None:
         self.rulebook = RuleBook(source="", buckets={})
-        self.origin = OriginClient(timeout=10.0)
-        self.writeback = WriteBack()
+        self.origin = OriginClient(Timeouts(), max_inline=64 * 1024**2)
+        self.writeback: WriteBack | None = None  # needs the spool directory: made in configure
         self.flights: SingleFlight[OriginResult] = SingleFlight()
+        self._background: set[asyncio.Task] = set()  # large-object copies and the retry timer
 
     def load(self, loader) -> None:
-        loader.add_option(
-            "backorigin_rules", str, "rules.json",
-            "Path of the rules file (OSS RoutingRule names, JSON).",
-        )
+        loader.add_option("backorigin_rules", str, "rules.json", "Path of the rules file (OSS RoutingRule names, JSON).")
         loader.add_option(
             "backorigin_max_rules", int, DEFAULT_MAX_RULES,
             f"Most rules a bucket may have (OSS: 5 in the documents we follow, up to {MAX_RULES_CEILING}).",
@@ -64,38 +83,90 @@ class BackOrigin:
             "backorigin_origin_timeout", str, "10",
             "Seconds an origin fetch may take in all, redirects included (text, e.g. \"0.5\").",
         )
+        loader.add_option("backorigin_origin_connect_timeout", str, "5", "Seconds to connect to an origin.")
+        loader.add_option("backorigin_origin_read_timeout", str, "10", "Seconds an origin may stay silent mid-answer.")
+        loader.add_option(
+            "backorigin_max_inline", str, "64m",
+            "Largest origin body answered from memory; a larger one is answered with a 302 to the "
+            "origin and copied into the store in the background, through a file.",
+        )
+        loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds a background copy of a large object may take.")
         loader.add_option(
             "backorigin_s3_endpoint", Optional[str], None,
             "Endpoint for write-backs (e.g. http://127.0.0.1:8333). "
             "Default: the scheme, host and port that answered the 404.",
         )
         loader.add_option(
-            "backorigin_shutdown_timeout", str, "30",
-            "Seconds shutdown waits for pending write-backs.",
+            "backorigin_spool_dir", Optional[str], None,
+            "Directory where pending write-backs wait (they survive restarts). Default: CONFDIR/backorigin-spool.",
         )
+        loader.add_option("backorigin_writeback_workers", int, 4, "Uploads running at once.")
+        loader.add_option(
+            "backorigin_writeback_queue", int, 1000,
+            "Most write-backs pending at once; past it a miss is answered but not stored (it mirrors again next time).",
+        )
+        loader.add_option("backorigin_shutdown_timeout", str, "30", "Seconds shutdown waits for pending write-backs.")
 
     def configure(self, updated: set[str]) -> None:
-        if "backorigin_max_rules" in updated and not 1 <= ctx.options.backorigin_max_rules <= MAX_RULES_CEILING:
+        options = ctx.options
+        if "backorigin_max_rules" in updated and not 1 <= options.backorigin_max_rules <= MAX_RULES_CEILING:
             raise exceptions.OptionsError(
-                f"backorigin_max_rules: {ctx.options.backorigin_max_rules} is outside 1..{MAX_RULES_CEILING}"
+                f"backorigin_max_rules: {options.backorigin_max_rules} is outside 1..{MAX_RULES_CEILING}"
             )
         if {"backorigin_rules", "backorigin_max_rules"} & updated:
             try:
-                self.rulebook = load_rules(ctx.options.backorigin_rules, ctx.options.backorigin_max_rules)
+                self.rulebook = load_rules(options.backorigin_rules, options.backorigin_max_rules)
             except RulesError as e:
                 raise exceptions.OptionsError(str(e)) from None
             logger.info(
                 "%s: rules for %d bucket(s): %s",
                 self.rulebook.source, len(self.rulebook.buckets), ", ".join(self.rulebook.buckets) or "none",
             )
-        if "backorigin_origin_timeout" in updated:
-            self.origin.timeout = parse_seconds("backorigin_origin_timeout", ctx.options.backorigin_origin_timeout)
+        if set(_TIMEOUT_OPTIONS) & updated:
+            self.origin.timeouts = Timeouts(
+                **{field: parse_seconds(name, getattr(options, name)) for name, field in _TIMEOUT_OPTIONS.items()}
+            )
+        if "backorigin_max_inline" in updated:
+            self.origin.max_inline = parse_size("backorigin_max_inline", options.backorigin_max_inline)
         if "backorigin_shutdown_timeout" in updated:
-            parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
+            parse_seconds("backorigin_shutdown_timeout", options.backorigin_shutdown_timeout)
+        for name in ("backorigin_writeback_workers", "backorigin_writeback_queue"):
+            if name in updated and getattr(options, name) < 1:
+                raise exceptions.OptionsError(f"{name}: must be at least 1")
+        if self.writeback is None or {"backorigin_spool_dir", "confdir"} & updated:
+            spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
+            if self.writeback is not None and self.writeback.spool.directory != spool:
+                raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
+            self.writeback = WriteBack(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue)
+
+    def running(self) -> None:
+        """Resume what a previous run left spooled, and retry deferred write-backs now and then."""
+        self.writeback.resume()
+        self._keep(asyncio.ensure_future(self._retry_deferred_forever()))
+
+    async def _retry_deferred_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DEFERRED_RETRY_EVERY)
+            if count := self.writeback.retry_deferred():
+                logger.info("retrying %d deferred write-back(s)", count)
+
+    def _keep(self, task: asyncio.Task) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        """Redirect rules without a status condition decide before the store is asked
-        (OSS: "hide objects with a prefix"), unless an earlier rule needs the store's answer."""
+        """Refuse our own origin fetches coming back in (a loop), then let redirect rules
+        without a status condition decide before the store is asked (OSS: "hide objects
+        with a prefix"), unless an earlier rule needs the store's answer."""
+        if flow.live and LOOP_HEADER in flow.request.headers and flow.response is None:
+            logger.warning(
+                "loop: %s came back into the proxy from our own origin fetch; a MirrorURL points at a "
+                "domain that now resolves to this proxy or the store. Use the origin's IP address or "
+                "another domain for it (with MirrorHost for the Host header).", flow.request.pretty_url,
+            )
+            ref = s3.object_ref(flow.request) or s3.ObjectRef("", "")
+            flow.response = replies.mirror_failed(flow.request, ref, "loop: the origin URL leads back into the proxy")
+            return
         candidate = self._candidate(flow)
         if candidate is None:
             return
@@ -152,6 +223,9 @@ class BackOrigin:
         )
         action = rule.Redirect
         extra = objectmeta.mirrored_extra_headers(result, action)
+        if result.too_large:  # the client reads it from the origin; a copy goes to the store
+            target = presigned_url(result.final_url, action.MirrorAuth) if action.MirrorAuth else result.final_url
+            return replies.redirect(flow.request, 302, target, [("x-oss-tag", replies.oss_tag(result.url))])
         if result.ok:
             if request.method == "HEAD":
                 return replies.mirrored_head(flow.request, result, extra)
@@ -168,21 +242,43 @@ class BackOrigin:
         self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, request: OriginRequest
     ) -> OriginResult:
         result = await self.origin.fetch(request)
-        action = rule.Redirect
-        if not result.ok or request.method == "HEAD":
+        if not (result.ok or result.too_large) or request.method == "HEAD":
             return result
-        if action.MirrorProxyPass:
+        if rule.Redirect.MirrorProxyPass:
             logger.info("not stored: MirrorProxyPass serves s3://%s/%s from the origin only", ref.bucket, ref.key)
-        elif result.not_storable:
-            logger.warning("not stored: s3://%s/%s: %s", ref.bucket, ref.key, result.not_storable)
+        elif result.too_large:
+            self._keep(asyncio.ensure_future(self._copy_large(endpoint, ref, rule, request, result)))
         else:
-            self.writeback.submit(
-                ObjectUpload(
-                    endpoint, ref.bucket, ref.key, result.body, result.storable_headers,
-                    objectmeta.user_metadata(result, action),
-                )
-            )
+            self._store(endpoint, ref, rule, result)
         return result
+
+    def _store(
+        self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, result: OriginResult, body_file: Path | None = None
+    ) -> None:
+        if result.not_storable:
+            logger.warning("not stored: s3://%s/%s: %s", ref.bucket, ref.key, result.not_storable)
+            if body_file:
+                body_file.unlink(missing_ok=True)
+            return
+        upload = ObjectUpload(
+            endpoint, ref.bucket, ref.key, result.storable_headers,
+            objectmeta.user_metadata(result, rule.Redirect), result.size, result.md5,
+        )
+        self.writeback.submit(upload, body=None if body_file else result.body, source=body_file)
+
+    async def _copy_large(
+        self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, request: OriginRequest, first: OriginResult
+    ) -> None:
+        """Stream a body over max_inline to a spool file, checking it on the way, then store it."""
+        body_file = self.writeback.spool.new_body_path()
+        copied = await self.origin.copy(request, first.final_url, body_file)
+        if copied.ok:
+            logger.info("copied %s (%d bytes) for s3://%s/%s", first.final_url, copied.size, ref.bucket, ref.key)
+            self._store(endpoint, ref, rule, replace(copied, url=first.url), body_file)
+        else:
+            body_file.unlink(missing_ok=True)
+            logger.error("copy of %s for s3://%s/%s failed: %s", first.final_url, ref.bucket, ref.key,
+                         copied.failure or f"the origin answered {copied.status}")
 
     def done(self) -> asyncio.Task[None]:
         # Synchronous on purpose: mitmproxy calls done() synchronously on script reload,
@@ -191,7 +287,12 @@ class BackOrigin:
         return asyncio.ensure_future(self._shutdown())
 
     async def _shutdown(self) -> None:
-        await self.writeback.drain(parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout))
+        timeout = parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
+        copies = [t for t in self._background if not t.done()]
+        for task in copies:
+            task.cancel()  # an unfinished large copy is dropped; the object mirrors again next time
+        await asyncio.gather(*copies, return_exceptions=True)
+        await self.writeback.drain(timeout)
         await self.origin.aclose()
 
 

@@ -7,28 +7,31 @@ does the I/O and always returns an OriginResult value, never raises for origin f
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import re
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
-from botocore.auth import S3SigV4Auth
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from mitmproxy import http
 
-from addon.rules import OriginCredentials, RoutingRule, is_protected_header
+from addon.integrity import BodyCheck
+from addon.rules import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
 
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 PROBE_TTL = 5.0  # seconds a MirrorURLProbe verdict is trusted
+PRESIGNED_FOR = 900  # seconds a presigned Location to a private origin stays valid
 
 # Origin headers that describe the object; they go to the client and into the store.
 STORABLE_HEADERS = (
@@ -61,7 +64,6 @@ class OriginRequest:
     fallback_url: str | None = None  # MirrorURLSlave + key
     probe_url: str | None = None
     switch_all_errors: bool = False
-    check_md5: bool = False
     transparent_codes: frozenset[int] = frozenset()
     auth: OriginCredentials | None = None
 
@@ -85,6 +87,10 @@ class OriginResult:
     hops: int = 0
     location: str = ""
     not_storable: str = ""
+    final_url: str = ""  # where the body came from, after redirects
+    too_large: bool = False  # over max_inline: not read; copy() streams it to disk
+    size: int = 0
+    md5: str = ""  # base64 MD5 of the body, computed as it arrived
 
     @property
     def ok(self) -> bool:
@@ -178,25 +184,50 @@ def build_request(rule: RoutingRule, key: str, request: http.Request) -> OriginR
         fallback_url=origin_url(action.MirrorURLSlave, path, query) if action.MirrorURLSlave else None,
         probe_url=action.MirrorURLProbe,
         switch_all_errors=action.MirrorSwitchAllErrors,
-        check_md5=action.MirrorCheckMd5,
         transparent_codes=frozenset(action.TransparentMirrorResponseCodes),
         auth=action.MirrorAuth,
     )
 
 
+def presigned_url(url: str, auth: OriginCredentials) -> str:
+    """A SigV4 query-signed URL, so a client sent to a private origin can still read it."""
+    signed = AWSRequest(method="GET", url=url)
+    S3SigV4QueryAuth(_credentials(auth), "s3", auth.Region, expires=PRESIGNED_FOR).add_auth(signed)
+    return signed.url
+
+
+def _credentials(auth: OriginCredentials) -> Credentials:
+    return Credentials(auth.AccessKeyId, auth.AccessKeySecret.get_secret_value())
+
+
 def sigv4_headers(method: str, url: str, headers: dict[str, str], auth: OriginCredentials) -> dict[str, str]:
     """Headers signed with AWS SigV4 (botocore's signer), for a private S3 bucket as origin."""
     signed = AWSRequest(method=method, url=url, headers=headers)
-    credentials = Credentials(auth.AccessKeyId, auth.AccessKeySecret.get_secret_value())
-    S3SigV4Auth(credentials, "s3", auth.Region).add_auth(signed)
+    S3SigV4Auth(_credentials(auth), "s3", auth.Region).add_auth(signed)
     return dict(signed.headers.items())
 
 
-class OriginClient:
-    """One pooled async HTTP client for all origins; follows redirects itself."""
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 10.0  # between two reads of the answer: a stalled origin
+    total: float = 10.0  # a whole inline fetch, redirects included
+    copy: float = 3600.0  # a whole background copy of a large object
 
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
+    def per_operation(self) -> httpx.Timeout:
+        return httpx.Timeout(self.read, connect=self.connect)
+
+
+class OriginClient:
+    """One pooled async HTTP client for all origins; follows redirects itself.
+
+    Bodies up to `max_inline` bytes are read into memory (the client's answer is built from
+    them); a larger one is not read: the result says `too_large`, and `copy()` later streams
+    it to a file instead."""
+
+    def __init__(self, timeouts: Timeouts, max_inline: int) -> None:
+        self.timeouts = timeouts
+        self.max_inline = max_inline
         self._probes: dict[str, tuple[float, bool]] = {}
         # trust_env=False: proxy variables meant for the client must not reroute origin fetches.
         self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
@@ -216,33 +247,39 @@ class OriginClient:
             return await self._fetch_url(request, request.fallback_url)
         return result
 
+    async def copy(self, request: OriginRequest, url: str, path: Path) -> OriginResult:
+        """Stream the answer for `url` into `path` whatever its size, with the same checks."""
+        return await self._fetch_url(request, url, path, self.timeouts.copy)
+
     async def _healthy(self, probe_url: str) -> bool:
         checked_at, healthy = self._probes.get(probe_url, (0.0, False))
         if time.monotonic() - checked_at > PROBE_TTL:
             try:
-                async with asyncio.timeout(self.timeout):
-                    healthy = (await self._client.get(probe_url, timeout=self.timeout)).status_code == 200
+                async with asyncio.timeout(self.timeouts.total):
+                    answer = await self._client.get(probe_url, headers={LOOP_HEADER: "probe"}, timeout=self.timeouts.per_operation())
+                    healthy = answer.status_code == 200
             except (TimeoutError, httpx.HTTPError):
                 healthy = False
             self._probes[probe_url] = (time.monotonic(), healthy)
         return healthy
 
-    async def _fetch_url(self, request: OriginRequest, url: str) -> OriginResult:
+    async def _fetch_url(self, request: OriginRequest, url: str, sink: Path | None = None, total: float | None = None) -> OriginResult:
+        total = total or self.timeouts.total
         try:
-            async with asyncio.timeout(self.timeout):
-                return await self._follow(request, url)
+            async with asyncio.timeout(total):
+                return await self._follow(request, url, sink)
         except TimeoutError:
-            return OriginResult(url, None, failure=f"no complete answer within {self.timeout:g}s")
+            return OriginResult(url, None, failure=f"no complete answer within {total:g}s")
         except httpx.HTTPError as e:
             return OriginResult(url, None, failure=f"{type(e).__name__}: {e}")
 
-    async def _follow(self, request: OriginRequest, first_url: str) -> OriginResult:
+    async def _follow(self, request: OriginRequest, first_url: str, sink: Path | None) -> OriginResult:
         url = first_url
-        headers = dict(request.headers)
+        headers = {**dict(request.headers), LOOP_HEADER: "1"}
         auth = request.auth
         for hop in range(MAX_REDIRECTS + 1):
             sent = sigv4_headers(request.method, url, headers, auth) if auth else headers
-            async with self._client.stream(request.method, url, headers=sent, timeout=self.timeout) as response:
+            async with self._client.stream(request.method, url, headers=sent, timeout=self.timeouts.per_operation()) as response:
                 location = response.headers.get("location", "")
                 if response.status_code in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
@@ -256,26 +293,36 @@ class OriginClient:
                         auth = None
                     url = next_url
                     continue
-                return await self._read(request, first_url, response, hop)
+                return await self._read(request, first_url, url, response, hop, sink)
         return OriginResult(first_url, None, failure=f"more than {MAX_REDIRECTS} redirects", hops=MAX_REDIRECTS + 1)
 
-    @staticmethod
-    async def _read(request: OriginRequest, url: str, response: httpx.Response, hops: int) -> OriginResult:
-        """Read a final answer; the body of a 200 (or a transparent code) is kept raw."""
+    async def _read(
+        self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, hops: int, sink: Path | None
+    ) -> OriginResult:
+        """Read a final answer: the body of a 200 (or a transparent code) is kept raw, in
+        memory or in `sink`, and checked as it arrives (see integrity.BodyCheck)."""
         headers = tuple(response.headers.multi_items())
         status = response.status_code
+        found = partial(OriginResult, url, status, headers, hops=hops, final_url=final_url)
         if request.method == "HEAD" or (status != 200 and status not in request.transparent_codes):
-            return OriginResult(url, status, headers, hops=hops)
-        body = b"".join([chunk async for chunk in response.aiter_raw()])
-        declared = response.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) != len(body)):
-            return OriginResult(url, None, failure=f"body of {len(body)} bytes, Content-Length said {declared}", hops=hops)
+            return found()
+        check = BodyCheck.for_headers(response.headers)
+        declared = response.headers.get("content-length", "")
+        if sink is None and declared.isdigit() and int(declared) > self.max_inline:
+            return found(too_large=True)
+        chunks: list[bytes] = []
+        with open(sink, "wb") if sink else nullcontext() as out:
+            async for chunk in response.aiter_raw():
+                check.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+                elif check.size > self.max_inline:
+                    return found(too_large=True)
+                else:
+                    chunks.append(chunk)
+        failure = check.failure()
+        if failure:
+            return OriginResult(url, None, failure=failure, hops=hops)
         chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
-        not_storable = ""
-        if status != 200:
-            not_storable = f"the origin answered {status}"
-        elif request.check_md5 and (sent := response.headers.get("content-md5")):
-            actual = base64.b64encode(hashlib.md5(body).digest()).decode()
-            if actual != sent:
-                not_storable = f"Content-MD5 {sent} does not match the body ({actual})"
-        return OriginResult(url, status, headers, body, chunked, hops=hops, not_storable=not_storable)
+        not_storable = f"the origin answered {status}" if status != 200 else check.mismatch()
+        return found(body=b"".join(chunks), chunked=chunked, not_storable=not_storable, size=check.size, md5=check.md5_base64)

@@ -51,7 +51,10 @@ PROTECTED_HEADERS = frozenset(
         "expect",
     }
 )
-PROTECTED_PREFIXES = ("x-amz-", "x-oss-")
+PROTECTED_PREFIXES = ("x-amz-", "x-oss-", "x-backorigin-")
+# Sent with every origin request; a request that arrives with it has come back into a
+# proxy (the origin's domain now points at the store) and is refused instead of recursing.
+LOOP_HEADER = "x-backorigin-fetch"
 
 
 def is_protected_header(name: str) -> bool:

@@ -1,8 +1,11 @@
-"""Write-back: store a mirrored object in the bucket, off the event loop, create-only.
+"""Write-back: store a mirrored object in the bucket, durably, off the event loop, create-only.
 
-boto3 is blocking, so every upload runs in a small thread pool. `If-None-Match: *`
-makes the write create-only: an object that appeared meanwhile (a client PUT, another
-proxy's write-back) is never overwritten, and that conflict counts as success.
+Every write-back is first spooled to disk (the body, then a JSON manifest), so it survives
+a store outage and a proxy restart: at start-up the spool is read and resumed. Uploads run
+in a small thread pool (boto3 is blocking). `If-None-Match: *` makes every write
+create-only: an object that appeared meanwhile (a client PUT, another proxy's write-back)
+is never overwritten, and that conflict counts as success. Large bodies go up in parts read
+lazily from the spool file, so memory stays bounded whatever the object size.
 """
 
 from __future__ import annotations
@@ -10,27 +13,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
+import os
+import shutil
 import threading
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
 
 import boto3
 import botocore.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
-from tenacity import (
-    retry,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-    wait_exponential_jitter,
-)
+from tenacity import retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential_jitter
 
 logger = logging.getLogger(__name__)
+
+PART_SIZE = 16 * 1024 * 1024  # multipart part size, and the size from which uploads go in parts
+_READ_CHUNK = 1024 * 1024
 
 # Storable origin headers and the PutObject parameter each becomes.
 _PUT_PARAMS = {
@@ -41,27 +47,27 @@ _PUT_PARAMS = {
     "content-language": "ContentLanguage",
 }
 
-Outcome = Literal["stored", "exists", "failed"]
+Outcome = Literal["stored", "exists", "deferred", "failed", "dropped"]
 
 
 @dataclass(frozen=True)
 class ObjectUpload:
+    """What to store (the manifest of a spooled write-back; the body lives beside it)."""
+
     endpoint: str
     bucket: str
     key: str
-    body: bytes
     headers: dict[str, str]  # storable origin headers
     metadata: dict[str, str]  # S3 user metadata (see objectmeta)
+    size: int
+    md5: str  # base64, as Content-MD5 wants it
 
-    def put_arguments(self) -> dict[str, Any]:
-        """PutObject arguments: object headers, metadata, integrity and create-only."""
+    def object_arguments(self) -> dict[str, Any]:
+        """Object headers, metadata and storage class, common to PutObject and multipart."""
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self.key,
-            "Body": self.body,
-            "ContentMD5": base64.b64encode(hashlib.md5(self.body).digest()).decode(),
             "StorageClass": "STANDARD",
-            "IfNoneMatch": "*",
             "Metadata": self.metadata,
         }
         for header, param in _PUT_PARAMS.items():
@@ -74,87 +80,232 @@ class ObjectUpload:
                 logger.info("not storing unparsable Expires %r for %s", self.headers["expires"], self.key)
         return args
 
+    def put_arguments(self, body: bytes | BinaryIO) -> dict[str, Any]:
+        """PutObject arguments: the store checks Content-MD5; If-None-Match makes it create-only."""
+        return {**self.object_arguments(), "Body": body, "ContentMD5": self.md5, "IfNoneMatch": "*"}
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def digest_file(path: Path) -> tuple[int, str]:
+    """(size, base64 MD5) of a file, read in chunks."""
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            md5.update(chunk)
+    return path.stat().st_size, base64.b64encode(md5.digest()).decode()
+
+
+class Spool:
+    """A directory of pending write-backs: `<id>.body` and `<id>.json` (written last, so a
+    manifest always has a complete body). Uploads that fail for good move to `failed/`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.failed = directory / "failed"
+        self.failed.mkdir(parents=True, exist_ok=True)
+
+    def add(self, upload: ObjectUpload, body: bytes | None = None, source: Path | None = None) -> Path:
+        """Spool a body given as bytes or as a file to move in; returns the manifest path."""
+        name = uuid.uuid4().hex
+        body_path = self.directory / f"{name}.body"
+        if source is not None:
+            os.replace(source, body_path)
+        else:
+            body_path.write_bytes(body or b"")
+        manifest = self.directory / f"{name}.json"
+        partial = manifest.with_suffix(".json.partial")
+        partial.write_text(json.dumps(asdict(upload)))
+        os.replace(partial, manifest)
+        return manifest
+
+    def new_body_path(self) -> Path:
+        """A fresh file in the spool's file system, for a download to land in before add()."""
+        return self.directory / f"{uuid.uuid4().hex}.download"
+
+    def pending(self) -> Iterator[tuple[Path, ObjectUpload]]:
+        for manifest in sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            yield manifest, ObjectUpload(**json.loads(manifest.read_text()))
+
+    @staticmethod
+    def body_of(manifest: Path) -> Path:
+        return manifest.with_suffix(".body")
+
+    def finish(self, manifest: Path) -> None:
+        self.body_of(manifest).unlink(missing_ok=True)
+        manifest.unlink(missing_ok=True)
+
+    def keep_failed(self, manifest: Path) -> None:
+        for path in (self.body_of(manifest), manifest):
+            if path.exists():
+                shutil.move(path, self.failed / path.name)
+
+    def clear_downloads(self) -> None:
+        """Half-written downloads from a previous run can never be completed; drop them."""
+        for leftover in [*self.directory.glob("*.download"), *self.directory.glob("*.partial")]:
+            leftover.unlink(missing_ok=True)
+
 
 def _is_transient(error: BaseException) -> bool:
     if isinstance(error, botocore.exceptions.ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return status >= 500 or status in (409, 429)
-    return isinstance(
-        error,
-        (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectionClosedError,
-            botocore.exceptions.ReadTimeoutError,
-            botocore.exceptions.ConnectTimeoutError,
-        ),
-    )
+    return isinstance(error, (botocore.exceptions.BotoCoreError, ConnectionError))
 
 
 class WriteBack:
-    """Uploads in background threads; tracks what is pending so shutdown can wait for it."""
+    """Spooled uploads in background threads; bounded, retried, resumable, drained at shutdown."""
 
-    def __init__(self, workers: int = 4, attempts: int = 5) -> None:
+    def __init__(self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, attempts: int = 8) -> None:
+        self.spool = Spool(spool_dir)
+        self.max_pending = max_pending
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writeback")
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
         self._pending: set[asyncio.Future[Outcome]] = set()
+        self._deferred: dict[Path, ObjectUpload] = {}  # store unreachable for now; retried later
+        self._deferred_lock = threading.Lock()
         self._stopping = threading.Event()
         self.outcomes: Counter[str] = Counter()
-        self._put = retry(
+        self._upload = retry(
             retry=retry_if_exception(_is_transient),
             stop=stop_any(stop_after_attempt(attempts), lambda _: self._stopping.is_set()),
-            wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
+            wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
             reraise=True,
-        )(self._put_once)
+        )(self._upload_once)
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def submit(self, upload: ObjectUpload) -> asyncio.Future[Outcome]:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._store, upload)
+    def submit(self, upload: ObjectUpload, body: bytes | None = None, source: Path | None = None) -> asyncio.Future[Outcome] | None:
+        """Spool and store in the background. Past `max_pending` the write-back is dropped
+        (logged): the object is simply mirrored again on its next miss."""
+        if len(self._pending) >= self.max_pending:
+            logger.warning("write-back queue full (%d); not storing %s this time", self.max_pending, upload.where)
+            self.outcomes["dropped"] += 1
+            if source is not None:
+                source.unlink(missing_ok=True)
+            return None
+        return self._run(self._spool_and_store, upload, body, source)
+
+    def resume(self) -> int:
+        """Queue every write-back a previous run left in the spool."""
+        self.spool.clear_downloads()
+        count = 0
+        for manifest, upload in self.spool.pending():
+            self._run(self._store, manifest, upload)
+            count += 1
+        if count:
+            logger.info("resuming %d spooled write-back(s) from %s", count, self.spool.directory)
+        return count
+
+    def retry_deferred(self) -> int:
+        """Queue again the write-backs that gave up while the store was unreachable."""
+        with self._deferred_lock:
+            deferred, self._deferred = self._deferred, {}
+        for manifest, upload in deferred.items():
+            self._run(self._store, manifest, upload)
+        return len(deferred)
+
+    def _run(self, job, *args) -> asyncio.Future[Outcome]:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, job, *args)
         self._pending.add(future)
         future.add_done_callback(self._finished)
         return future
 
     def _finished(self, future: asyncio.Future[Outcome]) -> None:
         self._pending.discard(future)
-        self.outcomes[future.result() if not future.cancelled() else "failed"] += 1
+        self.outcomes[future.result() if not future.cancelled() and not future.exception() else "failed"] += 1
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for pending uploads, then stop retrying."""
+        """Wait up to `timeout` seconds for pending uploads; what is left stays spooled."""
         if self._pending:
             logger.info("waiting up to %gs for %d pending write-back(s)", timeout, len(self._pending))
             _, unfinished = await asyncio.wait(set(self._pending), timeout=timeout)
             if unfinished:
-                logger.warning("%d write-back(s) did not finish before shutdown", len(unfinished))
+                logger.warning(
+                    "%d write-back(s) still pending; they stay in %s and resume at the next start",
+                    len(unfinished), self.spool.directory,
+                )
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _store(self, upload: ObjectUpload) -> Outcome:
-        where = f"s3://{upload.bucket}/{upload.key}"
+    def _spool_and_store(self, upload: ObjectUpload, body: bytes | None, source: Path | None) -> Outcome:
+        return self._store(self.spool.add(upload, body, source), upload)
+
+    def _store(self, manifest: Path, upload: ObjectUpload) -> Outcome:
         try:
-            self._put(upload)
+            self._upload(upload, self.spool.body_of(manifest))
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") == "PreconditionFailed":
-                logger.info("write-back skipped, %s already exists", where)
+                logger.info("write-back skipped, %s already exists", upload.where)
+                self.spool.finish(manifest)
                 return "exists"
-            logger.error("write-back of %s failed: %s", where, e)
-            return "failed"
-        except Exception as e:  # any other failure is logged, never raised into the loop
-            logger.error("write-back of %s failed: %s: %s", where, type(e).__name__, e)
-            return "failed"
-        logger.info("write-back stored %s (%d bytes)", where, len(upload.body))
+            return self._failed(manifest, upload, e)
+        except Exception as e:  # any failure is logged and kept, never raised into the loop
+            return self._failed(manifest, upload, e)
+        self.spool.finish(manifest)
+        logger.info("write-back stored %s (%d bytes)", upload.where, upload.size)
         return "stored"
 
-    def _put_once(self, upload: ObjectUpload) -> None:
-        self._client(upload.endpoint).put_object(**upload.put_arguments())
+    def _failed(self, manifest: Path, upload: ObjectUpload, error: Exception) -> Outcome:
+        if _is_transient(error):  # the store is down or overloaded: keep it spooled, try later
+            with self._deferred_lock:
+                self._deferred[manifest] = upload
+            logger.warning("write-back of %s deferred: %s: %s; it stays spooled", upload.where, type(error).__name__, error)
+            return "deferred"
+        self.spool.keep_failed(manifest)
+        logger.error("write-back of %s failed: %s: %s (kept in %s)", upload.where, type(error).__name__, error, self.spool.failed)
+        return "failed"
+
+    def _upload_once(self, upload: ObjectUpload, body_path: Path) -> None:
+        client = self._client(upload.endpoint)
+        if upload.size < PART_SIZE:
+            with open(body_path, "rb") as body:
+                client.put_object(**upload.put_arguments(body))
+        else:
+            upload_in_parts(client, upload, body_path)
+        stored = client.head_object(Bucket=upload.bucket, Key=upload.key)["ContentLength"]
+        if stored != upload.size:  # the store said yes but holds something else: say so loudly
+            raise ValueError(f"the store holds {stored} bytes, {upload.size} were sent")
 
     def _client(self, endpoint: str) -> Any:
         with self._clients_lock:
             if endpoint not in self._clients:
                 self._clients[endpoint] = make_s3_client(endpoint)
             return self._clients[endpoint]
+
+
+def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
+    """Multipart upload, one part in memory at a time, each part checked by the store
+    (Content-MD5); completed with If-None-Match: * so it stays create-only."""
+    started = client.create_multipart_upload(**upload.object_arguments())
+    upload_id = started["UploadId"]
+    try:
+        parts = []
+        with open(body_path, "rb") as body:
+            number = 1
+            while chunk := body.read(PART_SIZE):
+                md5 = base64.b64encode(hashlib.md5(chunk).digest()).decode()
+                answer = client.upload_part(
+                    Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
+                    PartNumber=number, Body=chunk, ContentMD5=md5,
+                )
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                number += 1
+        client.complete_multipart_upload(
+            Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
+            MultipartUpload={"Parts": parts}, IfNoneMatch="*",
+        )
+    except BaseException:
+        try:
+            client.abort_multipart_upload(Bucket=upload.bucket, Key=upload.key, UploadId=upload_id)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            pass  # the store is unreachable; stores expire abandoned uploads themselves
+        raise
 
 
 def make_s3_client(endpoint: str) -> Any:

@@ -8,7 +8,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
 from addon import s3
-from addon.backorigin import BackOrigin
+from addon.backorigin import BackOrigin, parse_size
 from tests.origin_server import body_for
 from tests.test_mirror import stored
 
@@ -27,22 +27,33 @@ def addon():
     return BackOrigin()
 
 
-def test_bad_options_are_refused(addon, rules_file, tmp_path):
+@pytest.fixture
+def options(rules_file, tmp_path):
+    return {"backorigin_rules": str(rules_file), "backorigin_spool_dir": str(tmp_path / "spool")}
+
+
+def test_bad_options_are_refused(addon, options, rules_file, tmp_path):
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, backorigin_rules=str(rules_file))
+        tctx.configure(addon, **options)
         with pytest.raises(exceptions.OptionsError, match="backorigin_origin_timeout: 'soon' is not a positive"):
             tctx.configure(addon, backorigin_origin_timeout="soon")
         with pytest.raises(exceptions.OptionsError, match="outside 1..20"):
             tctx.configure(addon, backorigin_max_rules=21)
+        with pytest.raises(exceptions.OptionsError, match="backorigin_max_inline: 'big' is not a size"):
+            tctx.configure(addon, backorigin_max_inline="big")
+        with pytest.raises(exceptions.OptionsError, match="backorigin_origin_read_timeout: '-1' is not a positive"):
+            tctx.configure(addon, backorigin_origin_read_timeout="-1")
+        with pytest.raises(exceptions.OptionsError, match="cannot change while running"):
+            tctx.configure(addon, backorigin_spool_dir=str(tmp_path / "elsewhere"))
         with pytest.raises(exceptions.OptionsError, match="cannot read the rules file"):
             tctx.configure(addon, backorigin_rules=str(tmp_path / "missing.json"))
         # a refused change keeps what was in force
         assert addon.rulebook.source == str(rules_file)
 
 
-async def test_miss_is_mirrored_and_written_back(addon, rules_file, store, s3, origin, unique):
+async def test_miss_is_mirrored_and_written_back(addon, options, store, s3, origin, unique):
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, backorigin_rules=str(rules_file), backorigin_origin_timeout="5")
+        tctx.configure(addon, **options, backorigin_origin_timeout="5")
         flow = flow_for(store, "mirror-bucket", f"ok/{unique}")
         await tctx.cycle(addon, flow)
         assert flow.response.status_code == 200
@@ -51,9 +62,9 @@ async def test_miss_is_mirrored_and_written_back(addon, rules_file, store, s3, o
     assert stored(s3, "mirror-bucket", f"ok/{unique}")
 
 
-async def test_flows_that_are_not_candidates_are_left_alone(addon, rules_file, store, origin, unique):
+async def test_flows_that_are_not_candidates_are_left_alone(addon, options, store, origin, unique):
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, backorigin_rules=str(rules_file))
+        tctx.configure(addon, **options)
         cases = [
             flow_for(store, "mirror-bucket", f"ok/{unique}", method="HEAD"),
             flow_for(store, "mirror-bucket", f"ok/{unique}", code="NoSuchBucket"),
@@ -68,3 +79,8 @@ async def test_flows_that_are_not_candidates_are_left_alone(addon, rules_file, s
             assert flow.response.status_code == before.status_code
             assert flow.response.content == before.content
     assert origin.requests_for(unique) == []
+
+
+@pytest.mark.parametrize("text, size", [("65536", 65536), ("512k", 512 * 1024), ("64m", 64 * 1024**2), ("1G", 1024**3), ("2gib", 2 * 1024**3)])
+def test_sizes(text, size):
+    assert parse_size("o", text) == size

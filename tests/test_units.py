@@ -160,10 +160,11 @@ def test_mirror_failed_is_s3_xml():
 # write-back arguments -----------------------------------------------------------------------
 
 def test_put_arguments_are_create_only_with_headers_and_metadata():
-    upload = ObjectUpload("http://s", "b", "k", b"data", {
+    upload = ObjectUpload("http://s", "b", "k", {
         "content-type": "text/plain", "cache-control": "no-cache", "expires": "Wed, 21 Oct 2037 07:28:00 GMT",
-        "access-control-allow-origin": "*"}, {"backorigin-origin-url": "http://o/k", "access-control-allow-origin": "*"})
-    args = upload.put_arguments()
+        "access-control-allow-origin": "*"}, {"backorigin-origin-url": "http://o/k", "access-control-allow-origin": "*"},
+        4, "jXd/OF09/siBXSD3SWAm3A==")
+    args = upload.put_arguments(b"data")
     assert args["IfNoneMatch"] == "*" and args["StorageClass"] == "STANDARD"
     assert args["ContentType"] == "text/plain" and args["CacheControl"] == "no-cache"
     assert args["Expires"].year == 2037
@@ -172,7 +173,7 @@ def test_put_arguments_are_create_only_with_headers_and_metadata():
 
 
 def test_unparsable_expires_is_left_out():
-    assert "Expires" not in ObjectUpload("http://s", "b", "k", b"", {"expires": "0"}, {}).put_arguments()
+    assert "Expires" not in ObjectUpload("http://s", "b", "k", {"expires": "0"}, {}, 0, "").object_arguments()
 
 
 def test_user_metadata_by_rule_flags_and_ascii_only():
