@@ -141,7 +141,7 @@ class BackOrigin:
 
     def running(self) -> None:
         """Resume what a previous run left spooled, and retry deferred write-backs now and then."""
-        self.writeback.resume()
+        self.writeback.resume(ctx.options.backorigin_s3_endpoint)
         self._keep(asyncio.ensure_future(self._retry_deferred_forever()))
 
     async def _retry_deferred_forever(self) -> None:

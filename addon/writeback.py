@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -31,7 +31,7 @@ import boto3
 import botocore.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
-from tenacity import retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential_jitter
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential_jitter
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,13 @@ def _is_transient(error: BaseException) -> bool:
     return isinstance(error, (botocore.exceptions.BotoCoreError, ConnectionError))
 
 
+def _log_retry(state: RetryCallState) -> None:
+    upload = state.args[0]
+    error = state.outcome.exception() if state.outcome else None
+    logger.info("write-back of %s: %s: %s; retrying in %.1fs", upload.where, type(error).__name__, error,
+                state.next_action.sleep if state.next_action else 0)
+
+
 class WriteBack:
     """Spooled uploads in background threads; bounded, retried, resumable, drained at shutdown."""
 
@@ -173,6 +180,8 @@ class WriteBack:
             retry=retry_if_exception(_is_transient),
             stop=stop_any(stop_after_attempt(attempts), lambda _: self._stopping.is_set()),
             wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
+            before_sleep=_log_retry,
+            sleep=self._stopping.wait,  # a shutdown that has given up waiting ends the pauses too
             reraise=True,
         )(self._upload_once)
 
@@ -191,12 +200,13 @@ class WriteBack:
             return None
         return self._run(self._spool_and_store, upload, body, source)
 
-    def resume(self) -> int:
-        """Queue every write-back a previous run left in the spool."""
+    def resume(self, endpoint: str | None = None) -> int:
+        """Queue every write-back a previous run left in the spool; `endpoint`, when given
+        (backorigin_s3_endpoint), replaces the store each one was headed for."""
         self.spool.clear_downloads()
         count = 0
         for manifest, upload in self.spool.pending():
-            self._run(self._store, manifest, upload)
+            self._run(self._store, manifest, replace(upload, endpoint=endpoint) if endpoint else upload)
             count += 1
         if count:
             logger.info("resuming %d spooled write-back(s) from %s", count, self.spool.directory)
@@ -318,7 +328,7 @@ def make_s3_client(endpoint: str) -> Any:
         s3={"addressing_style": "path"},
         retries={"total_max_attempts": 1},  # WriteBack retries with backoff itself
         connect_timeout=5,
-        read_timeout=60,
+        read_timeout=30,
         signature_version=None if session.get_credentials() else UNSIGNED,
     )
     return session.client(

@@ -32,6 +32,20 @@ def body_for(path: str) -> bytes:
     return f"origin body for {path}\n".encode() * 8
 
 
+_BLOCK = bytes(range(256)) * 4096  # 1 MiB
+
+
+def sized_body(size: int):
+    """The body of the `sized` scenario, 1 MiB at a time: block i is _BLOCK rotated by i."""
+    sent, index = 0, 0
+    while sent < size:
+        shift = index % 256
+        piece = (_BLOCK[shift:] + _BLOCK[:shift])[: size - sent]
+        yield piece
+        sent += len(piece)
+        index += 1
+
+
 @dataclass(frozen=True)
 class Received:
     path: str
@@ -173,6 +187,54 @@ class _Handler(BaseHTTPRequestHandler):
             "Content-Type": "text/plain", "Last-Modified": LAST_MODIFIED,
             "x-amz-meta-owner": "ops", "x-oss-meta-team": "data",
         })
+
+    def scenario_hugeheaders(self, path: str) -> None:
+        self._send(200, body_for(path), {"X-Padding": "x" * 200_000})
+
+    def scenario_badlength(self, path: str) -> None:
+        self._send(200, body_for(path), {"Content-Length": "12abc"})
+
+    def scenario_gziplie(self, path: str) -> None:
+        self._send(200, body_for(path), {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
+
+    def scenario_gziptruncated(self, path: str) -> None:
+        self._send(200, gzip.compress(body_for(path) * 50)[:-20], {"Content-Encoding": "gzip"})
+
+    def scenario_badetag(self, path: str) -> None:
+        self._send(200, body_for(path), {"Content-Type": "text/plain", "ETag": '"0123456789abcdef0123456789abcdef"'})
+
+    def scenario_goodetag(self, path: str) -> None:
+        body = body_for(path)
+        self._send(200, body, {"Content-Type": "text/plain", "ETag": f'"{hashlib.md5(body).hexdigest()}"'})
+
+    def scenario_drip(self, path: str) -> None:
+        """Headers at once, then one byte every 0.4 s (bounded: at most 20 bytes)."""
+        body = body_for(path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for byte in body[:20]:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(0.4)
+        self.close_connection = True
+
+    def scenario_ftpredirect(self, path: str) -> None:
+        self._send(302, b"", {"Location": "ftp://files.example.com/x"})
+
+    def scenario_sized(self, path: str) -> None:
+        """/<dir>/sized/<bytes>/<name>: a deterministic body of that size, streamed in 1 MiB
+        writes (so big bodies never sit in memory), chunked when the name ends in .chunked."""
+        size = int(path.split("/")[path.split("/").index("sized") + 1])
+        chunked = path.endswith(".chunked")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding" if chunked else "Content-Length", "chunked" if chunked else str(size))
+        self.end_headers()
+        for piece in sized_body(size):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def scenario_echo(self, path: str) -> None:
         """Body = what the origin received (path with query, headers), as JSON."""

@@ -151,9 +151,14 @@ class DelayingRelay:
 
     def _relay(self, client: socket.socket) -> None:
         time.sleep(self.delay)
-        with client, socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
-            threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-            _pipe(client, upstream)
+        with client:
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                return  # the store is down: the client sees its connection closed
+            with upstream:
+                threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+                _pipe(client, upstream)
 
 
 def _pipe(source: socket.socket, sink: socket.socket) -> None:

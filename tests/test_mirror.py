@@ -30,8 +30,8 @@ def stored(s3, bucket: str, key: str):
         raise
 
 
-def wait_stored(s3, bucket: str, key: str):
-    return wait_for(lambda: stored(s3, bucket, key))
+def wait_stored(s3, bucket: str, key: str, within: float = 15.0):
+    return wait_for(lambda: stored(s3, bucket, key), within=within)
 
 
 # 1. Only GetObject on NoSuchKey is a candidate -------------------------------------------

@@ -1,0 +1,192 @@
+"""Holding up: large objects, integrity, origin faults, store outages, kill -9, loops,
+two proxies on one store. Real mitmdump, real SeaweedFS, scripted origin."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import signal
+
+import pytest
+
+from addon.embedded_store import EmbeddedStore, free_ports
+from tests.origin_server import body_for, sized_body
+from tests.support import DelayingRelay, Mitmdump, http_get, mirror_rule, wait_for, write_rules
+from tests.test_mirror import stored, wait_stored
+
+BUCKET = "durable-bucket"
+
+
+@pytest.fixture(scope="module")
+def durable_rules(tmp_path_factory, store, origin):
+    store.create_buckets([BUCKET])
+    return write_rules(tmp_path_factory.mktemp("durable") / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/dir1/")]})
+
+
+def proxy_for(tmp_path, endpoint: str, rules, **options) -> Mitmdump:
+    return Mitmdump(f"reverse:{endpoint}", rules, tmp_path, {"backorigin_origin_timeout": "1.5", **options})
+
+
+def sha256_of_stored(s3, key: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=BUCKET, Key=key)["Body"].iter_chunks(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of_sized(size: int) -> str:
+    digest = hashlib.sha256()
+    for piece in sized_body(size):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+# Large objects ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".chunked"])
+def test_large_object_is_redirected_and_copied_through_a_file(tmp_path, store, s3, origin, durable_rules, unique, suffix):
+    size = 40 * 1024 * 1024 + 12345  # over max_inline, and three multipart parts
+    proxy = proxy_for(tmp_path, store.endpoint, durable_rules, backorigin_max_inline="8m", backorigin_origin_timeout="30").start()
+    key = f"sized/{size}/{unique}{suffix}"
+    try:
+        status, headers, body = http_get(f"{proxy.url}/{BUCKET}/{key}")
+        assert status == 302 and body == b""
+        assert headers["location"] == f"{origin.base}/dir1/{key}"
+        head = wait_stored(s3, BUCKET, key, within=60)
+        assert head["ContentLength"] == size
+        assert sha256_of_stored(s3, key) == sha256_of_sized(size)
+        assert head["Metadata"]["backorigin-origin-url"] == f"{origin.base}/dir1/{key}"
+    finally:
+        proxy.stop()
+    # the client's fetch and the background copy: at most two origin requests, one copy stored
+    assert 1 <= len(origin.requests_for(unique)) <= 2
+    assert proxy.log().count(f"write-back stored s3://{BUCKET}/{key} ") == 1
+
+
+# Integrity and origin faults -------------------------------------------------------------------
+
+
+FAULTS = ["hugeheaders", "badlength", "gziplie", "gziptruncated", "drip", "ftpredirect", "short", "reset", "loop", "error500"]
+
+
+def test_origin_faults_give_424_and_store_nothing(tmp_path, store, s3, durable_rules, unique):
+    proxy = proxy_for(tmp_path, store.endpoint, durable_rules).start()
+    answers = {}
+    try:
+        for fault in FAULTS:
+            status, _, body = http_get(f"{proxy.url}/{BUCKET}/{fault}/{unique}")
+            answers[fault] = (status, b"<Code>MirrorFailed</Code>" in body)
+        control = f"ok/{unique}"
+        assert http_get(f"{proxy.url}/{BUCKET}/{control}")[0] == 200
+    finally:
+        assert proxy.stop() == 0  # drains every write-back that was started
+    assert answers == {fault: (424, True) for fault in FAULTS}
+    assert stored(s3, BUCKET, control)
+    assert [f for f in FAULTS if stored(s3, BUCKET, f"{f}/{unique}")] == []
+
+
+def test_md5_etag_mismatch_is_served_but_never_stored(tmp_path, store, s3, durable_rules, unique):
+    proxy = proxy_for(tmp_path, store.endpoint, durable_rules).start()
+    try:
+        bad, good = f"badetag/{unique}", f"goodetag/{unique}"
+        assert http_get(f"{proxy.url}/{BUCKET}/{bad}")[2] == body_for(f"/dir1/{bad}")
+        assert http_get(f"{proxy.url}/{BUCKET}/{good}")[0] == 200
+    finally:
+        proxy.stop()
+    assert stored(s3, BUCKET, good) and stored(s3, BUCKET, bad) is None
+    assert f"not stored: s3://{BUCKET}/{bad}: ETag" in proxy.log()
+
+
+# Durable write-back ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_store(tmp_path):
+    """A store of its own, so a test may stop and restart it."""
+    own = EmbeddedStore(tmp_path / "own-store", free_ports(1, with_grpc=True)[0])
+    own.start()
+    own.create_buckets([BUCKET])
+    yield own
+    own.stop()
+
+
+def test_write_backs_survive_a_store_outage(tmp_path, own_store, durable_rules, unique):
+    # the write-back endpoint sits behind a relay that holds each connection 1 s, so the
+    # store can be stopped while uploads are pending
+    relay = DelayingRelay(own_store.s3_port, delay=1.0)
+    proxy = proxy_for(tmp_path, own_store.endpoint, durable_rules,
+                      backorigin_s3_endpoint=f"http://127.0.0.1:{relay.port}").start()
+    keys = [f"ok/{unique}-{i}" for i in range(3)]
+    try:
+        for key in keys:
+            assert http_get(f"{proxy.url}/{BUCKET}/{key}")[0] == 200
+        own_store.stop()
+        wait_for(lambda: "; retrying in" in proxy.log(), within=30)  # uploads failed against the stopped store
+        own_store.start()
+        client = own_store.client()
+        for key in keys:
+            wait_for(lambda: stored(client, BUCKET, key), within=90, every=0.5)
+    finally:
+        proxy.stop()
+        relay.close()
+
+
+def test_write_backs_survive_kill_9_of_the_proxy(tmp_path, store, s3, durable_rules, unique):
+    spool = tmp_path / "spool"
+    stuck_store = DelayingRelay(store.s3_port, delay=600)  # uploads never get through
+    first = proxy_for(tmp_path / "first", store.endpoint, durable_rules, backorigin_spool_dir=str(spool),
+                      backorigin_s3_endpoint=f"http://127.0.0.1:{stuck_store.port}").start()
+    keys = [f"ok/{unique}-{i}" for i in range(3)]
+    for key in keys:
+        assert http_get(f"{first.url}/{BUCKET}/{key}")[0] == 200
+    wait_for(lambda: len(list(spool.glob("*.json"))) == 3)  # spooled: the promise is on disk
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    stuck_store.close()
+    assert not any(stored(s3, BUCKET, key) for key in keys)
+    second = proxy_for(tmp_path / "second", store.endpoint, durable_rules, backorigin_spool_dir=str(spool),
+                       backorigin_s3_endpoint=store.endpoint).start()
+    try:
+        for key in keys:
+            wait_stored(s3, BUCKET, key)
+        assert "resuming 3 spooled write-back(s)" in second.log()
+        assert s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read() == body_for(f"/dir1/{keys[0]}")
+    finally:
+        second.stop()
+    assert list(spool.glob("*.json")) == []
+
+
+# Concurrency and loops -----------------------------------------------------------------------
+
+
+def test_two_proxies_on_one_store_end_with_one_correct_object_per_key(tmp_path, store, s3, origin, durable_rules, unique):
+    proxies = [proxy_for(tmp_path / f"p{i}", store.endpoint, durable_rules).start() for i in range(2)]
+    keys = [f"ok/{unique}-{i}" for i in range(10)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda job: http_get(f"{job[0].url}/{BUCKET}/{job[1]}"),
+                                    [(p, k) for k in keys for p in proxies]))
+        assert {status for status, _, _ in answers} == {200}
+    finally:
+        for proxy in proxies:
+            assert proxy.stop() == 0
+    for key in keys:
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body_for(f"/dir1/{key}")
+    logs = proxies[0].log() + proxies[1].log()
+    for key in keys:  # create-only: whichever proxy came second found it there
+        assert logs.count(f"write-back stored s3://{BUCKET}/{key} ") == 1
+
+
+def test_origin_that_leads_back_into_the_proxy_is_refused(tmp_path, store, s3, unique):
+    port = free_ports(1)[0]
+    rules = write_rules(tmp_path / "loop.json", {BUCKET: [mirror_rule(1, f"http://127.0.0.1:{port}/{BUCKET}/")]})
+    proxy = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path, port=port).start()
+    try:
+        status, _, body = http_get(f"{proxy.url}/{BUCKET}/{unique}")
+    finally:
+        proxy.stop()
+    assert status == 424 and b"MirrorFailed" in body
+    assert "loop:" in proxy.log() and "came back into the proxy" in proxy.log()
+    assert proxy.log().count("came back into the proxy") == 1  # refused once, no recursion
+    assert stored(s3, BUCKET, unique) is None
