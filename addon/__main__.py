@@ -21,16 +21,63 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--origin-port", type=int, default=8000)
     demo.add_argument("--ui", choices=["mitmdump", "mitmweb"], default="mitmdump")
 
+    importer = commands.add_parser(
+        "import-rules", help="print rules.json converted from OSS WebsiteConfiguration XML or AWS put-bucket-website JSON"
+    )
+    importer.add_argument("--bucket", required=True, help="the bucket the rules are for")
+    importer.add_argument("file", type=Path, help="GetBucketWebsite/PutBucketWebsite XML or put-bucket-website JSON")
+
+    exporter = commands.add_parser("export-rules", help="print one bucket's rules as OSS WebsiteConfiguration XML")
+    exporter.add_argument("--bucket", required=True, help="the bucket whose rules are exported")
+    exporter.add_argument("rules", type=Path, help="the rules file")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             from addon.demo import run_demo
 
             return run_demo(args.rules, args.state, args.proxy_port, args.store_port, args.origin_port, args.ui)
+        if args.command == "import-rules":
+            return import_rules(args.file, args.bucket)
+        if args.command == "export-rules":
+            return export_rules(args.rules, args.bucket)
     except RulesError as e:
         print(e, file=sys.stderr)
         return 2
     return 0
+
+
+def import_rules(path: Path, bucket: str) -> int:
+    from addon.convert import ConversionError, checked_rules_json, website_to_rules
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError(f"{path}: cannot read the file: {getattr(e, 'strerror', None) or e}") from e
+    try:
+        document, warnings = website_to_rules(text, bucket)
+    except ConversionError as e:
+        raise RulesError(f"{path}: {e}") from None
+    warn(path, warnings)
+    rules_json, warnings = checked_rules_json(document, f"{path} (converted)")
+    warn(path, warnings)
+    sys.stdout.write(rules_json)
+    return 0
+
+
+def export_rules(path: Path, bucket: str) -> int:
+    from addon.convert import bucket_rules, rules_to_oss_xml
+    from addon.rules import MAX_RULES_CEILING, load_rules
+
+    xml, warnings = rules_to_oss_xml(bucket_rules(load_rules(path, MAX_RULES_CEILING), bucket))
+    warn(path, warnings)
+    sys.stdout.write(xml)
+    return 0
+
+
+def warn(source: Path, warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {source}: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

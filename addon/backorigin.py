@@ -20,9 +20,19 @@ from mitmproxy import ctx, exceptions, http
 
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addon import objectmeta, redirect, replies, s3
+from addon import objectmeta, redirect, replies, s3, streaming
+from addon.integrity import BodyCheck
 from addon.flight import SingleFlight
-from addon.origin import OriginClient, OriginRequest, OriginResult, Timeouts, UnsafeKey, build_request, presigned_url
+from addon.origin import (
+    STORABLE_HEADERS,
+    OriginClient,
+    OriginRequest,
+    OriginResult,
+    Timeouts,
+    UnsafeKey,
+    build_request,
+    presigned_url,
+)
 from addon.rules import LOOP_HEADER, DEFAULT_MAX_RULES, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
 from addon.writeback import ObjectUpload, WriteBack
 
@@ -72,6 +82,8 @@ class BackOrigin:
         self.writeback: WriteBack | None = None  # needs the spool directory: made in configure
         self.flights: SingleFlight[OriginResult] = SingleFlight()
         self._background: set[asyncio.Task] = set()  # large-object copies and the retry timer
+        self._streams: dict[str, streaming.StreamedMiss] = {}  # flow id -> a miss re-routed to the origin
+        self.known_objects = streaming.ExistenceCache()
 
     def load(self, loader) -> None:
         loader.add_option("backorigin_rules", str, "rules.json", "Path of the rules file (OSS RoutingRule names, JSON).")
@@ -91,6 +103,12 @@ class BackOrigin:
             "origin and copied into the store in the background, through a file.",
         )
         loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds a background copy of a large object may take.")
+        loader.add_option(
+            "backorigin_large_objects", str, "redirect",
+            "How misses are answered past backorigin_max_inline: 'redirect' (302 to the origin, copy in the "
+            "background; for browsers and CDNs) or 'stream' (ask the store first, then stream every miss from "
+            "the origin through the proxy; also for SDK clients that do not follow redirects).",
+        )
         loader.add_option(
             "backorigin_s3_endpoint", Optional[str], None,
             "Endpoint for write-backs (e.g. http://127.0.0.1:8333). "
@@ -130,6 +148,10 @@ class BackOrigin:
             self.origin.max_inline = parse_size("backorigin_max_inline", options.backorigin_max_inline)
         if "backorigin_shutdown_timeout" in updated:
             parse_seconds("backorigin_shutdown_timeout", options.backorigin_shutdown_timeout)
+        if "backorigin_large_objects" in updated and options.backorigin_large_objects not in ("redirect", "stream"):
+            raise exceptions.OptionsError(
+                f"backorigin_large_objects: {options.backorigin_large_objects!r} is neither 'redirect' nor 'stream'"
+            )
         for name in ("backorigin_writeback_workers", "backorigin_writeback_queue"):
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name}: must be at least 1")
@@ -154,7 +176,7 @@ class BackOrigin:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         """Refuse our own origin fetches coming back in (a loop), then let redirect rules
         without a status condition decide before the store is asked (OSS: "hide objects
         with a prefix"), unless an earlier rule needs the store's answer."""
@@ -170,11 +192,57 @@ class BackOrigin:
         candidate = self._candidate(flow)
         if candidate is None:
             return
-        rule = self.rulebook.decide_before_store(candidate.bucket, candidate.key, flow.request.method, flow.request.headers.get)
-        if rule is not None:
+        rule = self.rulebook.first_request_match(candidate.bucket, candidate.key, flow.request.method, flow.request.headers.get)
+        if rule is None:
+            return
+        if rule.status_condition is None:
             flow.response = self._redirect(flow, candidate, rule)
+        elif rule.Redirect.is_mirror and flow.request.method == "GET" and ctx.options.backorigin_large_objects == "stream":
+            await self._stream_if_missing(flow, candidate, rule)
+
+    async def _stream_if_missing(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> None:
+        endpoint = ctx.options.backorigin_s3_endpoint or store_endpoint(flow.request)
+        known = (endpoint, ref.bucket, ref.key)
+        if known in self.known_objects:
+            return
+        try:
+            present = await asyncio.to_thread(streaming.store_has, self.writeback.client(endpoint), ref.bucket, ref.key)
+        except Exception as e:  # the store will answer the flow itself; the 404 path still mirrors
+            logger.warning("stream mode: cannot ask the store about s3://%s/%s: %s", ref.bucket, ref.key, e)
+            return
+        if present:
+            self.known_objects.add(known)
+            return
+        try:
+            request = build_request(rule, ref.key, flow.request)
+        except UnsafeKey as e:
+            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
+            return
+        self._streams[flow.id] = streaming.StreamedMiss(endpoint, ref, rule, request, flow.request.copy())
+        streaming.reroute(flow, request)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A re-routed miss answered 200: stream it to the client and into a spool file."""
+        miss = self._streams.get(flow.id)
+        if miss is None or flow.response is None or flow.response.status_code != 200:
+            return
+        miss.origin_headers = tuple(flow.response.headers.items(multi=True))
+        miss.tee = streaming.Tee(self.writeback.spool.new_body_path(), BodyCheck.for_headers(flow.response.headers))
+        flow.response.stream = miss.tee
+        streaming.streamed_headers(flow.response, keep=lambda name: name in STORABLE_HEADERS)
+        flow.response.headers["x-oss-tag"] = replies.oss_tag(miss.request.url)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        miss = self._streams.pop(flow.id, None)
+        if miss is not None and miss.tee is not None:
+            miss.tee.discard()
+            logger.warning("stream of %s broke off: %s; nothing stored", miss.request.url, flow.error)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        miss = self._streams.pop(flow.id, None)
+        if miss is not None:
+            await self._finish_stream(flow, miss)
+            return
         candidate = self._candidate(flow)
         if candidate is None or flow.response is None:
             return
@@ -191,7 +259,27 @@ class BackOrigin:
         elif not rule.Redirect.is_mirror:
             flow.response = self._redirect(flow, candidate, rule)
         elif status == 404:
-            flow.response = await self._mirror(flow, candidate, rule)
+            flow.response = await self._mirror(flow, flow.request, flow.response, candidate, rule)
+
+    async def _finish_stream(self, flow: http.HTTPFlow, miss: streaming.StreamedMiss) -> None:
+        if miss.tee is None:  # not a 200: answer as the buffered path would, from the original request
+            store_404 = replies.s3_error(miss.original, 404, "NoSuchKey", "The specified key does not exist.", miss.ref)
+            flow.response = await self._mirror(flow, miss.original, store_404, miss.ref, miss.rule)
+            return
+        check = miss.tee.check
+        if not miss.tee.finished or check.failure():
+            miss.tee.discard()
+            logger.error("stream of %s for s3://%s/%s: %s; nothing stored", miss.request.url, miss.ref.bucket,
+                         miss.ref.key, check.failure() or "incomplete")
+            return
+        logger.info("bucket %s, RuleNumber %d: streamed %s (%d bytes)", miss.ref.bucket, miss.rule.RuleNumber,
+                    miss.request.url, check.size)
+        result = OriginResult(miss.request.url, 200, miss.origin_headers, size=check.size, md5=check.md5_base64,
+                              not_storable=check.mismatch())
+        if miss.rule.Redirect.MirrorProxyPass:
+            miss.tee.discard()
+        else:
+            self._store(miss.endpoint, miss.ref, miss.rule, result, miss.tee.path)
 
     def _candidate(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
         """The object a live GET/HEAD names, if its bucket has rules."""
@@ -206,13 +294,16 @@ class BackOrigin:
         logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
         return replies.redirect(flow.request, rule.Redirect.HttpRedirectCode, target, redirect.extra_headers(rule))
 
-    async def _mirror(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> http.Response:
+    async def _mirror(
+        self, flow: http.HTTPFlow, client_request: http.Request, store_404: http.Response, ref: s3.ObjectRef, rule: RoutingRule
+    ) -> http.Response:
+        """Answer a miss from the origin (buffered up to max_inline) and start the write-back."""
         try:
-            request = build_request(rule, ref.key, flow.request)
+            request = build_request(rule, ref.key, client_request)
         except UnsafeKey as e:
             logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
-            return flow.response
-        endpoint = ctx.options.backorigin_s3_endpoint or store_endpoint(flow.request)
+            return store_404
+        endpoint = ctx.options.backorigin_s3_endpoint or store_endpoint(client_request)
         flight = (endpoint, ref, request.flight_key)
         if flight in self.flights:
             logger.info("%s joins the origin fetch under way for %s", flow.client_conn.peername, ref.key)
@@ -225,18 +316,18 @@ class BackOrigin:
         extra = objectmeta.mirrored_extra_headers(result, action)
         if result.too_large:  # the client reads it from the origin; a copy goes to the store
             target = presigned_url(result.final_url, action.MirrorAuth) if action.MirrorAuth else result.final_url
-            return replies.redirect(flow.request, 302, target, [("x-oss-tag", replies.oss_tag(result.url))])
+            return replies.redirect(client_request, 302, target, [("x-oss-tag", replies.oss_tag(result.url))])
         if result.ok:
             if request.method == "HEAD":
-                return replies.mirrored_head(flow.request, result, extra)
-            return replies.mirrored(flow.request, ref, result, extra)
+                return replies.mirrored_head(client_request, result, extra)
+            return replies.mirrored(client_request, ref, result, extra)
         if result.status == 404:
-            return flow.response
+            return store_404
         if result.status in request.transparent_codes:
-            return replies.transparent(flow.request, result)
+            return replies.transparent(client_request, result)
         if result.location and not request.follow_redirects:
-            return replies.redirect(flow.request, result.status or 302, result.location)
-        return replies.mirror_failed(flow.request, ref, result.failure or f"the origin answered {result.status}")
+            return replies.redirect(client_request, result.status or 302, result.location)
+        return replies.mirror_failed(client_request, ref, result.failure or f"the origin answered {result.status}")
 
     async def _fetch_and_store(
         self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, request: OriginRequest

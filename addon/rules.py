@@ -165,13 +165,13 @@ UNSUPPORTED_OSS_FIELDS = {
     "LuaConfig": "OSS runs Lua scripts on its own servers; there is no equivalent here",
 }
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-_MIRROR_ONLY = frozenset(
+MIRROR_ONLY_FIELDS = frozenset(
     {"MirrorURL", "MirrorURLSlave", "MirrorURLProbe", "MirrorSwitchAllErrors", "MirrorPassQueryString",
      "MirrorFollowRedirect", "MirrorCheckMd5", "MirrorHeaders", "MirrorAllowHeadObject",
      "MirrorPassOriginalSlashes", "TransparentMirrorResponseCodes", "MirrorProxyPass",
      "MirrorUserLastModified", "MirrorSaveOssMeta", "MirrorAuth", "MirrorHost"}
 )
-_REDIRECT_ONLY = frozenset({"HttpRedirectCode", "Protocol", "HostName"})
+REDIRECT_ONLY_FIELDS = frozenset({"HttpRedirectCode", "Protocol", "HostName"})
 
 
 def _check_origin_url(url: str) -> str:
@@ -240,11 +240,11 @@ class RuleAction(_Model):
         if self.is_mirror:
             if self.MirrorURL is None:
                 raise ValueError("MirrorURL is required when RedirectType is Mirror")
-            wrong = sorted(given & _REDIRECT_ONLY)
+            wrong = sorted(given & REDIRECT_ONLY_FIELDS)
             if wrong:
                 raise ValueError(f"{', '.join(wrong)} applies only to External and AliCDN redirects")
         else:
-            wrong = sorted(given & _MIRROR_ONLY)
+            wrong = sorted(given & MIRROR_ONLY_FIELDS)
             if wrong:
                 raise ValueError(f"{', '.join(wrong)} applies only when RedirectType is Mirror")
             if self.HttpRedirectCode not in REDIRECT_CODES:
@@ -332,15 +332,19 @@ class RuleBook:
     def rules_for(self, bucket: str) -> tuple[RoutingRule, ...]:
         return self.buckets.get(bucket, ())
 
+    def first_request_match(
+        self, bucket: str, key: str, method: str, header: Callable[[str], str | None]
+    ) -> RoutingRule | None:
+        """The first rule whose request conditions hold, whatever the store will answer."""
+        return next((r for r in self.rules_for(bucket) if r.applies_to(method) and r.matches_request(key, header)), None)
+
     def decide_before_store(
         self, bucket: str, key: str, method: str, header: Callable[[str], str | None]
     ) -> RoutingRule | None:
         """A rule that decides without the store's answer (a redirect with no status
         condition), unless an earlier matching rule has to see that answer first."""
-        for rule in self.rules_for(bucket):
-            if rule.applies_to(method) and rule.matches_request(key, header):
-                return rule if rule.status_condition is None else None
-        return None
+        rule = self.first_request_match(bucket, key, method, header)
+        return rule if rule is not None and rule.status_condition is None else None
 
     def decide_after_store(
         self, bucket: str, key: str, method: str, header: Callable[[str], str | None], status: int

@@ -272,7 +272,7 @@ class WriteBack:
         return "failed"
 
     def _upload_once(self, upload: ObjectUpload, body_path: Path) -> None:
-        client = self._client(upload.endpoint)
+        client = self.client(upload.endpoint)
         if upload.size < PART_SIZE:
             with open(body_path, "rb") as body:
                 client.put_object(**upload.put_arguments(body))
@@ -282,7 +282,8 @@ class WriteBack:
         if stored != upload.size:  # the store said yes but holds something else: say so loudly
             raise ValueError(f"the store holds {stored} bytes, {upload.size} were sent")
 
-    def _client(self, endpoint: str) -> Any:
+    def client(self, endpoint: str) -> Any:
+        """The boto3 client for `endpoint` (one per endpoint, shared by the threads)."""
         with self._clients_lock:
             if endpoint not in self._clients:
                 self._clients[endpoint] = make_s3_client(endpoint)
