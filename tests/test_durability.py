@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import http.client
 import signal
 
 import pytest
@@ -190,3 +191,67 @@ def test_origin_that_leads_back_into_the_proxy_is_refused(tmp_path, store, s3, u
     assert "loop:" in proxy.log() and "came back into the proxy" in proxy.log()
     assert proxy.log().count("came back into the proxy") == 1  # refused once, no recursion
     assert stored(s3, BUCKET, unique) is None
+
+
+# Stream mode -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stream_proxy(tmp_path_factory, store, durable_rules):
+    proxy = proxy_for(tmp_path_factory.mktemp("stream"), store.endpoint, durable_rules,
+                      backorigin_large_objects="stream", backorigin_max_inline="8m").start()
+    yield proxy
+    proxy.stop()
+
+
+def test_stream_mode_serves_sdk_clients_any_size_and_stores_it(stream_proxy, s3, origin, unique):
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    size = 40 * 1024 * 1024 + 7
+    key = f"sized/{size}/{unique}.bin"
+    client = boto3.client("s3", endpoint_url=stream_proxy.url, region_name="us-east-1",
+                          config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}))
+    answer = client.get_object(Bucket=BUCKET, Key=key)  # an SDK client: no redirect to follow
+    digest = hashlib.sha256()
+    for chunk in answer["Body"].iter_chunks(1024 * 1024):
+        digest.update(chunk)
+    assert digest.hexdigest() == sha256_of_sized(size)
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-oss-tag"] == f"MIRROR {origin.base}/dir1/{key}"
+    assert wait_stored(s3, BUCKET, key, within=60)["ContentLength"] == size
+    assert sha256_of_stored(s3, key) == sha256_of_sized(size)
+    assert len(origin.requests_for(unique)) == 1  # streamed once, not fetched again for the store
+
+
+def test_stream_mode_passes_only_storable_headers(stream_proxy, origin, unique):
+    status, headers, body = http_get(f"{stream_proxy.url}/{BUCKET}/ok/{unique}")
+    assert status == 200 and body == body_for(f"/dir1/ok/{unique}")
+    assert headers["cache-control"] == "max-age=60" and not {"set-cookie", "x-origin-private", "etag"} & set(headers)
+
+
+def test_stream_mode_leaves_existing_objects_to_the_store(stream_proxy, s3, origin, unique):
+    s3.put_object(Bucket=BUCKET, Key=f"ok/{unique}", Body=b"migrated")
+    for _ in range(2):  # the second time the proxy remembers the key exists
+        assert http_get(f"{stream_proxy.url}/{BUCKET}/ok/{unique}")[2] == b"migrated"
+    assert origin.requests_for(unique) == []
+
+
+def test_stream_mode_origin_answers_other_than_200(stream_proxy, s3, unique):
+    status, _, body = http_get(f"{stream_proxy.url}/{BUCKET}/missing/{unique}")
+    assert status == 404 and b"<Code>NoSuchKey</Code>" in body
+    assert http_get(f"{stream_proxy.url}/{BUCKET}/error500/{unique}")[0] == 424
+    status, _, body = http_get(f"{stream_proxy.url}/{BUCKET}/redirect/2/{unique}")  # followed by the buffered path
+    assert status == 200 and body == body_for(f"/dir1/redirect/0/{unique}")
+
+
+def test_stream_mode_never_stores_a_broken_stream(tmp_path, store, s3, durable_rules, unique):
+    proxy = proxy_for(tmp_path, store.endpoint, durable_rules, backorigin_large_objects="stream").start()
+    try:
+        # a stream that breaks off reaches the client broken too: that is what streaming means
+        with pytest.raises(http.client.IncompleteRead):
+            http_get(f"{proxy.url}/{BUCKET}/short/{unique}")
+        assert http_get(f"{proxy.url}/{BUCKET}/gziplie/{unique}")[0] == 200  # bytes passed as sent
+    finally:
+        assert proxy.stop() == 0
+    assert stored(s3, BUCKET, f"short/{unique}") is None and stored(s3, BUCKET, f"gziplie/{unique}") is None
