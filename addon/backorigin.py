@@ -3,38 +3,32 @@
 Run it as:  mitmdump -s addon/backorigin.py --mode reverse:http://STORE:PORT --set backorigin_rules=rules.json
 
 The addon only wires the modules: s3 (which object), rules (which rule), redirect
-(Location), origin (fetch), replies (client response), objectmeta and writeback (store
-the object). It holds no policy of its own.
+(Location), mirror (fetch, answer, store), decision (what happened, for people and
+tools). It holds no policy of its own: options, hooks and commands only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from mitmproxy import ctx, exceptions, http
-
+from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addon import objectmeta, redirect, replies, s3, streaming
-from addon.integrity import BodyCheck
-from addon.flight import SingleFlight
-from addon.origin import (
-    STORABLE_HEADERS,
-    OriginClient,
-    OriginRequest,
-    OriginResult,
-    Timeouts,
-    UnsafeKey,
-    build_request,
-    presigned_url,
-)
-from addon.rules import LOOP_HEADER, DEFAULT_MAX_RULES, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
-from addon.writeback import ObjectUpload, WriteBack
+from addon.decision import Decision, Stats, annotate
+from addon.explain import explain
+from addon.ledger import Ledger
+from addon.mirror import Mirror
+from addon.origin import OriginClient, Timeouts
+from addon.rules import DEFAULT_MAX_RULES, LOOP_HEADER, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
+from addon.writeback import WriteBack
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per origin request is noise
@@ -48,6 +42,7 @@ _TIMEOUT_OPTIONS = {
     "backorigin_copy_timeout": "copy",
 }
 DEFERRED_RETRY_EVERY = 30.0  # seconds between retries of write-backs the store refused for now
+RULES_CHECK_EVERY = 1.0  # seconds between looks at the rules file's modification time
 
 
 def parse_seconds(option: str, text: str) -> float:
@@ -69,6 +64,13 @@ def parse_size(option: str, text: str) -> int:
     return int(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
 
 
+def modified_at(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def store_endpoint(request: http.Request) -> str:
     """scheme://host:port of the store that answered this request."""
     host = f"[{request.host}]" if ":" in request.host else request.host
@@ -78,15 +80,15 @@ def store_endpoint(request: http.Request) -> str:
 class BackOrigin:
     def __init__(self) -> None:
         self.rulebook = RuleBook(source="", buckets={})
+        self._rules_mtime = 0.0
         self.origin = OriginClient(Timeouts(), max_inline=64 * 1024**2)
-        self.writeback: WriteBack | None = None  # needs the spool directory: made in configure
-        self.flights: SingleFlight[OriginResult] = SingleFlight()
-        self._background: set[asyncio.Task] = set()  # large-object copies and the retry timer
-        self._streams: dict[str, streaming.StreamedMiss] = {}  # flow id -> a miss re-routed to the origin
-        self.known_objects = streaming.ExistenceCache()
+        self.mirror: Mirror | None = None  # needs the spool directory: made in configure
+        self.stats = Stats()
+        self.ledger: Ledger | None = None
+        self._timers: set[asyncio.Task] = set()
 
     def load(self, loader) -> None:
-        loader.add_option("backorigin_rules", str, "rules.json", "Path of the rules file (OSS RoutingRule names, JSON).")
+        loader.add_option("backorigin_rules", str, "rules.json", "Path of the rules file (OSS RoutingRule names, JSON); reloaded when it changes.")
         loader.add_option(
             "backorigin_max_rules", int, DEFAULT_MAX_RULES,
             f"Most rules a bucket may have (OSS: 5 in the documents we follow, up to {MAX_RULES_CEILING}).",
@@ -99,20 +101,18 @@ class BackOrigin:
         loader.add_option("backorigin_origin_read_timeout", str, "10", "Seconds an origin may stay silent mid-answer.")
         loader.add_option(
             "backorigin_max_inline", str, "64m",
-            "Largest origin body answered from memory; a larger one is answered with a 302 to the "
-            "origin and copied into the store in the background, through a file.",
+            "Largest origin body answered from memory; past it see backorigin_large_objects.",
         )
-        loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds a background copy of a large object may take.")
         loader.add_option(
             "backorigin_large_objects", str, "redirect",
             "How misses are answered past backorigin_max_inline: 'redirect' (302 to the origin, copy in the "
             "background; for browsers and CDNs) or 'stream' (ask the store first, then stream every miss from "
             "the origin through the proxy; also for SDK clients that do not follow redirects).",
         )
+        loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds a background copy of a large object may take.")
         loader.add_option(
             "backorigin_s3_endpoint", Optional[str], None,
-            "Endpoint for write-backs (e.g. http://127.0.0.1:8333). "
-            "Default: the scheme, host and port that answered the 404.",
+            "Endpoint for write-backs (e.g. http://127.0.0.1:8333). Default: the scheme, host and port that answered.",
         )
         loader.add_option(
             "backorigin_spool_dir", Optional[str], None,
@@ -124,6 +124,18 @@ class BackOrigin:
             "Most write-backs pending at once; past it a miss is answered but not stored (it mirrors again next time).",
         )
         loader.add_option("backorigin_shutdown_timeout", str, "30", "Seconds shutdown waits for pending write-backs.")
+        loader.add_option(
+            "backorigin_vhost_domains", Sequence[str], [],
+            "Domains of virtual-hosted-style requests (bucket.DOMAIN/key). In reverse mode they need keep_host_header.",
+        )
+        loader.add_option(
+            "backorigin_403_is_miss", bool, False,
+            "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
+            "(stores answer 403 instead of 404 to callers without ListBucket).",
+        )
+        loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
+        loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
+        loader.add_option("backorigin_ledger", Optional[str], None, "Append every matched miss to this JSON-lines file.")
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
@@ -133,13 +145,9 @@ class BackOrigin:
             )
         if {"backorigin_rules", "backorigin_max_rules"} & updated:
             try:
-                self.rulebook = load_rules(options.backorigin_rules, options.backorigin_max_rules)
+                self._load_rules()
             except RulesError as e:
                 raise exceptions.OptionsError(str(e)) from None
-            logger.info(
-                "%s: rules for %d bucket(s): %s",
-                self.rulebook.source, len(self.rulebook.buckets), ", ".join(self.rulebook.buckets) or "none",
-            )
         if set(_TIMEOUT_OPTIONS) & updated:
             self.origin.timeouts = Timeouts(
                 **{field: parse_seconds(name, getattr(options, name)) for name, field in _TIMEOUT_OPTIONS.items()}
@@ -155,26 +163,46 @@ class BackOrigin:
         for name in ("backorigin_writeback_workers", "backorigin_writeback_queue"):
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name}: must be at least 1")
-        if self.writeback is None or {"backorigin_spool_dir", "confdir"} & updated:
+        if "backorigin_ledger" in updated:
+            self.ledger = Ledger(Path(options.backorigin_ledger).expanduser()) if options.backorigin_ledger else None
+        if self.mirror is None or {"backorigin_spool_dir", "confdir"} & updated:
             spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
-            if self.writeback is not None and self.writeback.spool.directory != spool:
+            if self.mirror is not None and self.mirror.writeback.spool.directory != spool:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
-            self.writeback = WriteBack(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue)
+            writeback = WriteBack(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue)
+            self.mirror = Mirror(self.origin, writeback)
+
+    def _load_rules(self) -> None:
+        path = Path(ctx.options.backorigin_rules)
+        self.rulebook = load_rules(path, ctx.options.backorigin_max_rules)
+        self._rules_mtime = modified_at(path)
+        logger.info(
+            "%s: rules for %d bucket(s): %s",
+            self.rulebook.source, len(self.rulebook.buckets), ", ".join(self.rulebook.buckets) or "none",
+        )
 
     def running(self) -> None:
-        """Resume what a previous run left spooled, and retry deferred write-backs now and then."""
-        self.writeback.resume(ctx.options.backorigin_s3_endpoint)
-        self._keep(asyncio.ensure_future(self._retry_deferred_forever()))
+        """Resume what a previous run left spooled; from now on, retry deferred write-backs
+        and reload the rules file when it changes."""
+        self.mirror.writeback.resume(ctx.options.backorigin_s3_endpoint)
+        for timer in (self._retry_deferred_forever(), self._watch_rules_forever()):
+            task = asyncio.ensure_future(timer)
+            self._timers.add(task)
 
     async def _retry_deferred_forever(self) -> None:
         while True:
             await asyncio.sleep(DEFERRED_RETRY_EVERY)
-            if count := self.writeback.retry_deferred():
+            if count := self.mirror.writeback.retry_deferred():
                 logger.info("retrying %d deferred write-back(s)", count)
 
-    def _keep(self, task: asyncio.Task) -> None:
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _watch_rules_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RULES_CHECK_EVERY)
+            modified = modified_at(Path(ctx.options.backorigin_rules))
+            if modified and modified != self._rules_mtime:  # 0.0: being replaced; look again next time
+                self.reload()
+
+    # hooks -----------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Refuse our own origin fetches coming back in (a loop), then let redirect rules
@@ -186,205 +214,149 @@ class BackOrigin:
                 "domain that now resolves to this proxy or the store. Use the origin's IP address or "
                 "another domain for it (with MirrorHost for the Host header).", flow.request.pretty_url,
             )
-            ref = s3.object_ref(flow.request) or s3.ObjectRef("", "")
+            ref = self._object(flow) or s3.ObjectRef("", "")
             flow.response = replies.mirror_failed(flow.request, ref, "loop: the origin URL leads back into the proxy")
+            self._record(flow, Decision(ref.bucket, ref.key, "loop", outcome="loop"))
             return
-        candidate = self._candidate(flow)
-        if candidate is None:
+        ref = self._candidate(flow)
+        if ref is None:
             return
-        rule = self.rulebook.first_request_match(candidate.bucket, candidate.key, flow.request.method, flow.request.headers.get)
+        rule = self.rulebook.first_request_match(ref.bucket, ref.key, flow.request.method, flow.request.headers.get)
         if rule is None:
             return
         if rule.status_condition is None:
-            flow.response = self._redirect(flow, candidate, rule)
-        elif rule.Redirect.is_mirror and flow.request.method == "GET" and ctx.options.backorigin_large_objects == "stream":
-            await self._stream_if_missing(flow, candidate, rule)
-
-    async def _stream_if_missing(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> None:
-        endpoint = ctx.options.backorigin_s3_endpoint or store_endpoint(flow.request)
-        known = (endpoint, ref.bucket, ref.key)
-        if known in self.known_objects:
-            return
-        try:
-            present = await asyncio.to_thread(streaming.store_has, self.writeback.client(endpoint), ref.bucket, ref.key)
-        except Exception as e:  # the store will answer the flow itself; the 404 path still mirrors
-            logger.warning("stream mode: cannot ask the store about s3://%s/%s: %s", ref.bucket, ref.key, e)
-            return
-        if present:
-            self.known_objects.add(known)
-            return
-        try:
-            request = build_request(rule, ref.key, flow.request)
-        except UnsafeKey as e:
-            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
-            return
-        self._streams[flow.id] = streaming.StreamedMiss(endpoint, ref, rule, request, flow.request.copy())
-        streaming.reroute(flow, request)
+            self._redirect(flow, ref, rule)
+        elif rule.Redirect.is_mirror and flow.request.method == "GET" and self._acts(flow) \
+                and ctx.options.backorigin_large_objects == "stream":
+            await self.mirror.stream_if_missing(flow, ref, rule, self._endpoint(flow.request))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """A re-routed miss answered 200: stream it to the client and into a spool file."""
-        miss = self._streams.get(flow.id)
-        if miss is None or flow.response is None or flow.response.status_code != 200:
-            return
-        miss.origin_headers = tuple(flow.response.headers.items(multi=True))
-        miss.tee = streaming.Tee(self.writeback.spool.new_body_path(), BodyCheck.for_headers(flow.response.headers))
-        flow.response.stream = miss.tee
-        streaming.streamed_headers(flow.response, keep=lambda name: name in STORABLE_HEADERS)
-        flow.response.headers["x-oss-tag"] = replies.oss_tag(miss.request.url)
+        self.mirror.stream_headers(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        miss = self._streams.pop(flow.id, None)
-        if miss is not None and miss.tee is not None:
-            miss.tee.discard()
-            logger.warning("stream of %s broke off: %s; nothing stored", miss.request.url, flow.error)
+        if decision := self.mirror.stream_broke(flow):
+            self._record(flow, decision)
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        miss = self._streams.pop(flow.id, None)
-        if miss is not None:
-            await self._finish_stream(flow, miss)
+        if decision := await self.mirror.finish_stream(flow):
+            self._record(flow, decision)
             return
-        candidate = self._candidate(flow)
-        if candidate is None or flow.response is None:
+        ref = self._candidate(flow)
+        if ref is None or flow.response is None or (self._acts(flow) and flow.metadata.get("backorigin")):
             return
-        status = flow.response.status_code
-        # a GET's 404 names its cause; only NoSuchKey is a missing object (HEAD has no body to tell)
-        if status == 404 and flow.request.method == "GET" and not s3.is_no_such_key(flow.response):
+        status = await self._store_status(flow, ref)
+        if status is None:
             return
-        rule = self.rulebook.decide_after_store(
-            candidate.bucket, candidate.key, flow.request.method, flow.request.headers.get, status
-        )
+        rule = self.rulebook.decide_after_store(ref.bucket, ref.key, flow.request.method, flow.request.headers.get, status)
         if rule is None:
             if 200 <= status < 300:
                 objectmeta.restore_on_download(flow.response)
         elif not rule.Redirect.is_mirror:
-            flow.response = self._redirect(flow, candidate, rule)
+            self._redirect(flow, ref, rule)
         elif status == 404:
-            flow.response = await self._mirror(flow, flow.request, flow.response, candidate, rule)
+            store_404 = flow.response if flow.response.status_code == 404 else replies.s3_error(
+                flow.request, 404, "NoSuchKey", "The specified key does not exist.", ref)
+            answer, decision = await self.mirror.answer(
+                flow.request, store_404, ref, rule, self._endpoint(flow.request), side_effects=self._acts(flow)
+            )
+            if self._acts(flow):
+                flow.response = answer
+            self._record(flow, decision)
 
-    async def _finish_stream(self, flow: http.HTTPFlow, miss: streaming.StreamedMiss) -> None:
-        if miss.tee is None:  # not a 200: answer as the buffered path would, from the original request
-            store_404 = replies.s3_error(miss.original, 404, "NoSuchKey", "The specified key does not exist.", miss.ref)
-            flow.response = await self._mirror(flow, miss.original, store_404, miss.ref, miss.rule)
-            return
-        check = miss.tee.check
-        if not miss.tee.finished or check.failure():
-            miss.tee.discard()
-            logger.error("stream of %s for s3://%s/%s: %s; nothing stored", miss.request.url, miss.ref.bucket,
-                         miss.ref.key, check.failure() or "incomplete")
-            return
-        logger.info("bucket %s, RuleNumber %d: streamed %s (%d bytes)", miss.ref.bucket, miss.rule.RuleNumber,
-                    miss.request.url, check.size)
-        result = OriginResult(miss.request.url, 200, miss.origin_headers, size=check.size, md5=check.md5_base64,
-                              not_storable=check.mismatch())
-        if miss.rule.Redirect.MirrorProxyPass:
-            miss.tee.discard()
-        else:
-            self._store(miss.endpoint, miss.ref, miss.rule, result, miss.tee.path)
+    async def _store_status(self, flow: http.HTTPFlow, ref: s3.ObjectRef) -> int | None:
+        """The store's status as the rules see it: a GET's 404 counts only as NoSuchKey (HEAD
+        has no body to tell); with backorigin_403_is_miss a 403 counts as 404 once the proxy's
+        own HEAD finds no object. None: the answer is not one any rule may act on."""
+        status = flow.response.status_code
+        is_get = flow.request.method == "GET"
+        if status == 404 and is_get and not s3.is_no_such_key(flow.response):
+            return None
+        if status == 403 and is_get and ctx.options.backorigin_403_is_miss and s3.error_code(flow.response) == "AccessDenied":
+            if not self._acts(flow):
+                return 404  # a replay cannot ask the store; it assumes the object was missing
+            client = self.mirror.writeback.client(self._endpoint(flow.request))
+            try:
+                present = await asyncio.to_thread(streaming.store_has, client, ref.bucket, ref.key)
+            except Exception as e:
+                logger.warning("403 for s3://%s/%s kept: the proxy's own HEAD failed: %s", ref.bucket, ref.key, e)
+                return 403
+            return 403 if present else 404
+        return status
+
+    # the pieces ------------------------------------------------------------------------------
+
+    def _object(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
+        return s3.object_ref(flow.request, ctx.options.backorigin_vhost_domains)
 
     def _candidate(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
-        """The object a live GET/HEAD names, if its bucket has rules."""
-        if not flow.live or flow.request.method not in ("GET", "HEAD") or not s3.is_plain_object_call(flow.request):
+        """The object a GET/HEAD names, if its bucket has rules."""
+        if flow.request.method not in ("GET", "HEAD") or not s3.is_plain_object_call(flow.request):
             return None
-        ref = s3.object_ref(flow.request)
+        ref = self._object(flow)
         return ref if ref is not None and self.rulebook.rules_for(ref.bucket) else None
 
-    def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> http.Response:
+    @staticmethod
+    def _acts(flow: http.HTTPFlow) -> bool:
+        """Live flows outside a dry run act; replayed flows and dry runs only decide."""
+        return flow.live and not ctx.options.backorigin_dry_run
+
+    def _endpoint(self, request: http.Request) -> str:
+        return ctx.options.backorigin_s3_endpoint or store_endpoint(request)
+
+    def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> None:
         scheme, host = client_facing(flow)
         target = redirect.location(rule, ref, flow.request, scheme, host)
-        logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
-        return replies.redirect(flow.request, rule.Redirect.HttpRedirectCode, target, redirect.extra_headers(rule))
+        decision = Decision(ref.bucket, ref.key, rule.Redirect.RedirectType.lower(), rule.RuleNumber, "redirected", location=target)
+        if self._acts(flow):
+            logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
+            flow.response = replies.redirect(flow.request, rule.Redirect.HttpRedirectCode, target, redirect.extra_headers(rule))
+        self._record(flow, decision)
 
-    async def _mirror(
-        self, flow: http.HTTPFlow, client_request: http.Request, store_404: http.Response, ref: s3.ObjectRef, rule: RoutingRule
-    ) -> http.Response:
-        """Answer a miss from the origin (buffered up to max_inline) and start the write-back."""
+    def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
+        if not self._acts(flow) and decision.action != "loop":
+            decision = replace(decision, outcome="dry-run" if flow.live else "replayed")
+        annotate(flow, decision, ctx.options.backorigin_debug_header)
+        self.stats.record(decision)
+        if self.ledger is not None and decision.action == "mirror":
+            self.ledger.append(decision)
+
+    # commands --------------------------------------------------------------------------------
+
+    @command.command("backorigin.explain")
+    def explain(self, url: str) -> str:
+        """Which rule would act on URL, and the origin URL or Location it would build (nothing is fetched)."""
+        return explain(self.rulebook, url, tuple(ctx.options.backorigin_vhost_domains))
+
+    @command.command("backorigin.reload")
+    def reload(self) -> None:
+        """Read the rules file again; a bad file keeps the rules in force and logs why."""
         try:
-            request = build_request(rule, ref.key, client_request)
-        except UnsafeKey as e:
-            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
-            return store_404
-        endpoint = ctx.options.backorigin_s3_endpoint or store_endpoint(client_request)
-        flight = (endpoint, ref, request.flight_key)
-        if flight in self.flights:
-            logger.info("%s joins the origin fetch under way for %s", flow.client_conn.peername, ref.key)
-        result = await self.flights.do(flight, lambda: self._fetch_and_store(endpoint, ref, rule, request))
-        logger.info(
-            "bucket %s, RuleNumber %d: %s %s -> %s",
-            ref.bucket, rule.RuleNumber, request.method, result.url, result.status or result.failure,
-        )
-        action = rule.Redirect
-        extra = objectmeta.mirrored_extra_headers(result, action)
-        if result.too_large:  # the client reads it from the origin; a copy goes to the store
-            target = presigned_url(result.final_url, action.MirrorAuth) if action.MirrorAuth else result.final_url
-            return replies.redirect(client_request, 302, target, [("x-oss-tag", replies.oss_tag(result.url))])
-        if result.ok:
-            if request.method == "HEAD":
-                return replies.mirrored_head(client_request, result, extra)
-            return replies.mirrored(client_request, ref, result, extra)
-        if result.status == 404:
-            return store_404
-        if result.status in request.transparent_codes:
-            return replies.transparent(client_request, result)
-        if result.location and not request.follow_redirects:
-            return replies.redirect(client_request, result.status or 302, result.location)
-        return replies.mirror_failed(client_request, ref, result.failure or f"the origin answered {result.status}")
+            self._load_rules()
+        except RulesError as e:
+            self._rules_mtime = modified_at(Path(ctx.options.backorigin_rules))  # report a bad edit once
+            logger.error("rules not reloaded, the previous rules stay in force:\n%s", e)
 
-    async def _fetch_and_store(
-        self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, request: OriginRequest
-    ) -> OriginResult:
-        result = await self.origin.fetch(request)
-        if not (result.ok or result.too_large) or request.method == "HEAD":
-            return result
-        if rule.Redirect.MirrorProxyPass:
-            logger.info("not stored: MirrorProxyPass serves s3://%s/%s from the origin only", ref.bucket, ref.key)
-        elif result.too_large:
-            self._keep(asyncio.ensure_future(self._copy_large(endpoint, ref, rule, request, result)))
-        else:
-            self._store(endpoint, ref, rule, result)
-        return result
+    @command.command("backorigin.stats")
+    def show_stats(self) -> str:
+        """Counters: decisions, outcomes, bytes from origins, write-backs pending and done."""
+        writeback = self.mirror.writeback
+        counts = {**self.stats.counts, **{f"writebacks.{k}": v for k, v in writeback.outcomes.items()}}
+        counts["writebacks.pending"] = writeback.pending
+        return json.dumps(dict(sorted(counts.items())), indent=1)
 
-    def _store(
-        self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, result: OriginResult, body_file: Path | None = None
-    ) -> None:
-        if result.not_storable:
-            logger.warning("not stored: s3://%s/%s: %s", ref.bucket, ref.key, result.not_storable)
-            if body_file:
-                body_file.unlink(missing_ok=True)
-            return
-        upload = ObjectUpload(
-            endpoint, ref.bucket, ref.key, result.storable_headers,
-            objectmeta.user_metadata(result, rule.Redirect), result.size, result.md5,
-        )
-        self.writeback.submit(upload, body=None if body_file else result.body, source=body_file)
-
-    async def _copy_large(
-        self, endpoint: str, ref: s3.ObjectRef, rule: RoutingRule, request: OriginRequest, first: OriginResult
-    ) -> None:
-        """Stream a body over max_inline to a spool file, checking it on the way, then store it."""
-        body_file = self.writeback.spool.new_body_path()
-        copied = await self.origin.copy(request, first.final_url, body_file)
-        if copied.ok:
-            logger.info("copied %s (%d bytes) for s3://%s/%s", first.final_url, copied.size, ref.bucket, ref.key)
-            self._store(endpoint, ref, rule, replace(copied, url=first.url), body_file)
-        else:
-            body_file.unlink(missing_ok=True)
-            logger.error("copy of %s for s3://%s/%s failed: %s", first.final_url, ref.bucket, ref.key,
-                         copied.failure or f"the origin answered {copied.status}")
+    @command.command("backorigin.pending")
+    def pending(self) -> Sequence[str]:
+        """Write-backs waiting in the spool (s3://bucket/key, bytes)."""
+        return [f"{upload.where} ({upload.size} bytes)" for _, upload in self.mirror.writeback.spool.pending()]
 
     def done(self) -> asyncio.Task[None]:
         # Synchronous on purpose: mitmproxy calls done() synchronously on script reload,
         # so an async def would silently never run there. The returned task is awaited
         # by mitmdump at shutdown.
-        return asyncio.ensure_future(self._shutdown())
-
-    async def _shutdown(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
         timeout = parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
-        copies = [t for t in self._background if not t.done()]
-        for task in copies:
-            task.cancel()  # an unfinished large copy is dropped; the object mirrors again next time
-        await asyncio.gather(*copies, return_exceptions=True)
-        await self.writeback.drain(timeout)
-        await self.origin.aclose()
+        return asyncio.ensure_future(self.mirror.shutdown(timeout))
 
 
 def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:

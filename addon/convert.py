@@ -19,6 +19,7 @@ from xml.parsers import expat
 
 from pydantic import BaseModel, SecretStr
 
+from addon.integrity import decimal
 from addon.rules import (
     MIRROR_ONLY_FIELDS,
     REDIRECT_ONLY_FIELDS,
@@ -236,8 +237,8 @@ def _boolean(text: str, label: str, where: str) -> bool:
 def _integer(value: str | int, label: str, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and (number := decimal(value)) is not None:
+        return number
     raise ConversionError(f"{label}: {where}: {value!r} is not a whole number")
 
 

@@ -12,6 +12,13 @@ import zlib
 from dataclasses import dataclass, field
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+_DECIMAL = re.compile(r"^\s*([0-9]+)\s*$")  # ASCII digits only: str.isdigit() also accepts '²'
+
+
+def decimal(text: str | None) -> int | None:
+    """A whole number written in ASCII digits (a Content-Length), else None."""
+    match = _DECIMAL.match(text or "")
+    return int(match.group(1)) if match else None
 _INFLATE_STEP = 1024 * 1024  # bound on what one gzip check step inflates into memory
 
 
@@ -53,7 +60,7 @@ class BodyCheck:
     def failure(self) -> str:
         """Why the answer is unusable (the client gets 424), or ""."""
         declared = self.content_length
-        if declared is not None and (not declared.strip().isdigit() or int(declared) != self.size):
+        if declared is not None and decimal(declared) != self.size:
             return f"body of {self.size} bytes, Content-Length said {declared}"
         if self._inflater is not None and not self._gzip_error and not self._inflater.eof:
             return "Content-Encoding gzip, but the gzip stream is truncated"

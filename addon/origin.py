@@ -23,7 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from mitmproxy import http
 
-from addon.integrity import BodyCheck
+from addon.integrity import BodyCheck, decimal
 from addon.rules import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
 
 logger = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class OriginClient:
             return found()
         check = BodyCheck.for_headers(response.headers)
         declared = response.headers.get("content-length", "")
-        if sink is None and declared.isdigit() and int(declared) > self.max_inline:
+        if sink is None and (decimal(declared) or 0) > self.max_inline:
             return found(too_large=True)
         chunks: list[bytes] = []
         with open(sink, "wb") if sink else nullcontext() as out:

@@ -14,6 +14,7 @@ from urllib.parse import quote, unquote
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
+from addon.integrity import decimal
 from addon.origin import OriginResult
 from addon.s3 import ObjectRef, error_body, new_request_id
 
@@ -100,7 +101,7 @@ def mirrored(
 def mirrored_head(request: http.Request, result: OriginResult, extra: Sequence[tuple[str, str]] = ()) -> http.Response:
     """MirrorAllowHeadObject: the origin's HEAD answer, shaped like a store's HEAD."""
     declared = result.header("content-length")
-    length = int(declared) if declared and declared.isdigit() else 0
+    length = decimal(declared) or 0
     return _response(request, 200, _object_headers(result, extra), b"", length=length)
 
 

@@ -365,6 +365,8 @@ def load_rules(path: str | Path, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise RulesError(f"{path}: cannot read the rules file: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise RulesError(f"{path}: byte {e.start}: the rules file is not UTF-8 text") from None
     return parse_rules(text, str(path), max_rules)
 
 
@@ -373,6 +375,8 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise RulesError(f"{source}: line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from e
+    except (RecursionError, ValueError) as e:  # nesting too deep, an integer too long to convert
+        raise RulesError(f"{source}: unusable JSON: {e}") from None
     try:
         document = RulesDocument.model_validate_json(text)
     except ValidationError as e:

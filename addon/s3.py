@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 from xml.sax.saxutils import escape
@@ -47,11 +48,17 @@ class ObjectRef:
     key: str
 
 
-def object_ref(request: http.Request) -> ObjectRef | None:
-    """The object a path-style request names, or None for bucket/service calls."""
+def object_ref(request: http.Request, virtual_host_domains: Sequence[str] = ()) -> ObjectRef | None:
+    """The object a request names, or None for bucket/service calls: virtual-hosted style
+    (`bucket.<domain>/key`, for the domains given) or path-style (`/bucket/key`)."""
     path = request.path.split("?", 1)[0]
     if not path.startswith("/"):
         return None
+    host = request.pretty_host.lower().rstrip(".")
+    for domain in virtual_host_domains:
+        if host.endswith("." + domain.lower()):
+            bucket = host[: -len(domain) - 1]
+            return ObjectRef(bucket, unquote(path[1:])) if path[1:] else None
     bucket, sep, raw_key = path[1:].partition("/")
     if not bucket or not sep or not raw_key:
         return None

@@ -1,0 +1,79 @@
+"""What backorigin decided for a flow, in a form people and tools can read: a marker and a
+one-line comment in mitmproxy's console and mitmweb, `flow.metadata["backorigin"]` (plain
+values, so `-w` keeps it and `~meta` filters it), an optional `x-backorigin` header, and
+counters for `backorigin.stats`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from mitmproxy import http
+
+METADATA_KEY = "backorigin"
+DEBUG_HEADER = "x-backorigin"
+MARKERS = {"mirror": ":arrows_counterclockwise:", "redirect": ":arrow_right_hook:", "failed": ":warning:"}
+FAILED_OUTCOMES = frozenset({"mirror-failed", "loop", "stream-broken"})
+
+
+@dataclass
+class Decision:
+    bucket: str
+    key: str
+    action: str  # mirror, redirect, alicdn, loop
+    rule: int | None = None
+    outcome: str = ""  # mirrored, head, too-large, streamed, origin-404, origin-redirect, transparent,
+    #                    mirror-failed, unsafe-key, redirected, loop, stream-broken, dry-run, replayed
+    origin_url: str = ""
+    location: str = ""
+    origin_status: int | None = None
+    bytes: int = 0
+    writeback: str = ""  # queued, copying, not stored: <why>, stored by another proxy...
+    detail: str = ""
+
+    def comment(self) -> str:
+        target = self.location or self.origin_url
+        parts = [f"backorigin: rule {self.rule}" if self.rule else "backorigin:", self.action, self.outcome]
+        if target:
+            parts.append(target)
+        if self.origin_status is not None:
+            parts.append(f"origin {self.origin_status}")
+        if self.bytes:
+            parts.append(f"{self.bytes} bytes")
+        if self.writeback:
+            parts.append(f"write-back {self.writeback}")
+        if self.detail:
+            parts.append(f"({self.detail})")
+        return " ".join(p for p in parts if p)
+
+    def marker(self) -> str:
+        if self.outcome in FAILED_OUTCOMES:
+            return MARKERS["failed"]
+        return MARKERS["mirror"] if self.action == "mirror" else MARKERS["redirect"]
+
+
+def annotate(flow: http.HTTPFlow, decision: Decision, header: bool) -> None:
+    flow.metadata[METADATA_KEY] = asdict(decision)
+    flow.comment = decision.comment()
+    flow.marked = decision.marker()
+    if header and flow.response is not None:
+        flow.response.headers[DEBUG_HEADER] = f"rule={decision.rule} action={decision.action} outcome={decision.outcome}"
+
+
+class Stats:
+    """Counters behind `backorigin.stats`."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def record(self, decision: Decision) -> None:
+        self.counts[f"decisions.{decision.action}"] += 1
+        self.counts[f"outcomes.{decision.outcome}"] += 1
+        self.counts["bytes_from_origin"] += decision.bytes
+        if decision.action == "mirror":
+            self.counts["misses"] += 1
+        status_kind = {"mirrored": "mirrored", "origin-404": "answered_404", "redirected": "redirected"}.get(decision.outcome)
+        if status_kind:
+            self.counts[status_kind] += 1
+        if decision.outcome in FAILED_OUTCOMES:
+            self.counts["answered_424"] += 1
