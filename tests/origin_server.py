@@ -9,6 +9,7 @@ import hashlib
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +53,13 @@ class Received:
     headers: dict[str, str]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-body (the proxy stops reading a large object) is normal."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class ScriptedOrigin:
     """`forced` makes every path answer with that scenario (a healthy secondary origin)."""
 
@@ -61,7 +69,7 @@ class ScriptedOrigin:
         self.gate = threading.Event()
         self.slow_seconds = 3.0
         handler = type("Handler", (_Handler,), {"origin": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _QuietServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
