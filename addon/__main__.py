@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     exporter.add_argument("--bucket", required=True, help="the bucket whose rules are exported")
     exporter.add_argument("rules", type=Path, help="the rules file")
 
+    backfill = commands.add_parser(
+        "backfill", help="print the keys a miss ledger names that are still missing from their bucket"
+    )
+    backfill.add_argument("ledger", type=Path, help="the JSON-lines file written with --set backorigin_ledger=FILE")
+    backfill.add_argument("--endpoint", required=True, help="the store, e.g. http://127.0.0.1:8333 (credentials: boto3's chain)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             return import_rules(args.file, args.bucket)
         if args.command == "export-rules":
             return export_rules(args.rules, args.bucket)
+        if args.command == "backfill":
+            return print_backfill(args.ledger, args.endpoint)
     except RulesError as e:
         print(e, file=sys.stderr)
         return 2
@@ -72,6 +80,22 @@ def export_rules(path: Path, bucket: str) -> int:
     xml, warnings = rules_to_oss_xml(bucket_rules(load_rules(path, MAX_RULES_CEILING), bucket))
     warn(path, warnings)
     sys.stdout.write(xml)
+    return 0
+
+
+def print_backfill(ledger: Path, endpoint: str) -> int:
+    """One `s3://bucket/key` line per key still to copy, for a migration tool's list."""
+    from addon import ledger as miss_ledger
+    from addon.writeback import make_s3_client
+
+    try:
+        missing = miss_ledger.backfill(ledger, miss_ledger.store_checker(make_s3_client(endpoint)))
+    except (OSError, ValueError) as e:
+        print(f"{ledger}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 2
+    for bucket, key in missing:
+        print(f"s3://{bucket}/{key}")
+    print(f"{len(missing)} key(s) still missing", file=sys.stderr)
     return 0
 
 

@@ -47,6 +47,7 @@ class Mitmdump:
     workdir: Path
     options: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["-w", "flows.mitm"]
     process: subprocess.Popen | None = None
 
     @property
@@ -63,6 +64,7 @@ class Mitmdump:
             MITMDUMP, "-s", "addon/backorigin.py", "--mode", self.mode,
             "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
             *(arg for s in sets for arg in ("--set", s)),
+            *self.extra_args,
         ]
 
     def start(self, ready_within: float = 30.0) -> Mitmdump:
