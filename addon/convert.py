@@ -275,6 +275,8 @@ def aws_json_to_rules(text: str, bucket: str) -> Converted[dict[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConversionError(f"line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep, an integer too long to convert
+        raise ConversionError(f"unusable JSON: {e}") from None
     warnings: list[str] = []
     config = _aws_website_configuration(data, bucket, warnings)
     raw_rules = config.get("RoutingRules", [])

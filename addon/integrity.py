@@ -12,11 +12,13 @@ import zlib
 from dataclasses import dataclass, field
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
-_DECIMAL = re.compile(r"^\s*([0-9]+)\s*$")  # ASCII digits only: str.isdigit() also accepts '²'
+# ASCII digits only (str.isdigit() also accepts '²'), and at most 18 of them: no length or
+# number in a rule comes near that, and int() refuses strings past 4300 digits anyway.
+_DECIMAL = re.compile(r"^\s*([0-9]{1,18})\s*$")
 
 
 def decimal(text: str | None) -> int | None:
-    """A whole number written in ASCII digits (a Content-Length), else None."""
+    """A whole number written in at most 18 ASCII digits (a Content-Length), else None."""
     match = _DECIMAL.match(text or "")
     return int(match.group(1)) if match else None
 _INFLATE_STEP = 1024 * 1024  # bound on what one gzip check step inflates into memory

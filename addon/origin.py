@@ -148,10 +148,10 @@ def passable_query(request: http.Request) -> str:
         for name, value in request.query.items(multi=True)
         if name.lower() not in SIGNATURE_PARAMS and not name.lower().startswith("x-amz-")
     ]
-    return "&".join(
-        f"{quote(name, safe='')}={quote(value, safe='')}" if value else quote(name, safe="")
-        for name, value in kept
-    )
+    def encoded(text: str) -> str:  # surrogateescape: %FF-style bytes that are not UTF-8 pass unchanged
+        return quote(text, safe="", errors="surrogateescape")
+
+    return "&".join(f"{encoded(name)}={encoded(value)}" if value else encoded(name) for name, value in kept)
 
 
 def origin_headers(rule: RoutingRule, client_headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
