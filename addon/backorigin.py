@@ -22,7 +22,7 @@ from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addon import objectmeta, redirect, replies, s3, streaming
-from addon.decision import Decision, Stats, annotate
+from addon.decision import RECORDED_KEY, Decision, Stats, annotate, set_aside_recorded
 from addon.explain import explain
 from addon.ledger import Ledger
 from addon.mirror import Mirror
@@ -218,6 +218,8 @@ class BackOrigin:
             flow.response = replies.mirror_failed(flow.request, ref, "loop: the origin URL leads back into the proxy")
             self._record(flow, Decision(ref.bucket, ref.key, "loop", outcome="loop"))
             return
+        if not flow.live:
+            set_aside_recorded(flow)
         ref = self._candidate(flow)
         if ref is None:
             return
@@ -252,7 +254,7 @@ class BackOrigin:
             if 200 <= status < 300:
                 objectmeta.restore_on_download(flow.response)
         elif not rule.Redirect.is_mirror:
-            self._redirect(flow, ref, rule)
+            self._redirect(flow, ref, rule, store_status=status)
         elif status == 404:
             store_404 = flow.response if flow.response.status_code == 404 else replies.s3_error(
                 flow.request, 404, "NoSuchKey", "The specified key does not exist.", ref)
@@ -261,15 +263,23 @@ class BackOrigin:
             )
             if self._acts(flow):
                 flow.response = answer
-            self._record(flow, decision)
+            self._record(flow, replace(decision, store_status=404))
 
     async def _store_status(self, flow: http.HTTPFlow, ref: s3.ObjectRef) -> int | None:
         """The store's status as the rules see it: a GET's 404 counts only as NoSuchKey (HEAD
-        has no body to tell); with backorigin_403_is_miss a 403 counts as 404 once the proxy's
-        own HEAD finds no object. None: the answer is not one any rule may act on."""
+        has no body to tell; nor has the empty 404 of `--server-replay` for an unrecorded
+        request); with backorigin_403_is_miss a 403 counts as 404 once the proxy's own HEAD
+        finds no object. A replayed flow that the recording answered itself carries the
+        store's status in its recorded decision. None: no rule may act on the answer."""
+        recorded = flow.metadata.get(RECORDED_KEY) if not flow.live else None
+        if recorded:  # a mirror only ever acted on a 404 (recordings before store_status say no more)
+            recorded_status = recorded.get("store_status") or (404 if recorded.get("action") == "mirror" else None)
+            if recorded_status:
+                return recorded_status
         status = flow.response.status_code
         is_get = flow.request.method == "GET"
-        if status == 404 and is_get and not s3.is_no_such_key(flow.response):
+        unrecorded = flow.is_replay == "response" and not flow.response.raw_content
+        if status == 404 and is_get and not s3.is_no_such_key(flow.response) and not unrecorded:
             return None
         if status == 403 and is_get and ctx.options.backorigin_403_is_miss and s3.error_code(flow.response) == "AccessDenied":
             if not self._acts(flow):
@@ -303,10 +313,11 @@ class BackOrigin:
     def _endpoint(self, request: http.Request) -> str:
         return ctx.options.backorigin_s3_endpoint or store_endpoint(request)
 
-    def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> None:
+    def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule, store_status: int | None = None) -> None:
         scheme, host = client_facing(flow)
         target = redirect.location(rule, ref, flow.request, scheme, host)
-        decision = Decision(ref.bucket, ref.key, rule.Redirect.RedirectType.lower(), rule.RuleNumber, "redirected", location=target)
+        decision = Decision(ref.bucket, ref.key, rule.Redirect.RedirectType.lower(), rule.RuleNumber, "redirected",
+                            location=target, store_status=store_status)
         if self._acts(flow):
             logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
             flow.response = replies.redirect(flow.request, rule.Redirect.HttpRedirectCode, target, redirect.extra_headers(rule))
@@ -364,7 +375,8 @@ def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:
     rewritten Host to the store's (unless keep_host_header), so the address the client
     connected to stands in for it."""
     scheme = "https" if flow.client_conn.tls_established else "http"
-    if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not ctx.options.keep_host_header:
+    # keep_host_header belongs to mitmproxy's proxy server addon, absent under bare taddons
+    if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not getattr(ctx.options, "keep_host_header", False):
         host, port = flow.client_conn.sockname[:2]
         return scheme, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return scheme, flow.request.host_header or flow.request.pretty_host

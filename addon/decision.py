@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from mitmproxy import http
 
 METADATA_KEY = "backorigin"
+RECORDED_KEY = "backorigin_recorded"  # a replayed flow's decision from the recording
 DEBUG_HEADER = "x-backorigin"
 MARKERS = {"mirror": ":arrows_counterclockwise:", "redirect": ":arrow_right_hook:", "failed": ":warning:"}
 FAILED_OUTCOMES = frozenset({"mirror-failed", "loop", "stream-broken"})
@@ -30,6 +31,7 @@ class Decision:
     bytes: int = 0
     writeback: str = ""  # queued, copying, not stored: <why>, stored by another proxy...
     detail: str = ""
+    store_status: int | None = None  # what the store answered, when the rule waited for it
 
     def comment(self) -> str:
         target = self.location or self.origin_url
@@ -50,6 +52,18 @@ class Decision:
         if self.outcome in FAILED_OUTCOMES:
             return MARKERS["failed"]
         return MARKERS["mirror"] if self.action == "mirror" else MARKERS["redirect"]
+
+
+def set_aside_recorded(flow: http.HTTPFlow) -> dict | None:
+    """A replayed flow arrives with the recording's decision (and its answer is the addon's,
+    not the store's). Move that decision aside, so what the flow shows afterwards is only
+    what the current rules decide; return it."""
+    recorded = flow.metadata.pop(METADATA_KEY, None)
+    if recorded is not None:
+        flow.metadata[RECORDED_KEY] = recorded
+        flow.comment = ""
+        flow.marked = ""
+    return flow.metadata.get(RECORDED_KEY)
 
 
 def annotate(flow: http.HTTPFlow, decision: Decision, header: bool) -> None:

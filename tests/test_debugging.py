@@ -44,7 +44,7 @@ def test_every_flow_says_what_happened(tmp_path, store, origin, rules_file, uniq
     assert mirrored.metadata["backorigin"] == {
         "bucket": BUCKET, "key": f"ok/{unique}", "action": "mirror", "rule": 5, "outcome": "mirrored",
         "origin_url": f"{origin.base}/dir1/ok/{unique}", "location": "", "origin_status": 200,
-        "bytes": len(body_for(f"/dir1/ok/{unique}")), "writeback": "queued", "detail": "",
+        "bytes": len(body_for(f"/dir1/ok/{unique}")), "writeback": "queued", "detail": "", "store_status": 404,
     }
     assert mirrored.comment == (f"backorigin: rule 5 mirror mirrored {origin.base}/dir1/ok/{unique} origin 200 "
                                 f"{len(body_for(f'/dir1/ok/{unique}'))} bytes write-back queued")
