@@ -71,9 +71,15 @@ def modified_at(path: Path) -> float:
         return 0.0
 
 
-def store_endpoint(request: http.Request) -> str:
-    """scheme://host:port of the store that answered this request."""
-    host = f"[{request.host}]" if ":" in request.host else request.host
+def store_endpoint(request: http.Request, vhost_domains: Sequence[str] = ()) -> str:
+    """scheme://host:port of the store that answered this request. A virtual-hosted name
+    (bucket.DOMAIN) becomes DOMAIN: write-backs address buckets path-style."""
+    host = request.host
+    for domain in vhost_domains:
+        if host.lower().endswith("." + domain.lower()):
+            host = host[-len(domain):]
+            break
+    host = f"[{host}]" if ":" in host else host
     return f"{request.scheme}://{host}:{request.port}"
 
 
@@ -311,7 +317,7 @@ class BackOrigin:
         return flow.live and not ctx.options.backorigin_dry_run
 
     def _endpoint(self, request: http.Request) -> str:
-        return ctx.options.backorigin_s3_endpoint or store_endpoint(request)
+        return ctx.options.backorigin_s3_endpoint or store_endpoint(request, ctx.options.backorigin_vhost_domains)
 
     def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule, store_status: int | None = None) -> None:
         scheme, host = client_facing(flow)
