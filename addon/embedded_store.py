@@ -63,6 +63,8 @@ class EmbeddedStore:
     access_key: str | None = None
     secret_key: str | None = None
     process: subprocess.Popen | None = None
+    # more `weed mini` flags, e.g. ("-s3.domainName=s3.test",) or an HTTPS port and certificate
+    extra_args: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -77,6 +79,7 @@ class EmbeddedStore:
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             *(f"-{name}.port={port}" for name, port in ports.items()),
+            *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         if self.access_key and self.secret_key:  # with these set, SeaweedFS enforces SigV4

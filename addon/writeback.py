@@ -331,6 +331,9 @@ def make_s3_client(endpoint: str) -> Any:
         connect_timeout=5,
         read_timeout=30,
         signature_version=None if session.get_credentials() else UNSIGNED,
+        # Content-MD5 already guards every body; botocore's default trailing checksum would send
+        # aws-chunked bodies over HTTPS, a Content-Encoding some stores (SeaweedFS) then keep
+        request_checksum_calculation="when_required",
     )
     return session.client(
         "s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1", config=config
