@@ -21,16 +21,17 @@ from pydantic import BaseModel, SecretStr
 
 from addon.integrity import decimal
 from addon.rules import (
-    MIRROR_ONLY_FIELDS,
-    REDIRECT_ONLY_FIELDS,
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
+    MIRROR_ONLY_FIELDS,
+    REDIRECT_ONLY_FIELDS,
     UNSUPPORTED_OSS_FIELDS,
     RoutingRule,
     RuleAction,
     RuleBook,
     RulesError,
     parse_rules,
+    read_json,
 )
 
 T = TypeVar("T")
@@ -272,11 +273,9 @@ def _inert_fields(redirect: dict[str, Any]) -> dict[str, str]:
 def aws_json_to_rules(text: str, bucket: str) -> Converted[dict[str, Any]]:
     """AWS CLI put-bucket-website JSON (--website-configuration or --cli-input-json) as our rules document."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from None
-    except (RecursionError, ValueError) as e:  # nesting too deep, an integer too long to convert
-        raise ConversionError(f"unusable JSON: {e}") from None
+        data = read_json(text)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
     warnings: list[str] = []
     config = _aws_website_configuration(data, bucket, warnings)
     raw_rules = config.get("RoutingRules", [])

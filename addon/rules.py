@@ -370,13 +370,21 @@ def load_rules(path: str | Path, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook
     return parse_rules(text, str(path), max_rules)
 
 
+def read_json(text: str) -> Any:
+    """json.loads whose every failure is a ValueError saying where and why."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep, an integer too long to convert
+        raise ValueError(f"unusable JSON: {e}") from None
+
+
 def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook:
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RulesError(f"{source}: line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from e
-    except (RecursionError, ValueError) as e:  # nesting too deep, an integer too long to convert
-        raise RulesError(f"{source}: unusable JSON: {e}") from None
+        raw = read_json(text)
+    except ValueError as e:
+        raise RulesError(f"{source}: {e}") from None
     try:
         document = RulesDocument.model_validate_json(text)
     except ValidationError as e:
