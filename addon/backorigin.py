@@ -22,7 +22,7 @@ from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addon import objectmeta, redirect, replies, s3, streaming
-from addon.decision import RECORDED_KEY, Decision, Stats, annotate, set_aside_recorded
+from addon.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, annotate, set_aside_recorded
 from addon.explain import explain
 from addon.ledger import Ledger
 from addon.mirror import Mirror
@@ -250,7 +250,7 @@ class BackOrigin:
             self._record(flow, decision)
             return
         ref = self._candidate(flow)
-        if ref is None or flow.response is None or (self._acts(flow) and flow.metadata.get("backorigin")):
+        if ref is None or flow.response is None or (self._acts(flow) and flow.metadata.get(METADATA_KEY)):
             return
         status = await self._store_status(flow, ref)
         if status is None:
