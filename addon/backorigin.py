@@ -31,7 +31,10 @@ from addon.rules import DEFAULT_MAX_RULES, LOOP_HEADER, MAX_RULES_CEILING, Routi
 from addon.writeback import WriteBack
 
 logger = logging.getLogger(__name__)
-logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per origin request is noise
+# mitmproxy sets the root logger to DEBUG and turns every record into an event on its loop:
+# the HTTP and AWS libraries' dozens of DEBUG records per request would cost more than the work
+for library in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3"):
+    logging.getLogger(library).setLevel(logging.WARNING)
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -92,6 +95,13 @@ class BackOrigin:
         self.stats = Stats()
         self.ledger: Ledger | None = None
         self._timers: set[asyncio.Task] = set()
+        # option values the hooks read, copied in configure()
+        self._vhost_domains: tuple[str, ...] = ()
+        self._dry_run = False
+        self._streams_large = False
+        self._s3_endpoint: str | None = None
+        self._debug_header = False
+        self._403_is_miss = False
 
     def load(self, loader) -> None:
         loader.add_option("backorigin_rules", str, "rules.json", "Path of the rules file (OSS RoutingRule names, JSON); reloaded when it changes.")
@@ -171,6 +181,13 @@ class BackOrigin:
                 raise exceptions.OptionsError(f"{name}: must be at least 1")
         if "backorigin_ledger" in updated:
             self.ledger = Ledger(Path(options.backorigin_ledger).expanduser()) if options.backorigin_ledger else None
+        # read once here, not per flow: an option read copies its value every time
+        self._vhost_domains = tuple(options.backorigin_vhost_domains)
+        self._dry_run = options.backorigin_dry_run
+        self._streams_large = options.backorigin_large_objects == "stream"
+        self._s3_endpoint = options.backorigin_s3_endpoint
+        self._debug_header = options.backorigin_debug_header
+        self._403_is_miss = options.backorigin_403_is_miss
         if self.mirror is None or {"backorigin_spool_dir", "confdir"} & updated:
             spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
             if self.mirror is not None and self.mirror.writeback.spool.directory != spool:
@@ -234,8 +251,7 @@ class BackOrigin:
             return
         if rule.status_condition is None:
             self._redirect(flow, ref, rule)
-        elif rule.Redirect.is_mirror and flow.request.method == "GET" and self._acts(flow) \
-                and ctx.options.backorigin_large_objects == "stream":
+        elif rule.Redirect.is_mirror and flow.request.method == "GET" and self._acts(flow) and self._streams_large:
             await self.mirror.stream_if_missing(flow, ref, rule, self._endpoint(flow.request))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -287,7 +303,7 @@ class BackOrigin:
         unrecorded = flow.is_replay == "response" and not flow.response.raw_content
         if status == 404 and is_get and not s3.is_no_such_key(flow.response) and not unrecorded:
             return None
-        if status == 403 and is_get and ctx.options.backorigin_403_is_miss and s3.error_code(flow.response) == "AccessDenied":
+        if status == 403 and is_get and self._403_is_miss and s3.error_code(flow.response) == "AccessDenied":
             if not self._acts(flow):
                 return 404  # a replay cannot ask the store; it assumes the object was missing
             client = self.mirror.writeback.client(self._endpoint(flow.request))
@@ -302,7 +318,7 @@ class BackOrigin:
     # the pieces ------------------------------------------------------------------------------
 
     def _object(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
-        return s3.object_ref(flow.request, ctx.options.backorigin_vhost_domains)
+        return s3.object_ref(flow.request, self._vhost_domains)
 
     def _candidate(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
         """The object a GET/HEAD names, if its bucket has rules."""
@@ -311,13 +327,12 @@ class BackOrigin:
         ref = self._object(flow)
         return ref if ref is not None and self.rulebook.rules_for(ref.bucket) else None
 
-    @staticmethod
-    def _acts(flow: http.HTTPFlow) -> bool:
+    def _acts(self, flow: http.HTTPFlow) -> bool:
         """Live flows outside a dry run act; replayed flows and dry runs only decide."""
-        return flow.live and not ctx.options.backorigin_dry_run
+        return flow.live and not self._dry_run
 
     def _endpoint(self, request: http.Request) -> str:
-        return ctx.options.backorigin_s3_endpoint or store_endpoint(request, ctx.options.backorigin_vhost_domains)
+        return self._s3_endpoint or store_endpoint(request, self._vhost_domains)
 
     def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule, store_status: int | None = None) -> None:
         scheme, host = client_facing(flow)
@@ -332,7 +347,7 @@ class BackOrigin:
     def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
         if not self._acts(flow) and decision.action != "loop":
             decision = replace(decision, outcome="dry-run" if flow.live else "replayed")
-        annotate(flow, decision, ctx.options.backorigin_debug_header)
+        annotate(flow, decision, self._debug_header)
         self.stats.record(decision)
         if self.ledger is not None and decision.action == "mirror":
             self.ledger.append(decision)
@@ -342,7 +357,7 @@ class BackOrigin:
     @command.command("backorigin.explain")
     def explain(self, url: str) -> str:
         """Which rule would act on URL, and the origin URL or Location it would build (nothing is fetched)."""
-        return explain(self.rulebook, url, tuple(ctx.options.backorigin_vhost_domains))
+        return explain(self.rulebook, url, self._vhost_domains)
 
     @command.command("backorigin.reload")
     def reload(self) -> None:

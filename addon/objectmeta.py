@@ -44,13 +44,14 @@ def mirrored_extra_headers(result: OriginResult, action: RuleAction) -> list[tup
 def restore_on_download(response: http.Response) -> None:
     """A store answer for an object a mirror wrote says so, as OSS does (x-oss-tag)."""
     headers = response.headers
-    origin_url = headers.get(f"x-amz-meta-{ORIGIN_URL_META}")
+    found = {name.lower(): value for name, value in headers.items()}  # one pass: this runs on every hit
+    origin_url = found.get(f"x-amz-meta-{ORIGIN_URL_META}")
     if not origin_url:
         return
     headers["x-oss-tag"] = oss_tag(origin_url)
-    acao = headers.get(f"x-amz-meta-{ACAO_META}")
-    if acao and "access-control-allow-origin" not in headers:
+    acao = found.get(f"x-amz-meta-{ACAO_META}")
+    if acao and "access-control-allow-origin" not in found:
         headers["access-control-allow-origin"] = acao
-    last_modified = headers.get(f"x-amz-meta-{LAST_MODIFIED_META}")
+    last_modified = found.get(f"x-amz-meta-{LAST_MODIFIED_META}")
     if last_modified:
         headers["last-modified"] = last_modified

@@ -21,9 +21,12 @@ from addon.s3 import ObjectRef, error_body, new_request_id
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+
+
 def oss_tag(origin_url: str) -> str:
     """x-oss-tag: "MIRROR " + the url-decoded origin URL, kept to printable ASCII."""
-    return "MIRROR " + quote(unquote(origin_url), safe="".join(map(chr, range(0x20, 0x7F))))
+    return "MIRROR " + quote(unquote(origin_url), safe=_PRINTABLE_ASCII)
 
 
 class RangeNotSatisfiable(ValueError):

@@ -54,11 +54,12 @@ def object_ref(request: http.Request, virtual_host_domains: Sequence[str] = ()) 
     path = request.path.split("?", 1)[0]
     if not path.startswith("/"):
         return None
-    host = request.pretty_host.lower().rstrip(".")
-    for domain in virtual_host_domains:
-        if host.endswith("." + domain.lower()):
-            bucket = host[: -len(domain) - 1]
-            return ObjectRef(bucket, unquote(path[1:])) if path[1:] else None
+    if virtual_host_domains:  # pretty_host parses the authority: only when it can matter
+        host = request.pretty_host.lower().rstrip(".")
+        for domain in virtual_host_domains:
+            if host.endswith("." + domain.lower()):
+                bucket = host[: -len(domain) - 1]
+                return ObjectRef(bucket, unquote(path[1:])) if path[1:] else None
     bucket, sep, raw_key = path[1:].partition("/")
     if not bucket or not sep or not raw_key:
         return None
@@ -67,7 +68,7 @@ def object_ref(request: http.Request, virtual_host_domains: Sequence[str] = ()) 
 
 def is_plain_object_call(request: http.Request) -> bool:
     """True unless a sub-resource parameter makes the request another API call."""
-    return not any(name in SUBRESOURCES for name in request.query.keys())
+    return "?" not in request.path or not any(name in SUBRESOURCES for name in request.query.keys())
 
 
 def error_code(response: http.Response) -> str | None:

@@ -273,13 +273,13 @@ class WriteBack:
 
     def _upload_once(self, upload: ObjectUpload, body_path: Path) -> None:
         client = self.client(upload.endpoint)
-        if upload.size < PART_SIZE:
+        if upload.size < PART_SIZE:  # one PUT, which the store checks against Content-MD5
             with open(body_path, "rb") as body:
                 client.put_object(**upload.put_arguments(body))
-        else:
-            upload_in_parts(client, upload, body_path)
+            return
+        upload_in_parts(client, upload, body_path)
         stored = client.head_object(Bucket=upload.bucket, Key=upload.key)["ContentLength"]
-        if stored != upload.size:  # the store said yes but holds something else: say so loudly
+        if stored != upload.size:  # parts are checked one by one; the whole must add up too
             raise ValueError(f"the store holds {stored} bytes, {upload.size} were sent")
 
     def client(self, endpoint: str) -> Any:
