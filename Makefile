@@ -18,3 +18,10 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# make bench - install, then run the benchmark suite (bench/, results in BENCHMARKS.md);
+# it installs nginx and wrk from Debian's packages itself when they are missing.
+# Options go through ARGS, e.g. make bench ARGS="--profile" or ARGS="--only hit,miss".
+.PHONY: bench
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench $(ARGS)

@@ -46,10 +46,11 @@ def port_is_free(port: int) -> bool:
 
 
 def free_ports(count: int, with_grpc: bool = False) -> list[int]:
-    """`count` distinct free loopback ports (and their +10000 gRPC twins if asked)."""
+    """`count` distinct free loopback ports (and their +10000 gRPC twins if asked), all below
+    the kernel's ephemeral range (32768 and up), where outgoing connections take theirs."""
     chosen: list[int] = []
     while len(chosen) < count:
-        port = random.randint(20000, 55000 - GRPC_OFFSET) if with_grpc else random.randint(20000, 60000)
+        port = random.randint(10000, 32000 - GRPC_OFFSET) if with_grpc else random.randint(10000, 32000)
         twins = [port, port + GRPC_OFFSET] if with_grpc else [port]
         if port not in chosen and all(port_is_free(p) for p in twins):
             chosen.append(port)

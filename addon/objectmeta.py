@@ -44,7 +44,8 @@ def mirrored_extra_headers(result: OriginResult, action: RuleAction) -> list[tup
 def restore_on_download(response: http.Response) -> None:
     """A store answer for an object a mirror wrote says so, as OSS does (x-oss-tag)."""
     headers = response.headers
-    found = {name.lower(): value for name, value in headers.items()}  # one pass: this runs on every hit
+    # one pass over the raw fields: this runs on every hit, and Headers.items() looks each name up again
+    found = {name.decode("latin-1").lower(): value.decode("utf-8", "surrogateescape") for name, value in headers.fields}
     origin_url = found.get(f"x-amz-meta-{ORIGIN_URL_META}")
     if not origin_url:
         return

@@ -1,0 +1,1 @@
+"""The benchmark suite (see BENCHMARKS.md): `make bench` or `.venv/bin/python -m bench`."""

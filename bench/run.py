@@ -1,0 +1,777 @@
+"""The benchmark suite: `make bench` (or `.venv/bin/python -m bench`).
+
+Starts everything on 127.0.0.1 in a private temp directory: SeaweedFS (addon/embedded_store.py),
+a static nginx origin, plain mitmdump and mitmdump with the addon (the README's command), nginx
+as a reference proxy, later a second addon instance behind an nginx `stream` balancer. Each
+scenario runs for a fixed, short time with wrk or the asyncio client in bench/loadgen.py, and
+every figure is a ratio or percentile measured side by side in this run. Prints one table
+(also written to bench/out/results.md, raw numbers to bench/out/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from addon.embedded_store import EmbeddedStore, free_ports
+from bench import loadgen
+from bench.services import (
+    CpuPlan,
+    Mitmdump,
+    Nginx,
+    OtherLoad,
+    Processes,
+    WrkResult,
+    balancer_config,
+    ensure_debian_packages,
+    ensure_py_spy,
+    listen_ports,
+    log,
+    origin_config,
+    proc_status,
+    reference_proxy_config,
+    set_affinity,
+    wrk,
+)
+
+BUCKET = "bench"
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+# origin path prefix -> (file name, size); /<prefix>/<anything> serves that file
+ORIGIN_FILES = {
+    "small": ("small.bin", 1 * KiB),
+    "medium": ("medium.bin", 1 * MiB),
+    "large": ("large.bin", 8 * MiB),
+    "huge": ("huge.bin", 1 * GiB),
+}
+OUT = Path(__file__).resolve().parent / "out"
+SCENARIOS = ("hit", "miss", "singleflight", "lag", "memory", "scaleout")
+HIT_OBJECTS = ("small", "medium", "large")  # existing objects: <prefix>/hit
+EXTRA_SCRIPTS: list[str] = []  # --with-script: experiments loaded after the addon
+
+
+@dataclass
+class Row:
+    number: str
+    scenario: str
+    figure: str
+    measured: str
+    target: str = ""
+    verdict: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    raw: dict[str, object] = field(default_factory=dict)
+
+    def add(self, number: str, scenario: str, figure: str, measured: str, target: str = "", met: bool | None = None) -> None:
+        verdict = "" if met is None else ("met" if met else "**MISSED**")
+        self.rows.append(Row(number, scenario, figure, measured, target, verdict))
+
+    def table(self) -> str:
+        header = ["#", "scenario", "figure", "measured", "target", "verdict"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in self.rows:
+            lines.append(f"| {r.number} | {r.scenario} | {r.figure} | {r.measured} | {r.target} | {r.verdict} |")
+        return "\n".join(lines)
+
+
+def plausible_size(result: WrkResult, size: int) -> bool:
+    """Body plus headers per response (wrk also counts bytes of responses cut off at the end)."""
+    return size <= result.bytes_per_request <= size * 1.1 + 4 * KiB
+
+
+def tree_pids(root: int) -> list[int]:
+    """root's descendants (all processes the bench started, their workers included)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def wrk_raw(result: WrkResult) -> dict[str, float]:
+    return {**asdict(result), "rps": round(result.rps, 1), "bytes_per_request": round(result.bytes_per_request)}
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    processes: Processes
+    store: EmbeddedStore
+    origin: Nginx
+    origin_port: int
+    reference: Nginx
+    reference_port: int
+    plain: Mitmdump
+    addon: Mitmdump
+    rules: Path
+    confdir: Path
+    cpus: CpuPlan
+
+    @property
+    def access_log(self) -> Path:
+        return self.origin.workdir / "origin-access.log"
+
+    def origin_requests(self, path: str) -> int:
+        """How many requests the origin logged for exactly this path."""
+        text = self.access_log.read_text(errors="replace") if self.access_log.exists() else ""
+        return sum(1 for line in text.splitlines() if line.split(" ", 1)[0] == path)
+
+    def stored_keys(self, prefix: str) -> int:
+        client = self.store.client()
+        count = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            count += page.get("KeyCount", 0)
+        return count
+
+    def wait_stored(self, prefix: str, expected: int, within: float = 90.0) -> int:
+        """Poll the store until `expected` keys under prefix exist (write-backs landed), bounded."""
+        deadline = time.monotonic() + within
+        count = self.stored_keys(prefix)
+        while count < expected and time.monotonic() < deadline:
+            time.sleep(0.25)
+            count = self.stored_keys(prefix)
+        if count < expected:
+            log(f"only {count} of {expected} objects under {prefix!r} were stored within {within:g}s")
+        return count
+
+
+# ---------------------------------------------------------------------------------------
+# Set-up
+
+
+def make_origin_files(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, size in ORIGIN_FILES.values():
+        path = root / name
+        if size >= GiB:  # sparse: no disk and no time spent writing it
+            with open(path, "wb") as f:
+                f.truncate(size)
+        else:
+            path.write_bytes(os.urandom(size))
+
+
+def write_rules(path: Path, origin_port: int) -> Path:
+    rule = {
+        "RuleNumber": 1,
+        "Condition": {"HttpErrorCodeReturnedEquals": 404},
+        "Redirect": {"RedirectType": "Mirror", "MirrorURL": f"http://127.0.0.1:{origin_port}/"},
+    }
+    path.write_text(json.dumps({"Buckets": [{"Name": BUCKET, "RoutingRules": [rule]}]}, indent=2))
+    return path
+
+
+def start_stack(tmp: Path, processes: Processes, cpus: CpuPlan) -> Stack:
+    log(f"working directory {tmp}; {cpus.describe()}")
+    if cpus.rest:  # the store, the origin and the load generators inherit this
+        os.sched_setaffinity(0, cpus.rest)
+    make_origin_files(tmp / "origin-files")
+    store = EmbeddedStore(tmp / "store", free_ports(1, with_grpc=True)[0])
+    log(f"starting SeaweedFS on {store.endpoint}")
+    store.start(log_path=tmp / "weed.log")
+    try:
+        store.create_buckets([BUCKET])
+        origin_port, reference_port, plain_port, addon_port = listen_ports(4)
+        origin = Nginx("origin", tmp / "nginx-origin", origin_config(
+            origin_port, tmp / "origin-files", {prefix: name for prefix, (name, _) in ORIGIN_FILES.items()}
+        )).start(processes, [origin_port])
+        reference = Nginx("reference", tmp / "nginx-reference", reference_proxy_config(
+            reference_port, store.s3_port, origin_port, BUCKET
+        ), cpus=cpus.proxy).start(processes, [reference_port])
+        rules = write_rules(tmp / "rules.json", origin_port)
+        confdir = tmp / "confdir-plain"  # the first process makes the CA; the others copy it
+        plain = Mitmdump("plain", store.endpoint, plain_port, tmp, confdir, cpus=cpus.proxy).start(processes)
+        addon = Mitmdump("addon", store.endpoint, addon_port, tmp, tmp / "confdir-addon", rules,
+                         cpus=cpus.proxy, ca_from=confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(processes)
+    except BaseException:
+        store.stop()
+        raise
+    log(f"origin nginx :{origin_port}, reference nginx :{reference_port}, "
+        f"plain mitmdump :{plain_port}, mitmdump+addon :{addon_port}")
+    return Stack(tmp, processes, store, origin, origin_port, reference, reference_port, plain, addon, rules, confdir, cpus)
+
+
+async def _get(port: int, path: str, method: str = "GET") -> loadgen.Answer:
+    connection = loadgen.Connection(port)
+    try:
+        return await connection.request(method, path, timeout=120)
+    finally:
+        connection.close()
+
+
+def seed_hit_objects(stack: Stack) -> None:
+    """The hit-path objects, mirrored once through the addon so they carry its metadata
+    (the common case after a migration: every hit adds x-oss-tag from it)."""
+    for prefix in HIT_OBJECTS:
+        answer = asyncio.run(_get(stack.addon.port, f"/{BUCKET}/{prefix}/hit"))
+        if answer.status != 200:
+            raise RuntimeError(f"seeding {prefix}/hit: the addon answered {answer.status}")
+    for prefix in HIT_OBJECTS:
+        stack.wait_stored(f"{prefix}/hit", 1, within=30)
+    answer = asyncio.run(_get(stack.addon.port, f"/{BUCKET}/small/hit"))
+    if answer.status != 200 or "x-oss-tag" not in answer.headers or "server" not in answer.headers:
+        raise RuntimeError(f"the hit object is not served by the store with x-oss-tag: {answer}")
+
+
+# ---------------------------------------------------------------------------------------
+# Scenarios
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scenario_hit(stack: Stack, report: Report, seconds: float) -> None:
+    """1 (and 7): GETs of existing objects; addon ÷ plain mitmdump and nginx ÷ plain, side by side.
+
+    Runs alternate plain/addon (ABBAABBA) in short slices, so that drift and other load on
+    the machine fall on both sides alike. Besides throughput, the proxy's own CPU time per
+    request is read from /proc: its ratio is what throughput would be if the proxy alone
+    limited it, and it is far less sensitive to other processes on the machine."""
+    slice_ = max(2, round(seconds * 0.4))
+    targets = {"plain": stack.plain.port, "addon": stack.addon.port, "nginx": stack.reference_port}
+    pids = {"plain": stack.plain.pid, "addon": stack.addon.pid}
+    for port in targets.values():  # warm-up: connections, caches
+        wrk(f"http://127.0.0.1:{port}/{BUCKET}/small/hit", 64, 1)
+    raw: dict[str, object] = {}
+    for prefix, size_name in (("small", "1 KiB"), ("medium", "1 MiB")):
+        size = ORIGIN_FILES[prefix][1]
+        for connections in (8, 64):
+            runs: dict[str, list[WrkResult]] = {"plain": [], "addon": [], "nginx": []}
+            cpu: dict[str, float] = {"plain": 0.0, "addon": 0.0}
+            for who in ("plain", "addon", "addon", "plain", "plain", "addon", "addon", "plain", "nginx"):
+                before = cpu_seconds(pids[who]) if who in pids else 0.0
+                result = wrk(f"http://127.0.0.1:{targets[who]}/{BUCKET}/{prefix}/hit", connections, slice_)
+                if who in pids:
+                    cpu[who] += cpu_seconds(pids[who]) - before
+                if result.non_2xx or result.errors or not plausible_size(result, size):
+                    log(f"hit {prefix} c{connections} via {who}: {result.non_2xx} non-2xx, {result.errors} errors, "
+                        f"{result.bytes_per_request:.0f} bytes per response")
+                runs[who].append(result)
+            requests = {who: sum(r.requests for r in rs) for who, rs in runs.items()}
+            rps = {who: requests[who] / sum(r.seconds for r in rs) for who, rs in runs.items()}
+            cpu_per_request = {who: cpu[who] / requests[who] for who in cpu}
+            ratio = rps["addon"] / rps["plain"]
+            cpu_ratio = cpu_per_request["plain"] / cpu_per_request["addon"]
+            key = f"{prefix}-c{connections}"
+            raw[key] = {"rps": {k: round(v, 1) for k, v in rps.items()},
+                        "cpu_us_per_request": {k: round(v * 1e6) for k, v in cpu_per_request.items()},
+                        "addon_over_plain": round(ratio, 4), "cpu_ratio": round(cpu_ratio, 4),
+                        "nginx_over_plain": round(rps["nginx"] / rps["plain"], 2),
+                        "runs": {who: [wrk_raw(r) for r in rs] for who, rs in runs.items()}}
+            report.add("1", "hit path", f"{size_name} GET, {connections} conns: throughput addon ÷ plain mitmdump "
+                       f"(in brackets: CPU per request, plain ÷ addon)", f"{ratio:.3f} ({cpu_ratio:.3f})",
+                       "≥ 0.97", ratio >= 0.97)
+            report.raw.setdefault("reference_hit", {})[key] = round(rps["nginx"] / rps["plain"], 2)
+            log(f"hit {size_name} c{connections}: plain {rps['plain']:.0f}/s {cpu_per_request['plain'] * 1e6:.0f} µs CPU/req, "
+                f"addon {rps['addon']:.0f}/s {cpu_per_request['addon'] * 1e6:.0f} µs CPU/req, nginx {rps['nginx']:.0f}/s")
+    report.raw["hit"] = raw
+
+
+def reference_hit_rows(report: Report) -> None:
+    for key, ratio in report.raw.get("reference_hit", {}).items():
+        prefix, conns = key.split("-c")
+        size_name = "1 KiB" if prefix == "small" else "1 MiB"
+        report.add("7", "reference", f"hit {size_name}, {conns} conns: throughput nginx ÷ plain mitmdump", f"{ratio:.1f}×")
+
+
+def scenario_miss(stack: Stack, report: Report, seconds: float) -> None:
+    """2 (and 7): one client, every GET a new missing key; mirrored ÷ (store 404 via plain + origin)."""
+    raw: dict[str, object] = {}
+    for prefix, size_name in (("small", "1 KiB"), ("large", "8 MiB")):
+        size = ORIGIN_FILES[prefix][1]
+        floor_404 = wrk(f"http://127.0.0.1:{stack.plain.port}/", 1, seconds, f"/{BUCKET}/{prefix}/floor-")
+        direct = wrk(f"http://127.0.0.1:{stack.origin_port}/", 1, seconds, f"/{prefix}/direct-")
+        cpu_before = cpu_seconds(stack.addon.pid)
+        mirrored = wrk(f"http://127.0.0.1:{stack.addon.port}/", 1, seconds, f"/{BUCKET}/{prefix}/miss-")
+        stored = stack.wait_stored(f"{prefix}/miss-", mirrored.requests)
+        # CPU of mitmdump+addon per miss, its write-backs included (they ran in its threads)
+        cpu_per_miss_ms = (cpu_seconds(stack.addon.pid) - cpu_before) / max(1, mirrored.requests) * 1000
+        nginx = wrk(f"http://127.0.0.1:{stack.reference_port}/", 1, seconds, f"/{BUCKET}/{prefix}/ref-")
+        # context: the same-size object already in the store, through plain mitmdump (the cost
+        # of moving the body through a Python proxy, which the floor above leaves out)
+        plain_hit = wrk(f"http://127.0.0.1:{stack.plain.port}/{BUCKET}/{prefix}/hit", 1, max(2, seconds / 2))
+        if floor_404.non_2xx != floor_404.requests:
+            log(f"miss floor {prefix}: expected only 404s, got {floor_404.requests - floor_404.non_2xx} others")
+        for name, result in (("direct", direct), ("mirrored", mirrored), ("nginx", nginx)):
+            if result.non_2xx or result.errors or not plausible_size(result, size):
+                log(f"miss {prefix} {name}: {result.non_2xx} non-2xx, {result.errors} errors, "
+                    f"{result.bytes_per_request:.0f} bytes per response")
+        floor_p50 = floor_404.p50_ms + direct.p50_ms
+        floor_p99 = floor_404.p99_ms + direct.p99_ms
+        raw[prefix] = {
+            "floor_404_via_plain": wrk_raw(floor_404), "origin_direct": wrk_raw(direct),
+            "mirrored_via_addon": wrk_raw(mirrored), "nginx_reference": wrk_raw(nginx),
+            "floor_p50_ms": round(floor_p50, 3), "floor_p99_ms": round(floor_p99, 3), "stored": stored,
+            "hit_via_plain": wrk_raw(plain_hit), "addon_cpu_ms_per_miss": round(cpu_per_miss_ms, 2),
+        }
+        for p, measured, floor in (("p50", mirrored.p50_ms, floor_p50), ("p99", mirrored.p99_ms, floor_p99)):
+            ratio = measured / floor
+            report.add("2", "miss path", f"{size_name} mirrored GET {p} ÷ floor ({measured:.2f} ms ÷ {floor:.2f} ms)",
+                       f"{ratio:.2f}", "≤ 1.15", ratio <= 1.15)
+        proxy_floor = floor_404.p50_ms + plain_hit.p50_ms
+        report.add("2", "miss path", f"{size_name} mirrored GET p50 ÷ (404 via plain + {size_name} hit via plain) "
+                   f"({mirrored.p50_ms:.2f} ms ÷ {proxy_floor:.2f} ms), context", f"{mirrored.p50_ms / proxy_floor:.2f}")
+        for p, measured, floor in (("p50", nginx.p50_ms, floor_p50), ("p99", nginx.p99_ms, floor_p99)):
+            report.raw.setdefault("reference_miss", []).append(
+                (f"miss {size_name} {p}: nginx error_page ÷ floor ({measured:.2f} ms ÷ {floor:.2f} ms)",
+                 f"{measured / floor:.2f}"))
+        log(f"miss {size_name}: floor p50 {floor_p50:.2f} ms (404 {floor_404.p50_ms:.2f} + origin {direct.p50_ms:.2f}), "
+            f"mirrored p50 {mirrored.p50_ms:.2f} p99 {mirrored.p99_ms:.2f} ({mirrored.requests} misses, {stored} stored, "
+            f"{cpu_per_miss_ms:.2f} ms CPU of mitmdump+addon per miss), "
+            f"nginx p50 {nginx.p50_ms:.2f}")
+    report.raw["miss"] = raw
+
+
+def reference_miss_rows(report: Report) -> None:
+    for figure, value in report.raw.get("reference_miss", []):
+        report.add("7", "reference", figure, value)
+
+
+async def _singleflight(port: int, path: str, clients: int) -> list[loadgen.Answer]:
+    connections = await asyncio.gather(*(loadgen.Connection(port).open() for _ in range(clients)))
+    try:
+        return await asyncio.gather(*(c.request("GET", path, timeout=120) for c in connections))
+    finally:
+        for c in connections:
+            c.close()
+
+
+def scenario_singleflight(stack: Stack, report: Report, clients: int = 100) -> None:
+    """3: `clients` connections, opened first, then one GET each of the same missing key at once."""
+    raw: dict[str, object] = {}
+    for prefix, size_name in (("small", "1 KiB"), ("large", "8 MiB")):
+        rounds = []
+        for attempt in range(3):
+            key = f"{prefix}/flight-{attempt}"
+            answers = asyncio.run(_singleflight(stack.addon.port, f"/{BUCKET}/{key}", clients))
+            time.sleep(0.3)  # the origin's access-log line is written as its response ends
+            fetches = stack.origin_requests(f"/{key}")
+            latencies = [a.seconds * 1000 for a in answers]
+            statuses = sorted({a.status for a in answers})
+            rounds.append({"origin_requests": fetches, "statuses": statuses,
+                           "p50_ms": round(loadgen.percentile(latencies, 50), 2),
+                           "p99_ms": round(loadgen.percentile(latencies, 99), 2)})
+            stack.wait_stored(key, 1, within=30)
+        worst = max(r["origin_requests"] for r in rounds)
+        p99 = loadgen.percentile([r["p99_ms"] for r in rounds], 50)
+        raw[prefix] = rounds
+        report.add("3", "singleflight", f"{clients} concurrent GETs of one missing {size_name} key: origin requests (3 rounds)",
+                   " / ".join(str(r["origin_requests"]) for r in rounds), "1", worst == 1)
+        report.add("3", "singleflight", f"{clients} concurrent GETs of one missing {size_name} key: p99 latency (median round)",
+                   f"{p99:.0f} ms")
+        if any(r["statuses"] != [200] for r in rounds):
+            log(f"singleflight {prefix}: statuses {[r['statuses'] for r in rounds]}")
+    report.raw["singleflight"] = raw
+
+
+async def _write_back_lag(proxy_port: int, store_port: int, rate: float, count: int, prefix: str) -> dict[str, object]:
+    proxy = loadgen.Pool(proxy_port, 64)
+    store = loadgen.Pool(store_port, 64)
+    lags: list[float] = []
+    latencies: list[float] = []
+    problems: list[str] = []
+
+    async def one(index: int) -> None:
+        path = f"/{BUCKET}/{prefix}{index}"
+        answer = await proxy.request("GET", path)
+        if answer.status != 200:
+            problems.append(f"{path}: {answer.status}")
+            return
+        latencies.append(answer.seconds)
+        deadline = answer.done_at + 30
+        while time.monotonic() < deadline:
+            seen = await store.request("HEAD", path)
+            if seen.status == 200:
+                lags.append(seen.done_at - answer.done_at)
+                return
+            await asyncio.sleep(0.005)
+        problems.append(f"{path}: not readable in the store within 30 s")
+
+    start = time.monotonic()
+    tasks = []
+    for index in range(count):
+        await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(one(index)))
+    sent_in = time.monotonic() - start
+    async with asyncio.timeout(120):
+        await asyncio.gather(*tasks, return_exceptions=False)
+    proxy.close()
+    store.close()
+    return {"lags": lags, "latencies": latencies, "problems": problems, "rate": count / sent_in if sent_in else 0}
+
+
+def scenario_lag(stack: Stack, report: Report, seconds: float, rate: float = 50.0) -> None:
+    """4: open-loop misses at `rate`/s; from each client response until a HEAD on the store sees the object."""
+    count = int(rate * seconds)
+    result = asyncio.run(_write_back_lag(stack.addon.port, stack.store.s3_port, rate, count, "small/lag-"))
+    lags = result["lags"]
+    p50, p99 = loadgen.percentile(lags, 50), loadgen.percentile(lags, 99)
+    report.raw["write_back_lag"] = {
+        "count": count, "rate_achieved": round(result["rate"], 1), "p50_s": p50, "p99_s": p99,
+        "client_p50_s": loadgen.percentile(result["latencies"], 50), "problems": result["problems"][:10],
+    }
+    report.add("4", "write-back lag", f"1 KiB misses at {result['rate']:.0f}/s: response → readable in store, p50 / p99",
+               f"{p50:.3f} s / {p99:.3f} s")
+    if result["problems"]:
+        log(f"write-back lag: {len(result['problems'])} problems, e.g. {result['problems'][:3]}")
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS of a process every 50 ms (bounded by stop())."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kib, self._halt = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.05):
+            try:
+                self.peak_kib = max(self.peak_kib, proc_status(self.pid)["VmRSS"])
+            except (OSError, KeyError):
+                return
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+async def _mixed(port: int, count: int, start_index: int, tag: str, connections: int = 8) -> dict[str, int]:
+    """A deterministic mix: 70 % 1 KiB hits, 10 % 1 MiB hits, 12 % new 1 KiB misses (mirrored),
+    5 % misses the origin does not have either (404), 3 % HEADs of a hit."""
+    pool = loadgen.Pool(port, connections)
+    statuses: dict[str, int] = {}
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for i in range(start_index, start_index + count):
+        slot = i % 100
+        if slot < 70:
+            request = ("GET", f"/{BUCKET}/small/hit")
+        elif slot < 80:
+            request = ("GET", f"/{BUCKET}/medium/hit")
+        elif slot < 92:
+            request = ("GET", f"/{BUCKET}/small/mix{tag}-{i}")
+        elif slot < 97:
+            request = ("GET", f"/{BUCKET}/nothing/mix{tag}-{i}")
+        else:
+            request = ("HEAD", f"/{BUCKET}/small/hit")
+        queue.put_nowait(request)
+
+    async def worker() -> None:
+        while not queue.empty():
+            method, path = queue.get_nowait()
+            answer = await pool.request(method, path)
+            statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
+
+    async with asyncio.timeout(300):
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    pool.close()
+    return statuses
+
+
+def _mirror_huge(stack: Stack, name: str, options: dict[str, str]) -> dict[str, object] | None:
+    """A fresh mitmdump+addon mirrors one 1 GiB object; its VmHWM once the object is in the
+    store. None when this version of the addon refuses the options."""
+    port = listen_ports(1)[0]
+    proxy = Mitmdump(name, stack.store.endpoint, port, stack.tmp, stack.tmp / f"confdir-{name}", stack.rules,
+                     {"backorigin_origin_timeout": "300", **options}, cpus=stack.cpus.proxy, ca_from=stack.confdir,
+                     extra_scripts=tuple(EXTRA_SCRIPTS))
+    try:
+        proxy.start(stack.processes)
+    except RuntimeError as e:
+        if not options:
+            raise
+        log(f"{name}: mitmdump refused {options}: {str(e).strip().splitlines()[-1]}")
+        return None
+    try:
+        before = proxy.memory()["VmRSS"]
+        key = f"huge/{name}"
+        sampler = RssSampler(proxy.pid)
+        sampler.start()
+        started = time.monotonic()
+        try:
+            answer = asyncio.run(_get(port, f"/{BUCKET}/{key}"))
+            answered = time.monotonic() - started
+            stack.wait_stored(key, 1, within=240)
+            landed = time.monotonic() - started
+        finally:
+            sampler.stop()
+        try:
+            size = stack.store.client().head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+        except Exception:
+            size = 0
+        return {"status": answer.status, "client_bytes": answer.size, "answered_s": round(answered, 2),
+                "stored_bytes": size, "stored_s": round(landed, 2), "rss_before_mib": round(before / 1024),
+                "vmhwm_mib": round(proxy.memory()["VmHWM"] / 1024), "sampled_rss_peak_mib": round(sampler.peak_kib / 1024)}
+    finally:
+        stack.processes.stop(proxy.process)
+
+
+def _mixed_growth(stack: Stack, proxy: Mitmdump, tag: str, writes: bool) -> dict[str, object]:
+    """RSS of `proxy` after a 1,000-request warm-up and after each further 1,000, up to 11,000.
+
+    A single RSS reading swings by ±25 MiB (1 MiB bodies in flight, malloc arenas of the
+    write-back threads kept or returned; a 30,000-request run showed 144-193 MiB with no
+    trend), so growth is the median of the last four readings minus the median of the first
+    four: a leak moves the whole series, a swing moves one reading."""
+    statuses: dict[str, int] = {}
+    readings: list[int] = []
+    done = 0
+    for count in (1000,) * 11:
+        for k, v in asyncio.run(_mixed(proxy.port, count, done, tag)).items():
+            statuses[k] = statuses.get(k, 0) + v
+        done += count
+        if writes:  # pending write-backs hold bodies: let them land before reading RSS
+            stack.wait_stored(f"small/mix{tag}-", sum(1 for i in range(done) if 80 <= i % 100 < 92), within=60)
+        time.sleep(0.3)
+        readings.append(proxy.memory()["VmRSS"])
+    growth = (statistics.median(readings[-4:]) - statistics.median(readings[:4])) / 1024
+    return {"statuses": statuses, "rss_kib": readings, "growth_mib": growth}
+
+
+def scenario_memory(stack: Stack, report: Report) -> None:
+    """5: RSS over 10,000 mixed requests (mitmdump+addon, and plain mitmdump as a control);
+    then VmHWM of a fresh mitmdump+addon while it mirrors one 1 GiB object (the addon's
+    default large-object handling, and backorigin_large_objects=stream where it exists)."""
+    port, plain_port = listen_ports(2)
+    mem = Mitmdump("memory", stack.store.endpoint, port, stack.tmp, stack.tmp / "confdir-memory", stack.rules,
+                   cpus=stack.cpus.proxy, ca_from=stack.confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(stack.processes)
+    control = Mitmdump("memory-plain", stack.store.endpoint, plain_port, stack.tmp, stack.tmp / "confdir-memory-plain",
+                       cpus=stack.cpus.proxy, ca_from=stack.confdir).start(stack.processes)
+    try:
+        addon = _mixed_growth(stack, mem, "a", writes=True)
+        plain = _mixed_growth(stack, control, "p", writes=False)
+    finally:
+        stack.processes.stop(control.process)
+        stack.processes.stop(mem.process)
+    report.raw["memory_mixed"] = {"addon": addon, "plain": plain}
+    low, high = min(addon["rss_kib"]) / 1024, max(addon["rss_kib"]) / 1024
+    report.add("5", "memory", "RSS growth of mitmdump+addon over 10,000 mixed requests after 1,000 warm-up "
+               "(median of last 4 readings − median of first 4; a reading every 1,000)",
+               f"{addon['growth_mib']:+.1f} MiB (readings {low:.0f}-{high:.0f} MiB; plain mitmdump, same mix: "
+               f"{plain['growth_mib']:+.1f} MiB)", "no growth (< 10 MiB)", addon["growth_mib"] < 10)
+
+    for name, options, label in (
+        ("huge-default", {}, "default settings"),
+        ("huge-stream", {"backorigin_large_objects": "stream"}, "backorigin_large_objects=stream"),
+    ):
+        result = _mirror_huge(stack, name, options)
+        report.raw.setdefault("memory_1gib", {})[name] = result
+        if result is None:
+            report.add("5", "memory", f"peak RSS mirroring one 1 GiB object ({label})", "n/a: option not in this version")
+            continue
+        ok = result["stored_bytes"] == GiB
+        detail = f"client got {result['status']}" + (f" + {result['client_bytes'] / GiB:.2f} GiB" if result["client_bytes"] else "")
+        report.add("5", "memory", f"peak RSS (VmHWM) of mitmdump+addon mirroring one 1 GiB object ({label}; {detail})",
+                   f"{result['vmhwm_mib']} MiB" + ("" if ok else f" (stored {result['stored_bytes']} bytes)"),
+                   "< 300 MiB", result["vmhwm_mib"] < 300 and ok)
+
+
+def scenario_scaleout(stack: Stack, report: Report, seconds: float) -> None:
+    """6: 1 vs 2 mitmdump+addon processes behind nginx stream, same balancer path for both."""
+    # Nothing pinned here: two proxies, the store, the balancer and wrk share both cores,
+    # as they would on a real 2-core host.
+    everything = frozenset(os.sched_getaffinity(0) | (stack.cpus.proxy or set()))
+    os.sched_setaffinity(0, everything)
+    for pid in tree_pids(os.getpid()):
+        set_affinity(pid, everything)
+    second_port, one_port, two_port = listen_ports(3)
+    second = Mitmdump("addon-2", stack.store.endpoint, second_port, stack.tmp, stack.tmp / "confdir-addon-2", stack.rules,
+                      ca_from=stack.confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(stack.processes)
+    balancer = Nginx("balancer", stack.tmp / "nginx-balancer",
+                     balancer_config({one_port: [stack.addon.port], two_port: [stack.addon.port, second_port]}))
+    balancer.start(stack.processes, [one_port, two_port])
+    slice_ = max(2, math.ceil(seconds / 2))
+    raw: dict[str, object] = {}
+    try:
+        wrk(f"http://127.0.0.1:{two_port}/{BUCKET}/small/hit", 64, 1)  # warm-up
+        for name, figure, path, prefix in (
+            ("hit", "1 KiB hits, 64 conns", f"/{BUCKET}/small/hit", None),
+            ("miss", "1 KiB misses (each a new key), 64 conns", "/", f"/{BUCKET}/small/scale-"),
+        ):
+            runs: dict[int, list[WrkResult]] = {1: [], 2: []}
+            for n in (1, 2, 2, 1):
+                port = one_port if n == 1 else two_port
+                unique = f"{prefix}{n}-{len(runs[n])}-" if prefix else None
+                result = wrk(f"http://127.0.0.1:{port}{path}", 64, slice_, unique)
+                runs[n].append(result)
+                if unique:  # let this slice's write-backs land, or they would slow the next slice
+                    stack.wait_stored(unique.split("/", 2)[2], result.requests, within=60)
+            rps = {n: sum(r.requests for r in rs) / sum(r.seconds for r in rs) for n, rs in runs.items()}
+            errors = sum(r.non_2xx + r.errors for rs in runs.values() for r in rs)
+            raw[name] = {"rps": rps, "errors": errors, "runs": {n: [wrk_raw(r) for r in rs] for n, rs in runs.items()}}
+            report.add("6", "scale-out", f"{figure}: throughput 2 processes ÷ 1 (nginx stream, 2 cores)",
+                       f"{rps[2] / rps[1]:.2f}")
+            log(f"scale-out {name}: 1 process {rps[1]:.0f}/s, 2 processes {rps[2]:.0f}/s, {errors} errors")
+    finally:
+        stack.processes.stop(balancer.process)
+        stack.processes.stop(second.process)
+    report.raw["scaleout"] = raw
+
+
+# ---------------------------------------------------------------------------------------
+# Profile (optional: --profile)
+
+
+def profile(stack: Stack, report: Report, seconds: float) -> None:
+    """py-spy on mitmdump+addon under the hit and the miss load; raw stacks and a summary in bench/out/."""
+    from bench.profile import summarise
+
+    py_spy = ensure_py_spy()
+    OUT.mkdir(exist_ok=True)
+    duration = max(4, round(seconds))
+    summaries = {}
+    for name, url, connections, prefix in (
+        ("hit-1k", f"http://127.0.0.1:{stack.addon.port}/{BUCKET}/small/hit", 64, None),
+        ("hit-1m", f"http://127.0.0.1:{stack.addon.port}/{BUCKET}/medium/hit", 64, None),
+        ("miss-1k", f"http://127.0.0.1:{stack.addon.port}/", 8, f"/{BUCKET}/small/prof-"),
+        ("miss-8m", f"http://127.0.0.1:{stack.addon.port}/", 1, f"/{BUCKET}/large/prof-"),
+    ):
+        output = OUT / f"profile-{name}.txt"
+        with open(OUT / f"profile-{name}.log", "wb") as py_spy_log:
+            recorder = stack.processes.start(
+                "py-spy", [py_spy, "record", "--pid", str(stack.addon.pid), "--rate", "250", "--duration", str(duration + 1),
+                           "--format", "raw", "--threads", "--gil", "--full-filenames", "--nonblocking", "--output", str(output)],
+                stdout=py_spy_log, stderr=subprocess.STDOUT,
+            )
+        time.sleep(0.5)
+        result = wrk(url, connections, duration, prefix)
+        try:
+            recorder.wait(timeout=duration + 30)
+        finally:
+            stack.processes.stop(recorder)
+        summaries[name] = summarise(output, top=15)
+        summaries[name]["rps"] = round(result.rps, 1)
+        (OUT / f"profile-{name}.summary.txt").write_text(summaries[name]["text"])
+        log(f"profile {name}: {output}")
+    report.raw["profile"] = {k: {kk: vv for kk, vv in v.items() if kk != "text"} for k, v in summaries.items()}
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run (default 5)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--profile", action="store_true", help="also record py-spy profiles of the hit and miss paths")
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, store data)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the proxy under test to its own CPU (see BENCHMARKS.md)")
+    parser.add_argument("--with-script", action="append", default=[], metavar="FILE",
+                        help="experiments: load FILE as another -s script after the addon in every "
+                             "mitmdump+addon (e.g. bench/experiments/quiet_library_logs.py)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="start at once, even if other processes keep the machine busy")
+    args = parser.parse_args(argv)
+    chosen = [s for s in args.only.split(",") if s]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+
+    # SIGTERM/SIGHUP end the run through the finally blocks, as Ctrl-C does.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+
+    began = time.monotonic()
+    ensure_debian_packages()
+    if args.profile:
+        ensure_py_spy()
+    with_scripts = [str(Path(f).resolve()) for f in args.with_script]
+    os.chdir(Path(__file__).resolve().parent.parent)
+    tmp = Path(tempfile.mkdtemp(prefix="backorigin-bench-"))
+    processes = Processes()
+    report = Report()
+    stack: Stack | None = None
+    others = OtherLoad().start()
+    EXTRA_SCRIPTS.extend(with_scripts)
+    try:
+        if not args.no_wait:
+            waited = others.wait_quiet()
+            if waited > 4:
+                log(f"waited {waited:.0f} s for other processes to quieten down")
+        stack = start_stack(tmp, processes, CpuPlan.make(not args.no_pin))
+        seed_hit_objects(stack)
+        steps = {
+            "hit": lambda: scenario_hit(stack, report, args.seconds),
+            "miss": lambda: scenario_miss(stack, report, args.seconds),
+            "singleflight": lambda: scenario_singleflight(stack, report),
+            "lag": lambda: scenario_lag(stack, report, args.seconds),
+            "memory": lambda: scenario_memory(stack, report),
+            "scaleout": lambda: scenario_scaleout(stack, report, args.seconds),
+        }
+        # the profile runs before the scale-out, which unpins everything and leaves the first
+        # mitmdump+addon with thousands of write-backs to finish
+        steps["profile"] = lambda: profile(stack, report, args.seconds)
+        order = [s for s in SCENARIOS if s != "scaleout"] + ["profile", "scaleout"]
+        for name in order:
+            if name in chosen or (name == "profile" and args.profile):
+                t0 = time.monotonic()
+                log(f"{'scenario ' if name != 'profile' else ''}{name} ...")
+                steps[name]()
+                report.raw.setdefault("scenario_seconds", {})[name] = round(time.monotonic() - t0, 1)
+        reference_hit_rows(report)
+        reference_miss_rows(report)
+    finally:
+        others.stop()
+        processes.close()
+        if stack is not None:
+            stack.store.stop()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    elapsed = time.monotonic() - began
+    mean_other, worst_other = others.summary()
+    report.raw["elapsed_s"] = round(elapsed, 1)
+    report.raw["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                             "pinning": stack.cpus.describe() if stack else "",
+                             "other_processes_cores_mean": round(mean_other, 3),
+                             "other_processes_cores_worst_5s": round(worst_other, 3)}
+    table = report.table()
+    notes = (
+        f"whole run {elapsed:.0f} s; {stack.cpus.describe() if stack else ''}; other processes on the machine used "
+        f"{mean_other:.2f} cores on average (worst 5 s: {worst_other:.2f})"
+    )
+    OUT.mkdir(exist_ok=True)
+    (OUT / "results.md").write_text(table + "\n\n" + notes + "\n")
+    (OUT / "results.json").write_text(json.dumps(report.raw, indent=2, default=str) + "\n")
+    print(table)
+    print(f"\n{notes}; raw numbers in {OUT / 'results.json'}")
+    if mean_other > 0.1 or worst_other > 0.3:
+        print("WARNING: the machine was busy with other work during the run; the figures are noisier than usual")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
