@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO, mitmdump_command, wait_until_listening
+
 BIN = Path(sys.executable).parent
-MITMDUMP = str(BIN / "mitmdump")
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_report.lua"
 
 APT_PACKAGES = ("nginx", "wrk", "libnginx-mod-stream")
@@ -398,19 +398,9 @@ class Mitmdump:
         return self.process.pid
 
     def command(self) -> list[str]:
-        sets = [f"confdir={self.confdir}", "flow_detail=0"]
-        script: list[str] = []
-        if self.rules is not None:
-            script = ["-s", "addon/backorigin.py"]
-            for extra in self.extra_scripts:
-                script += ["-s", extra]
-            sets.insert(0, f"backorigin_rules={self.rules}")
-        sets += [f"{k}={v}" for k, v in self.options.items()]
-        return [
-            MITMDUMP, *script, "--mode", f"reverse:{self.store}",
-            "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
-            *(arg for s in sets for arg in ("--set", s)),
-        ]
+        scripts = [arg for extra in self.extra_scripts for arg in ("-s", extra)] if self.rules is not None else []
+        return mitmdump_command(f"reverse:{self.store}", self.port, self.rules,
+                                {"confdir": str(self.confdir), "flow_detail": "0", **self.options}, scripts)
 
     def start(self, processes: Processes, ready_within: float = 40.0) -> Mitmdump:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -424,15 +414,8 @@ class Mitmdump:
             self.process = processes.start(f"mitmdump-{self.name}", self.command(), cwd=REPO, stdout=log_file,
                                            stderr=subprocess.STDOUT, start_new_session=True,
                                            stop_signal=signal.SIGINT, cpus=self.cpus)
-        deadline = time.monotonic() + ready_within
-        while time.monotonic() < deadline:
-            text = self.log()
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mitmdump {self.name} exited with {self.process.returncode}:\n{text}")
-            if " listening at " in text:
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"mitmdump {self.name} did not start within {ready_within:g}s:\n{self.log()}")
+        wait_until_listening(self.process, self.log, ready_within)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

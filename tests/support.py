@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,36 @@ def write_rules(path: Path, buckets: dict[str, list[dict]]) -> Path:
     return path
 
 
+def mitmdump_command(
+    mode: str, port: int, rules: Path | None, options: dict[str, str], extra_args: Sequence[str] = ()
+) -> list[str]:
+    """The README's command line; `rules` None: plain mitmdump, without the addon."""
+    script = ["-s", "addon/backorigin.py"] if rules is not None else []
+    sets = {**({"backorigin_rules": str(rules)} if rules is not None else {}), **options}
+    return [
+        MITMDUMP, *script, "--mode", mode, "--listen-host", "127.0.0.1", "--listen-port", str(port),
+        *(arg for name, value in sets.items() for arg in ("--set", f"{name}={value}")),
+        *extra_args,
+    ]
+
+
+def wait_until_listening(process: subprocess.Popen, log: Callable[[], str], ready_within: float) -> None:
+    """Until mitmdump says it listens; an exit, a script error or the time limit raise with its log."""
+    deadline = time.monotonic() + ready_within
+    while time.monotonic() < deadline:
+        text = log()
+        if "error in script" in text:  # logged before "listening"; mitmdump then exits with 1
+            process.wait(timeout=ready_within)
+        if process.poll() is not None:
+            raise RuntimeError(f"mitmdump exited with {process.returncode}:\n{log()}")
+        if " listening at " in text:
+            return
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"mitmdump did not start within {ready_within:g}s:\n{log()}")
+
+
 @dataclass
 class Mitmdump:
     """mitmdump -s addon/backorigin.py --mode MODE --set backorigin_rules=FILE [--set ...]"""
@@ -59,32 +90,16 @@ class Mitmdump:
         return self.workdir / f"mitmdump-{self.port}.log"
 
     def command(self) -> list[str]:
-        sets = [f"backorigin_rules={self.rules}", f"confdir={self.workdir / 'confdir'}", *(f"{k}={v}" for k, v in self.options.items())]
-        return [
-            MITMDUMP, "-s", "addon/backorigin.py", "--mode", self.mode,
-            "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
-            *(arg for s in sets for arg in ("--set", s)),
-            *self.extra_args,
-        ]
+        return mitmdump_command(self.mode, self.port, self.rules, {"confdir": str(self.workdir / "confdir"), **self.options},
+                                self.extra_args)
 
     def start(self, ready_within: float = 30.0) -> Mitmdump:
         self.port = self.port or free_ports(1)[0]
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ready_within
-        while time.monotonic() < deadline:
-            log = self.log()
-            if "error in script" in log:  # logged before "listening"; mitmdump then exits with 1
-                self.process.wait(timeout=ready_within)
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mitmdump exited with {self.process.returncode}:\n{self.log()}")
-            if " listening at " in log:
-                return self
-            time.sleep(0.1)
-        self.process.kill()
-        self.process.wait()
-        raise RuntimeError(f"mitmdump did not start within {ready_within:g}s:\n{self.log()}")
+        wait_until_listening(self.process, self.log, ready_within)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
