@@ -84,7 +84,6 @@ class OriginResult:
     body: bytes = b""
     chunked: bool = False
     failure: str = ""
-    hops: int = 0
     location: str = ""
     not_storable: str = ""
     final_url: str = ""  # where the body came from, after redirects
@@ -277,33 +276,33 @@ class OriginClient:
         url = first_url
         headers = {**dict(request.headers), LOOP_HEADER: "1"}
         auth = request.auth
-        for hop in range(MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS + 1):
             sent = sigv4_headers(request.method, url, headers, auth) if auth else headers
             async with self._client.stream(request.method, url, headers=sent, timeout=self.timeouts.per_operation()) as response:
                 location = response.headers.get("location", "")
                 if response.status_code in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
-                        return OriginResult(first_url, response.status_code, location=location, hops=hop)
+                        return OriginResult(first_url, response.status_code, location=location)
                     next_url = urljoin(url, location)
                     if urlsplit(next_url).scheme not in ("http", "https"):
-                        return OriginResult(first_url, None, failure=f"redirect to non-HTTP {next_url!r}", hops=hop)
+                        return OriginResult(first_url, None, failure=f"redirect to non-HTTP {next_url!r}")
                     if urlsplit(next_url).netloc != urlsplit(url).netloc:
                         # a Host or credentials meant for one origin never follow to another
                         headers.pop("host", None)
                         auth = None
                     url = next_url
                     continue
-                return await self._read(request, first_url, url, response, hop, sink)
-        return OriginResult(first_url, None, failure=f"more than {MAX_REDIRECTS} redirects", hops=MAX_REDIRECTS + 1)
+                return await self._read(request, first_url, url, response, sink)
+        return OriginResult(first_url, None, failure=f"more than {MAX_REDIRECTS} redirects")
 
     async def _read(
-        self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, hops: int, sink: Path | None
+        self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, sink: Path | None
     ) -> OriginResult:
         """Read a final answer: the body of a 200 (or a transparent code) is kept raw, in
         memory or in `sink`, and checked as it arrives (see integrity.BodyCheck)."""
         headers = tuple(response.headers.multi_items())
         status = response.status_code
-        found = partial(OriginResult, url, status, headers, hops=hops, final_url=final_url)
+        found = partial(OriginResult, url, status, headers, final_url=final_url)
         if request.method == "HEAD" or (status != 200 and status not in request.transparent_codes):
             return found()
         check = BodyCheck.for_headers(response.headers)
@@ -322,7 +321,7 @@ class OriginClient:
                     chunks.append(chunk)
         failure = check.failure()
         if failure:
-            return OriginResult(url, None, failure=failure, hops=hops)
+            return OriginResult(url, None, failure=failure)
         chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
         not_storable = f"the origin answered {status}" if status != 200 else check.mismatch()
         return found(body=b"".join(chunks), chunked=chunked, not_storable=not_storable, size=check.size, md5=check.md5_base64)

@@ -36,7 +36,6 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 logger = logging.getLogger(__name__)
 
 PART_SIZE = 16 * 1024 * 1024  # multipart part size, and the size from which uploads go in parts
-_READ_CHUNK = 1024 * 1024
 
 # Storable origin headers and the PutObject parameter each becomes.
 _PUT_PARAMS = {
@@ -87,15 +86,6 @@ class ObjectUpload:
     @property
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
-
-
-def digest_file(path: Path) -> tuple[int, str]:
-    """(size, base64 MD5) of a file, read in chunks."""
-    md5 = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_CHUNK):
-            md5.update(chunk)
-    return path.stat().st_size, base64.b64encode(md5.digest()).decode()
 
 
 class Spool:

@@ -321,7 +321,7 @@ def test_8_create_only_never_overwrites_an_object_written_meanwhile(proxy, origi
         origin.gate.set()
         status, _, body = pending.result(timeout=30)
     assert status == 200 and body == body_for(f"/dir1/{key}")
-    wait_for(lambda: f"already exists" in proxy.log() and key in proxy.log())
+    wait_for(lambda: "already exists" in proxy.log() and key in proxy.log())
     assert s3.get_object(Bucket="mirror-bucket", Key=key)["Body"].read() == b"written by a client meanwhile"
 
 
