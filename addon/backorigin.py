@@ -21,7 +21,7 @@ from typing import Optional
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addon import objectmeta, redirect, replies, s3, streaming
+from addon import objectmeta, redirect, replies, s3
 from addon.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, annotate, set_aside_recorded
 from addon.explain import explain
 from addon.ledger import Ledger
@@ -278,8 +278,7 @@ class BackOrigin:
         elif not rule.Redirect.is_mirror:
             self._redirect(flow, ref, rule, store_status=status)
         elif status == 404:
-            store_404 = flow.response if flow.response.status_code == 404 else replies.s3_error(
-                flow.request, 404, "NoSuchKey", "The specified key does not exist.", ref)
+            store_404 = flow.response if flow.response.status_code == 404 else replies.no_such_key(flow.request, ref)
             answer, decision = await self.mirror.answer(
                 flow.request, store_404, ref, rule, self._endpoint(flow.request), side_effects=self._acts(flow)
             )
@@ -306,13 +305,8 @@ class BackOrigin:
         if status == 403 and is_get and self._403_is_miss and s3.error_code(flow.response) == "AccessDenied":
             if not self._acts(flow):
                 return 404  # a replay cannot ask the store; it assumes the object was missing
-            client = self.mirror.writeback.client(self._endpoint(flow.request))
-            try:
-                present = await asyncio.to_thread(streaming.store_has, client, ref.bucket, ref.key)
-            except Exception as e:
-                logger.warning("403 for s3://%s/%s kept: the proxy's own HEAD failed: %s", ref.bucket, ref.key, e)
-                return 403
-            return 403 if present else 404
+            present = await self.mirror.store_has(self._endpoint(flow.request), ref)
+            return 404 if present is False else 403  # a store that cannot say keeps its 403
         return status
 
     # the pieces ------------------------------------------------------------------------------

@@ -143,10 +143,8 @@ class Mirror:
         known = (endpoint, ref.bucket, ref.key)
         if known in self.known_objects:
             return
-        try:
-            present = await asyncio.to_thread(streaming.store_has, self.writeback.client(endpoint), ref.bucket, ref.key)
-        except Exception as e:  # the store will answer the flow itself; the 404 path still mirrors
-            logger.warning("stream mode: cannot ask the store about s3://%s/%s: %s", ref.bucket, ref.key, e)
+        present = await self.store_has(endpoint, ref)
+        if present is None:  # the store will answer the flow itself; the 404 path still mirrors
             return
         if present:
             self.known_objects.add(known)
@@ -157,6 +155,15 @@ class Mirror:
             return  # the store's 404 comes back and the buffered path says why
         self.streams[flow.id] = streaming.StreamedMiss(endpoint, ref, rule, request, flow.request.copy())
         streaming.reroute(flow, request)
+
+    async def store_has(self, endpoint: str, ref: ObjectRef) -> bool | None:
+        """Whether the store holds the object, asked with the proxy's own credentials off the
+        event loop; None (logged) when the store cannot say."""
+        try:
+            return await asyncio.to_thread(streaming.store_has, self.writeback.client(endpoint), ref.bucket, ref.key)
+        except Exception as e:
+            logger.warning("cannot ask the store about s3://%s/%s: %s", ref.bucket, ref.key, e)
+            return None
 
     def stream_headers(self, flow: http.HTTPFlow) -> None:
         """A re-routed miss answered 200: stream it to the client and into a spool file."""
@@ -186,7 +193,7 @@ class Mirror:
         if miss is None:
             return None
         if miss.tee is None:
-            store_404 = replies.s3_error(miss.original, 404, "NoSuchKey", "The specified key does not exist.", miss.ref)
+            store_404 = replies.no_such_key(miss.original, miss.ref)
             flow.response, decision = await self.answer(miss.original, store_404, miss.ref, miss.rule, miss.endpoint)
             return decision
         check = miss.tee.check

@@ -118,6 +118,11 @@ def redirect(request: http.Request, status: int, location: str, extra: Sequence[
     return _response(request, status, [("location", location), *extra], b"")
 
 
+def no_such_key(request: http.Request, ref: ObjectRef) -> http.Response:
+    """The store's own 404 for a missing key, for when the store's answer is not at hand."""
+    return s3_error(request, 404, "NoSuchKey", "The specified key does not exist.", ref)
+
+
 def mirror_failed(request: http.Request, ref: ObjectRef, reason: str) -> http.Response:
     return s3_error(request, 424, "MirrorFailed", f"Mirror back-to-origin failed: {reason}", ref)
 
