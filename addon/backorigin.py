@@ -3,8 +3,9 @@
 Run it as:  mitmdump -s addon/backorigin.py --mode reverse:http://STORE:PORT --set backorigin_rules=rules.json
 
 The addon only wires the modules: s3 (which object), rules (which rule), redirect
-(Location), mirror (fetch, answer, store), decision (what happened, for people and
-tools). It holds no policy of its own: options, hooks and commands only.
+(Location), storeprobe (is it a miss, asked before mitmproxy sends the request), mirror
+(fetch once, answer, store), missserver (where a miss is re-routed so that its answer
+streams), decision (what happened, for people and tools). It holds no policy of its own.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ from pathlib import Path
 from typing import Optional
 
 from mitmproxy import command, ctx, exceptions, http
-from mitmproxy.proxy.mode_specs import ReverseMode
+from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
 
 from addon import objectmeta, redirect, replies, s3
-from addon.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, annotate, set_aside_recorded
+from addon.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, add_debug_header, annotate, set_aside_recorded
 from addon.explain import explain
 from addon.ledger import Ledger
-from addon.mirror import Mirror
-from addon.origin import OriginClient, Timeouts
+from addon.delivery import collect
+from addon.mirror import Mirror, Rerouted
+from addon.missserver import MissServer
+from addon.origin import OriginClient, Timeouts, UnsafeKey, build_request
 from addon.rules import DEFAULT_MAX_RULES, LOOP_HEADER, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
+from addon.storeprobe import StoreAnswer, StoreProbe, store_has
 from addon.writeback import WriteBack
 
 logger = logging.getLogger(__name__)
@@ -98,7 +102,10 @@ class BackOrigin:
         # option values the hooks read, copied in configure()
         self._vhost_domains: tuple[str, ...] = ()
         self._dry_run = False
-        self._streams_large = False
+        self._mirror_heads = True
+        self.probe: StoreProbe | None = None  # made in configure, from mitmproxy's upstream TLS options
+        self.server = MissServer()
+        self.misses: dict[str, Rerouted] = {}  # flow id -> its miss, while the miss server answers it
         self._s3_endpoint: str | None = None
         self._debug_header = False
         self._403_is_miss = False
@@ -117,15 +124,21 @@ class BackOrigin:
         loader.add_option("backorigin_origin_read_timeout", str, "10", "Seconds an origin may stay silent mid-answer.")
         loader.add_option(
             "backorigin_max_inline", str, "64m",
-            "Largest origin body answered from memory; past it see backorigin_large_objects.",
+            "Largest miss answered only once its whole body has arrived and been checked (with its ETag; a broken "
+            "origin gets 424). Larger GETs are streamed as the body arrives (no ETag in that first answer; a broken "
+            "origin resets the connection). Memory stays bounded either way: bodies go through the spool.",
+        )
+        loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds the fetch of a body over backorigin_max_inline may take.")
+        loader.add_option(
+            "backorigin_head_on_miss", str, "object",
+            "HEAD of a missing object: 'object' answers it as the object will answer (it is fetched and stored), "
+            "for S3 tools that HEAD before they GET; 'oss' answers 404 unless the rule has MirrorAllowHeadObject.",
         )
         loader.add_option(
-            "backorigin_large_objects", str, "redirect",
-            "How misses are answered past backorigin_max_inline: 'redirect' (302 to the origin, copy in the "
-            "background; for browsers and CDNs) or 'stream' (ask the store first, then stream every miss from "
-            "the origin through the proxy; also for SDK clients that do not follow redirects).",
+            "backorigin_spool_fsync", bool, False,
+            "fsync a mirrored body and its manifest before the last byte of its answer goes out (survives power "
+            "loss); off: they are in the page cache by then (survives a crash of the proxy, kill -9 included).",
         )
-        loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds a background copy of a large object may take.")
         loader.add_option(
             "backorigin_s3_endpoint", Optional[str], None,
             "Endpoint for write-backs (e.g. http://127.0.0.1:8333). Default: the scheme, host and port that answered.",
@@ -172,9 +185,9 @@ class BackOrigin:
             self.origin.max_inline = parse_size("backorigin_max_inline", options.backorigin_max_inline)
         if "backorigin_shutdown_timeout" in updated:
             parse_seconds("backorigin_shutdown_timeout", options.backorigin_shutdown_timeout)
-        if "backorigin_large_objects" in updated and options.backorigin_large_objects not in ("redirect", "stream"):
+        if "backorigin_head_on_miss" in updated and options.backorigin_head_on_miss not in ("object", "oss"):
             raise exceptions.OptionsError(
-                f"backorigin_large_objects: {options.backorigin_large_objects!r} is neither 'redirect' nor 'stream'"
+                f"backorigin_head_on_miss: {options.backorigin_head_on_miss!r} is neither 'object' nor 'oss'"
             )
         for name in ("backorigin_writeback_workers", "backorigin_writeback_queue"):
             if name in updated and getattr(options, name) < 1:
@@ -184,7 +197,7 @@ class BackOrigin:
         # read once here, not per flow: an option read copies its value every time
         self._vhost_domains = tuple(options.backorigin_vhost_domains)
         self._dry_run = options.backorigin_dry_run
-        self._streams_large = options.backorigin_large_objects == "stream"
+        self._mirror_heads = options.backorigin_head_on_miss == "object"
         self._s3_endpoint = options.backorigin_s3_endpoint
         self._debug_header = options.backorigin_debug_header
         self._403_is_miss = options.backorigin_403_is_miss
@@ -192,8 +205,13 @@ class BackOrigin:
             spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
             if self.mirror is not None and self.mirror.writeback.spool.directory != spool:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
-            writeback = WriteBack(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue)
-            self.mirror = Mirror(self.origin, writeback)
+            writeback = WriteBack(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue,
+                                  fsync=options.backorigin_spool_fsync)
+            self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
+        if "backorigin_spool_fsync" in updated:
+            self.mirror.fsync = self.mirror.writeback.spool.fsync = options.backorigin_spool_fsync
+        if self.probe is None or {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
+            self.probe = StoreProbe(upstream_verification(options))
 
     def _load_rules(self) -> None:
         path = Path(ctx.options.backorigin_rules)
@@ -207,7 +225,7 @@ class BackOrigin:
     def running(self) -> None:
         """Resume what a previous run left spooled; from now on, retry deferred write-backs
         and reload the rules file when it changes."""
-        self.mirror.writeback.resume(ctx.options.backorigin_s3_endpoint)
+        self.mirror.resume(ctx.options.backorigin_s3_endpoint)
         for timer in (self._retry_deferred_forever(), self._watch_rules_forever()):
             task = asyncio.ensure_future(timer)
             self._timers.add(task)
@@ -228,9 +246,10 @@ class BackOrigin:
     # hooks -----------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        """Refuse our own origin fetches coming back in (a loop), then let redirect rules
-        without a status condition decide before the store is asked (OSS: "hide objects
-        with a prefix"), unless an earlier rule needs the store's answer."""
+        """Refuse our own origin fetches coming back in (a loop); let redirect rules without
+        a status condition decide before the store is asked (OSS: "hide objects with a
+        prefix"), unless an earlier rule needs the store's answer; and ask the store about
+        GETs and HEADs that a rule may mirror, so that a miss is answered by streaming."""
         if flow.live and LOOP_HEADER in flow.request.headers and flow.response is None:
             logger.warning(
                 "loop: %s came back into the proxy from our own origin fetch; a MirrorURL points at a "
@@ -238,7 +257,7 @@ class BackOrigin:
                 "another domain for it (with MirrorHost for the Host header).", flow.request.pretty_url,
             )
             ref = self._object(flow) or s3.ObjectRef("", "")
-            flow.response = replies.mirror_failed(flow.request, ref, "loop: the origin URL leads back into the proxy")
+            flow.response = replies.to_response(flow.request, replies.mirror_failed(ref, "loop: the origin URL leads back into the proxy"))
             self._record(flow, Decision(ref.bucket, ref.key, "loop", outcome="loop"))
             return
         if not flow.live:
@@ -246,24 +265,32 @@ class BackOrigin:
         ref = self._candidate(flow)
         if ref is None:
             return
-        rule = self.rulebook.first_request_match(ref.bucket, ref.key, flow.request.method, flow.request.headers.get)
+        rule = self.rulebook.first_request_match(ref.bucket, ref.key, flow.request.method, flow.request.headers.get,
+                                                 self._mirror_heads)
         if rule is None:
             return
         if rule.status_condition is None:
             self._redirect(flow, ref, rule)
-        elif rule.Redirect.is_mirror and flow.request.method == "GET" and self._acts(flow) and self._streams_large:
-            await self.mirror.stream_if_missing(flow, ref, rule, self._endpoint(flow.request))
+        elif self._acts(flow) and flow.response is None:
+            await self._ask_store_first(flow, ref)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self.mirror.stream_headers(flow)
+        rerouted = self.misses.get(flow.id)
+        if rerouted is not None and flow.response is not None:
+            flow.response.stream = True  # the miss server's answer, streamed with backpressure
+            if self._debug_header:  # now or never: a streamed answer's headers go out next
+                add_debug_header(flow.response, rerouted.miss.decision())
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if decision := self.mirror.stream_broke(flow):
-            self._record(flow, decision)
+        if miss := self.misses.pop(flow.id, None):
+            self.server.withdraw(miss.ticket)  # unused when the client left before mitmproxy came to it
+            flow.request = miss.client_request
+            self._record(flow, miss.miss.decision("broken", str(flow.error)))
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        if decision := await self.mirror.finish_stream(flow):
-            self._record(flow, decision)
+        if miss := self.misses.pop(flow.id, None):
+            flow.request = miss.client_request  # recordings and the UI show what the client asked
+            self._record(flow, miss.miss.decision(), header=False)  # responseheaders added it
             return
         ref = self._candidate(flow)
         if ref is None or flow.response is None or (self._acts(flow) and flow.metadata.get(METADATA_KEY)):
@@ -271,43 +298,122 @@ class BackOrigin:
         status = await self._store_status(flow, ref)
         if status is None:
             return
-        rule = self.rulebook.decide_after_store(ref.bucket, ref.key, flow.request.method, flow.request.headers.get, status)
+        rule = self.rulebook.decide_after_store(ref.bucket, ref.key, flow.request.method, flow.request.headers.get, status,
+                                                self._mirror_heads)
         if rule is None:
             if 200 <= status < 300:
                 objectmeta.restore_on_download(flow.response)
         elif not rule.Redirect.is_mirror:
             self._redirect(flow, ref, rule, store_status=status)
         elif status == 404:
-            store_404 = flow.response if flow.response.status_code == 404 else replies.no_such_key(flow.request, ref)
-            answer, decision = await self.mirror.answer(
-                flow.request, store_404, ref, rule, self._endpoint(flow.request), side_effects=self._acts(flow)
-            )
-            if self._acts(flow):
-                flow.response = answer
-            self._record(flow, replace(decision, store_status=404))
+            await self._answer_late_miss(flow, ref, rule)
+
+    # the miss path ---------------------------------------------------------------------------
+
+    async def _ask_store_first(self, flow: http.HTTPFlow, ref: s3.ObjectRef) -> None:
+        """Send the client's request to the store ourselves; on a miss that a rule mirrors,
+        re-route the flow to the miss server (or answer a redirect rule right here)."""
+        endpoint = self._endpoint(flow.request)
+        known = (endpoint, ref.bucket, ref.key)
+        if known in self.mirror.known:
+            return
+        assert self.probe is not None
+        answer = await self.probe.ask(flow.request, upstream_proxy(flow))
+        if answer is None:
+            return
+        if 200 <= answer.status < 300 or answer.status in (304, 412, 416):
+            self.mirror.known.add(known)
+            return
+        status = s3.rules_status(flow.request.method, answer.status, answer.body)
+        if status == 403 and self._403_is_miss and s3.error_code_of(answer.body) == "AccessDenied":
+            status = await self._403_status(endpoint, ref)
+        if status is None or known in self.mirror.known:  # stored while we asked: the store answers
+            return
+        rule = self.rulebook.decide_after_store(ref.bucket, ref.key, flow.request.method, flow.request.headers.get,
+                                                status, self._mirror_heads)
+        if rule is None:
+            return
+        if not rule.Redirect.is_mirror:
+            self._redirect(flow, ref, rule, store_status=status)
+            return
+        store_404 = answer if answer.status == 404 else StoreAnswer(404, (), b"")
+        await self._reroute_miss(flow, ref, rule, endpoint, store_404)
+
+    async def _reroute_miss(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule, endpoint: str,
+                            store_404: StoreAnswer) -> None:
+        try:
+            origin_request = build_request(rule, ref.key, flow.request)
+        except UnsafeKey as e:
+            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
+            self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, "unsafe-key", detail=str(e),
+                                        store_status=404))
+            return  # the store answers its own 404
+        await self.server.ensure_started()
+        miss = self.mirror.start(endpoint, ref, rule, origin_request)
+        client_request = flow.request.copy()
+        store_404 = store_404 if store_404.body else StoreAnswer.of(replies.no_such_key(ref))
+        path = self.server.issue(
+            lambda: self.mirror.reply(miss, client_request.method, client_request.headers.get, store_404)
+        )
+        self.misses[flow.id] = Rerouted(miss, client_request, path)
+        flow.request.scheme, flow.request.host, flow.request.port, flow.request.path = "http", "127.0.0.1", self.server.port, path
+        flow.server_conn.via = None  # in upstream mode too, the miss server is reached directly
+
+    async def _answer_late_miss(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> None:
+        """A 404 that the request hook did not see coming (a replay, a dry run, an object
+        deleted from the store behind our back, a store that could not be asked). Live flows
+        are answered from the same fill, from memory up to backorigin_max_inline; a larger
+        object gets 503 SlowDown, which S3 clients retry, and the retry streams it."""
+        try:
+            origin_request = build_request(rule, ref.key, flow.request)
+        except UnsafeKey as e:
+            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
+            self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, "unsafe-key", detail=str(e),
+                                        store_status=404))
+            return
+        if not self._acts(flow):
+            self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, origin_url=origin_request.url,
+                                        store_status=404))
+            return
+        endpoint = self._endpoint(flow.request)
+        self.mirror.known.discard((endpoint, ref.bucket, ref.key))
+        miss = self.mirror.start(endpoint, ref, rule, origin_request)
+        store_404 = StoreAnswer(404, tuple(flow.response.headers.items(multi=True)), flow.response.raw_content or b"")
+        reply = await self.mirror.reply(miss, flow.request.method, flow.request.headers.get, store_404)
+        if reply.stream is not None:
+            reply = await collect(reply, self.origin.max_inline) or replies.slow_down(ref)
+        flow.response = replies.to_response(flow.request, reply)
+        self._record(flow, miss.decision())
 
     async def _store_status(self, flow: http.HTTPFlow, ref: s3.ObjectRef) -> int | None:
-        """The store's status as the rules see it: a GET's 404 counts only as NoSuchKey (HEAD
-        has no body to tell; nor has the empty 404 of `--server-replay` for an unrecorded
-        request); with backorigin_403_is_miss a 403 counts as 404 once the proxy's own HEAD
-        finds no object. A replayed flow that the recording answered itself carries the
-        store's status in its recorded decision. None: no rule may act on the answer."""
+        """The store's status as the rules see it (see s3.rules_status); with
+        backorigin_403_is_miss a 403 counts as 404 once the proxy's own HEAD finds no object.
+        A replayed flow that the recording answered itself carries the store's status in its
+        recorded decision. None: no rule may act on the answer."""
         recorded = flow.metadata.get(RECORDED_KEY) if not flow.live else None
         if recorded:  # a mirror only ever acted on a 404 (recordings before store_status say no more)
             recorded_status = recorded.get("store_status") or (404 if recorded.get("action") == "mirror" else None)
             if recorded_status:
                 return recorded_status
-        status = flow.response.status_code
-        is_get = flow.request.method == "GET"
-        unrecorded = flow.is_replay == "response" and not flow.response.raw_content
-        if status == 404 and is_get and not s3.is_no_such_key(flow.response) and not unrecorded:
-            return None
-        if status == 403 and is_get and self._403_is_miss and s3.error_code(flow.response) == "AccessDenied":
+        response = flow.response
+        unrecorded = flow.is_replay == "response" and not response.raw_content
+        status = s3.rules_status(flow.request.method, response.status_code, response.get_content(strict=False) or b"",
+                                 unrecorded_replay=unrecorded)
+        if status == 403 and self._403_is_miss and s3.error_code(response) == "AccessDenied":
             if not self._acts(flow):
                 return 404  # a replay cannot ask the store; it assumes the object was missing
-            present = await self.mirror.store_has(self._endpoint(flow.request), ref)
-            return 404 if present is False else 403  # a store that cannot say keeps its 403
+            return await self._403_status(self._endpoint(flow.request), ref)
         return status
+
+    async def _403_status(self, endpoint: str, ref: s3.ObjectRef) -> int:
+        """403 AccessDenied counts as a miss once the proxy's own HEAD finds no object; a
+        store that cannot say keeps its 403."""
+        try:
+            present = await asyncio.to_thread(store_has, self.mirror.writeback.client(endpoint), ref.bucket, ref.key)
+        except Exception as e:
+            logger.warning("cannot ask the store about s3://%s/%s: %s", ref.bucket, ref.key, e)
+            return 403
+        return 403 if present else 404
 
     # the pieces ------------------------------------------------------------------------------
 
@@ -335,13 +441,15 @@ class BackOrigin:
                             location=target, store_status=store_status)
         if self._acts(flow):
             logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
-            flow.response = replies.redirect(flow.request, rule.Redirect.HttpRedirectCode, target, redirect.extra_headers(rule))
+            flow.response = replies.to_response(
+                flow.request, replies.redirect(rule.Redirect.HttpRedirectCode, target, redirect.extra_headers(rule))
+            )
         self._record(flow, decision)
 
-    def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
+    def _record(self, flow: http.HTTPFlow, decision: Decision, header: bool = True) -> None:
         if not self._acts(flow) and decision.action != "loop":
             decision = replace(decision, outcome="dry-run" if flow.live else "replayed")
-        annotate(flow, decision, self._debug_header)
+        annotate(flow, decision, header and self._debug_header)
         self.stats.record(decision)
         if self.ledger is not None and decision.action == "mirror":
             self.ledger.append(decision)
@@ -382,7 +490,29 @@ class BackOrigin:
         for timer in self._timers:
             timer.cancel()
         timeout = parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
-        return asyncio.ensure_future(self.mirror.shutdown(timeout))
+        return asyncio.ensure_future(self._shutdown(timeout))
+
+    async def _shutdown(self, timeout: float) -> None:
+        await self.server.stop()
+        if self.probe is not None:
+            await self.probe.aclose()
+        await self.mirror.shutdown(timeout)
+
+
+def upstream_verification(options) -> bool | str:
+    """How the store probe checks an HTTPS store's certificate: as mitmproxy itself does."""
+    if getattr(options, "ssl_insecure", False):
+        return False
+    return getattr(options, "ssl_verify_upstream_trusted_ca", None) or True
+
+
+def upstream_proxy(flow: http.HTTPFlow) -> str | None:
+    """The proxy mitmproxy reaches the store through, in upstream mode."""
+    mode = flow.client_conn.proxy_mode
+    if isinstance(mode, UpstreamMode):
+        host, port = mode.address
+        return f"{mode.scheme}://{host}:{port}"
+    return None
 
 
 def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:

@@ -14,7 +14,7 @@ METADATA_KEY = "backorigin"
 RECORDED_KEY = "backorigin_recorded"  # a replayed flow's decision from the recording
 DEBUG_HEADER = "x-backorigin"
 MARKERS = {"mirror": ":arrows_counterclockwise:", "redirect": ":arrow_right_hook:", "failed": ":warning:"}
-FAILED_OUTCOMES = frozenset({"mirror-failed", "loop", "stream-broken"})
+FAILED_OUTCOMES = frozenset({"mirror-failed", "loop", "broken"})
 
 
 @dataclass
@@ -23,13 +23,13 @@ class Decision:
     key: str
     action: str  # mirror, redirect, alicdn, loop
     rule: int | None = None
-    outcome: str = ""  # mirrored, head, too-large, streamed, origin-404, origin-redirect, transparent,
-    #                    mirror-failed, unsafe-key, redirected, loop, stream-broken, dry-run, replayed
+    outcome: str = ""  # mirrored, origin-404, origin-redirect, transparent, mirror-failed, unsafe-key,
+    #                    redirected, loop, broken (the answer broke off), dry-run, replayed
     origin_url: str = ""
     location: str = ""
     origin_status: int | None = None
     bytes: int = 0
-    writeback: str = ""  # queued, copying, not stored: <why>, stored by another proxy...
+    writeback: str = ""  # queued, or none (<why>)
     detail: str = ""
     store_status: int | None = None  # what the store answered, when the rule waited for it
 
@@ -71,7 +71,11 @@ def annotate(flow: http.HTTPFlow, decision: Decision, header: bool) -> None:
     flow.comment = decision.comment()
     flow.marked = decision.marker()
     if header and flow.response is not None:
-        flow.response.headers[DEBUG_HEADER] = f"rule={decision.rule} action={decision.action} outcome={decision.outcome}"
+        add_debug_header(flow.response, decision)
+
+
+def add_debug_header(response: http.Response, decision: Decision) -> None:
+    response.headers[DEBUG_HEADER] = f"rule={decision.rule} action={decision.action} outcome={decision.outcome}"
 
 
 class Stats:

@@ -22,6 +22,8 @@ def decimal(text: str | None) -> int | None:
     match = _DECIMAL.match(text or "")
     return int(match.group(1)) if match else None
 _INFLATE_STEP = 1024 * 1024  # bound on what one gzip check step inflates into memory
+# Write-backs from this size on go up in parts of this size; the store's ETag depends on it.
+PART_SIZE = 16 * 1024 * 1024
 
 
 @dataclass
@@ -30,8 +32,7 @@ class BodyCheck:
     content_md5: str | None = None
     etag: str | None = None
     gzip: bool = False
-    size: int = 0
-    _md5: "hashlib._Hash" = field(default_factory=hashlib.md5)
+    digests: StoreETag = field(default_factory=lambda: StoreETag(PART_SIZE))
     _inflater: "zlib._Decompress | None" = None
     _gzip_error: str = ""
 
@@ -43,9 +44,12 @@ class BodyCheck:
             check._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         return check
 
+    @property
+    def size(self) -> int:
+        return self.digests.size
+
     def update(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        self._md5.update(chunk)
+        self.digests.update(chunk)  # the body is hashed once, here: MD5 checks and the ETag
         if self._inflater is not None and not self._gzip_error:
             try:
                 data = chunk
@@ -57,7 +61,7 @@ class BodyCheck:
 
     @property
     def md5_base64(self) -> str:
-        return base64.b64encode(self._md5.digest()).decode()
+        return self.digests.md5_base64
 
     def failure(self) -> str:
         """Why the answer is unusable (the client gets 424), or ""."""
@@ -73,6 +77,48 @@ class BodyCheck:
         if self.content_md5 and self.content_md5.strip() != self.md5_base64:
             return f"Content-MD5 {self.content_md5} does not match the body ({self.md5_base64})"
         match = _MD5_ETAG.match((self.etag or "").strip())
-        if match and match.group(1).lower() != self._md5.hexdigest():
-            return f"ETag {self.etag} is an MD5 that does not match the body ({self._md5.hexdigest()})"
+        actual = self.digests.md5_hex
+        if match and match.group(1).lower() != actual:
+            return f"ETag {self.etag} is an MD5 that does not match the body ({actual})"
         return ""
+
+
+class StoreETag:
+    """The ETag an S3 store will give these bytes when they are uploaded the way the
+    write-back uploads them: the hex MD5 of a single PUT below `part_size`, else the MD5 of
+    the parts' binary MD5s followed by "-<number of parts>" (the multipart rule)."""
+
+    def __init__(self, part_size: int) -> None:
+        self.part_size = part_size
+        self.size = 0
+        self._whole = hashlib.md5()
+        self._part = hashlib.md5()
+        self._part_filled = 0
+        self._part_digests: list[bytes] = []
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._whole.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            room = self.part_size - self._part_filled
+            piece, view = view[:room], view[room:]
+            self._part.update(piece)
+            self._part_filled += len(piece)
+            if self._part_filled == self.part_size:
+                self._part_digests.append(self._part.digest())
+                self._part, self._part_filled = hashlib.md5(), 0
+
+    @property
+    def md5_base64(self) -> str:
+        return base64.b64encode(self._whole.digest()).decode()
+
+    @property
+    def md5_hex(self) -> str:
+        return self._whole.hexdigest()
+
+    def value(self) -> str:
+        if self.size < self.part_size:
+            return f'"{self._whole.hexdigest()}"'
+        digests = self._part_digests + ([self._part.digest()] if self._part_filled else [])
+        return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'

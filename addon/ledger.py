@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from addon.decision import Decision
-from addon.streaming import store_has
+from addon.storeprobe import store_has
 
 
 class Ledger:

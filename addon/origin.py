@@ -11,10 +11,9 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
@@ -60,16 +59,11 @@ class OriginRequest:
     url: str
     headers: tuple[tuple[str, str], ...]
     follow_redirects: bool = True
-    method: str = "GET"
     fallback_url: str | None = None  # MirrorURLSlave + key
     probe_url: str | None = None
     switch_all_errors: bool = False
     transparent_codes: frozenset[int] = frozenset()
     auth: OriginCredentials | None = None
-
-    @property
-    def flight_key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-        return self.method, self.url, self.headers
 
 
 @dataclass(frozen=True)
@@ -82,14 +76,13 @@ class OriginResult:
     status: int | None
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-    chunked: bool = False
     failure: str = ""
     location: str = ""
     not_storable: str = ""
     final_url: str = ""  # where the body came from, after redirects
-    too_large: bool = False  # over max_inline: not read; copy() streams it to disk
     size: int = 0
     md5: str = ""  # base64 MD5 of the body, computed as it arrived
+    etag: str = ""  # the ETag the store will give the body (integrity.StoreETag)
 
     @property
     def ok(self) -> bool:
@@ -179,7 +172,6 @@ def build_request(rule: RoutingRule, key: str, request: http.Request) -> OriginR
         url=origin_url(action.MirrorURL, path, query),
         headers=origin_headers(rule, request.headers.items(multi=True)),
         follow_redirects=action.MirrorFollowRedirect,
-        method="HEAD" if request.method == "HEAD" else "GET",
         fallback_url=origin_url(action.MirrorURLSlave, path, query) if action.MirrorURLSlave else None,
         probe_url=action.MirrorURLProbe,
         switch_all_errors=action.MirrorSwitchAllErrors,
@@ -210,19 +202,35 @@ def sigv4_headers(method: str, url: str, headers: dict[str, str], auth: OriginCr
 class Timeouts:
     connect: float = 5.0
     read: float = 10.0  # between two reads of the answer: a stalled origin
-    total: float = 10.0  # a whole inline fetch, redirects included
-    copy: float = 3600.0  # a whole background copy of a large object
+    total: float = 10.0  # a whole fetch of a body up to max_inline, redirects included
+    copy: float = 3600.0  # a whole fetch of a larger body
 
     def per_operation(self) -> httpx.Timeout:
         return httpx.Timeout(self.read, connect=self.connect)
 
 
+class BodySink(Protocol):
+    """Where a 200 body goes as it arrives (see fill.Fill): `begin` once the final answer's
+    headers are in, then `write` for every raw chunk."""
+
+
+    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str) -> None:
+        """`url` is the one asked (MirrorURL or MirrorURLSlave + key), before any redirect."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    @property
+    def started(self) -> bool:
+        """Whether any byte reached the sink (then a fallback origin can no longer take over)."""
+        ...
+
+
 class OriginClient:
     """One pooled async HTTP client for all origins; follows redirects itself.
 
-    Bodies up to `max_inline` bytes are read into memory (the client's answer is built from
-    them); a larger one is not read: the result says `too_large`, and `copy()` later streams
-    it to a file instead."""
+    A 200 body is handed to a `BodySink` chunk by chunk, never held here; other answers
+    (transparent codes) are small and kept in the result. A body up to `max_inline` bytes
+    must arrive within the total timeout, a larger one within the copy timeout."""
 
     def __init__(self, timeouts: Timeouts, max_inline: int) -> None:
         self.timeouts = timeouts
@@ -234,21 +242,17 @@ class OriginClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch(self, request: OriginRequest) -> OriginResult:
+    async def fetch(self, request: OriginRequest, sink: BodySink) -> OriginResult:
         """Primary origin, or MirrorURLSlave when the probe fails or the primary's answer
-        is one that switches (see should_switch)."""
+        is one that switches (see should_switch) before any of its body was passed on."""
         if request.fallback_url and request.probe_url and not await self._healthy(request.probe_url):
             logger.info("probe %s failed; asking %s", request.probe_url, request.fallback_url)
-            return await self._fetch_url(request, request.fallback_url)
-        result = await self._fetch_url(request, request.url)
-        if request.fallback_url and should_switch(result, request.switch_all_errors):
+            return await self._fetch_url(request, request.fallback_url, sink)
+        result = await self._fetch_url(request, request.url, sink)
+        if request.fallback_url and not sink.started and should_switch(result, request.switch_all_errors):
             logger.info("%s answered %s; asking %s", request.url, result.status or result.failure, request.fallback_url)
-            return await self._fetch_url(request, request.fallback_url)
+            return await self._fetch_url(request, request.fallback_url, sink)
         return result
-
-    async def copy(self, request: OriginRequest, url: str, path: Path) -> OriginResult:
-        """Stream the answer for `url` into `path` whatever its size, with the same checks."""
-        return await self._fetch_url(request, url, path, self.timeouts.copy)
 
     async def _healthy(self, probe_url: str) -> bool:
         checked_at, healthy = self._probes.get(probe_url, (0.0, False))
@@ -262,23 +266,23 @@ class OriginClient:
             self._probes[probe_url] = (time.monotonic(), healthy)
         return healthy
 
-    async def _fetch_url(self, request: OriginRequest, url: str, sink: Path | None = None, total: float | None = None) -> OriginResult:
-        total = total or self.timeouts.total
+    async def _fetch_url(self, request: OriginRequest, url: str, sink: BodySink) -> OriginResult:
+        limit = self.timeouts.total
         try:
-            async with asyncio.timeout(total):
-                return await self._follow(request, url, sink)
+            async with asyncio.timeout(limit) as deadline:
+                return await self._follow(request, url, sink, deadline)
         except TimeoutError:
-            return OriginResult(url, None, failure=f"no complete answer within {total:g}s")
+            return OriginResult(url, None, failure=f"no complete answer within {limit:g}s")
         except httpx.HTTPError as e:
             return OriginResult(url, None, failure=f"{type(e).__name__}: {e}")
 
-    async def _follow(self, request: OriginRequest, first_url: str, sink: Path | None) -> OriginResult:
+    async def _follow(self, request: OriginRequest, first_url: str, sink: BodySink, deadline: asyncio.Timeout) -> OriginResult:
         url = first_url
         headers = {**dict(request.headers), LOOP_HEADER: "1"}
         auth = request.auth
         for _ in range(MAX_REDIRECTS + 1):
-            sent = sigv4_headers(request.method, url, headers, auth) if auth else headers
-            async with self._client.stream(request.method, url, headers=sent, timeout=self.timeouts.per_operation()) as response:
+            sent = sigv4_headers("GET", url, headers, auth) if auth else headers
+            async with self._client.stream("GET", url, headers=sent, timeout=self.timeouts.per_operation()) as response:
                 location = response.headers.get("location", "")
                 if response.status_code in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
@@ -292,36 +296,39 @@ class OriginClient:
                         auth = None
                     url = next_url
                     continue
-                return await self._read(request, first_url, url, response, sink)
+                return await self._read(request, first_url, url, response, sink, deadline)
         return OriginResult(first_url, None, failure=f"more than {MAX_REDIRECTS} redirects")
 
     async def _read(
-        self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, sink: Path | None
+        self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, sink: BodySink,
+        deadline: asyncio.Timeout,
     ) -> OriginResult:
-        """Read a final answer: the body of a 200 (or a transparent code) is kept raw, in
-        memory or in `sink`, and checked as it arrives (see integrity.BodyCheck)."""
+        """Read a final answer, checking the raw body as it arrives (integrity.BodyCheck): a
+        200 goes to the sink; a transparent code's body is kept; other answers are not read."""
         headers = tuple(response.headers.multi_items())
         status = response.status_code
         found = partial(OriginResult, url, status, headers, final_url=final_url)
-        if request.method == "HEAD" or (status != 200 and status not in request.transparent_codes):
+        if status != 200 and status not in request.transparent_codes:
             return found()
         check = BodyCheck.for_headers(response.headers)
-        declared = response.headers.get("content-length", "")
-        if sink is None and (decimal(declared) or 0) > self.max_inline:
-            return found(too_large=True)
-        chunks: list[bytes] = []
-        with open(sink, "wb") if sink else nullcontext() as out:
-            async for chunk in response.aiter_raw():
-                check.update(chunk)
-                if out is not None:
-                    out.write(chunk)
-                elif check.size > self.max_inline:
-                    return found(too_large=True)
-                else:
-                    chunks.append(chunk)
+        long_body = False
+        if status == 200:
+            sink.begin(status, headers, url)
+        kept: list[bytes] = []
+        async for chunk in response.aiter_raw():
+            check.update(chunk)
+            if not long_body and max(check.size, decimal(check.content_length) or 0) > self.max_inline:
+                long_body = True  # a large body gets the copy timeout, counted from here
+                deadline.reschedule(asyncio.get_running_loop().time() + self.timeouts.copy)
+            if status == 200:
+                sink.write(chunk)
+            elif check.size <= self.max_inline:
+                kept.append(chunk)
+            else:
+                return OriginResult(url, None, failure=f"a {status} answer over {self.max_inline} bytes")
         failure = check.failure()
         if failure:
             return OriginResult(url, None, failure=failure)
-        chunked = "chunked" in response.headers.get("transfer-encoding", "").lower()
         not_storable = f"the origin answered {status}" if status != 200 else check.mismatch()
-        return found(body=b"".join(chunks), chunked=chunked, not_storable=not_storable, size=check.size, md5=check.md5_base64)
+        return found(body=b"".join(kept), not_storable=not_storable, size=check.size, md5=check.md5_base64,
+                     etag=check.digests.value())

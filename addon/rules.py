@@ -288,11 +288,13 @@ class RoutingRule(_Model):
         """The store status this rule waits for; None: it decides before the store is asked."""
         return 404 if self.Redirect.is_mirror else self.Condition.HttpErrorCodeReturnedEquals
 
-    def applies_to(self, method: str) -> bool:
+    def applies_to(self, method: str, mirror_heads: bool = False) -> bool:
+        """GET always; HEAD for redirects, and for mirrors with MirrorAllowHeadObject or when
+        the proxy answers every HEAD of a missing object (`mirror_heads`)."""
         if method == "GET":
             return True
         if method == "HEAD":
-            return not self.Redirect.is_mirror or self.Redirect.MirrorAllowHeadObject
+            return not self.Redirect.is_mirror or self.Redirect.MirrorAllowHeadObject or mirror_heads
         return False
 
     def matches_request(self, key: str, header: Callable[[str], str | None]) -> bool:
@@ -333,10 +335,13 @@ class RuleBook:
         return self.buckets.get(bucket, ())
 
     def first_request_match(
-        self, bucket: str, key: str, method: str, header: Callable[[str], str | None]
+        self, bucket: str, key: str, method: str, header: Callable[[str], str | None], mirror_heads: bool = False
     ) -> RoutingRule | None:
         """The first rule whose request conditions hold, whatever the store will answer."""
-        return next((r for r in self.rules_for(bucket) if r.applies_to(method) and r.matches_request(key, header)), None)
+        return next(
+            (r for r in self.rules_for(bucket) if r.applies_to(method, mirror_heads) and r.matches_request(key, header)),
+            None,
+        )
 
     def decide_before_store(
         self, bucket: str, key: str, method: str, header: Callable[[str], str | None]
@@ -347,13 +352,15 @@ class RuleBook:
         return rule if rule is not None and rule.status_condition is None else None
 
     def decide_after_store(
-        self, bucket: str, key: str, method: str, header: Callable[[str], str | None], status: int
+        self, bucket: str, key: str, method: str, header: Callable[[str], str | None], status: int,
+        mirror_heads: bool = False,
     ) -> RoutingRule | None:
         """The first rule that matches the request and the store's status (404 means NoSuchKey)."""
         return next(
             (
                 r for r in self.rules_for(bucket)
-                if r.applies_to(method) and r.matches_request(key, header) and r.status_condition in (None, status)
+                if r.applies_to(method, mirror_heads) and r.matches_request(key, header)
+                and r.status_condition in (None, status)
             ),
             None,
         )

@@ -71,14 +71,23 @@ def is_plain_object_call(request: http.Request) -> bool:
     return "?" not in request.path or not any(name in SUBRESOURCES for name in request.query.keys())
 
 
-def error_code(response: http.Response) -> str | None:
-    """The <Code> of an S3 XML error body, if the response carries one."""
-    match = _ERROR_CODE.search(response.get_content(strict=False) or b"")
+def error_code_of(body: bytes) -> str | None:
+    """The <Code> of an S3 XML error body, if it is one."""
+    match = _ERROR_CODE.search(body)
     return match.group(1).decode() if match else None
 
 
-def is_no_such_key(response: http.Response) -> bool:
-    return response.status_code == 404 and error_code(response) == "NoSuchKey"
+def error_code(response: http.Response) -> str | None:
+    return error_code_of(response.get_content(strict=False) or b"")
+
+
+def rules_status(method: str, status: int, body: bytes, unrecorded_replay: bool = False) -> int | None:
+    """The store's status as the rules see it; None when no rule may act on it. A GET's 404
+    counts only as NoSuchKey (not NoSuchBucket); a HEAD's 404 has no body to tell, nor has the
+    empty 404 that `--server-replay` gives a request it has no recording of."""
+    if status == 404 and method == "GET" and not unrecorded_replay and error_code_of(body) != "NoSuchKey":
+        return None
+    return status
 
 
 def error_body(code: str, message: str, ref: ObjectRef, request_id: str) -> bytes:

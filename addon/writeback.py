@@ -1,8 +1,8 @@
 """Write-back: store a mirrored object in the bucket, durably, off the event loop, create-only.
 
-Every write-back is first spooled to disk (the body, then a JSON manifest), so it survives
-a store outage and a proxy restart: at start-up the spool is read and resumed. Uploads run
-in a small thread pool (boto3 is blocking). `If-None-Match: *` makes every write
+Every write-back is spooled to disk (the body, then a JSON manifest) by `submit` itself,
+before any upload worker is involved, so it survives a store outage and a proxy restart: at
+start-up the spool is read and resumed. Uploads run in a small thread pool (boto3 is blocking). `If-None-Match: *` makes every write
 create-only: an object that appeared meanwhile (a client PUT, another proxy's write-back)
 is never overwritten, and that conflict counts as success. Large bodies go up in parts read
 lazily from the spool file, so memory stays bounded whatever the object size.
@@ -20,7 +20,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from email.utils import parsedate_to_datetime
@@ -33,9 +33,12 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential_jitter
 
+from addon.integrity import PART_SIZE
+
 logger = logging.getLogger(__name__)
 
-PART_SIZE = 16 * 1024 * 1024  # multipart part size, and the size from which uploads go in parts
+# S3 user metadata holding the Last-Modified a miss announced (see objectmeta.user_metadata)
+LAST_MODIFIED_META = "backorigin-last-modified"
 
 # Storable origin headers and the PutObject parameter each becomes.
 _PUT_PARAMS = {
@@ -60,6 +63,12 @@ class ObjectUpload:
     metadata: dict[str, str]  # S3 user metadata (see objectmeta)
     size: int
     md5: str  # base64, as Content-MD5 wants it
+    etag: str = ""  # the ETag the store will give it (integrity.StoreETag), announced to clients
+
+    @property
+    def last_modified(self) -> str:
+        """The Last-Modified clients were told, kept as metadata."""
+        return self.metadata.get(LAST_MODIFIED_META, "")
 
     def object_arguments(self) -> dict[str, Any]:
         """Object headers, metadata and storage class, common to PutObject and multipart."""
@@ -92,23 +101,32 @@ class Spool:
     """A directory of pending write-backs: `<id>.body` and `<id>.json` (written last, so a
     manifest always has a complete body). Uploads that fail for good move to `failed/`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fsync: bool = False) -> None:
         self.directory = directory
+        self.fsync = fsync
         self.failed = directory / "failed"
         self.failed.mkdir(parents=True, exist_ok=True)
 
-    def add(self, upload: ObjectUpload, body: bytes | None = None, source: Path | None = None) -> Path:
-        """Spool a body given as bytes or as a file to move in; returns the manifest path."""
+    def add(self, upload: ObjectUpload, source: Path) -> Path:
+        """Spool the body in `source` (a file in this directory, moved in) under a manifest
+        written last; returns the manifest path. With `fsync` the manifest and the directory
+        reach the disk before this returns (the body's writer syncs the body itself)."""
         name = uuid.uuid4().hex
-        body_path = self.directory / f"{name}.body"
-        if source is not None:
-            os.replace(source, body_path)
-        else:
-            body_path.write_bytes(body or b"")
+        os.replace(source, self.directory / f"{name}.body")
         manifest = self.directory / f"{name}.json"
         partial = manifest.with_suffix(".json.partial")
-        partial.write_text(json.dumps(asdict(upload)))
+        with open(partial, "w") as out:
+            out.write(json.dumps(asdict(upload)))
+            if self.fsync:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(partial, manifest)
+        if self.fsync:
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         return manifest
 
     def new_body_path(self) -> Path:
@@ -155,9 +173,13 @@ def _log_retry(state: RetryCallState) -> None:
 class WriteBack:
     """Spooled uploads in background threads; bounded, retried, resumable, drained at shutdown."""
 
-    def __init__(self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, attempts: int = 8) -> None:
-        self.spool = Spool(spool_dir)
+    def __init__(
+        self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, attempts: int = 8, fsync: bool = False,
+        landed: Callable[[ObjectUpload, Outcome], None] = lambda upload, outcome: None,
+    ) -> None:
+        self.spool = Spool(spool_dir, fsync)
         self.max_pending = max_pending
+        self.landed = landed  # called on the event loop when a write-back has ended for good
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writeback")
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
@@ -177,48 +199,54 @@ class WriteBack:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._deferred)
 
-    def submit(self, upload: ObjectUpload, body: bytes | None = None, source: Path | None = None) -> asyncio.Future[Outcome] | None:
-        """Spool and store in the background. Past `max_pending` the write-back is dropped
-        (logged): the object is simply mirrored again on its next miss."""
-        if len(self._pending) >= self.max_pending:
-            logger.warning("write-back queue full (%d); not storing %s this time", self.max_pending, upload.where)
-            self.outcomes["dropped"] += 1
-            if source is not None:
-                source.unlink(missing_ok=True)
-            return None
-        return self._run(self._spool_and_store, upload, body, source)
+    def has_room(self) -> bool:
+        """Whether one more write-back may be spooled; past `max_pending` a miss is answered
+        but not stored (the object is simply mirrored again on its next miss)."""
+        if self.pending < self.max_pending:
+            return True
+        self.outcomes["dropped"] += 1
+        return False
 
-    def resume(self, endpoint: str | None = None) -> int:
+    def submit(self, upload: ObjectUpload, source: Path) -> Path:
+        """Spool now (on the caller's thread, so the promise is on disk when this returns),
+        then store in the background; returns the manifest."""
+        manifest = self.spool.add(upload, source)
+        self._run(manifest, upload)
+        return manifest
+
+    def resume(self, endpoint: str | None = None) -> list[tuple[Path, ObjectUpload]]:
         """Queue every write-back a previous run left in the spool; `endpoint`, when given
         (backorigin_s3_endpoint), replaces the store each one was headed for."""
         self.spool.clear_downloads()
-        count = 0
-        for manifest, upload in self.spool.pending():
-            self._run(self._store, manifest, replace(upload, endpoint=endpoint) if endpoint else upload)
-            count += 1
-        if count:
-            logger.info("resuming %d spooled write-back(s) from %s", count, self.spool.directory)
-        return count
+        resumed = [(manifest, replace(upload, endpoint=endpoint) if endpoint else upload)
+                   for manifest, upload in self.spool.pending()]
+        for manifest, upload in resumed:
+            self._run(manifest, upload)
+        if resumed:
+            logger.info("resuming %d spooled write-back(s) from %s", len(resumed), self.spool.directory)
+        return resumed
 
     def retry_deferred(self) -> int:
         """Queue again the write-backs that gave up while the store was unreachable."""
         with self._deferred_lock:
             deferred, self._deferred = self._deferred, {}
         for manifest, upload in deferred.items():
-            self._run(self._store, manifest, upload)
+            self._run(manifest, upload)
         return len(deferred)
 
-    def _run(self, job, *args) -> asyncio.Future[Outcome]:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, job, *args)
+    def _run(self, manifest: Path, upload: ObjectUpload) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._store, manifest, upload)
         self._pending.add(future)
-        future.add_done_callback(self._finished)
-        return future
+        future.add_done_callback(lambda done: self._finished(done, upload))
 
-    def _finished(self, future: asyncio.Future[Outcome]) -> None:
+    def _finished(self, future: asyncio.Future[Outcome], upload: ObjectUpload) -> None:
         self._pending.discard(future)
-        self.outcomes[future.result() if not future.cancelled() and not future.exception() else "failed"] += 1
+        outcome: Outcome = future.result() if not future.cancelled() and not future.exception() else "failed"
+        self.outcomes[outcome] += 1
+        if outcome != "deferred":
+            self.landed(upload, outcome)
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for pending uploads; what is left stays spooled."""
@@ -232,9 +260,6 @@ class WriteBack:
                 )
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def _spool_and_store(self, upload: ObjectUpload, body: bytes | None, source: Path | None) -> Outcome:
-        return self._store(self.spool.add(upload, body, source), upload)
 
     def _store(self, manifest: Path, upload: ObjectUpload) -> Outcome:
         try:
@@ -265,12 +290,16 @@ class WriteBack:
         client = self.client(upload.endpoint)
         if upload.size < PART_SIZE:  # one PUT, which the store checks against Content-MD5
             with open(body_path, "rb") as body:
-                client.put_object(**upload.put_arguments(body))
-            return
-        upload_in_parts(client, upload, body_path)
-        stored = client.head_object(Bucket=upload.bucket, Key=upload.key)["ContentLength"]
-        if stored != upload.size:  # parts are checked one by one; the whole must add up too
-            raise ValueError(f"the store holds {stored} bytes, {upload.size} were sent")
+                etag = client.put_object(**upload.put_arguments(body)).get("ETag", "")
+        else:
+            upload_in_parts(client, upload, body_path)
+            head = client.head_object(Bucket=upload.bucket, Key=upload.key)
+            if head["ContentLength"] != upload.size:  # parts are checked one by one; the whole must add up too
+                raise ValueError(f"the store holds {head['ContentLength']} bytes, {upload.size} were sent")
+            etag = head.get("ETag", "")
+        if upload.etag and etag and etag != upload.etag:
+            logger.warning("%s: the store gave it ETag %s, clients were told %s; their If-Match will fail",
+                           upload.where, etag, upload.etag)
 
     def client(self, endpoint: str) -> Any:
         """The boto3 client for `endpoint` (one per endpoint, shared by the threads)."""

@@ -51,6 +51,7 @@ def sized_body(size: int):
 class Received:
     path: str
     headers: dict[str, str]
+    method: str = "GET"
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -86,6 +87,10 @@ class ScriptedOrigin:
     def requests_for(self, fragment: str) -> list[Received]:
         return [r for r in self.received if fragment in r.path]
 
+    def count(self, method: str, fragment: str) -> int:
+        """How many `method` requests for paths containing `fragment` the origin received."""
+        return sum(1 for r in self.requests_for(fragment) if r.method == method)
+
 
 class _Handler(BaseHTTPRequestHandler):
     origin: ScriptedOrigin
@@ -105,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         """The headers a GET of an ok path would have, no body."""
-        self.origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
+        self.origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, "HEAD"))
         path = urlsplit(self.path).path
         self.send_response(200)
         for name, value in {**STORABLE, **PRIVATE, "Content-Length": str(len(body_for(path)))}.items():
@@ -243,6 +248,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
+
+    def scenario_shortsized(self, path: str) -> None:
+        """/<dir>/shortsized/<bytes>/<name>: declares that many bytes, sends half, hangs up."""
+        size = int(path.split("/")[path.split("/").index("shortsized") + 1])
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        for piece in sized_body(size // 2):
+            self.wfile.write(piece)
+        self.close_connection = True
 
     def scenario_echo(self, path: str) -> None:
         """Body = what the origin received (path with query, headers), as JSON."""

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from addon.embedded_store import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,6 +128,20 @@ def wait_for(check, within: float = 15.0, every: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within:g}s: {check}")
         time.sleep(every)
+
+
+def stored(s3, bucket: str, key: str):
+    """The store's HEAD of a key, None while it has no such object."""
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if e.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def wait_stored(s3, bucket: str, key: str, within: float = 15.0):
+    return wait_for(lambda: stored(s3, bucket, key), within=within)
 
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

@@ -10,7 +10,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from addon import s3
 from addon.backorigin import BackOrigin, parse_size
 from tests.origin_server import body_for
-from tests.test_mirror import stored
+from tests.support import stored
 
 
 def flow_for(store, bucket: str, key: str, status: int = 404, code: str = "NoSuchKey", method: str = "GET"):
@@ -45,6 +45,8 @@ def test_bad_options_are_refused(addon, options, rules_file, tmp_path):
             tctx.configure(addon, backorigin_origin_read_timeout="-1")
         with pytest.raises(exceptions.OptionsError, match="cannot change while running"):
             tctx.configure(addon, backorigin_spool_dir=str(tmp_path / "elsewhere"))
+        with pytest.raises(exceptions.OptionsError, match="backorigin_head_on_miss: 'maybe' is neither"):
+            tctx.configure(addon, backorigin_head_on_miss="maybe")
         with pytest.raises(exceptions.OptionsError, match="cannot read the rules file"):
             tctx.configure(addon, backorigin_rules=str(tmp_path / "missing.json"))
         # a refused change keeps what was in force
@@ -62,9 +64,21 @@ async def test_miss_is_mirrored_and_written_back(addon, options, store, s3, orig
     assert stored(s3, "mirror-bucket", f"ok/{unique}")
 
 
+async def test_head_of_a_miss_answers_as_the_object_will(addon, options, store, s3, origin, unique):
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, **options, backorigin_origin_timeout="5")
+        flow = flow_for(store, "mirror-bucket", f"ok/{unique}", method="HEAD")
+        await tctx.cycle(addon, flow)
+        await addon.done()
+    body = body_for(f"/dir1/ok/{unique}")
+    assert flow.response.status_code == 200 and flow.response.raw_content == b""
+    assert flow.response.headers["content-length"] == str(len(body))
+    assert flow.response.headers["etag"] == stored(s3, "mirror-bucket", f"ok/{unique}")["ETag"]
+
+
 async def test_flows_that_are_not_candidates_are_left_alone(addon, options, store, origin, unique):
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, **options)
+        tctx.configure(addon, **options, backorigin_head_on_miss="oss")  # OSS: HEAD needs MirrorAllowHeadObject
         cases = [
             flow_for(store, "mirror-bucket", f"ok/{unique}", method="HEAD"),
             flow_for(store, "mirror-bucket", f"ok/{unique}", code="NoSuchBucket"),

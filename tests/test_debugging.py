@@ -15,9 +15,17 @@ from mitmproxy.test import taddons
 
 from addon.backorigin import BackOrigin
 from tests.origin_server import body_for
-from tests.support import REPO, Mitmdump, http_get, mirror_rule, wait_for, write_rules
+from tests.support import (
+    REPO,
+    Mitmdump,
+    http_get,
+    mirror_rule,
+    stored,
+    wait_for,
+    wait_stored,
+    write_rules,
+)
 from tests.test_addon import flow_for
-from tests.test_mirror import stored, wait_stored
 
 BUCKET = "mirror-bucket"
 

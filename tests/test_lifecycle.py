@@ -8,8 +8,15 @@ import pytest
 import requests
 
 from tests.origin_server import body_for
-from tests.support import DelayingRelay, Mitmdump, http_get, mirror_rule, write_rules
-from tests.test_mirror import stored, wait_stored
+from tests.support import (
+    DelayingRelay,
+    Mitmdump,
+    http_get,
+    mirror_rule,
+    stored,
+    wait_stored,
+    write_rules,
+)
 
 
 def test_7_failures_store_nothing(tmp_path, store, s3, origin, rules_file, unique):

@@ -25,8 +25,21 @@ from mitmproxy.test import tutils
 
 from addon import redirect
 from addon.integrity import BodyCheck
-from addon.origin import SIGNATURE_PARAMS, UnsafeKey, origin_key, origin_url, passable_query
-from addon.rules import UNSUPPORTED_OSS_FIELDS, RoutingRule, RuleBook, RulesError, load_rules, parse_rules
+from addon.origin import (
+    SIGNATURE_PARAMS,
+    UnsafeKey,
+    origin_key,
+    origin_url,
+    passable_query,
+)
+from addon.rules import (
+    UNSUPPORTED_OSS_FIELDS,
+    RoutingRule,
+    RuleBook,
+    RulesError,
+    load_rules,
+    parse_rules,
+)
 from addon.s3 import ObjectRef
 
 PROPERTY = settings(

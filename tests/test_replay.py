@@ -15,11 +15,23 @@ from mitmproxy.test import tflow
 
 import addon.pytest_plugin
 from addon.embedded_store import free_ports
-from addon.pytest_plugin import assert_decision, assert_no_decision, read_flows, store_flow
+from addon.pytest_plugin import (
+    assert_decision,
+    assert_no_decision,
+    read_flows,
+    store_flow,
+)
 from tests.data.record_trial import BUCKET, HIT_BODY, OTHER
 from tests.origin_server import body_for
-from tests.support import MITMDUMP, REPO, Mitmdump, http_get, mirror_rule, write_rules
-from tests.test_mirror import wait_stored
+from tests.support import (
+    MITMDUMP,
+    REPO,
+    Mitmdump,
+    http_get,
+    mirror_rule,
+    wait_stored,
+    write_rules,
+)
 
 TRIAL = REPO / "tests" / "data" / "trial.mitm"
 # the recording, in order (see tests/data/record_trial.py)
@@ -229,15 +241,15 @@ async def test_plugin_on_hand_made_flows(backorigin, backorigin_rules, origin, u
     miss = store_flow(f"{store}/photos/old/{unique}.jpg")
     live_miss = store_flow(f"{store}/photos/old/{unique}-live.jpg", live=True)
     hidden = store_flow(f"{store}/photos/hidden/{unique}.jpg", 200, body=b"secret")
+    head_miss = store_flow(f"{store}/photos/old/{unique}.jpg", 404, method="HEAD")  # answered as the object will
     untouched = [
         store_flow(f"{store}/photos/old/{unique}.jpg", 200, body=b"jpeg"),             # a hit
         store_flow(f"{store}/photos/old/{unique}.jpg", 404, code="NoSuchBucket"),      # not a missing key
-        store_flow(f"{store}/photos/old/{unique}.jpg", 404, method="HEAD"),            # HEAD does not mirror
         store_flow(f"{store}/photos/new/{unique}.jpg"),                                # no rule for new/
         store_flow(f"{store}/videos/old/{unique}.jpg"),                                # no rules for videos
         tflow.tflow(resp=True),                                                        # not an S3 object call
     ]
-    results = await backorigin.replay([miss, live_miss, hidden, *untouched])
+    results = await backorigin.replay([miss, live_miss, hidden, head_miss, *untouched])
 
     assert_decision(results[0], rule=2, action="mirror", outcome="replayed", origin_url=f"{origin.base}/dir1/old/{unique}.jpg")
     assert_decision(results[1], rule=2, outcome="dry-run")  # a live flow under the fixture's dry run
@@ -245,7 +257,8 @@ async def test_plugin_on_hand_made_flows(backorigin, backorigin_rules, origin, u
                     location=f"http://elsewhere.example.com/hidden/{unique}.jpg")
     assert (hidden.response.status_code, hidden.response.content) == (200, b"secret")  # answer left as it was
     assert miss.response.status_code == 404 and b"<Code>NoSuchKey</Code>" in miss.response.content
-    for result in results[3:]:
+    assert_decision(results[3], rule=2, action="mirror", outcome="replayed")
+    for result in results[4:]:
         assert_no_decision(result)
     assert origin.requests_for(unique) == []
 

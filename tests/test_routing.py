@@ -8,9 +8,22 @@ import pytest
 import requests
 
 from addon.embedded_store import EmbeddedStore, free_ports
-from tests.origin_server import LAST_MODIFIED, STORABLE, ScriptedOrigin, body_for, echo_of
-from tests.support import Mitmdump, http_get, mirror_rule, wait_for, write_rules
-from tests.test_mirror import stored, wait_stored
+from tests.origin_server import (
+    LAST_MODIFIED,
+    STORABLE,
+    ScriptedOrigin,
+    body_for,
+    echo_of,
+)
+from tests.support import (
+    Mitmdump,
+    http_get,
+    mirror_rule,
+    stored,
+    wait_for,
+    wait_stored,
+    write_rules,
+)
 
 
 def redirect_rule(number: int, prefix: str = "", status: int | None = None, headers: list | None = None, **redirect) -> dict:
@@ -180,16 +193,15 @@ def test_failed_probe_sends_fetches_to_the_secondary(routing_proxy, origin, seco
 # HEAD, slashes, MD5, transparent codes, proxy-pass -------------------------------------------
 
 
-def test_head_on_a_miss_answers_from_the_origin_and_stores_nothing(routing_proxy, origin, s3, unique):
-    key = f"head/{unique}"
-    response = requests.head(f"{routing_proxy.url}/options-bucket/{key}")
-    assert response.status_code == 200
-    assert response.headers["content-length"] == str(len(body_for(f"/dir1/{key}")))
-    assert response.headers["content-type"] == STORABLE["Content-Type"]
-    assert origin.requests_for(unique)[0].path == f"/dir1/{key}"
-    # HEAD on a rule without MirrorAllowHeadObject is not mirrored
-    assert requests.head(f"{routing_proxy.url}/options-bucket/slashes/{unique}").status_code == 404
-    assert len(origin.requests_for(unique)) == 1
+def test_head_on_a_miss_answers_as_the_object_will_and_stores_it(routing_proxy, origin, s3, unique):
+    """With MirrorAllowHeadObject (head/) or without (slashes/): backorigin_head_on_miss=object."""
+    for key in (f"head/{unique}", f"slashes/{unique}"):
+        response = requests.head(f"{routing_proxy.url}/options-bucket/{key}")
+        assert response.status_code == 200
+        assert response.headers["content-length"] == str(len(body_for(f"/dir1/{key}")))
+        assert response.headers["content-type"] == STORABLE["Content-Type"]
+        assert response.headers["etag"] == s3.head_object(Bucket="options-bucket", Key=key)["ETag"]
+    assert [r.path for r in origin.requests_for(unique)] == [f"/dir1/head/{unique}", f"/dir1/slashes/{unique}"]
 
 
 def test_pass_original_slashes(routing_proxy, origin, unique):

@@ -1,16 +1,32 @@
-"""Pure pieces on their own: S3 addressing, origin URL/header policy, replies, single flight."""
+"""Pure pieces on their own: S3 addressing, origin URL/header policy, replies, conditionals and ranges, ETags."""
 
 from __future__ import annotations
 
-import asyncio
-import gzip
+import base64
+import hashlib
 
 import pytest
 from mitmproxy.test import tutils
 
 from addon import objectmeta, replies, s3
-from addon.flight import SingleFlight
-from addon.origin import OriginResult, UnsafeKey, origin_headers, origin_key, origin_url, passable_query, should_switch
+from addon.conditional import (
+    Answer,
+    RangeNotSatisfiable,
+    Validators,
+    byte_range,
+    needs_etag,
+    plan,
+)
+from addon.integrity import StoreETag
+from addon.origin import (
+    OriginResult,
+    UnsafeKey,
+    origin_headers,
+    origin_key,
+    origin_url,
+    passable_query,
+    should_switch,
+)
 from addon.redirect import location
 from addon.rules import parse_rules
 from addon.writeback import ObjectUpload
@@ -46,10 +62,12 @@ def test_subresources_are_not_plain_object_calls():
 
 def test_no_such_key_is_told_apart_from_no_such_bucket():
     body = s3.error_body("NoSuchKey", "m", s3.ObjectRef("b", "k"), "id")
-    assert s3.is_no_such_key(tutils.tresp(status_code=404, content=body))
+    assert s3.rules_status("GET", 404, body) == 404
     other = s3.error_body("NoSuchBucket", "m", s3.ObjectRef("b", "k"), "id")
-    assert not s3.is_no_such_key(tutils.tresp(status_code=404, content=other))
-    assert not s3.is_no_such_key(tutils.tresp(status_code=403, content=body))
+    assert s3.rules_status("GET", 404, other) is None
+    assert s3.rules_status("HEAD", 404, b"") == 404  # a HEAD has no body to tell
+    assert s3.rules_status("GET", 404, b"", unrecorded_replay=True) == 404
+    assert s3.rules_status("GET", 403, body) == 403
 
 
 # origin URL and headers ---------------------------------------------------------------------
@@ -109,41 +127,12 @@ def test_pass_all_passes_host_but_never_protected_headers():
 
 # replies ------------------------------------------------------------------------------------
 
-def result(body: bytes, headers=(), chunked=False) -> OriginResult:
-    return OriginResult("http://o/dir1/a%20b", 200, tuple(headers), body, chunked=chunked)
-
-
-def test_mirrored_body_is_verbatim_even_when_gzip():
-    body = gzip.compress(b"x" * 100)
-    resp = replies.mirrored(request("/b/k"), s3.ObjectRef("b", "k"),
-                            result(body, [("Content-Encoding", "gzip"), ("Content-Type", "text/plain"), ("Server", "x")]))
-    assert resp.raw_content == body
-    assert resp.headers["content-length"] == str(len(body))
-    assert resp.headers["content-encoding"] == "gzip" and "server" not in resp.headers
-    assert resp.headers["x-oss-tag"] == "MIRROR http://o/dir1/a b"
-    assert resp.reason == "OK"
-
-
-def test_chunked_only_for_http11_clients():
-    assert replies.mirrored(request("/b/k"), s3.ObjectRef("b", "k"), result(b"abc", chunked=True)).headers["transfer-encoding"] == "chunked"
-    h2 = request("/b/k", http_version=b"HTTP/2.0")
-    assert "transfer-encoding" not in replies.mirrored(h2, s3.ObjectRef("b", "k"), result(b"abc", chunked=True)).headers
-
-
-@pytest.mark.parametrize(
-    "header, size, expected",
-    [("", 10, None), ("bytes=0-4", 10, (0, 4)), ("bytes=5-", 10, (5, 9)), ("bytes=-3", 10, (7, 9)),
-     ("bytes=-30", 10, (0, 9)), ("bytes=8-100", 10, (8, 9)), ("bytes=0-1,3-4", 10, None), ("items=0-1", 10, None),
-     ("bytes=5-2", 10, None)],
-)
-def test_byte_ranges(header, size, expected):
-    assert replies.byte_range(header, size) == expected
-
-
-@pytest.mark.parametrize("header", ["bytes=10-", "bytes=-0"])
-def test_unsatisfiable_ranges(header):
-    with pytest.raises(replies.RangeNotSatisfiable):
-        replies.byte_range(header, 10)
+def test_reply_to_response_keeps_the_body_verbatim_and_a_given_length():
+    reply = replies.Reply(200, [("content-encoding", "gzip")], b"\x1f\x8b raw")
+    resp = replies.to_response(request("/b/k"), reply)
+    assert resp.raw_content == b"\x1f\x8b raw" and resp.headers["content-length"] == "6" and resp.reason == "OK"
+    head = replies.to_response(request("/b/k", method=b"HEAD"), replies.Reply(200, [("content-length", "1234")]))
+    assert head.headers.get_all("content-length") == ["1234"] and head.raw_content == b""
 
 
 def test_oss_tag_is_decoded_but_stays_printable_ascii():
@@ -152,9 +141,85 @@ def test_oss_tag_is_decoded_but_stays_printable_ascii():
 
 
 def test_mirror_failed_is_s3_xml():
-    resp = replies.mirror_failed(request("/b/k"), s3.ObjectRef("b", "k<&>"), "timeout")
-    assert resp.status_code == 424
-    assert b"<Code>MirrorFailed</Code>" in resp.content and b"<Key>k&lt;&amp;&gt;</Key>" in resp.content
+    reply = replies.mirror_failed(s3.ObjectRef("b", "k<&>"), "timeout")
+    assert reply.status == 424 and reply.outcome == "mirror-failed"
+    assert b"<Code>MirrorFailed</Code>" in reply.body and b"<Key>k&lt;&amp;&gt;</Key>" in reply.body
+
+
+# conditionals and ranges (S3's order), ETags ----------------------------------------------------
+
+@pytest.mark.parametrize(
+    "header, size, expected",
+    [("", 10, None), ("bytes=0-4", 10, (0, 4)), ("bytes=5-", 10, (5, 9)), ("bytes=-3", 10, (7, 9)),
+     ("bytes=-30", 10, (0, 9)), ("bytes=8-100", 10, (8, 9)), ("bytes=0-1,3-4", 10, None), ("items=0-1", 10, None),
+     ("bytes=5-2", 10, None)],
+)
+def test_byte_ranges(header, size, expected):
+    assert byte_range(header, size) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=-0"])
+def test_unsatisfiable_ranges(header):
+    with pytest.raises(RangeNotSatisfiable):
+        byte_range(header, 10)
+
+
+ETAG = '"0123456789abcdef0123456789abcdef"'
+MODIFIED = "Tue, 01 Dec 2026 10:00:00 GMT"
+EARLIER, LATER = "Tue, 01 Dec 2026 09:00:00 GMT", "Tue, 01 Dec 2026 11:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({}, Answer(200, 0, 9, 10)),
+        ({"range": "bytes=2-4"}, Answer(206, 2, 4, 10)),
+        ({"range": "bytes=20-"}, Answer(416, size=10)),
+        ({"if-match": ETAG}, Answer(200, 0, 9, 10)),
+        ({"if-match": '"other", ' + ETAG}, Answer(200, 0, 9, 10)),
+        ({"if-match": "*"}, Answer(200, 0, 9, 10)),
+        ({"if-match": '"other"'}, Answer(412, size=10)),
+        ({"if-match": '"other"', "range": "bytes=0-1"}, Answer(412, size=10)),
+        ({"if-unmodified-since": EARLIER}, Answer(412, size=10)),
+        ({"if-unmodified-since": LATER}, Answer(200, 0, 9, 10)),
+        ({"if-match": ETAG, "if-unmodified-since": EARLIER}, Answer(200, 0, 9, 10)),  # If-Match wins (S3)
+        ({"if-none-match": ETAG}, Answer(304, size=10)),
+        ({"if-none-match": '"other"'}, Answer(200, 0, 9, 10)),
+        ({"if-modified-since": LATER}, Answer(304, size=10)),
+        ({"if-modified-since": MODIFIED}, Answer(304, size=10)),
+        ({"if-modified-since": EARLIER}, Answer(200, 0, 9, 10)),
+        ({"if-none-match": '"other"', "if-modified-since": LATER}, Answer(200, 0, 9, 10)),  # If-None-Match wins
+        ({"if-modified-since": "not a date"}, Answer(200, 0, 9, 10)),
+        ({"range": "bytes=0-1", "if-range": ETAG}, Answer(206, 0, 1, 10)),
+        ({"range": "bytes=0-1", "if-range": '"other"'}, Answer(200, 0, 9, 10)),
+        ({"range": "bytes=0-1", "if-range": LATER}, Answer(206, 0, 1, 10)),
+        ({"range": "bytes=0-1", "if-range": EARLIER}, Answer(200, 0, 9, 10)),
+    ],
+)
+def test_conditionals_and_ranges_as_s3_answers_them(headers, expected):
+    assert plan(headers.get, 10, Validators(ETAG, MODIFIED)) == expected
+
+
+def test_unknown_etag_never_matches_and_answers_say_their_range():
+    assert plan({"if-match": ETAG}.get, 10, Validators(None, MODIFIED)).status == 412
+    assert needs_etag({"if-range": ETAG}.get) and not needs_etag({"range": "bytes=0-1"}.get)
+    assert Answer(206, 2, 4, 10).content_range == "bytes 2-4/10" and Answer(416, size=10).content_range == "bytes */10"
+    assert Answer(200, 0, -1, 0).length == 0
+
+
+def test_store_etag_is_the_md5_or_the_multipart_rule():
+    single = StoreETag(part_size=8)
+    single.update(b"abc")
+    assert single.value() == f'"{hashlib.md5(b"abc").hexdigest()}"'
+    assert single.md5_base64 == base64.b64encode(hashlib.md5(b"abc").digest()).decode()
+    parts = StoreETag(part_size=4)
+    for chunk in (b"ab", b"cdefgh", b"ij"):  # parts abcd, efgh, ij whatever the chunking
+        parts.update(chunk)
+    digests = b"".join(hashlib.md5(p).digest() for p in (b"abcd", b"efgh", b"ij"))
+    assert parts.value() == f'"{hashlib.md5(digests).hexdigest()}-3"'
+    exact = StoreETag(part_size=4)
+    exact.update(b"abcd")  # a body of exactly one part goes up as one multipart part
+    assert exact.value() == f'"{hashlib.md5(hashlib.md5(b"abcd").digest()).hexdigest()}-1"'
 
 
 # write-back arguments -----------------------------------------------------------------------
@@ -181,35 +246,14 @@ def test_user_metadata_by_rule_flags_and_ascii_only():
                ("x-oss-meta-Owner", "ops"), ("X-Amz-Meta-team", "data"))
     result = OriginResult("http://o/k", 200, headers, b"")
     plain = rule_with_headers({}).Redirect
-    assert objectmeta.user_metadata(result, plain) == {"backorigin-origin-url": "http://o/k"}
+    announced = "Tue, 01 Dec 2026 10:00:00 GMT"  # the time of the miss, kept so hits show the same validator
+    assert objectmeta.user_metadata(result, plain, announced) == {
+        "backorigin-origin-url": "http://o/k", "backorigin-last-modified": announced}
     rich = plain.model_copy(update={"MirrorSaveOssMeta": True, "MirrorUserLastModified": True})
-    assert objectmeta.user_metadata(result, rich) == {
+    assert objectmeta.user_metadata(result, rich, announced) == {
         "backorigin-origin-url": "http://o/k", "owner": "ops", "team": "data",
         "backorigin-last-modified": "Tue, 01 Jan 2030 00:00:00 GMT",
     }
-
-
-# single flight ------------------------------------------------------------------------------
-
-async def test_single_flight_shares_one_run_and_survives_a_cancelled_caller():
-    runs = 0
-    release = asyncio.Event()
-
-    async def fetch():
-        nonlocal runs
-        runs += 1
-        await release.wait()
-        return runs
-
-    flight: SingleFlight[int] = SingleFlight()
-    callers = [asyncio.create_task(flight.do("k", fetch)) for _ in range(5)]
-    await asyncio.sleep(0)
-    assert "k" in flight
-    callers[0].cancel()  # one client hangs up
-    release.set()
-    results = await asyncio.gather(*callers[1:])
-    assert results == [1, 1, 1, 1] and runs == 1 and len(flight) == 0
-    assert await flight.do("k", fetch) == 2  # a later miss runs again
 
 
 # secondary origin switching, slashes, redirects' Location ------------------------------------
