@@ -29,7 +29,7 @@ from addon.ledger import Ledger
 from addon.delivery import collect
 from addon.mirror import Mirror, Rerouted
 from addon.missserver import MissServer
-from addon.origin import OriginClient, Timeouts, UnsafeKey, build_request
+from addon.origin import OriginClient, OriginRequest, Timeouts, UnsafeKey, build_request
 from addon.rules import DEFAULT_MAX_RULES, LOOP_HEADER, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
 from addon.storeprobe import StoreAnswer, StoreProbe, store_has
 from addon.writeback import WriteBack
@@ -341,12 +341,8 @@ class BackOrigin:
 
     async def _reroute_miss(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule, endpoint: str,
                             store_404: StoreAnswer) -> None:
-        try:
-            origin_request = build_request(rule, ref.key, flow.request)
-        except UnsafeKey as e:
-            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
-            self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, "unsafe-key", detail=str(e),
-                                        store_status=404))
+        origin_request = self._origin_request(flow, ref, rule)
+        if origin_request is None:
             return  # the store answers its own 404
         await self.server.ensure_started()
         miss = self.mirror.start(endpoint, ref, rule, origin_request)
@@ -364,12 +360,8 @@ class BackOrigin:
         deleted from the store behind our back, a store that could not be asked). Live flows
         are answered from the same fill, from memory up to backorigin_max_inline; a larger
         object gets 503 SlowDown, which S3 clients retry, and the retry streams it."""
-        try:
-            origin_request = build_request(rule, ref.key, flow.request)
-        except UnsafeKey as e:
-            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
-            self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, "unsafe-key", detail=str(e),
-                                        store_status=404))
+        origin_request = self._origin_request(flow, ref, rule)
+        if origin_request is None:
             return
         if not self._acts(flow):
             self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, origin_url=origin_request.url,
@@ -384,6 +376,16 @@ class BackOrigin:
             reply = await collect(reply, self.origin.max_inline) or replies.slow_down(ref)
         flow.response = replies.to_response(flow.request, reply)
         self._record(flow, miss.decision())
+
+    def _origin_request(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> OriginRequest | None:
+        """What to ask the origin; None (decided and logged) for a key that cannot be mirrored."""
+        try:
+            return build_request(rule, ref.key, flow.request)
+        except UnsafeKey as e:
+            logger.warning("bucket %s, RuleNumber %d: not mirrored: %s", ref.bucket, rule.RuleNumber, e)
+            self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, "unsafe-key", detail=str(e),
+                                        store_status=404))
+            return None
 
     async def _store_status(self, flow: http.HTTPFlow, ref: s3.ObjectRef) -> int | None:
         """The store's status as the rules see it (see s3.rules_status); with
