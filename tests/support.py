@@ -160,13 +160,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class DelayingRelay:
-    """A loopback TCP relay that holds each connection `delay` seconds before passing it
-    on: a slow store, so write-backs are still pending when the test needs them to be."""
+class Relay:
+    """A loopback TCP relay that holds each connection `delay` seconds before passing it on
+    (a slow store, so write-backs are still pending when the test needs them to be) and
+    passes the upstream's answers on at `rate` bytes/s when given (a slow origin, so a fetch
+    is still under way while later misses arrive)."""
 
-    def __init__(self, upstream_port: int, delay: float) -> None:
+    def __init__(self, upstream_port: int, delay: float = 0.0, rate: int | None = None) -> None:
         self.upstream_port = upstream_port
         self.delay = delay
+        self.rate = rate
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -188,16 +191,20 @@ class DelayingRelay:
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             except OSError:
-                return  # the store is down: the client sees its connection closed
+                return  # the upstream is down: the client sees its connection closed
             with upstream:
-                threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-                _pipe(client, upstream)
+                threading.Thread(target=_pipe, args=(client, upstream), daemon=True).start()
+                _pipe(upstream, client, self.rate)
 
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
+def _pipe(source: socket.socket, sink: socket.socket, rate: int | None = None) -> None:
+    started, sent = time.monotonic(), 0
     try:
         while data := source.recv(65536):
             sink.sendall(data)
+            sent += len(data)
+            if rate and (ahead := sent / rate - (time.monotonic() - started)) > 0:
+                time.sleep(ahead)
         sink.shutdown(socket.SHUT_WR)
     except OSError:
         pass

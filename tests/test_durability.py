@@ -14,8 +14,8 @@ from addon.embedded_store import EmbeddedStore, free_ports
 from tests.clients import sized_sha256, stored_sha256
 from tests.origin_server import body_for, sized_body
 from tests.support import (
-    DelayingRelay,
     Mitmdump,
+    Relay,
     http_get,
     mirror_rule,
     stored,
@@ -167,7 +167,7 @@ def own_store(tmp_path):
 def test_write_backs_survive_a_store_outage(tmp_path, own_store, durable_rules, unique):
     # the write-back endpoint sits behind a relay that holds each connection 1 s, so the
     # store can be stopped while uploads are pending
-    relay = DelayingRelay(own_store.s3_port, delay=1.0)
+    relay = Relay(own_store.s3_port, delay=1.0)
     proxy = proxy_for(tmp_path, own_store.endpoint, durable_rules,
                       backorigin_s3_endpoint=f"http://127.0.0.1:{relay.port}").start()
     keys = [f"ok/{unique}-{i}" for i in range(3)]
@@ -189,7 +189,7 @@ def test_write_backs_survive_kill_9_of_the_proxy(tmp_path, store, s3, durable_ru
     """More misses than upload workers, the store unreachable for uploads, and kill -9 the
     moment the last client has its answer: every answered object is spooled and lands."""
     spool = tmp_path / "spool"
-    stuck_store = DelayingRelay(store.s3_port, delay=600)  # uploads never get through
+    stuck_store = Relay(store.s3_port, delay=600)  # uploads never get through
     first = proxy_for(tmp_path / "first", store.endpoint, durable_rules, backorigin_spool_dir=str(spool),
                       backorigin_s3_endpoint=f"http://127.0.0.1:{stuck_store.port}", backorigin_writeback_workers="1").start()
     keys = [f"ok/{unique}-{i}" for i in range(6)]

@@ -9,8 +9,8 @@ import requests
 
 from tests.origin_server import body_for
 from tests.support import (
-    DelayingRelay,
     Mitmdump,
+    Relay,
     http_get,
     mirror_rule,
     stored,
@@ -34,7 +34,7 @@ def test_7_failures_store_nothing(tmp_path, store, s3, origin, rules_file, uniqu
 
 
 def test_11_shutdown_waits_for_pending_write_backs(tmp_path, store, s3, rules_file, unique):
-    slow_store = DelayingRelay(store.s3_port, delay=2.0)
+    slow_store = Relay(store.s3_port, delay=2.0)
     proxy = Mitmdump(
         f"reverse:{store.endpoint}", rules_file, tmp_path,
         {"backorigin_s3_endpoint": f"http://127.0.0.1:{slow_store.port}"},
