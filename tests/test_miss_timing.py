@@ -232,6 +232,15 @@ def ranged_parts_with_if_match(proxy_url: str, bucket: str, key: str, size: int,
     return answers
 
 
+def the_store_gives_what_the_head_announced(proxy: Mitmdump, s3, key: str, head: dict[str, str]) -> None:
+    """Once landed: the store's ETag and bytes, and its answer through the proxy, match the HEAD."""
+    assert wait_stored(s3, BUCKET, key, within=60)["ETag"] == head["etag"]
+    status, later, _ = request("GET", f"{proxy.url}/{BUCKET}/{key}", {"Range": "bytes=0-0"})
+    assert status == 206 and "x-amz-request-id" in later  # the store's answer
+    assert (later["etag"], later["last-modified"]) == (head["etag"], head["last-modified"])
+    assert stored_sha256(s3, BUCKET, key) == sized_sha256(BIG)
+
+
 def test_head_then_parallel_ranged_gets_with_if_match_as_s3transfer_does(timing_proxy, origin, s3, unique):
     """The write-back lands while the HEAD waits for it: the parts are answered by the store."""
     key = f"sized/{BIG}/{unique}.bin"
@@ -241,11 +250,7 @@ def test_head_then_parallel_ranged_gets_with_if_match_as_s3transfer_does(timing_
     assert stored(s3, BUCKET, key), "the HEAD should have waited for the write-back to land"
     ranged_parts_with_if_match(timing_proxy.url, BUCKET, key, BIG, head["etag"])
     assert fetched_once(origin, unique) == {"GET": 1, "HEAD": 0}
-    assert wait_stored(s3, BUCKET, key, within=60)["ETag"] == head["etag"]
-    status, later, _ = request("GET", f"{timing_proxy.url}/{BUCKET}/{key}", {"Range": "bytes=0-0"})
-    assert status == 206 and "x-amz-request-id" in later  # the store's answer
-    assert (later["etag"], later["last-modified"]) == (head["etag"], head["last-modified"])
-    assert stored_sha256(s3, BUCKET, key) == sized_sha256(BIG)
+    the_store_gives_what_the_head_announced(timing_proxy, s3, key, head)
     assert stored_once(timing_proxy, key) == 1
 
 
@@ -261,11 +266,7 @@ def test_head_then_parallel_ranged_gets_with_if_match_while_the_write_back_is_pe
         ranged_parts_with_if_match(proxy.url, BUCKET, key, BIG, head["etag"])
         assert stored(s3, BUCKET, key) is None, "landed too early: the parts did not meet a pending write-back"
         assert fetched_once(origin, unique) == {"GET": 1, "HEAD": 0}
-        assert wait_stored(s3, BUCKET, key, within=60)["ETag"] == head["etag"]
-        status, later, _ = request("GET", f"{proxy.url}/{BUCKET}/{key}", {"Range": "bytes=0-0"})
-        assert status == 206 and "x-amz-request-id" in later  # the store's answer
-        assert (later["etag"], later["last-modified"]) == (head["etag"], head["last-modified"])
-        assert stored_sha256(s3, BUCKET, key) == sized_sha256(BIG)
+        the_store_gives_what_the_head_announced(proxy, s3, key, head)
         wait_for(lambda: stored_once(proxy, key))
     assert stored_once(proxy, key) == 1
     assert fetched_once(origin, unique) == {"GET": 1, "HEAD": 0}
