@@ -1,6 +1,6 @@
 """A small asyncio HTTP/1.1 client for the scenarios wrk cannot express: 100 simultaneous
 GETs of one key, an open-loop rate with a store poller per response, a mixed request stream,
-a 1 GiB download read and discarded as it arrives. Keep-alive, Content-Length and chunked
+1 GiB downloads read, hashed and discarded as they arrive. Keep-alive, Content-Length and chunked
 bodies; loopback only; every wait is bounded by a timeout."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 READ_CHUNK = 1 << 20
@@ -20,6 +21,8 @@ class Answer:
     size: int  # body bytes received
     seconds: float  # request sent -> last body byte received
     done_at: float  # time.monotonic() of the last body byte
+    headers_s: float = math.nan  # request sent -> response head received
+    first_byte_s: float = math.nan  # request sent -> first body byte received (NaN: no body)
 
 
 class Connection:
@@ -27,6 +30,8 @@ class Connection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self._sink: Callable[[bytes], object] | None = None
+        self._first_byte_at = math.nan
 
     async def open(self) -> Connection:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
@@ -37,17 +42,32 @@ class Connection:
             self.writer.close()
             self.writer = self.reader = None
 
-    async def request(self, method: str, path: str, timeout: float = 60.0) -> Answer:
+    async def request(self, method: str, path: str, timeout: float = 60.0,
+                      sink: Callable[[bytes], object] | None = None) -> Answer:
+        """One request; the body is counted and dropped chunk by chunk (each chunk also goes
+        to `sink`, e.g. a hash's update, when given): never held whole."""
         if self.writer is None:
             await self.open()
-        async with asyncio.timeout(timeout):
-            return await self._request(method, path)
+        self._sink, self._first_byte_at = sink, math.nan
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._request(method, path)
+        finally:
+            self._sink = None
+
+    def _got(self, chunk: bytes) -> int:
+        if chunk and math.isnan(self._first_byte_at):  # the first body byte
+            self._first_byte_at = time.monotonic()
+        if self._sink is not None:
+            self._sink(chunk)
+        return len(chunk)
 
     async def _request(self, method: str, path: str) -> Answer:
         assert self.reader is not None and self.writer is not None
         start = time.monotonic()
         self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
         head = await self.reader.readuntil(b"\r\n\r\n")
+        headers_at = time.monotonic()
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers: dict[str, str] = {}
@@ -63,12 +83,12 @@ class Connection:
                 size = await self._exactly(int(headers["content-length"]))
             else:  # until close
                 while chunk := await self.reader.read(READ_CHUNK):
-                    size += len(chunk)
+                    size += self._got(chunk)
                 self.close()
         done = time.monotonic()
         if headers.get("connection", "").lower() == "close":
             self.close()
-        return Answer(status, headers, size, done - start, done)
+        return Answer(status, headers, size, done - start, done, headers_at - start, self._first_byte_at - start)
 
     async def _exactly(self, remaining: int) -> int:
         assert self.reader is not None
@@ -77,7 +97,7 @@ class Connection:
             chunk = await self.reader.read(min(remaining, READ_CHUNK))
             if not chunk:
                 raise ConnectionError("connection closed mid-body")
-            total += len(chunk)
+            total += self._got(chunk)
             remaining -= len(chunk)
         return total
 

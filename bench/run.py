@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -25,6 +26,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from addon.embedded_store import EmbeddedStore, free_ports
 from bench import loadgen
@@ -50,6 +53,7 @@ from bench.services import (
 BUCKET = "bench"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 # origin path prefix -> (file name, size); /<prefix>/<anything> serves that file
+# (huge.bin is written by the memory scenario, the only one that asks for it: make_huge_file)
 ORIGIN_FILES = {
     "small": ("small.bin", 1 * KiB),
     "medium": ("medium.bin", 1 * MiB),
@@ -76,9 +80,15 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     raw: dict[str, object] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # wrong answers: printed after the table, exit status 1
 
-    def add(self, number: str, scenario: str, figure: str, measured: str, target: str = "", met: bool | None = None) -> None:
+    def add(self, number: str, scenario: str, figure: str, measured: str, target: str = "", met: bool | None = None,
+            failed: str = "") -> None:
         verdict = "" if met is None else ("met" if met else "**MISSED**")
+        if failed:
+            verdict = "**FAILED**"
+            self.failures.append(f"{scenario}: {failed}")
+            log(f"FAILED: {scenario}: {failed}")
         self.rows.append(Row(number, scenario, figure, measured, target, verdict))
 
     def table(self) -> str:
@@ -135,10 +145,11 @@ class Stack:
     def access_log(self) -> Path:
         return self.origin.workdir / "origin-access.log"
 
-    def origin_requests(self, path: str) -> int:
-        """How many requests the origin logged for exactly this path."""
+    def origin_requests(self, path: str, method: str | None = None) -> int:
+        """How many requests (of `method`, if given) the origin logged for exactly this path."""
         text = self.access_log.read_text(errors="replace") if self.access_log.exists() else ""
-        return sum(1 for line in text.splitlines() if line.split(" ", 1)[0] == path)
+        return sum(1 for line in text.splitlines()
+                   if line.split(" ", 1)[0] == path and (method is None or line.rsplit(" ", 1)[-1] == method))
 
     def stored_keys(self, prefix: str) -> int:
         client = self.store.client()
@@ -166,12 +177,27 @@ class Stack:
 def make_origin_files(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for name, size in ORIGIN_FILES.values():
-        path = root / name
-        if size >= GiB:  # sparse: no disk and no time spent writing it
-            with open(path, "wb") as f:
-                f.truncate(size)
-        else:
-            path.write_bytes(os.urandom(size))
+        if size < GiB:
+            (root / name).write_bytes(os.urandom(size))
+
+
+def make_huge_file(root: Path) -> str:
+    """The origin's 1 GiB body (huge.bin), written when the memory scenario first needs it;
+    returns its sha256. Not zeros, as a sparse file would be: block i (1 MiB) is the window at
+    i × 4093 mod 1 MiB of 2 MiB of random bytes, so all 1,024 blocks differ and a chunk
+    served at the wrong offset, twice or not at all changes a client's sha256."""
+    name, size = ORIGIN_FILES["huge"]
+    base = os.urandom(2 * MiB)
+    digest = hashlib.sha256()
+    partial = root / (name + ".part")
+    with open(partial, "wb") as f:
+        for index in range(size // MiB):
+            start = index * 4093 % MiB
+            block = base[start:start + MiB]
+            f.write(block)
+            digest.update(block)
+    partial.replace(root / name)
+    return digest.hexdigest()
 
 
 def write_rules(path: Path, origin_port: int) -> Path:
@@ -444,18 +470,27 @@ def scenario_lag(stack: Stack, report: Report, seconds: float, rate: float = 50.
 
 
 class RssSampler(threading.Thread):
-    """Samples VmRSS of a process every 50 ms (bounded by stop())."""
+    """Samples VmRSS of a process every 50 ms (bounded by stop()): the peak, when it was
+    reached, and one reading a second (`series`: seconds since start, MiB)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kib, self._halt = pid, 0, threading.Event()
+        self.started = time.monotonic()
+        self.peak_at = 0.0  # seconds after start
+        self.series: list[tuple[float, int]] = []
 
     def run(self) -> None:
         while not self._halt.wait(0.05):
             try:
-                self.peak_kib = max(self.peak_kib, proc_status(self.pid)["VmRSS"])
+                rss = proc_status(self.pid)["VmRSS"]
             except (OSError, KeyError):
                 return
+            now = time.monotonic() - self.started
+            if rss > self.peak_kib:
+                self.peak_kib, self.peak_at = rss, now
+            if not self.series or now - self.series[-1][0] >= 1.0:
+                self.series.append((round(now, 1), round(rss / 1024)))
 
     def stop(self) -> None:
         self._halt.set()
@@ -494,42 +529,130 @@ async def _mixed(port: int, count: int, start_index: int, tag: str, connections:
     return statuses
 
 
-def _mirror_huge(stack: Stack, name: str, options: dict[str, str]) -> dict[str, object] | None:
-    """A fresh mitmdump+addon mirrors one 1 GiB object; its VmHWM once the object is in the
-    store. None when this version of the addon refuses the options."""
+HUGE_WITHIN = 300.0  # seconds: bounds each 1 GiB download and the wait for the object to land
+
+
+@dataclass(frozen=True)
+class Download:
+    """One client's GET of the 1 GiB object, its body hashed and dropped as it arrived."""
+
+    status: int | None  # None: no complete answer (see failure)
+    size: int  # body bytes received
+    sha256: str
+    headers_s: float  # request sent -> response head
+    first_byte_s: float  # request sent -> first body byte
+    total_s: float  # request sent -> last body byte
+    failure: str = ""
+
+
+async def _download(connection: loadgen.Connection, path: str, within: float) -> Download:
+    digest = hashlib.sha256()
+    received = 0
+
+    def sink(chunk: bytes) -> None:
+        nonlocal received
+        digest.update(chunk)
+        received += len(chunk)
+
+    started = time.monotonic()
+    try:
+        answer = await connection.request("GET", path, timeout=within, sink=sink)
+    except (OSError, EOFError, TimeoutError, ValueError, asyncio.LimitOverrunError) as e:
+        # a reset, a timeout, a short body, a garbled head: reported, never raised
+        took = time.monotonic() - started
+        return Download(None, received, digest.hexdigest(), math.nan, math.nan, took, f"{type(e).__name__}: {e}")
+    return Download(answer.status, answer.size, digest.hexdigest(), answer.headers_s, answer.first_byte_s, answer.seconds)
+
+
+async def _readers_at_once(proxy_port: int, store_port: int, path: str, clients: int, within: float,
+                           proxy_pid: int) -> tuple[list[Download], float | None, float]:
+    """`clients` connections opened first, then one GET each of `path` at once; meanwhile a
+    HEAD to the store every 0.25 s until the object is there. Returns the downloads, the
+    seconds from the GETs to the first HEAD that found it (None: not within `within`) and
+    the CPU seconds the proxy used until the last client had its body."""
+    async with asyncio.timeout(30):
+        connections = await asyncio.gather(*(loadgen.Connection(proxy_port).open() for _ in range(clients)))
+    store = loadgen.Pool(store_port, 1)
+    started = time.monotonic()
+
+    async def landed() -> float | None:
+        while time.monotonic() - started < within:
+            try:
+                answer = await store.request("HEAD", path, timeout=10)
+            except (OSError, EOFError, TimeoutError):  # the store busy or a connection dropped: ask again
+                answer = None
+            if answer is not None and answer.status == 200:
+                return answer.done_at - started
+            await asyncio.sleep(0.25)
+        return None
+
+    cpu_before = cpu_seconds(proxy_pid)
+    poller = asyncio.create_task(landed())
+    try:
+        downloads = await asyncio.gather(*(_download(c, path, within) for c in connections))
+        delivery_cpu = cpu_seconds(proxy_pid) - cpu_before
+        return list(downloads), await poller, delivery_cpu
+    finally:
+        poller.cancel()
+        for connection in connections:
+            connection.close()
+        store.close()
+
+
+def _huge_miss(stack: Stack, name: str, clients: int, expected_sha256: str) -> dict[str, object]:
+    """A fresh mitmdump+addon (default settings); `clients` GETs of one missing 1 GiB key at
+    once. Its VmHWM and sampled peak RSS, each client's times and sha256, the origin's GETs
+    of the key, when the object was in the store."""
     port = listen_ports(1)[0]
     proxy = Mitmdump(name, stack.store.endpoint, port, stack.tmp, stack.tmp / f"confdir-{name}", stack.rules,
-                     {"backorigin_origin_timeout": "300", **options}, cpus=stack.cpus.proxy, ca_from=stack.confdir,
-                     extra_scripts=tuple(EXTRA_SCRIPTS))
+                     cpus=stack.cpus.proxy, ca_from=stack.confdir, extra_scripts=tuple(EXTRA_SCRIPTS))
+    proxy.start(stack.processes)
+    key = f"huge/{name}"
     try:
-        proxy.start(stack.processes)
-    except RuntimeError as e:
-        if not options:
-            raise
-        log(f"{name}: mitmdump refused {options}: {str(e).strip().splitlines()[-1]}")
-        return None
-    try:
-        before = proxy.memory()["VmRSS"]
-        key = f"huge/{name}"
+        at_rest = proxy.memory()["VmRSS"]
         sampler = RssSampler(proxy.pid)
         sampler.start()
-        started = time.monotonic()
         try:
-            answer = asyncio.run(_get(port, f"/{BUCKET}/{key}"))
-            answered = time.monotonic() - started
-            stack.wait_stored(key, 1, within=240)
-            landed = time.monotonic() - started
+            cpu_before = cpu_seconds(proxy.pid)
+            downloads, landed_s, delivery_cpu = asyncio.run(
+                _readers_at_once(port, stack.store.s3_port, f"/{BUCKET}/{key}", clients, HUGE_WITHIN, proxy.pid))
+            total_cpu = cpu_seconds(proxy.pid) - cpu_before
         finally:
             sampler.stop()
+        memory = proxy.memory()
+        # nginx logs a request as its answer ends, before the clients have their last byte;
+        # a moment more for a second GET that should not be there
+        deadline = time.monotonic() + 10
+        while stack.origin_requests(f"/{key}", "GET") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        origin_gets = stack.origin_requests(f"/{key}", "GET")
         try:
-            size = stack.store.client().head_object(Bucket=BUCKET, Key=key)["ContentLength"]
-        except Exception:
-            size = 0
-        return {"status": answer.status, "client_bytes": answer.size, "answered_s": round(answered, 2),
-                "stored_bytes": size, "stored_s": round(landed, 2), "rss_before_mib": round(before / 1024),
-                "vmhwm_mib": round(proxy.memory()["VmHWM"] / 1024), "sampled_rss_peak_mib": round(sampler.peak_kib / 1024)}
+            stored_bytes = stack.store.client().head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+        except (BotoCoreError, ClientError):
+            stored_bytes = None
+        joined = proxy.log().count("joins the origin fetch")
     finally:
         stack.processes.stop(proxy.process)
+    wrong = [f"client {i + 1}: " + (d.failure or f"status {d.status}, {d.size} bytes, sha256 {d.sha256[:12]}…")
+             for i, d in enumerate(downloads)
+             if d.failure or d.status != 200 or d.size != GiB or d.sha256 != expected_sha256]
+    return {
+        "clients": clients, "rss_at_rest_mib": round(at_rest / 1024), "vmhwm_mib": round(memory["VmHWM"] / 1024),
+        "sampled_rss_peak_mib": round(sampler.peak_kib / 1024), "sampled_rss_peak_at_s": round(sampler.peak_at, 1),
+        "rss_series_s_mib": sampler.series, "origin_gets": origin_gets,
+        "proxy_cpu_s_until_delivered": round(delivery_cpu, 1), "proxy_cpu_s_until_landed": round(total_cpu, 1),
+        "joined_log_lines": joined, "landed_s": None if landed_s is None else round(landed_s, 2),
+        "stored_bytes": stored_bytes, "wrong": wrong,
+        "downloads": [{**asdict(d), "sha256_ok": d.sha256 == expected_sha256} for d in downloads],
+    }
+
+
+def _spread(values: list[float], unit: str = "s") -> str:
+    """min / median / max"""
+    if any(math.isnan(v) for v in values) or not values:
+        return "n/a"
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f} {unit}"
 
 
 def _mixed_growth(stack: Stack, proxy: Mitmdump, tag: str, writes: bool) -> dict[str, object]:
@@ -556,8 +679,8 @@ def _mixed_growth(stack: Stack, proxy: Mitmdump, tag: str, writes: bool) -> dict
 
 def scenario_memory(stack: Stack, report: Report) -> None:
     """5: RSS over 10,000 mixed requests (mitmdump+addon, and plain mitmdump as a control);
-    then VmHWM of a fresh mitmdump+addon while it mirrors one 1 GiB object (the addon's
-    default large-object handling, and backorigin_large_objects=stream where it exists)."""
+    then one missing 1 GiB object read by 8 clients at once, and by one client, each on a
+    fresh mitmdump+addon: its peak RSS, the clients' times and sha256, origin GETs, landing."""
     port, plain_port = listen_ports(2)
     mem = Mitmdump("memory", stack.store.endpoint, port, stack.tmp, stack.tmp / "confdir-memory", stack.rules,
                    cpus=stack.cpus.proxy, ca_from=stack.confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(stack.processes)
@@ -576,20 +699,53 @@ def scenario_memory(stack: Stack, report: Report) -> None:
                f"{addon['growth_mib']:+.1f} MiB (readings {low:.0f}-{high:.0f} MiB; plain mitmdump, same mix: "
                f"{plain['growth_mib']:+.1f} MiB)", "no growth (< 10 MiB)", addon["growth_mib"] < 10)
 
-    for name, options, label in (
-        ("huge-default", {}, "default settings"),
-        ("huge-stream", {"backorigin_large_objects": "stream"}, "backorigin_large_objects=stream"),
-    ):
-        result = _mirror_huge(stack, name, options)
-        report.raw.setdefault("memory_1gib", {})[name] = result
-        if result is None:
-            report.add("5", "memory", f"peak RSS mirroring one 1 GiB object ({label})", "n/a: option not in this version")
-            continue
-        ok = result["stored_bytes"] == GiB
-        detail = f"client got {result['status']}" + (f" + {result['client_bytes'] / GiB:.2f} GiB" if result["client_bytes"] else "")
-        report.add("5", "memory", f"peak RSS (VmHWM) of mitmdump+addon mirroring one 1 GiB object ({label}; {detail})",
-                   f"{result['vmhwm_mib']} MiB" + ("" if ok else f" (stored {result['stored_bytes']} bytes)"),
-                   "< 300 MiB", result["vmhwm_mib"] < 300 and ok)
+    log("writing the origin's 1 GiB body")
+    expected = make_huge_file(stack.tmp / "origin-files")
+    runs = {}
+    for name, clients in (("eight", 8), ("single", 1)):
+        log(f"1 GiB miss, {clients} client(s) at once ...")
+        result = runs[name] = _huge_miss(stack, name, clients, expected)
+        downloads = result["downloads"]
+        log(f"1 GiB miss, {clients} client(s): VmHWM {result['vmhwm_mib']} MiB, origin GETs {result['origin_gets']}, "
+            f"stored after {result['landed_s']} s, totals {[round(d['total_s'], 1) for d in downloads]} s, "
+            f"{result['proxy_cpu_s_until_delivered']} s CPU of mitmdump+addon until then "
+            f"({result['proxy_cpu_s_until_landed']} s until stored)")
+    report.raw["memory_1gib"] = {"sha256": expected, **runs}
+
+    def problems(result: dict[str, object]) -> str:
+        found = list(result["wrong"])
+        if result["landed_s"] is None or result["stored_bytes"] != GiB:
+            found.append(f"not in the store within {HUGE_WITHIN:g} s (stored: {result['stored_bytes']} bytes)")
+        return "; ".join(found)
+
+    eight, single = runs["eight"], runs["single"]
+    for result, who in ((eight, "8 clients GET it at once"), (single, "1 client GETs it")):
+        wrong = problems(result)
+        figure = (f"one missing 1 GiB object, {who} (fresh mitmdump+addon, default settings; each client hashes "
+                  f"the body with sha256 and drops it): peak RSS of mitmdump+addon, VmHWM "
+                  f"(sampled peak; at rest before)")
+        if result is single:
+            first = single["downloads"][0]
+            figure += "; time to first byte, total; origin GETs; in the store after"
+            measured = (f"{single['vmhwm_mib']} MiB ({single['sampled_rss_peak_mib']} MiB; {single['rss_at_rest_mib']} MiB); "
+                        f"{first['first_byte_s']:.2f} s, {first['total_s']:.1f} s; {single['origin_gets']}; "
+                        f"{single['landed_s']} s")
+        else:
+            measured = (f"{eight['vmhwm_mib']} MiB ({eight['sampled_rss_peak_mib']} MiB; "
+                        f"{eight['rss_at_rest_mib']} MiB)")
+        if wrong:
+            measured += f" — FAILED: {wrong}"
+        report.add("5", "memory", figure, measured, "< 300 MiB", result["vmhwm_mib"] < 300 and not wrong,
+                   failed=f"1 GiB, {who}: {wrong}" if wrong else "")
+    downloads = eight["downloads"]
+    report.add("5", "memory", "the same 8 clients: time to first body byte, min / median / max",
+               _spread([d["first_byte_s"] for d in downloads]))
+    report.add("5", "memory", "the same 8 clients: time to the last byte, min / median / max",
+               _spread([d["total_s"] for d in downloads]))
+    report.add("5", "memory", "the same 8 clients: origin GETs of the key (origin's access log)",
+               str(eight["origin_gets"]), "1", eight["origin_gets"] == 1)
+    report.add("5", "memory", "the same 8 clients: object in the store, seconds after the GETs were sent",
+               f"{eight['landed_s']} s" if eight["landed_s"] is not None else f"not within {HUGE_WITHIN:g} s")
 
 
 def scenario_scaleout(stack: Stack, report: Report, seconds: float) -> None:
@@ -764,13 +920,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{mean_other:.2f} cores on average (worst 5 s: {worst_other:.2f})"
     )
     OUT.mkdir(exist_ok=True)
-    (OUT / "results.md").write_text(table + "\n\n" + notes + "\n")
+    failed = "".join(f"FAILED: {failure}\n" for failure in report.failures)
+    (OUT / "results.md").write_text(table + "\n\n" + notes + "\n" + failed)
     (OUT / "results.json").write_text(json.dumps(report.raw, indent=2, default=str) + "\n")
     print(table)
     print(f"\n{notes}; raw numbers in {OUT / 'results.json'}")
     if mean_other > 0.1 or worst_other > 0.3:
         print("WARNING: the machine was busy with other work during the run; the figures are noisier than usual")
-    return 0
+    for failure in report.failures:
+        print(f"FAILED: {failure}")
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

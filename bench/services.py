@@ -312,7 +312,7 @@ def origin_config(port: int, root: Path, files: dict[str, str]) -> str:
     return f"""
 http {{
 {HTTP_COMMON}
-    log_format origin '$request_uri $status $body_bytes_sent';
+    log_format origin '$request_uri $status $body_bytes_sent $request_method';
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         root {root};
