@@ -185,13 +185,16 @@ def test_write_backs_survive_a_store_outage(tmp_path, own_store, durable_rules, 
         relay.close()
 
 
-def test_write_backs_survive_kill_9_of_the_proxy(tmp_path, store, s3, durable_rules, unique):
+@pytest.mark.parametrize("fsync", ["false", "true"])
+def test_write_backs_survive_kill_9_of_the_proxy(tmp_path, store, s3, durable_rules, unique, fsync):
     """More misses than upload workers, the store unreachable for uploads, and kill -9 the
-    moment the last client has its answer: every answered object is spooled and lands."""
+    moment the last client has its answer: every answered object is spooled and lands
+    (with the page cache by default, and with backorigin_spool_fsync)."""
     spool = tmp_path / "spool"
     stuck_store = Relay(store.s3_port, delay=600)  # uploads never get through
     first = proxy_for(tmp_path / "first", store.endpoint, durable_rules, backorigin_spool_dir=str(spool),
-                      backorigin_s3_endpoint=f"http://127.0.0.1:{stuck_store.port}", backorigin_writeback_workers="1").start()
+                      backorigin_s3_endpoint=f"http://127.0.0.1:{stuck_store.port}", backorigin_writeback_workers="1",
+                      backorigin_spool_fsync=fsync).start()
     keys = [f"ok/{unique}-{i}" for i in range(6)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda key: http_get(f"{first.url}/{BUCKET}/{key}"), keys))
