@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run   - install, then run the proxy on an embedded SeaweedFS store with a sample origin
-#   make test  - install, then run the whole test suite
+#   make test  - install, then lint and type-check, then run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,10 +14,16 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/python -m addon demo
+	$(BIN)/backorigin demo
 
-test: $(BIN)/.installed
+test: lint
 	$(BIN)/python -m pytest
+
+# make lint - ruff (rules in pyproject.toml) and mypy over addon/, tests/ and bench/; make test runs it first
+.PHONY: lint
+lint: $(BIN)/.installed
+	$(BIN)/ruff check addon tests bench
+	$(BIN)/mypy
 
 # make bench - install, then run the benchmark suite (bench/, results in BENCHMARKS.md);
 # it installs nginx and wrk from Debian's packages itself when they are missing.

@@ -10,29 +10,40 @@ streams), decision (what happened, for people and tools). It holds no policy of 
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Loaded as a script (mitmdump -s addon/backorigin.py), mitmproxy puts this file's folder first
+# on sys.path, where this file would shadow the installed `backorigin` package it imports.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
+
+
 import asyncio
-import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from mitmproxy import command, ctx, exceptions, http
-from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
 
-from addon import objectmeta, redirect, replies, s3
-from addon.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, add_debug_header, annotate, set_aside_recorded
-from addon.explain import explain
-from addon.ledger import Ledger
-from addon.delivery import collect
-from addon.mirror import Mirror, Rerouted
-from addon.missserver import MissServer
-from addon.origin import OriginClient, OriginRequest, Timeouts, UnsafeKey, build_request
-from addon.rules import DEFAULT_MAX_RULES, LOOP_HEADER, MAX_RULES_CEILING, RoutingRule, RuleBook, RulesError, load_rules
-from addon.storeprobe import StoreAnswer, StoreProbe, store_has
-from addon.writeback import WriteBack
+from backorigin import objectmeta, redirect, replies, s3, storeanswer
+from backorigin.commands import Commands
+from backorigin.connections import client_facing, store_endpoint, upstream_proxy, upstream_verification
+from backorigin.contentview import DecisionView
+from backorigin.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, add_debug_header, annotate, set_aside_recorded
+from backorigin.delivery import collect
+from backorigin.ledger import Ledger
+from backorigin.mirror import Mirror, Rerouted
+from backorigin.missserver import MissServer
+from backorigin.optionvalues import parse_seconds, parse_size
+from backorigin.origin import OriginClient, OriginRequest, Timeouts, UnsafeKey, build_request
+from backorigin.rules import LOOP_HEADER, RoutingRule, RuleBook
+from backorigin.rulesfile import RulesFile
+from backorigin.storeprobe import StoreAnswer, StoreProbe, store_has
+from backorigin.writeback import WriteBack
 
 logger = logging.getLogger(__name__)
 # mitmproxy sets the root logger to DEBUG and turns every record into an event on its loop:
@@ -41,7 +52,6 @@ for library in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3
     logging.getLogger(library).setLevel(logging.WARNING)
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _TIMEOUT_OPTIONS = {
     "backorigin_origin_connect_timeout": "connect",
     "backorigin_origin_read_timeout": "read",
@@ -49,73 +59,37 @@ _TIMEOUT_OPTIONS = {
     "backorigin_copy_timeout": "copy",
 }
 DEFERRED_RETRY_EVERY = 30.0  # seconds between retries of write-backs the store refused for now
-RULES_CHECK_EVERY = 1.0  # seconds between looks at the rules file's modification time
-
-
-def parse_seconds(option: str, text: str) -> float:
-    """Seconds given as text ("10", "0.5"): mitmproxy's --set cannot parse floats."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise exceptions.OptionsError(f"{option}: {text!r} is not a positive number of seconds")
-    return seconds
-
-
-def parse_size(option: str, text: str) -> int:
-    """Bytes given as text: "65536", "512k", "64m", "1g" (binary multiples)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise exceptions.OptionsError(f"{option}: {text!r} is not a size (like 512k, 64m, 1g)")
-    return int(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
-
-
-def modified_at(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def store_endpoint(request: http.Request, vhost_domains: Sequence[str] = ()) -> str:
-    """scheme://host:port of the store that answered this request. A virtual-hosted name
-    (bucket.DOMAIN) becomes DOMAIN: write-backs address buckets path-style."""
-    host = request.host
-    for domain in vhost_domains:
-        if host.lower().endswith("." + domain.lower()):
-            host = host[-len(domain):]
-            break
-    host = f"[{host}]" if ":" in host else host
-    return f"{request.scheme}://{host}:{request.port}"
 
 
 class BackOrigin:
+    """The hooks: each asks the rules and hands the flow to the piece that acts (the store
+    probe and miss server for misses, redirect for redirect rules, decision for the record).
+    The rules file, the commands and the mitmweb view are child addons."""
+
     def __init__(self) -> None:
-        self.rulebook = RuleBook(source="", buckets={})
-        self._rules_mtime = 0.0
+        self.rules_file = RulesFile()
+        self.addons = [self.rules_file, Commands(self), DecisionView()]
         self.origin = OriginClient(Timeouts(), max_inline=64 * 1024**2)
-        self.mirror: Mirror | None = None  # needs the spool directory: made in configure
+        self.mirror: Mirror  # needs the spool directory: made in configure
         self.stats = Stats()
         self.ledger: Ledger | None = None
-        self._timers: set[asyncio.Task] = set()
+        self._retry_timer: asyncio.Task[None] | None = None
         # option values the hooks read, copied in configure()
-        self._vhost_domains: tuple[str, ...] = ()
+        self.vhost_domains: tuple[str, ...] = ()
         self._dry_run = False
         self._mirror_heads = True
-        self.probe: StoreProbe | None = None  # made in configure, from mitmproxy's upstream TLS options
+        self.probe: StoreProbe  # made in configure, from mitmproxy's upstream TLS options
         self.server = MissServer()
         self.misses: dict[str, Rerouted] = {}  # flow id -> its miss, while the miss server answers it
         self._s3_endpoint: str | None = None
         self._debug_header = False
         self._403_is_miss = False
 
-    def load(self, loader) -> None:
-        loader.add_option("backorigin_rules", str, "rules.json", "Path of the rules file (OSS RoutingRule names, JSON); reloaded when it changes.")
-        loader.add_option(
-            "backorigin_max_rules", int, DEFAULT_MAX_RULES,
-            f"Most rules a bucket may have (OSS: 5 in the documents we follow, up to {MAX_RULES_CEILING}).",
-        )
+    @property
+    def rulebook(self) -> RuleBook:
+        return self.rules_file.rulebook
+
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             "backorigin_origin_timeout", str, "10",
             "Seconds an origin fetch may take in all, redirects included (text, e.g. \"0.5\").",
@@ -140,11 +114,11 @@ class BackOrigin:
             "loss); off: they are in the page cache by then (survives a crash of the proxy, kill -9 included).",
         )
         loader.add_option(
-            "backorigin_s3_endpoint", Optional[str], None,
+            "backorigin_s3_endpoint", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
             "Endpoint for write-backs (e.g. http://127.0.0.1:8333). Default: the scheme, host and port that answered.",
         )
         loader.add_option(
-            "backorigin_spool_dir", Optional[str], None,
+            "backorigin_spool_dir", Optional[str], None,  # type: ignore[arg-type]
             "Directory where pending write-backs wait (they survive restarts). Default: CONFDIR/backorigin-spool.",
         )
         loader.add_option("backorigin_writeback_workers", int, 4, "Uploads running at once.")
@@ -164,19 +138,11 @@ class BackOrigin:
         )
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
-        loader.add_option("backorigin_ledger", Optional[str], None, "Append every matched miss to this JSON-lines file.")
+        loader.add_option("backorigin_ledger", Optional[str], None,  # type: ignore[arg-type]
+                          "Append every matched miss to this JSON-lines file.")
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
-        if "backorigin_max_rules" in updated and not 1 <= options.backorigin_max_rules <= MAX_RULES_CEILING:
-            raise exceptions.OptionsError(
-                f"backorigin_max_rules: {options.backorigin_max_rules} is outside 1..{MAX_RULES_CEILING}"
-            )
-        if {"backorigin_rules", "backorigin_max_rules"} & updated:
-            try:
-                self._load_rules()
-            except RulesError as e:
-                raise exceptions.OptionsError(str(e)) from None
         if set(_TIMEOUT_OPTIONS) & updated:
             self.origin.timeouts = Timeouts(
                 **{field: parse_seconds(name, getattr(options, name)) for name, field in _TIMEOUT_OPTIONS.items()}
@@ -195,53 +161,35 @@ class BackOrigin:
         if "backorigin_ledger" in updated:
             self.ledger = Ledger(Path(options.backorigin_ledger).expanduser()) if options.backorigin_ledger else None
         # read once here, not per flow: an option read copies its value every time
-        self._vhost_domains = tuple(options.backorigin_vhost_domains)
+        self.vhost_domains = tuple(options.backorigin_vhost_domains)
         self._dry_run = options.backorigin_dry_run
         self._mirror_heads = options.backorigin_head_on_miss == "object"
         self._s3_endpoint = options.backorigin_s3_endpoint
         self._debug_header = options.backorigin_debug_header
         self._403_is_miss = options.backorigin_403_is_miss
-        if self.mirror is None or {"backorigin_spool_dir", "confdir"} & updated:
+        configured = hasattr(self, "mirror")  # not before the first configure: it needs the spool directory
+        if not configured or {"backorigin_spool_dir", "confdir"} & updated:
             spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
-            if self.mirror is not None and self.mirror.writeback.spool.directory != spool:
+            if configured and self.mirror.writeback.spool.directory != spool:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
             writeback = WriteBack(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue,
                                   fsync=options.backorigin_spool_fsync)
             self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
         if "backorigin_spool_fsync" in updated:
             self.mirror.fsync = self.mirror.writeback.spool.fsync = options.backorigin_spool_fsync
-        if self.probe is None or {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
+        if not configured or {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.probe = StoreProbe(upstream_verification(options))
 
-    def _load_rules(self) -> None:
-        path = Path(ctx.options.backorigin_rules)
-        self.rulebook = load_rules(path, ctx.options.backorigin_max_rules)
-        self._rules_mtime = modified_at(path)
-        logger.info(
-            "%s: rules for %d bucket(s): %s",
-            self.rulebook.source, len(self.rulebook.buckets), ", ".join(self.rulebook.buckets) or "none",
-        )
-
     def running(self) -> None:
-        """Resume what a previous run left spooled; from now on, retry deferred write-backs
-        and reload the rules file when it changes."""
+        """Resume what a previous run left spooled; from now on, retry deferred write-backs."""
         self.mirror.resume(ctx.options.backorigin_s3_endpoint)
-        for timer in (self._retry_deferred_forever(), self._watch_rules_forever()):
-            task = asyncio.ensure_future(timer)
-            self._timers.add(task)
+        self._retry_timer = asyncio.ensure_future(self._retry_deferred_forever())
 
     async def _retry_deferred_forever(self) -> None:
         while True:
             await asyncio.sleep(DEFERRED_RETRY_EVERY)
             if count := self.mirror.writeback.retry_deferred():
                 logger.info("retrying %d deferred write-back(s)", count)
-
-    async def _watch_rules_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RULES_CHECK_EVERY)
-            modified = modified_at(Path(ctx.options.backorigin_rules))
-            if modified and modified != self._rules_mtime:  # 0.0: being replaced; look again next time
-                self.reload()
 
     # hooks -----------------------------------------------------------------------------------
 
@@ -256,9 +204,10 @@ class BackOrigin:
                 "domain that now resolves to this proxy or the store. Use the origin's IP address or "
                 "another domain for it (with MirrorHost for the Host header).", flow.request.pretty_url,
             )
-            ref = self._object(flow) or s3.ObjectRef("", "")
-            flow.response = replies.to_response(flow.request, replies.mirror_failed(ref, "loop: the origin URL leads back into the proxy"))
-            self._record(flow, Decision(ref.bucket, ref.key, "loop", outcome="loop"))
+            looped = self._object(flow) or s3.ObjectRef("", "")
+            loop = replies.mirror_failed(looped, "loop: the origin URL leads back into the proxy")
+            flow.response = replies.to_response(flow.request, loop)
+            self._record(flow, Decision(looped.bucket, looped.key, "loop", outcome="loop"))
             return
         if not flow.live:
             set_aside_recorded(flow)
@@ -293,20 +242,21 @@ class BackOrigin:
             self._record(flow, miss.miss.decision(), header=False)  # responseheaders added it
             return
         ref = self._candidate(flow)
-        if ref is None or flow.response is None or (self._acts(flow) and flow.metadata.get(METADATA_KEY)):
+        response = flow.response
+        if ref is None or response is None or (self._acts(flow) and flow.metadata.get(METADATA_KEY)):
             return
-        status = await self._store_status(flow, ref)
+        status = await self._store_status(flow, response, ref)
         if status is None:
             return
         rule = self.rulebook.decide_after_store(ref.bucket, ref.key, flow.request.method, flow.request.headers.get, status,
                                                 self._mirror_heads)
         if rule is None:
             if 200 <= status < 300:
-                objectmeta.restore_on_download(flow.response)
+                objectmeta.restore_on_download(response)
         elif not rule.Redirect.is_mirror:
             self._redirect(flow, ref, rule, store_status=status)
         elif status == 404:
-            await self._answer_late_miss(flow, ref, rule)
+            await self._answer_late_miss(flow, response, ref, rule)
 
     # the miss path ---------------------------------------------------------------------------
 
@@ -321,11 +271,11 @@ class BackOrigin:
         answer = await self.probe.ask(flow.request, upstream_proxy(flow))
         if answer is None:
             return
-        if 200 <= answer.status < 300 or answer.status in (304, 412, 416):
+        if storeanswer.shows_object(answer.status):
             self.mirror.known.add(known)
             return
-        status = s3.rules_status(flow.request.method, answer.status, answer.body)
-        if status == 403 and self._403_is_miss and s3.error_code_of(answer.body) == "AccessDenied":
+        status = storeanswer.rules_status(flow.request.method, answer.status, answer.body)
+        if storeanswer.may_hide_a_miss(answer.status, answer.body, self._403_is_miss):
             status = await self._403_status(endpoint, ref)
         if status is None or known in self.mirror.known:  # stored while we asked: the store answers
             return
@@ -355,7 +305,8 @@ class BackOrigin:
         flow.request.scheme, flow.request.host, flow.request.port, flow.request.path = "http", "127.0.0.1", self.server.port, path
         flow.server_conn.via = None  # in upstream mode too, the miss server is reached directly
 
-    async def _answer_late_miss(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> None:
+    async def _answer_late_miss(self, flow: http.HTTPFlow, response: http.Response, ref: s3.ObjectRef,
+                                rule: RoutingRule) -> None:
         """A 404 that the request hook did not see coming (a replay, a dry run, an object
         deleted from the store behind our back, a store that could not be asked). Live flows
         are answered from the same fill, from memory up to backorigin_max_inline; a larger
@@ -370,7 +321,7 @@ class BackOrigin:
         endpoint = self._endpoint(flow.request)
         self.mirror.known.discard((endpoint, ref.bucket, ref.key))
         miss = self.mirror.start(endpoint, ref, rule, origin_request)
-        store_404 = StoreAnswer(404, tuple(flow.response.headers.items(multi=True)), flow.response.raw_content or b"")
+        store_404 = StoreAnswer(404, tuple(response.headers.items(multi=True)), response.raw_content or b"")
         reply = await self.mirror.reply(miss, flow.request.method, flow.request.headers.get, store_404)
         if reply.stream is not None:
             reply = await collect(reply, self.origin.max_inline) or replies.slow_down(ref)
@@ -387,21 +338,16 @@ class BackOrigin:
                                         store_status=404))
             return None
 
-    async def _store_status(self, flow: http.HTTPFlow, ref: s3.ObjectRef) -> int | None:
-        """The store's status as the rules see it (see s3.rules_status); with
-        backorigin_403_is_miss a 403 counts as 404 once the proxy's own HEAD finds no object.
-        A replayed flow that the recording answered itself carries the store's status in its
-        recorded decision. None: no rule may act on the answer."""
-        recorded = flow.metadata.get(RECORDED_KEY) if not flow.live else None
-        if recorded:  # a mirror only ever acted on a 404 (recordings before store_status say no more)
-            recorded_status = recorded.get("store_status") or (404 if recorded.get("action") == "mirror" else None)
-            if recorded_status:
-                return recorded_status
-        response = flow.response
+    async def _store_status(self, flow: http.HTTPFlow, response: http.Response, ref: s3.ObjectRef) -> int | None:
+        """The store's status as the rules see it (addon.storeanswer), from the store's answer
+        or, for a replayed flow the recording answered itself, from its recorded decision.
+        None: no rule may act on the answer."""
+        if not flow.live and (recorded := storeanswer.recorded_status(flow.metadata.get(RECORDED_KEY))):
+            return recorded
+        body = response.get_content(strict=False) or b""
         unrecorded = flow.is_replay == "response" and not response.raw_content
-        status = s3.rules_status(flow.request.method, response.status_code, response.get_content(strict=False) or b"",
-                                 unrecorded_replay=unrecorded)
-        if status == 403 and self._403_is_miss and s3.error_code(response) == "AccessDenied":
+        status = storeanswer.rules_status(flow.request.method, response.status_code, body, unrecorded_replay=unrecorded)
+        if storeanswer.may_hide_a_miss(response.status_code, body, self._403_is_miss):
             if not self._acts(flow):
                 return 404  # a replay cannot ask the store; it assumes the object was missing
             return await self._403_status(self._endpoint(flow.request), ref)
@@ -420,7 +366,7 @@ class BackOrigin:
     # the pieces ------------------------------------------------------------------------------
 
     def _object(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
-        return s3.object_ref(flow.request, self._vhost_domains)
+        return s3.object_ref(flow.request, self.vhost_domains)
 
     def _candidate(self, flow: http.HTTPFlow) -> s3.ObjectRef | None:
         """The object a GET/HEAD names, if its bucket has rules."""
@@ -434,7 +380,7 @@ class BackOrigin:
         return flow.live and not self._dry_run
 
     def _endpoint(self, request: http.Request) -> str:
-        return self._s3_endpoint or store_endpoint(request, self._vhost_domains)
+        return self._s3_endpoint or store_endpoint(request, self.vhost_domains)
 
     def _redirect(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule, store_status: int | None = None) -> None:
         scheme, host = client_facing(flow)
@@ -456,77 +402,19 @@ class BackOrigin:
         if self.ledger is not None and decision.action == "mirror":
             self.ledger.append(decision)
 
-    # commands --------------------------------------------------------------------------------
-
-    @command.command("backorigin.explain")
-    def explain(self, url: str) -> str:
-        """Which rule would act on URL, and the origin URL or Location it would build (nothing is fetched)."""
-        return explain(self.rulebook, url, self._vhost_domains)
-
-    @command.command("backorigin.reload")
-    def reload(self) -> None:
-        """Read the rules file again; a bad file keeps the rules in force and logs why."""
-        try:
-            self._load_rules()
-        except RulesError as e:
-            self._rules_mtime = modified_at(Path(ctx.options.backorigin_rules))  # report a bad edit once
-            logger.error("rules not reloaded, the previous rules stay in force:\n%s", e)
-
-    @command.command("backorigin.stats")
-    def show_stats(self) -> str:
-        """Counters: decisions, outcomes, bytes from origins, write-backs pending and done."""
-        writeback = self.mirror.writeback
-        counts = {**self.stats.counts, **{f"writebacks.{k}": v for k, v in writeback.outcomes.items()}}
-        counts["writebacks.pending"] = writeback.pending
-        return json.dumps(dict(sorted(counts.items())), indent=1)
-
-    @command.command("backorigin.pending")
-    def pending(self) -> Sequence[str]:
-        """Write-backs waiting in the spool (s3://bucket/key, bytes)."""
-        return [f"{upload.where} ({upload.size} bytes)" for _, upload in self.mirror.writeback.spool.pending()]
-
     def done(self) -> asyncio.Task[None]:
         # Synchronous on purpose: mitmproxy calls done() synchronously on script reload,
         # so an async def would silently never run there. The returned task is awaited
         # by mitmdump at shutdown.
-        for timer in self._timers:
-            timer.cancel()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         timeout = parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
         return asyncio.ensure_future(self._shutdown(timeout))
 
     async def _shutdown(self, timeout: float) -> None:
         await self.server.stop()
-        if self.probe is not None:
-            await self.probe.aclose()
+        await self.probe.aclose()
         await self.mirror.shutdown(timeout)
-
-
-def upstream_verification(options) -> bool | str:
-    """How the store probe checks an HTTPS store's certificate: as mitmproxy itself does."""
-    if getattr(options, "ssl_insecure", False):
-        return False
-    return getattr(options, "ssl_verify_upstream_trusted_ca", None) or True
-
-
-def upstream_proxy(flow: http.HTTPFlow) -> str | None:
-    """The proxy mitmproxy reaches the store through, in upstream mode."""
-    mode = flow.client_conn.proxy_mode
-    if isinstance(mode, UpstreamMode):
-        host, port = mode.address
-        return f"{mode.scheme}://{host}:{port}"
-    return None
-
-
-def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:
-    """(scheme, host[:port]) the client used. In reverse mode mitmproxy has already
-    rewritten Host to the store's (unless keep_host_header), so the address the client
-    connected to stands in for it."""
-    scheme = "https" if flow.client_conn.tls_established else "http"
-    # keep_host_header belongs to mitmproxy's proxy server addon, absent under bare taddons
-    if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not getattr(ctx.options, "keep_host_header", False):
-        host, port = flow.client_conn.sockname[:2]
-        return scheme, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return scheme, flow.request.host_header or flow.request.pretty_host
 
 
 addons = [BackOrigin()]

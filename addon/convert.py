@@ -2,7 +2,7 @@
 
 Pure functions. Each returns what it built together with warnings, one line per thing it
 had to leave out and why, so nothing is dropped silently. The XML vocabulary is read off
-the pydantic models in addon.rules, so a field added there is imported and exported
+the pydantic models in backorigin.rules, so a field added there is imported and exported
 without a second list to keep in step.
 """
 
@@ -19,8 +19,8 @@ from xml.parsers import expat
 
 from pydantic import BaseModel, SecretStr
 
-from addon.integrity import decimal
-from addon.rules import (
+from backorigin.integrity import decimal
+from backorigin.rules import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
     MIRROR_ONLY_FIELDS,
@@ -194,8 +194,8 @@ def _xml_rules(container: ET.Element, warnings: list[str]) -> Iterable[dict[str,
 
 
 def _read_element(element: ET.Element, model: type[BaseModel], label: str, path: str, warnings: list[str]) -> dict[str, Any]:
-    if (element.text or "").strip():
-        raise ConversionError(f"{label}: {path or 'RoutingRule'}: expected elements, found text {element.text.strip()!r}")
+    if text := (element.text or "").strip():
+        raise ConversionError(f"{label}: {path or 'RoutingRule'}: expected elements, found text {text!r}")
     fields = xml_fields(model)
     read: dict[str, Any] = {}
     for child in element:

@@ -4,7 +4,7 @@ One piece of code for every way a miss is answered: the loopback miss server str
 `Reply` (any size, bounded memory), and the late path (a 404 that only the response hook
 saw) collects a small one into a mitmproxy response. The answer is the one the object will
 give once stored: the same headers, ETag and Last-Modified, conditionals and ranges as S3
-evaluates them (addon.conditional).
+evaluates them (backorigin.conditional).
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
-from collections.abc import AsyncIterator, Callable
 
-from addon import objectmeta
-from addon.conditional import Answer, needs_etag, plan
-from addon.fill import Fill, FillBroken
-from addon.origin import OriginResult
-from addon.replies import Headers, Reply, mirror_failed, redirect, s3_error
-from addon.s3 import ObjectRef
-from addon.storeprobe import StoreAnswer
+from backorigin import objectmeta
+from backorigin.conditional import Answer, needs_etag, plan
+from backorigin.fill import Fill, FillBroken
+from backorigin.origin import OriginResult
+from backorigin.replies import Headers, Reply, mirror_failed, redirect, s3_error
+from backorigin.s3 import ObjectRef
+from backorigin.storeprobe import StoreAnswer
 
 READ_CHUNK = 1024 * 1024
 # How long a HEAD of a miss waits for the write-back to land: tools that HEAD and then list the
@@ -80,7 +80,7 @@ def _object_headers(fill: Fill, answer: Answer) -> Headers:
     return headers
 
 
-async def _body(fill: Fill, answer: Answer) -> AsyncIterator[bytes]:
+async def _body(fill: Fill, answer: Answer) -> AsyncGenerator[bytes, None]:
     fd = fill.open_reader()
     try:
         offset = answer.first

@@ -1,4 +1,4 @@
-"""`python -m addon demo`: the whole set-up on one machine, for a first look.
+"""`backorigin demo`: the whole set-up on one machine, for a first look.
 
 Starts an embedded SeaweedFS store, a sample origin serving ./sample-origin, creates the
 buckets named in the rules file, then runs the documented mitmdump command. Ctrl-C stops all.
@@ -14,9 +14,9 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from addon.embedded_store import EmbeddedStore, port_is_free
-from addon.rules import load_rules
-
+from backorigin.cli import mitmproxy_command
+from backorigin.embedded_store import EmbeddedStore, port_is_free
+from backorigin.rules import load_rules
 
 
 def serve_folder(folder: Path, port: int) -> ThreadingHTTPServer:
@@ -27,6 +27,7 @@ def serve_folder(folder: Path, port: int) -> ThreadingHTTPServer:
 
 
 def run_demo(rules: Path, state: Path, proxy_port: int, store_port: int, origin_port: int, ui: str) -> int:
+    """`ui`: "dump" (mitmdump) or "web" (mitmweb, with the decision column and view)."""
     # Ctrl-C and SIGTERM both stop the demo, even when a shell started it with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -41,11 +42,7 @@ def run_demo(rules: Path, state: Path, proxy_port: int, store_port: int, origin_
     origin = serve_folder(Path("sample-origin"), origin_port)
     try:
         store.create_buckets(list(rulebook.buckets))
-        command = [
-            str(Path(sys.executable).with_name(ui)), "-s", "addon/backorigin.py",
-            "--mode", f"reverse:{store.endpoint}", "--listen-host", "127.0.0.1", "--listen-port", str(proxy_port),
-            "--set", f"backorigin_rules={rules}",
-        ]
+        command = mitmproxy_command(ui, store.endpoint, rules, f"127.0.0.1:{proxy_port}", [])
         bucket = next(iter(rulebook.buckets), "example-bucket")
         print(
             f"demo: sample origin on http://127.0.0.1:{origin_port}/ (./sample-origin); buckets: "

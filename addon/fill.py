@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from email.utils import formatdate
 from pathlib import Path
 
-from addon.conditional import Validators
-from addon.integrity import decimal
-from addon.origin import OriginResult
-from addon.writeback import ObjectUpload
+from backorigin.conditional import Validators
+from backorigin.integrity import decimal
+from backorigin.origin import OriginResult
+from backorigin.writeback import ObjectUpload
 
 FillKey = tuple[str, str, str]  # (store endpoint, bucket, key)
 
@@ -87,6 +87,7 @@ class Fill:
         self._began.set()
 
     def write(self, chunk: bytes) -> None:
+        assert self._write_fd is not None, "no write after close_body"
         view = memoryview(chunk)
         while view:
             view = view[os.write(self._write_fd, view):]

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
@@ -33,11 +34,11 @@ class BodyCheck:
     etag: str | None = None
     gzip: bool = False
     digests: StoreETag = field(default_factory=lambda: StoreETag(PART_SIZE))
-    _inflater: "zlib._Decompress | None" = None
+    _inflater: zlib._Decompress | None = None
     _gzip_error: str = ""
 
     @classmethod
-    def for_headers(cls, headers) -> BodyCheck:
+    def for_headers(cls, headers: Mapping[str, str]) -> BodyCheck:
         encoding = (headers.get("content-encoding") or "").strip().lower()
         check = cls(headers.get("content-length"), headers.get("content-md5"), headers.get("etag"), encoding == "gzip")
         if check.gzip:

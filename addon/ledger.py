@@ -1,5 +1,5 @@
 """The miss ledger: one JSON line per matched miss (backorigin_ledger), and the backfill
-list made from it (`python -m addon backfill`): keys still missing from their bucket."""
+list made from it (`backorigin backfill`): keys still missing from their bucket."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from addon.decision import Decision
-from addon.storeprobe import store_has
+from backorigin.decision import Decision
+from backorigin.storeprobe import store_has
 
 
 class Ledger:

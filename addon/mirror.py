@@ -2,7 +2,7 @@
 
 `Mirror` owns the origin client, the fills in flight, the write-back and the store-existence
 cache. `start` begins (or joins) the one origin GET of an object; `reply` answers one client
-from it (addon.delivery); when the fetch ends, a good body is spooled (body, then manifest)
+from it (backorigin.delivery); when the fetch ends, a good body is spooled (body, then manifest)
 before any answer completes, and handed to the write-back. A fill stays registered until
 its write-back has landed, so every miss until then is served from the spool.
 """
@@ -16,16 +16,16 @@ from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
-from addon import objectmeta
-from addon.decision import Decision
-from addon.delivery import respond
-from addon.fill import Fill, FillKey, Fills, Settled
-from addon.origin import OriginClient, OriginRequest, OriginResult
-from addon.replies import Reply
-from addon.rules import RoutingRule
-from addon.s3 import ObjectRef
-from addon.storeprobe import ExistenceCache, StoreAnswer
-from addon.writeback import ObjectUpload, Outcome, WriteBack
+from backorigin import objectmeta
+from backorigin.decision import Decision
+from backorigin.delivery import respond
+from backorigin.fill import Fill, FillKey, Fills, Settled
+from backorigin.origin import OriginClient, OriginRequest, OriginResult
+from backorigin.replies import Reply
+from backorigin.rules import RoutingRule
+from backorigin.s3 import ObjectRef
+from backorigin.storeprobe import ExistenceCache, StoreAnswer
+from backorigin.writeback import ObjectUpload, Outcome, WriteBack
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class Mirror:
         if why:
             fill.path.unlink(missing_ok=True)  # readers keep their own descriptors
             return f"none ({why})"
+        assert fill.upload is not None  # a 200 began the fill
         upload = replace(fill.upload, size=result.size, md5=result.md5, etag=result.etag)
         fill.path = self.writeback.spool.body_of(self.writeback.submit(upload, fill.path))
         return "queued"

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import h11
 
-from addon.replies import Reply
-from addon.fill import FillBroken
+from backorigin.fill import FillBroken
+from backorigin.replies import Reply
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +86,23 @@ class MissServer:
         headers = [(k.encode("latin-1"), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers]
         if reply.stream is None and not any(k.lower() == "content-length" for k, _ in reply.headers):
             headers.append((b"content-length", str(len(reply.body)).encode()))
-        writer.write(connection.send(h11.Response(status_code=reply.status, headers=headers)))
+        send(connection, writer, h11.Response(status_code=reply.status, headers=headers))
         if request.method != b"HEAD":
             if reply.stream is not None:
                 async with contextlib.aclosing(reply.stream) as chunks:
                     async for chunk in chunks:
-                        writer.write(connection.send(h11.Data(data=chunk)))
+                        send(connection, writer, h11.Data(data=chunk))
                         await writer.drain()
             elif reply.body:
-                writer.write(connection.send(h11.Data(data=reply.body)))
-        writer.write(connection.send(h11.EndOfMessage()))
+                send(connection, writer, h11.Data(data=reply.body))
+        send(connection, writer, h11.EndOfMessage())
         await writer.drain()
+
+
+def send(connection: h11.Connection, writer: asyncio.StreamWriter, event: h11.Event) -> None:
+    data = connection.send(event)
+    assert data is not None  # None only for ConnectionClosed, which is never sent here
+    writer.write(data)
 
 
 async def _next_request(connection: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 
 from mitmproxy import http
 
-from addon.origin import STORABLE_HEADERS, OriginResult
-from addon.replies import oss_tag
-from addon.rules import RuleAction
-from addon.writeback import LAST_MODIFIED_META, ObjectUpload
+from backorigin.origin import STORABLE_HEADERS, OriginResult
+from backorigin.replies import oss_tag
+from backorigin.rules import RuleAction
+from backorigin.writeback import LAST_MODIFIED_META, ObjectUpload
 
 ORIGIN_URL_META = "backorigin-origin-url"
 ACAO_META = "access-control-allow-origin"

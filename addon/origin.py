@@ -22,8 +22,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from mitmproxy import http
 
-from addon.integrity import BodyCheck, decimal
-from addon.rules import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
+from backorigin.integrity import BodyCheck, decimal
+from backorigin.rules import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ run in an environment that has backorigin installed gets the fixtures `backorigi
 `backorigin_rules`; no conftest needed. A complete test file (async tests need
 pytest-asyncio, e.g. `asyncio_mode = "auto"`; `replay_sync` serves plain tests):
 
-    from addon.pytest_plugin import assert_decision, assert_no_decision, store_flow
+    from backorigin.pytest_plugin import assert_decision, assert_no_decision, store_flow
 
     RULES = {"photos": [  # bucket -> RoutingRules, or a whole rules document, or a rules file
         {"RuleNumber": 1,
@@ -58,10 +58,10 @@ if TYPE_CHECKING:
     from mitmproxy import http
     from mitmproxy.test import taddons
 
-    from addon.backorigin import BackOrigin
-    from addon.rules import RuleBook
+    from backorigin.backorigin import BackOrigin
+    from backorigin.rules import RuleBook
 
-# addon.decision's keys, without importing the addon here (tests/test_replay.py checks they agree)
+# backorigin.decision's keys, without importing the addon here (tests/test_replay.py checks they agree)
 METADATA_KEY = "backorigin"
 RECORDED_KEY = "backorigin_recorded"
 FlowSource = Union[str, "os.PathLike[str]", Iterable["http.HTTPFlow"]]
@@ -149,7 +149,7 @@ def store_flow(
     from mitmproxy.net.http import status_codes
     from mitmproxy.test import tflow, tutils
 
-    from addon import s3
+    from backorigin import s3
 
     parts = urlsplit(url)
     if not parts.hostname:
@@ -230,7 +230,7 @@ def _show(values: Mapping[str, Any]) -> str:
 
 
 def _decision_fields() -> set[str]:
-    from addon.decision import Decision
+    from backorigin.decision import Decision
 
     return {f.name for f in fields(Decision)}
 
@@ -246,7 +246,7 @@ def backorigin(tmp_path: Path) -> Iterator[BackOriginHarness]:
     from mitmproxy.addons.proxyserver import Proxyserver
     from mitmproxy.test import taddons
 
-    from addon.backorigin import BackOrigin
+    from backorigin.backorigin import BackOrigin
 
     owns_loop = not _loop_running()  # taddons.context makes its own event loop then
     addon = BackOrigin()

@@ -6,9 +6,9 @@ from urllib.parse import quote
 
 from mitmproxy import http
 
-from addon.origin import passable_query
-from addon.rules import RoutingRule
-from addon.s3 import ObjectRef
+from backorigin.origin import passable_query
+from backorigin.rules import RoutingRule
+from backorigin.s3 import ObjectRef
 
 # OSS adds a header for Alibaba Cloud CDN to AliCDN redirects but does not document its
 # name; ours is named for what it says, so CDN or client rules can act on it.

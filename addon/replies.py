@@ -10,14 +10,14 @@ content with explicit framing headers.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
-from addon.s3 import ObjectRef, error_body, new_request_id
+from backorigin.s3 import ObjectRef, error_body, new_request_id
 
 _PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
 Headers = list[tuple[str, str]]
@@ -28,7 +28,7 @@ class Reply:
     status: int
     headers: Headers
     body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None  # the object's bytes, when they are streamed
+    stream: AsyncGenerator[bytes, None] | None = None  # the object's bytes, when they are streamed
     outcome: str = ""  # for the flow's Decision
     detail: str = ""
     origin_status: int | None = None

@@ -81,15 +81,6 @@ def error_code(response: http.Response) -> str | None:
     return error_code_of(response.get_content(strict=False) or b"")
 
 
-def rules_status(method: str, status: int, body: bytes, unrecorded_replay: bool = False) -> int | None:
-    """The store's status as the rules see it; None when no rule may act on it. A GET's 404
-    counts only as NoSuchKey (not NoSuchBucket); a HEAD's 404 has no body to tell, nor has the
-    empty 404 that `--server-replay` gives a request it has no recording of."""
-    if status == 404 and method == "GET" and not unrecorded_replay and error_code_of(body) != "NoSuchKey":
-        return None
-    return status
-
-
 def error_body(code: str, message: str, ref: ObjectRef, request_id: str) -> bytes:
     """An S3-style XML error document, as the store itself would send."""
     return (

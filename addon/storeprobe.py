@@ -20,7 +20,7 @@ import botocore.exceptions
 import httpx
 from mitmproxy import http
 
-from addon.replies import Reply
+from backorigin.replies import Reply
 
 logger = logging.getLogger(__name__)
 

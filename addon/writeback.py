@@ -32,8 +32,9 @@ import botocore.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential_jitter
+from tenacity.stop import stop_base
 
-from addon.integrity import PART_SIZE
+from backorigin.integrity import PART_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,16 @@ def _log_retry(state: RetryCallState) -> None:
                 state.next_action.sleep if state.next_action else 0)
 
 
+class _StopWhen(stop_base):
+    """Stop retrying once `event` is set (a shutdown that has given up waiting)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.event.is_set()
+
+
 class WriteBack:
     """Spooled uploads in background threads; bounded, retried, resumable, drained at shutdown."""
 
@@ -190,10 +201,10 @@ class WriteBack:
         self.outcomes: Counter[str] = Counter()
         self._upload = retry(
             retry=retry_if_exception(_is_transient),
-            stop=stop_any(stop_after_attempt(attempts), lambda _: self._stopping.is_set()),
+            stop=stop_any(stop_after_attempt(attempts), _StopWhen(self._stopping)),
             wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
             before_sleep=_log_retry,
-            sleep=self._stopping.wait,  # a shutdown that has given up waiting ends the pauses too
+            sleep=self._stopping.wait,  # type: ignore[arg-type]  # a sync sleep (tenacity types only async); a given-up shutdown ends the pauses
             reraise=True,
         )(self._upload_once)
 

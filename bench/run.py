@@ -26,10 +26,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from addon.embedded_store import EmbeddedStore, free_ports
+from backorigin.embedded_store import EmbeddedStore, free_ports
 from bench import loadgen
 from bench.services import (
     CpuPlan,
@@ -79,7 +80,7 @@ class Row:
 @dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
-    raw: dict[str, object] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)  # the JSON document of results.json: entries of many shapes
     failures: list[str] = field(default_factory=list)  # wrong answers: printed after the table, exit status 1
 
     def add(self, number: str, scenario: str, figure: str, measured: str, target: str = "", met: bool | None = None,
@@ -380,6 +381,13 @@ def reference_miss_rows(report: Report) -> None:
         report.add("7", "reference", figure, value)
 
 
+class FlightRound(TypedDict):
+    origin_requests: int
+    statuses: list[int]
+    p50_ms: float
+    p99_ms: float
+
+
 async def _singleflight(port: int, path: str, clients: int) -> list[loadgen.Answer]:
     connections = await asyncio.gather(*(loadgen.Connection(port).open() for _ in range(clients)))
     try:
@@ -393,7 +401,7 @@ def scenario_singleflight(stack: Stack, report: Report, clients: int = 100) -> N
     """3: `clients` connections, opened first, then one GET each of the same missing key at once."""
     raw: dict[str, object] = {}
     for prefix, size_name in (("small", "1 KiB"), ("large", "8 MiB")):
-        rounds = []
+        rounds: list[FlightRound] = []
         for attempt in range(3):
             key = f"{prefix}/flight-{attempt}"
             answers = asyncio.run(_singleflight(stack.addon.port, f"/{BUCKET}/{key}", clients))
@@ -417,7 +425,14 @@ def scenario_singleflight(stack: Stack, report: Report, clients: int = 100) -> N
     report.raw["singleflight"] = raw
 
 
-async def _write_back_lag(proxy_port: int, store_port: int, rate: float, count: int, prefix: str) -> dict[str, object]:
+class LagResult(TypedDict):
+    lags: list[float]
+    latencies: list[float]
+    problems: list[str]
+    rate: float
+
+
+async def _write_back_lag(proxy_port: int, store_port: int, rate: float, count: int, prefix: str) -> LagResult:
     proxy = loadgen.Pool(proxy_port, 64)
     store = loadgen.Pool(store_port, 64)
     lags: list[float] = []
@@ -599,7 +614,24 @@ async def _readers_at_once(proxy_port: int, store_port: int, path: str, clients:
         store.close()
 
 
-def _huge_miss(stack: Stack, name: str, clients: int, expected_sha256: str) -> dict[str, object]:
+class HugeMiss(TypedDict):
+    clients: int
+    rss_at_rest_mib: int
+    vmhwm_mib: int
+    sampled_rss_peak_mib: int
+    sampled_rss_peak_at_s: float
+    rss_series_s_mib: list[tuple[float, int]]
+    origin_gets: int
+    proxy_cpu_s_until_delivered: float
+    proxy_cpu_s_until_landed: float
+    joined_log_lines: int
+    landed_s: float | None
+    stored_bytes: int | None
+    wrong: list[str]
+    downloads: list[dict[str, Any]]  # a Download's fields, and sha256_ok
+
+
+def _huge_miss(stack: Stack, name: str, clients: int, expected_sha256: str) -> HugeMiss:
     """A fresh mitmdump+addon (default settings); `clients` GETs of one missing 1 GiB key at
     once. Its VmHWM and sampled peak RSS, each client's times and sha256, the origin's GETs
     of the key, when the object was in the store."""
@@ -655,7 +687,13 @@ def _spread(values: list[float], unit: str = "s") -> str:
     return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f} {unit}"
 
 
-def _mixed_growth(stack: Stack, proxy: Mitmdump, tag: str, writes: bool) -> dict[str, object]:
+class MixedGrowth(TypedDict):
+    statuses: dict[str, int]
+    rss_kib: list[int]
+    growth_mib: float
+
+
+def _mixed_growth(stack: Stack, proxy: Mitmdump, tag: str, writes: bool) -> MixedGrowth:
     """RSS of `proxy` after a 1,000-request warm-up and after each further 1,000, up to 11,000.
 
     A single RSS reading swings by ±25 MiB (1 MiB bodies in flight, malloc arenas of the
@@ -701,7 +739,7 @@ def scenario_memory(stack: Stack, report: Report) -> None:
 
     log("writing the origin's 1 GiB body")
     expected = make_huge_file(stack.tmp / "origin-files")
-    runs = {}
+    runs: dict[str, HugeMiss] = {}
     for name, clients in (("eight", 8), ("single", 1)):
         log(f"1 GiB miss, {clients} client(s) at once ...")
         result = runs[name] = _huge_miss(stack, name, clients, expected)
@@ -712,7 +750,7 @@ def scenario_memory(stack: Stack, report: Report) -> None:
             f"({result['proxy_cpu_s_until_landed']} s until stored)")
     report.raw["memory_1gib"] = {"sha256": expected, **runs}
 
-    def problems(result: dict[str, object]) -> str:
+    def problems(result: HugeMiss) -> str:
         found = list(result["wrong"])
         if result["landed_s"] is None or result["stored_bytes"] != GiB:
             found.append(f"not in the store within {HUGE_WITHIN:g} s (stored: {result['stored_bytes']} bytes)")

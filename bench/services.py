@@ -72,7 +72,8 @@ class CpuPlan:
     def describe(self) -> str:
         if self.proxy is None:
             return "no CPU pinning"
-        return f"proxy under test on CPU {','.join(map(str, sorted(self.proxy)))}, everything else on CPU {','.join(map(str, sorted(self.rest or ())))}"
+        proxy, rest = ",".join(map(str, sorted(self.proxy))), ",".join(map(str, sorted(self.rest or ())))
+        return f"proxy under test on CPU {proxy}, everything else on CPU {rest}"
 
 
 def set_affinity(pid: int, cpus: set[int] | frozenset[int] | None) -> None:
@@ -189,7 +190,10 @@ class Processes:
         self._children.append((name, process, stop_signal))
         return process
 
-    def stop(self, process: subprocess.Popen, timeout: float = 20.0) -> int | None:
+    def stop(self, process: subprocess.Popen | None, timeout: float = 20.0) -> int | None:
+        """Stop one child (as close() would); None, a service's process before it was started, is a no-op."""
+        if process is None:
+            return None
         for name, child, stop_signal in list(self._children):
             if child is process:
                 self._children.remove((name, child, stop_signal))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from addon.embedded_store import EmbeddedStore, free_ports
+from backorigin.embedded_store import EmbeddedStore, free_ports
 from tests.origin_server import ScriptedOrigin, body_for
 from tests.support import Mitmdump, mirror_rule, write_rules
 
@@ -38,7 +38,7 @@ def rss_mib(pid: int) -> tuple[float, float]:
 
 async def client_loop(http: httpx.AsyncClient, base: str, hits: list[str], deadline: float, run: str,
                       results: Counter, unexpected: list, mirrored: set[str]) -> None:
-    kinds, weights = zip(*((k, share) for k, (share, _) in MIX.items()))
+    kinds, weights = zip(*((k, share) for k, (share, _) in MIX.items()), strict=True)
     while time.monotonic() < deadline:
         kind = random.choices(kinds, weights)[0]
         key = {
@@ -48,6 +48,7 @@ async def client_loop(http: httpx.AsyncClient, base: str, hits: list[str], deadl
             "failure": lambda: f"error500/{run}/{uuid.uuid4().hex}",
             "large": lambda: f"sized/{LARGE}/{run}/{uuid.uuid4().hex}",
         }[kind]()
+        status: int | str  # the HTTP status, or the name of the transport error
         try:
             answer = await http.get(f"{base}/{BUCKET}/{key}")
             status = answer.status_code
@@ -67,11 +68,13 @@ async def soak(proxy: Mitmdump, clients: int, seconds: float, hits: list[str], r
     samples: list[float] = []
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    assert proxy.process is not None, "soak() needs a started proxy"
+    pid = proxy.process.pid
     async with httpx.AsyncClient(limits=limits, timeout=60, trust_env=False) as http:
 
         async def sample_memory() -> None:
             while time.monotonic() < deadline:
-                samples.append(rss_mib(proxy.process.pid)[0])
+                samples.append(rss_mib(pid)[0])
                 await asyncio.sleep(1)
 
         await asyncio.gather(
@@ -102,6 +105,7 @@ def main() -> None:
             "backorigin_max_inline": "8m", "flow_detail": "0", "backorigin_writeback_queue": "100000",
             "backorigin_shutdown_timeout": "300",
         }).start()
+        assert proxy.process is not None
         start_rss = rss_mib(proxy.process.pid)[0]
         run = uuid.uuid4().hex[:8]
         print(f"soak: {args.clients} clients for {args.seconds:g} s against {proxy.url} ...", flush=True)

@@ -83,14 +83,15 @@ def make_test_ca(directory: Path) -> TestCA:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    valid = {"not_valid_before": now - datetime.timedelta(minutes=5), "not_valid_after": now + datetime.timedelta(days=1)}
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "backorigin test CA")])
     ca = (
         x509.CertificateBuilder(subject_name=ca_name, issuer_name=ca_name, public_key=ca_key.public_key(),
-                                serial_number=x509.random_serial_number(), **valid)
+                                serial_number=x509.random_serial_number(), not_valid_before=not_before,
+                                not_valid_after=not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
@@ -103,7 +104,8 @@ def make_test_ca(directory: Path) -> TestCA:
     server = (
         x509.CertificateBuilder(
             subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), issuer_name=ca_name,
-            public_key=server_key.public_key(), serial_number=x509.random_serial_number(), **valid)
+            public_key=server_key.public_key(), serial_number=x509.random_serial_number(),
+            not_valid_before=not_before, not_valid_after=not_after)
         .add_extension(x509.SubjectAlternativeName(
             [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -17,14 +17,15 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from addon.embedded_store import free_ports
+from backorigin.embedded_store import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+BACKORIGIN = str(Path(sys.executable).with_name("backorigin"))  # the console command pip installs
 
 
 def mirror_rule(number: int, mirror_url: str, prefix: str = "", suffix: str = "", **redirect) -> dict:
-    condition = {"HttpErrorCodeReturnedEquals": 404}
+    condition: dict[str, int | str] = {"HttpErrorCodeReturnedEquals": 404}
     if prefix:
         condition["KeyPrefixEquals"] = prefix
     if suffix:
@@ -86,6 +87,11 @@ class Mitmdump:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def client_ca(self) -> Path:
+        """mitmproxy's CA certificate, made at start-up in its confdir: what its HTTPS clients trust."""
+        return Path(self.options.get("confdir", self.workdir / "confdir")) / "mitmproxy-ca-cert.pem"
 
     @property
     def log_path(self) -> Path:

@@ -7,8 +7,8 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon import s3
-from addon.backorigin import BackOrigin, parse_size
+from backorigin import s3
+from backorigin.backorigin import BackOrigin, parse_size
 from tests.origin_server import body_for
 from tests.support import stored
 
@@ -95,6 +95,8 @@ async def test_flows_that_are_not_candidates_are_left_alone(addon, options, stor
     assert origin.requests_for(unique) == []
 
 
-@pytest.mark.parametrize("text, size", [("65536", 65536), ("512k", 512 * 1024), ("64m", 64 * 1024**2), ("1G", 1024**3), ("2gib", 2 * 1024**3)])
+@pytest.mark.parametrize(
+    "text, size", [("65536", 65536), ("512k", 512 * 1024), ("64m", 64 * 1024**2), ("1G", 1024**3), ("2gib", 2 * 1024**3)]
+)
 def test_sizes(text, size):
     assert parse_size("o", text) == size

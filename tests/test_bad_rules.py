@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.rules import RulesError, load_rules
+from backorigin.rules import RulesError, load_rules
 from tests.support import Mitmdump
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad-rules"
@@ -52,5 +52,6 @@ def test_a_corpus_file_stops_mitmdump_with_exit_status_1_and_the_message(tmp_pat
     proxy = Mitmdump(f"reverse:{store.endpoint}", path, tmp_path)
     with pytest.raises(RuntimeError, match="mitmdump exited with 1"):
         proxy.start()
+    assert proxy.process is not None
     assert proxy.process.returncode == 1
     assert f"{path}: {EXPECTED[path.name]}" in proxy.log()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from addon.embedded_store import EmbeddedStore, free_ports
+from backorigin.embedded_store import EmbeddedStore, free_ports
 from tests.clients import (
     CLIENTS,
     Client,

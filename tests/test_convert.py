@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from addon import rules as rules_module
-from addon.convert import (
+from backorigin import rules as rules_module
+from backorigin.convert import (
     BACKORIGIN_ONLY_FIELDS,
     ConversionError,
     aws_json_to_rules,
@@ -23,7 +23,7 @@ from addon.convert import (
     rules_to_oss_xml,
     website_to_rules,
 )
-from addon.rules import MAX_RULES_CEILING, RulesError, load_rules, parse_rules
+from backorigin.rules import MAX_RULES_CEILING, RulesError, load_rules, parse_rules
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -74,7 +74,9 @@ AWS_EXAMPLE_RULES = [
     {
         "RuleNumber": 1,
         "Condition": {"KeyPrefixEquals": "docs/"},
-        "Redirect": {"RedirectType": "External", "EnableReplacePrefix": True, "ReplaceKeyPrefixWith": "documents/", "HttpRedirectCode": 301},
+        "Redirect": {
+            "RedirectType": "External", "EnableReplacePrefix": True, "ReplaceKeyPrefixWith": "documents/", "HttpRedirectCode": 301
+        },
     },
     {
         "RuleNumber": 2,
@@ -135,7 +137,7 @@ FULL_DOCUMENT = {"Buckets": [{"Name": "photos", "RoutingRules": [
 
 def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "addon", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "backorigin", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
     )
 
 
@@ -284,7 +286,8 @@ def test_unreadable_xml_is_an_error_not_a_guess(xml, message):
     ],
 )
 def test_doctype_and_entity_declarations_are_refused(prolog):
-    xml = '<?xml version="1.0"?>' + prolog + oss_xml(mirror_rule_xml(1, "<MirrorHeaders><Set><Key>k</Key><Value>&lol2;</Value></Set></MirrorHeaders>"))
+    headers = "<MirrorHeaders><Set><Key>k</Key><Value>&lol2;</Value></Set></MirrorHeaders>"
+    xml = '<?xml version="1.0"?>' + prolog + oss_xml(mirror_rule_xml(1, headers))
     with pytest.raises(ConversionError, match="DOCTYPE and ENTITY declarations are refused"):
         oss_xml_to_rules(xml, "b")
 
@@ -421,7 +424,8 @@ def test_backorigin_only_fields_and_codes_oss_refuses_warn_on_export():
     xml, warnings = export(ours)
     assert "MirrorHost" not in xml
     assert warnings == [
-        "RuleNumber 1: Redirect.MirrorHost left out of the XML: backorigin only (the Host header sent to the origin); OSS has no such field",
+        "RuleNumber 1: Redirect.MirrorHost left out of the XML: backorigin only (the Host header sent to the origin);"
+        " OSS has no such field",
         "RuleNumber 2: Redirect.HttpRedirectCode 308 kept, but OSS accepts only 301, 302, 307",
     ]
 
@@ -429,7 +433,9 @@ def test_backorigin_only_fields_and_codes_oss_refuses_warn_on_export():
 def test_export_of_import_is_equivalent_to_the_oss_example():
     original = ET.fromstring(OSS_XML.read_text())
     for part in ("IndexDocument", "ErrorDocument"):
-        original.remove(original.find(part))
+        element = original.find(part)
+        assert element is not None, part
+        original.remove(element)
     xml, warnings = export(oss_xml_to_rules(OSS_XML.read_text(), "photos").value)
     assert warnings == []
     assert canonical(ET.fromstring(xml)) == canonical(original)

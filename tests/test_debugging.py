@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 from mitmproxy import io as flow_io
 from mitmproxy.test import taddons
 
-from addon.backorigin import BackOrigin
+from backorigin.backorigin import BackOrigin
 from tests.origin_server import body_for
 from tests.support import (
+    BACKORIGIN,
     REPO,
     Mitmdump,
     http_get,
@@ -112,7 +112,7 @@ def test_ledger_and_backfill_list(tmp_path, store, s3, origin, unique):
     assert [(e["key"], e["outcome"]) for e in entries] == [
         (f"ok/{unique}", "mirrored"), (f"missing/{unique}", "origin-404"), (f"passonly/{unique}", "mirrored")]
     listing = subprocess.run(
-        [sys.executable, "-m", "addon", "backfill", str(ledger), "--endpoint", store.endpoint],
+        [BACKORIGIN, "ledger-missing", str(ledger), "--store", store.endpoint],
         capture_output=True, text=True, cwd=REPO, env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
     )
     assert listing.returncode == 0, listing.stderr

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from addon.embedded_store import EmbeddedStore, free_ports
+from backorigin.embedded_store import EmbeddedStore, free_ports
 from tests.clients import sized_sha256, stored_sha256
 from tests.origin_server import body_for, sized_body
 from tests.support import (
@@ -179,7 +179,7 @@ def test_write_backs_survive_a_store_outage(tmp_path, own_store, durable_rules, 
         own_store.start()
         client = own_store.client()
         for key in keys:
-            wait_for(lambda: stored(client, BUCKET, key), within=90, every=0.5)
+            wait_for(lambda key=key: stored(client, BUCKET, key), within=90, every=0.5)
     finally:
         proxy.stop()
         relay.close()
@@ -198,6 +198,7 @@ def test_write_backs_survive_kill_9_of_the_proxy(tmp_path, store, s3, durable_ru
     keys = [f"ok/{unique}-{i}" for i in range(6)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda key: http_get(f"{first.url}/{BUCKET}/{key}"), keys))
+    assert first.process is not None
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
     stuck_store.close()

@@ -49,6 +49,7 @@ WRONG_ETAG = '"0123456789abcdef0123456789abcdef"'
 def request(method: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection, exactly these headers (plus Host): status, headers, body."""
     parts = urlsplit(url)
+    assert parts.hostname is not None, url
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
         connection.request(method, parts.path, headers=headers or {})

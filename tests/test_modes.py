@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -22,7 +23,7 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from addon.embedded_store import EmbeddedStore, free_ports
+from backorigin.embedded_store import EmbeddedStore, free_ports
 from tests.modes_support import (
     VENV_BIN,
     ModeMitmdump,
@@ -251,8 +252,11 @@ def test_vhost_regular_mode_with_the_host_header(vhost_regular, vhost_store, ori
     `curl -x PROXY -H 'Host: bucket.s3.test' http://STORE/key` sends): mitmproxy connects to
     the URL's address and passes Host on unchanged."""
     key = f"ok/{unique}"
-    get = lambda: requests.get(f"{vhost_store.endpoint}/{key}", headers={"Host": "mirror-bucket.s3.test"},
-                               proxies={"http": vhost_regular.url})
+
+    def get() -> requests.Response:
+        return requests.get(f"{vhost_store.endpoint}/{key}", headers={"Host": "mirror-bucket.s3.test"},
+                            proxies={"http": vhost_regular.url})
+
     first = get()
     assert first.status_code == 200 and first.content == body_for(f"/dir1/{key}")
     client = vhost_store.client()
@@ -325,17 +329,27 @@ def test_ca(tmp_path_factory):
     return make_test_ca(tmp_path_factory.mktemp("test-ca"))
 
 
+@dataclass
+class TlsStore(EmbeddedStore):
+    https_port: int = 0  # also in extra_args, as -s3.port.https
+
+    @property
+    def https_endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+
 @pytest.fixture(scope="module")
 def tls_store(tmp_path_factory, test_ca, stores):
     """A store with an HTTPS port too (readiness is checked on its plain port; the proxy and
     the write-backs only ever use HTTPS)."""
     https_port = free_ports(1)[0]
-    store = start_store(stores, EmbeddedStore(
+    store = TlsStore(
         tmp_path_factory.mktemp("tls-store"), free_ports(1, with_grpc=True)[0],
         extra_args=(f"-s3.port.https={https_port}", f"-s3.cert.file={test_ca.server_cert}",
                     f"-s3.key.file={test_ca.server_key}"),
-    ))
-    store.https_endpoint = f"https://127.0.0.1:{https_port}"
+        https_port=https_port,
+    )
+    start_store(stores, store)
     s3_client(store.https_endpoint, verify=str(test_ca.ca_cert)).create_bucket(Bucket="tls-bucket")
     return store
 
@@ -356,7 +370,7 @@ def tls_proxy(tmp_path_factory, tls_store, tls_rules, test_ca):
         {"ssl_verify_upstream_trusted_ca": str(test_ca.ca_cert)},
         env={"AWS_CA_BUNDLE": str(test_ca.ca_cert)},
     ).start()
-    proxy.client_ca = workdir / "confdir" / "mitmproxy-ca-cert.pem"  # made at start-up; clients trust it
+    assert proxy.client_ca == workdir / "confdir" / "mitmproxy-ca-cert.pem"  # made at start-up; clients trust it
     yield proxy
     proxy.stop()
 

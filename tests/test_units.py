@@ -8,8 +8,8 @@ import hashlib
 import pytest
 from mitmproxy.test import tutils
 
-from addon import objectmeta, replies, s3
-from addon.conditional import (
+from backorigin import objectmeta, replies, s3, storeanswer
+from backorigin.conditional import (
     Answer,
     RangeNotSatisfiable,
     Validators,
@@ -17,8 +17,8 @@ from addon.conditional import (
     needs_etag,
     plan,
 )
-from addon.integrity import StoreETag
-from addon.origin import (
+from backorigin.integrity import StoreETag
+from backorigin.origin import (
     OriginResult,
     UnsafeKey,
     origin_headers,
@@ -27,9 +27,9 @@ from addon.origin import (
     passable_query,
     should_switch,
 )
-from addon.redirect import location
-from addon.rules import parse_rules
-from addon.writeback import ObjectUpload
+from backorigin.redirect import location
+from backorigin.rules import parse_rules
+from backorigin.writeback import ObjectUpload
 
 
 def request(path: str, **kwargs):
@@ -62,12 +62,34 @@ def test_subresources_are_not_plain_object_calls():
 
 def test_no_such_key_is_told_apart_from_no_such_bucket():
     body = s3.error_body("NoSuchKey", "m", s3.ObjectRef("b", "k"), "id")
-    assert s3.rules_status("GET", 404, body) == 404
+    assert storeanswer.rules_status("GET", 404, body) == 404
     other = s3.error_body("NoSuchBucket", "m", s3.ObjectRef("b", "k"), "id")
-    assert s3.rules_status("GET", 404, other) is None
-    assert s3.rules_status("HEAD", 404, b"") == 404  # a HEAD has no body to tell
-    assert s3.rules_status("GET", 404, b"", unrecorded_replay=True) == 404
-    assert s3.rules_status("GET", 403, body) == 403
+    assert storeanswer.rules_status("GET", 404, other) is None
+    assert storeanswer.rules_status("HEAD", 404, b"") == 404  # a HEAD has no body to tell
+    assert storeanswer.rules_status("GET", 404, b"", unrecorded_replay=True) == 404
+    assert storeanswer.rules_status("GET", 403, body) == 403
+
+
+@pytest.mark.parametrize("status, present", [(200, True), (206, True), (304, True), (412, True), (416, True),
+                                             (404, False), (403, False), (500, False), (301, False)])
+def test_what_shows_that_the_store_has_the_object(status, present):
+    assert storeanswer.shows_object(status) is present
+
+
+def test_only_access_denied_may_hide_a_miss_and_only_when_asked():
+    denied = s3.error_body("AccessDenied", "m", s3.ObjectRef("b", "k"), "id")
+    forged = s3.error_body("SignatureDoesNotMatch", "m", s3.ObjectRef("b", "k"), "id")
+    assert storeanswer.may_hide_a_miss(403, denied, denied_is_miss=True)
+    assert not storeanswer.may_hide_a_miss(403, denied, denied_is_miss=False)
+    assert not storeanswer.may_hide_a_miss(403, forged, denied_is_miss=True)
+    assert not storeanswer.may_hide_a_miss(404, denied, denied_is_miss=True)
+
+
+def test_a_replayed_flow_carries_the_store_status_it_was_recorded_with():
+    assert storeanswer.recorded_status(None) is None
+    assert storeanswer.recorded_status({"store_status": 500, "action": "redirect"}) == 500
+    assert storeanswer.recorded_status({"action": "mirror"}) == 404  # recorded before store_status was kept
+    assert storeanswer.recorded_status({"action": "redirect"}) is None
 
 
 # origin URL and headers ---------------------------------------------------------------------

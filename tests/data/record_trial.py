@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from addon.embedded_store import EmbeddedStore, free_ports  # noqa: E402
+from backorigin.embedded_store import EmbeddedStore, free_ports  # noqa: E402
 from tests.origin_server import ScriptedOrigin  # noqa: E402
 from tests.support import Mitmdump, http_get, mirror_rule, wait_for, write_rules  # noqa: E402
 

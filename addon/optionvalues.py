@@ -1,0 +1,28 @@
+"""Option values given as text (mitmproxy's --set parses no floats) and read as numbers."""
+
+from __future__ import annotations
+
+import re
+
+from mitmproxy import exceptions
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_seconds(option: str, text: str) -> float:
+    """Seconds given as text ("10", "0.5"): mitmproxy's --set cannot parse floats."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise exceptions.OptionsError(f"{option}: {text!r} is not a positive number of seconds")
+    return seconds
+
+
+def parse_size(option: str, text: str) -> int:
+    """Bytes given as text: "65536", "512k", "64m", "1g" (binary multiples)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise exceptions.OptionsError(f"{option}: {text!r} is not a size (like 512k, 64m, 1g)")
+    return int(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
