@@ -43,9 +43,11 @@ from backorigin.origin import OriginClient, OriginRequest, Timeouts, UnsafeKey, 
 from backorigin.rules import LOOP_HEADER, RoutingRule, RuleBook
 from backorigin.rulesfile import RulesFile
 from backorigin.storeprobe import StoreAnswer, StoreProbe, store_has
+from backorigin.tombstones import Tombstones, make_tombstones, mirrored_by
 from backorigin.writeback import WriteBack
 
 logger = logging.getLogger(__name__)
+DELETING_KEY = "backorigin_deleting"  # a delete's keys, from its request hook to its response hook
 # mitmproxy sets the root logger to DEBUG and turns every record into an event on its loop:
 # the HTTP and AWS libraries' dozens of DEBUG records per request would cost more than the work
 for library in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3"):
@@ -79,6 +81,9 @@ class BackOrigin:
         self._dry_run = False
         self._mirror_heads = True
         self.probe: StoreProbe  # made in configure, from mitmproxy's upstream TLS options
+        self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
+        self._deletes_stick = True
+        self._deleting: set[tuple[str, str]] = set()  # deletes sent to the store, not yet answered
         self.server = MissServer()
         self.misses: dict[str, Rerouted] = {}  # flow id -> its miss, while the miss server answers it
         self._s3_endpoint: str | None = None
@@ -136,6 +141,17 @@ class BackOrigin:
             "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
             "(stores answer 403 instead of 404 to callers without ListBucket).",
         )
+        loader.add_option(
+            "backorigin_deletes", str, "stick",
+            "'stick': a DeleteObject/DeleteObjects through the proxy leaves a tombstone, so the key is never mirrored "
+            "again until a PUT, CopyObject or CompleteMultipartUpload of it; 'resurrect': OSS's behaviour (the next "
+            "GET mirrors it back).",
+        )
+        loader.add_option(
+            "backorigin_tombstones", Optional[str], None,  # type: ignore[arg-type]
+            "Where tombstones live: default a folder beside the spool (one proxy); s3://BUCKET/PREFIX/ keeps them "
+            "in the store (written create-only), shared by every proxy in front of it.",
+        )
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
         loader.add_option("backorigin_ledger", Optional[str], None,  # type: ignore[arg-type]
@@ -151,6 +167,10 @@ class BackOrigin:
             self.origin.max_inline = parse_size("backorigin_max_inline", options.backorigin_max_inline)
         if "backorigin_shutdown_timeout" in updated:
             parse_seconds("backorigin_shutdown_timeout", options.backorigin_shutdown_timeout)
+        if "backorigin_deletes" in updated and options.backorigin_deletes not in ("stick", "resurrect"):
+            raise exceptions.OptionsError(
+                f"backorigin_deletes: {options.backorigin_deletes!r} is neither 'stick' nor 'resurrect'"
+            )
         if "backorigin_head_on_miss" in updated and options.backorigin_head_on_miss not in ("object", "oss"):
             raise exceptions.OptionsError(
                 f"backorigin_head_on_miss: {options.backorigin_head_on_miss!r} is neither 'object' nor 'oss'"
@@ -177,6 +197,10 @@ class BackOrigin:
             self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
         if "backorigin_spool_fsync" in updated:
             self.mirror.fsync = self.mirror.writeback.spool.fsync = options.backorigin_spool_fsync
+        if not configured or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
+            self.tombstones = make_tombstones(options, self.mirror.writeback.spool.directory)
+            self.mirror.writeback.deleted = lambda upload: self._deleted_now(upload.bucket, upload.key)
+        self._deletes_stick = options.backorigin_deletes == "stick"
         if not configured or {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.probe = StoreProbe(upstream_verification(options))
 
@@ -211,6 +235,10 @@ class BackOrigin:
             return
         if not flow.live:
             set_aside_recorded(flow)
+        if self._deletes_stick and self._acts(flow) and flow.response is None:
+            if deleted := self._deleted_by(flow):
+                await self._before_delete(flow, deleted)
+                return
         ref = self._candidate(flow)
         if ref is None:
             return
@@ -231,12 +259,16 @@ class BackOrigin:
                 add_debug_header(flow.response, rerouted.miss.decision())
 
     def error(self, flow: http.HTTPFlow) -> None:
+        for ref in flow.metadata.pop(DELETING_KEY, []):
+            self._deleting.discard(tuple(ref))
         if miss := self.misses.pop(flow.id, None):
             self.server.withdraw(miss.ticket)  # unused when the client left before mitmproxy came to it
             flow.request = miss.client_request
             self._record(flow, miss.miss.decision("broken", str(flow.error)))
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        if self._deletes_stick and self._acts(flow) and flow.response is not None:
+            await self._after_write(flow, flow.response)
         if miss := self.misses.pop(flow.id, None):
             flow.request = miss.client_request  # recordings and the UI show what the client asked
             self._record(flow, miss.miss.decision(), header=False)  # responseheaders added it
@@ -286,6 +318,8 @@ class BackOrigin:
         if not rule.Redirect.is_mirror:
             self._redirect(flow, ref, rule, store_status=status)
             return
+        if await self._no_resurrection(flow, ref, rule, answer.headers):
+            return
         store_404 = answer if answer.status == 404 else StoreAnswer(404, (), b"")
         await self._reroute_miss(flow, ref, rule, endpoint, store_404)
 
@@ -318,6 +352,8 @@ class BackOrigin:
             self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, origin_url=origin_request.url,
                                         store_status=404))
             return
+        if await self._no_resurrection(flow, ref, rule, tuple(response.headers.items(multi=True))):
+            return
         endpoint = self._endpoint(flow.request)
         self.mirror.known.discard((endpoint, ref.bucket, ref.key))
         miss = self.mirror.start(endpoint, ref, rule, origin_request)
@@ -327,6 +363,70 @@ class BackOrigin:
             reply = await collect(reply, self.origin.max_inline) or replies.slow_down(ref)
         flow.response = replies.to_response(flow.request, reply)
         self._record(flow, miss.decision())
+
+    # deletes that stick ---------------------------------------------------------------------
+
+    def _deleted_by(self, flow: http.HTTPFlow) -> list[s3.ObjectRef]:
+        """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete."""
+        kind = s3.write_kind(flow.request)
+        if kind == "delete":
+            refs = [ref] if (ref := self._object(flow)) else []
+        elif kind == "delete-many" and (bucket := s3.bucket_of(flow.request, self.vhost_domains)):
+            refs = [s3.ObjectRef(bucket, key) for key in s3.keys_in(flow.request.raw_content or b"", "Object")]
+        else:
+            return []
+        return [ref for ref in refs if mirrored_by(self.rulebook.rules_for(ref.bucket), ref.key)]
+
+    async def _before_delete(self, flow: http.HTTPFlow, refs: list[s3.ObjectRef]) -> None:
+        """Before the delete goes to the store: no miss of these keys mirrors from now on, a fill
+        under way is never stored, a queued write-back is withdrawn and one being uploaded
+        lands first, so the delete always comes last."""
+        endpoint = self._endpoint(flow.request)
+        for ref in refs:
+            self._deleting.add((ref.bucket, ref.key))
+            await self.mirror.forget((endpoint, ref.bucket, ref.key))
+        flow.metadata[DELETING_KEY] = [[ref.bucket, ref.key] for ref in refs]
+
+    async def _after_write(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        """The store's answer to a write: a delete that succeeded leaves tombstones; a PUT,
+        copy or completed multipart upload of a key clears its tombstone."""
+        deleting = [s3.ObjectRef(*ref) for ref in flow.metadata.pop(DELETING_KEY, [])]
+        succeeded = 200 <= response.status_code < 300
+        if deleting and succeeded:
+            refused = set(s3.keys_in(response.raw_content or b"", "Error")) if s3.write_kind(flow.request) == "delete-many" else set()
+            done = [ref for ref in deleting if ref.key not in refused]
+            for ref in done:
+                await asyncio.to_thread(self.tombstones.add, ref.bucket, ref.key)
+            logger.info("tombstone(s) for %s", ", ".join(f"s3://{r.bucket}/{r.key}" for r in done))
+        for ref in deleting:
+            self._deleting.discard((ref.bucket, ref.key))
+        written = self._object(flow) if succeeded and s3.write_kind(flow.request) == "create" else None
+        if written and mirrored_by(self.rulebook.rules_for(written.bucket), written.key) and await self._is_tombstoned(written):
+            await asyncio.to_thread(self.tombstones.discard, written.bucket, written.key)
+            logger.info("tombstone of s3://%s/%s cleared by a write", written.bucket, written.key)
+
+    def _deleted_now(self, bucket: str, key: str) -> bool:
+        """Blocking (the shared tombstones ask the store): for write-back threads."""
+        return self._deletes_stick and ((bucket, key) in self._deleting or (bucket, key) in self.tombstones)
+
+    async def _is_tombstoned(self, ref: s3.ObjectRef) -> bool:
+        return (ref.bucket, ref.key) in self._deleting or await asyncio.to_thread(
+            self.tombstones.__contains__, (ref.bucket, ref.key))
+
+    async def _no_resurrection(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule,
+                               store_headers: tuple[tuple[str, str], ...]) -> bool:
+        """A 404 that must not mirror: a versioned bucket's delete marker, or a tombstone. The
+        store's own 404 then goes to the client, and the origin is not asked."""
+        if any(k.lower() == "x-amz-delete-marker" and v.strip().lower() == "true" for k, v in store_headers):
+            why = "delete-marker"
+        elif self._deletes_stick and await self._is_tombstoned(ref):
+            why = "deleted"
+        else:
+            return False
+        self._record(flow, Decision(ref.bucket, ref.key, "mirror", rule.RuleNumber, outcome=why, store_status=404,
+                                    detail="deleted through the proxy: not mirrored" if why == "deleted" else
+                                    "the store has a delete marker: not mirrored"))
+        return True
 
     def _origin_request(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule) -> OriginRequest | None:
         """What to ask the origin; None (decided and logged) for a key that cannot be mirrored."""

@@ -1,15 +1,17 @@
 """The backorigin.* commands for people at the console or in mitmweb: explain a URL, counters,
-pending write-backs. (`backorigin.reload` belongs to the rules file, addon.rulesfile.)"""
+tombstones, pending write-backs. (`backorigin.reload` belongs to the rules file, addon.rulesfile.)"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
-from mitmproxy import command
+from mitmproxy import command, exceptions
 
 from backorigin.explain import explain
+from backorigin.tombstones import describe
 
 if TYPE_CHECKING:
     from backorigin.backorigin import BackOrigin
@@ -31,6 +33,26 @@ class Commands:
         counts = {**self.core.stats.counts, **{f"writebacks.{k}": v for k, v in writeback.outcomes.items()}}
         counts["writebacks.pending"] = writeback.pending
         return json.dumps(dict(sorted(counts.items())), indent=1)
+
+    @command.command("backorigin.tombstones")
+    def tombstones(self) -> Sequence[str]:
+        """Keys deleted through the proxy that are never mirrored again (s3://bucket/key)."""
+        return describe(iter(self.core.tombstones))
+
+    @command.command("backorigin.tombstones.clear")
+    def clear_tombstones(self, url: str) -> int:
+        """Clear the tombstone of s3://bucket/key, or every tombstone under s3://bucket/prefix*
+        (s3://bucket/* for a whole bucket); the keys mirror again. Returns how many were cleared."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise exceptions.CommandError(f"{url!r} is not s3://bucket/key or s3://bucket/prefix*")
+        path = unquote(parts.path.lstrip("/"))
+        prefix, every = (path[:-1], True) if path.endswith("*") else (path, False)
+        chosen = [(bucket, key) for bucket, key in self.core.tombstones
+                  if bucket == parts.netloc and (key.startswith(prefix) if every else key == prefix)]
+        for bucket, key in chosen:
+            self.core.tombstones.discard(bucket, key)
+        return len(chosen)
 
     @command.command("backorigin.pending")
     def pending(self) -> Sequence[str]:

@@ -60,6 +60,8 @@ class Fill:
         self._grew = asyncio.Event()
         self._began = asyncio.Event()
         self.landed = asyncio.Event()  # the write-back has ended (stored, or found there, or failed)
+        self.manifest: Path | None = None  # its write-back's manifest, once spooled
+        self.deleted = False  # deleted through the proxy while it was arriving: never spooled
 
     @classmethod
     def spooled(cls, key: FillKey, path: Path, upload: ObjectUpload) -> Fill:
@@ -71,6 +73,7 @@ class Fill:
         fill.settled = Settled(OriginResult(upload.metadata.get("backorigin-origin-url", ""), 200, size=upload.size,
                                             md5=upload.md5, etag=upload.etag), "queued")
         fill._grew, fill._began, fill.landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        fill.manifest, fill.deleted = None, False
         fill._began.set()
         fill._grew.set()
         return fill

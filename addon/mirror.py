@@ -101,6 +101,7 @@ class Mirror:
         for manifest, upload in self.writeback.resume(endpoint):
             if upload.etag:  # spooled by a version that announced no ETag: only uploaded
                 fill = Fill.spooled((upload.endpoint, upload.bucket, upload.key), self.writeback.spool.body_of(manifest), upload)
+                fill.manifest = manifest
                 self.fills.add(fill)
 
     def _describer(self, endpoint: str, ref: ObjectRef, rule: RoutingRule) -> Callable[..., ObjectUpload]:
@@ -131,6 +132,9 @@ class Mirror:
             why = "no object"
         elif rule.Redirect.MirrorProxyPass:
             why = "MirrorProxyPass"
+        elif fill.deleted:
+            why = "deleted through the proxy meanwhile"
+            logger.info("not stored: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
         elif result.not_storable:
             why = result.not_storable
             logger.warning("not stored: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
@@ -142,8 +146,21 @@ class Mirror:
             return f"none ({why})"
         assert fill.upload is not None  # a 200 began the fill
         upload = replace(fill.upload, size=result.size, md5=result.md5, etag=result.etag)
-        fill.path = self.writeback.spool.body_of(self.writeback.submit(upload, fill.path))
+        fill.manifest = self.writeback.submit(upload, fill.path)
+        fill.path = self.writeback.spool.body_of(fill.manifest)
         return "queued"
+
+    async def forget(self, key: FillKey) -> None:
+        """A delete of the object is on its way to the store: no fill or write-back of it may
+        recreate it. Clients already reading a fill still get their bytes."""
+        self.known.discard(key)
+        fill = self.fills.get(key)
+        if fill is None:
+            return
+        self.fills.drop(fill)
+        fill.deleted = True
+        if fill.manifest is not None:
+            await self.writeback.withdraw(fill.manifest)
 
     def _landed(self, upload: ObjectUpload, outcome: Outcome) -> None:
         key = (upload.endpoint, upload.bucket, upload.key)

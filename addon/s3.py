@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from mitmproxy import http
@@ -69,6 +70,49 @@ def object_ref(request: http.Request, virtual_host_domains: Sequence[str] = ()) 
 def is_plain_object_call(request: http.Request) -> bool:
     """True unless a sub-resource parameter makes the request another API call."""
     return "?" not in request.path or not any(name in SUBRESOURCES for name in request.query.keys())
+
+
+def write_kind(request: http.Request) -> str | None:
+    """What a write does to objects: "delete" (DeleteObject), "delete-many" (DeleteObjects),
+    "create" (PutObject, CopyObject, CompleteMultipartUpload); None for anything else."""
+    method = request.method
+    plain = is_plain_object_call(request)
+    if method == "DELETE" and plain:
+        return "delete"
+    if method == "POST" and "?" in request.path:
+        names = set(request.query.keys())
+        if names == {"delete"}:
+            return "delete-many"
+        if "uploadId" in names:
+            return "create"
+    if method == "PUT" and plain:
+        return "create"
+    return None
+
+
+def bucket_of(request: http.Request, virtual_host_domains: Sequence[str] = ()) -> str | None:
+    """The bucket a bucket-level request (`/bucket?delete`) names."""
+    if virtual_host_domains:
+        host = request.pretty_host.lower().rstrip(".")
+        for domain in virtual_host_domains:
+            if host.endswith("." + domain.lower()):
+                return host[: -len(domain) - 1]
+    bucket = request.path.split("?", 1)[0].lstrip("/").split("/", 1)[0]
+    return unquote(bucket) or None
+
+
+def keys_in(xml: bytes, element: str) -> list[str]:
+    """The <Key> of every `element` in a DeleteObjects request or answer (<Object>, <Deleted>, <Error>)."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return []
+    return [key.text or "" for node in root.iter() if _local(node.tag) == element
+            for key in node if _local(key.tag) == "Key"]
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
 
 
 def error_code_of(body: bytes) -> str | None:

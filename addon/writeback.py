@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -50,7 +51,7 @@ _PUT_PARAMS = {
     "content-language": "ContentLanguage",
 }
 
-Outcome = Literal["stored", "exists", "deferred", "failed", "dropped"]
+Outcome = Literal["stored", "exists", "deferred", "failed", "dropped", "deleted"]
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,10 @@ def _log_retry(state: RetryCallState) -> None:
                 state.next_action.sleep if state.next_action else 0)
 
 
+class Deleted(Exception):
+    """The object was deleted through a proxy: its write-back must not recreate it."""
+
+
 class _StopWhen(stop_base):
     """Stop retrying once `event` is set (a shutdown that has given up waiting)."""
 
@@ -191,10 +196,14 @@ class WriteBack:
         self.spool = Spool(spool_dir, fsync)
         self.max_pending = max_pending
         self.landed = landed  # called on the event loop when a write-back has ended for good
+        # whether the object was deleted through a proxy (a tombstone): checked in the worker
+        # right before each upload, so no write-back recreates a deleted object
+        self.deleted: Callable[[ObjectUpload], bool] = lambda upload: False
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writeback")
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
-        self._pending: set[asyncio.Future[Outcome]] = set()
+        self._pending: dict[Path, concurrent.futures.Future[Outcome]] = {}  # by manifest
+        self._withdrawn: set[Path] = set()  # cancelled because of a delete
         self._deferred: dict[Path, ObjectUpload] = {}  # store unreachable for now; retried later
         self._deferred_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -248,22 +257,44 @@ class WriteBack:
         return len(deferred)
 
     def _run(self, manifest: Path, upload: ObjectUpload) -> None:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._store, manifest, upload)
-        self._pending.add(future)
-        future.add_done_callback(lambda done: self._finished(done, upload))
+        future = self._executor.submit(self._store, manifest, upload)
+        self._pending[manifest] = future
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, manifest, done, upload))
 
-    def _finished(self, future: asyncio.Future[Outcome], upload: ObjectUpload) -> None:
-        self._pending.discard(future)
-        outcome: Outcome = future.result() if not future.cancelled() and not future.exception() else "failed"
+    def _finished(self, manifest: Path, future: concurrent.futures.Future[Outcome], upload: ObjectUpload) -> None:
+        if self._pending.get(manifest) is future:
+            del self._pending[manifest]
+        if future.cancelled():  # withdrawn for a delete, or left spooled by a shutdown
+            outcome: Outcome = "deleted" if manifest in self._withdrawn else "deferred"
+            self._withdrawn.discard(manifest)
+        else:
+            outcome = future.result() if not future.exception() else "failed"
         self.outcomes[outcome] += 1
         if outcome != "deferred":
             self.landed(upload, outcome)
+
+    async def withdraw(self, manifest: Path) -> None:
+        """A delete of the object is on its way to the store: its write-back must not land
+        after it. One no worker has started is cancelled and unspooled; one being uploaded is
+        waited for, so the delete reaches the store after it."""
+        with self._deferred_lock:
+            deferred = self._deferred.pop(manifest, None) is not None
+        future = self._pending.get(manifest)
+        if future is not None and not future.cancel():
+            await asyncio.wrap_future(future)  # being uploaded: the delete goes to the store after it
+            return
+        if future is not None:
+            self._withdrawn.add(manifest)  # read by _finished, which the loop runs after this
+        elif deferred:
+            self.outcomes["deleted"] += 1
+        self.spool.finish(manifest)
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for pending uploads; what is left stays spooled."""
         if self._pending:
             logger.info("waiting up to %gs for %d pending write-back(s)", timeout, len(self._pending))
-            _, unfinished = await asyncio.wait(set(self._pending), timeout=timeout)
+            _, unfinished = await asyncio.wait([asyncio.wrap_future(f) for f in self._pending.values()], timeout=timeout)
             if unfinished:
                 logger.warning(
                     "%d write-back(s) still pending; they stay in %s and resume at the next start",
@@ -275,6 +306,10 @@ class WriteBack:
     def _store(self, manifest: Path, upload: ObjectUpload) -> Outcome:
         try:
             self._upload(upload, self.spool.body_of(manifest))
+        except Deleted:
+            logger.info("write-back of %s dropped: the object was deleted through a proxy", upload.where)
+            self.spool.finish(manifest)
+            return "deleted"
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") == "PreconditionFailed":
                 logger.info("write-back skipped, %s already exists", upload.where)
@@ -298,6 +333,8 @@ class WriteBack:
         return "failed"
 
     def _upload_once(self, upload: ObjectUpload, body_path: Path) -> None:
+        if self.deleted(upload):  # before every attempt: a retried upload may outlive a delete
+            raise Deleted(upload.where)
         client = self.client(upload.endpoint)
         if upload.size < PART_SIZE:  # one PUT, which the store checks against Content-MD5
             with open(body_path, "rb") as body:
