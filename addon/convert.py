@@ -19,7 +19,6 @@ from xml.parsers import expat
 
 from pydantic import BaseModel, SecretStr
 
-from backorigin.integrity import decimal
 from backorigin.rules import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
@@ -30,6 +29,9 @@ from backorigin.rules import (
     RuleAction,
     RuleBook,
     RulesError,
+    oss_boolean,
+    oss_codes,
+    oss_integer,
     parse_rules,
     read_json,
 )
@@ -40,7 +42,7 @@ T = TypeVar("T")
 BACKORIGIN_ONLY_FIELDS = {
     "MirrorHost": "backorigin only (the Host header sent to the origin); OSS has no such field",
 }
-# OSS writes these lists as one comma-separated text, not as repeated elements.
+# OSS writes these lists as one comma-separated text, not as repeated elements (in XML and in its SDKs).
 COMMA_SEPARATED_FIELDS = frozenset({"TransparentMirrorResponseCodes"})
 # OSS and AWS answer 301 when a redirect rule names no code; ours defaults to 302, so the code is
 # always written out in both directions.
@@ -224,21 +226,27 @@ def _read_value(element: ET.Element, kind: Kind, label: str, where: str, warning
     if kind == "int":
         return _integer(text, label, where)
     if kind == "codes":
-        return [_integer(code, label, where) for code in text.split(",") if code.strip()]
+        return [_integer(code, label, where) for code in oss_codes(text)]
     return text
 
 
+# OSS's value forms are read by the functions the rules file's validation uses, so XML, the SDKs'
+# JSON and rules.json agree on what "true", "404" and "404,500" mean.
+
 def _boolean(text: str, label: str, where: str) -> bool:
-    value = text.strip().lower()
-    if value not in ("true", "false"):
-        raise ConversionError(f"{label}: {where}: {text!r} is neither true nor false")
-    return value == "true"
+    try:
+        value = oss_boolean(text)
+    except ValueError as e:
+        raise ConversionError(f"{label}: {where}: {e}") from None
+    return bool(value)
 
 
 def _integer(value: str | int, label: str, where: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and (number := decimal(value)) is not None:
+    try:
+        number = oss_integer(value)
+    except ValueError as e:
+        raise ConversionError(f"{label}: {where}: {e}") from None
+    if isinstance(number, int) and not isinstance(number, bool):
         return number
     raise ConversionError(f"{label}: {where}: {value!r} is not a whole number")
 

@@ -3,6 +3,11 @@
 The file is JSON: {"Buckets": [{"Name": ..., "RoutingRules": [RoutingRule, ...]}]}.
 Validation is pydantic's (unknown fields are errors); every error message names the
 file, the bucket, the RuleNumber and the field, so a bad edit is found at once.
+
+Every value may be written as JSON has it (404, true, [404, 500]) or as OSS's API and SDKs
+serialise it (numbers and booleans as strings, "404", "true", and TransparentMirrorResponseCodes
+as one comma-separated string, "404,500"), so a configuration carried over from OSS loads as is.
+One mechanism does it: the OssInt, OssBool and OssCodes types below.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -70,6 +76,49 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# -- OSS's value forms -------------------------------------------------------------------------
+# Strict validation refuses "404" for a number and "true" for a boolean; these run first and turn
+# OSS's string forms into JSON's, and anything else that is not a string is left to the strict check.
+
+_WHOLE_NUMBER = re.compile(r"\s*([+-]?[0-9]{1,18})\s*")  # ASCII digits only; int() also reads '٤٠٤'
+
+
+def oss_integer(value: Any) -> Any:
+    """A number as OSS's SDKs write it ("404") or as JSON has it (404)."""
+    if isinstance(value, str):
+        match = _WHOLE_NUMBER.fullmatch(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a whole number")
+        return int(match.group(1))
+    return value
+
+
+def oss_boolean(value: Any) -> Any:
+    """A boolean as OSS's SDKs write it ("true", "false", any case) or as JSON has it."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word not in ("true", "false"):
+            raise ValueError(f"{value!r} is neither true nor false")
+        return word == "true"
+    return value
+
+
+def oss_codes(value: Any) -> Any:
+    """Status codes as OSS has them, one comma-separated string ("404,500", "" for none), or as a
+    JSON array of numbers or numeric strings. Each code then goes through oss_integer."""
+    if isinstance(value, str):
+        return tuple(code.strip() for code in value.split(",") if code.strip())
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    raise ValueError('give the codes as OSS does, "404,500", or as a list, [404, 500]')
+
+
+OssInt = Annotated[int, BeforeValidator(oss_integer)]
+OssBool = Annotated[bool, BeforeValidator(oss_boolean)]
+StatusCode = Annotated[OssInt, Field(ge=400, le=599)]
+OssCodes = Annotated[tuple[StatusCode, ...], BeforeValidator(oss_codes)]
+
+
 def _check_header_name(name: str) -> str:
     if not name or any(c in name for c in " \t\r\n:"):
         raise ValueError(f"{name!r} is not an HTTP header name")
@@ -97,7 +146,7 @@ class HeaderValue(_Model):
 
 
 class HeaderPolicy(_Model):
-    PassAll: bool = False
+    PassAll: OssBool = False
     Pass: tuple[HeaderName, ...] = ()
     Remove: tuple[str, ...] = ()
     Set: tuple[HeaderValue, ...] = ()
@@ -135,7 +184,7 @@ class HeaderCondition(_Model):
 class RuleCondition(_Model):
     KeyPrefixEquals: str = ""
     KeySuffixEquals: str = ""
-    HttpErrorCodeReturnedEquals: int | None = Field(default=None, ge=100, le=599)
+    HttpErrorCodeReturnedEquals: OssInt | None = Field(default=None, ge=100, le=599)
     IncludeHeader: tuple[HeaderCondition, ...] = Field(default=(), max_length=5)
 
 
@@ -209,29 +258,29 @@ class RuleAction(_Model):
     """OSS's Redirect element: what a matching rule does."""
 
     RedirectType: Literal["Mirror", "External", "AliCDN"]
-    PassQueryString: bool = False
+    PassQueryString: OssBool = False
     ReplaceKeyWith: str | None = None
-    EnableReplacePrefix: bool = False
+    EnableReplacePrefix: OssBool = False
     ReplaceKeyPrefixWith: str | None = None
     # External / AliCDN
-    HttpRedirectCode: int = 302
+    HttpRedirectCode: OssInt = 302
     Protocol: Literal["http", "https"] | None = None
     HostName: HostText | None = None
     # Mirror
     MirrorURL: MirrorURLText | None = None
     MirrorURLSlave: MirrorURLText | None = None
     MirrorURLProbe: Annotated[str, AfterValidator(_check_origin_url)] | None = None
-    MirrorSwitchAllErrors: bool = False
-    MirrorPassQueryString: bool | None = None
-    MirrorFollowRedirect: bool = True
-    MirrorCheckMd5: bool = False
+    MirrorSwitchAllErrors: OssBool = False
+    MirrorPassQueryString: OssBool | None = None
+    MirrorFollowRedirect: OssBool = True
+    MirrorCheckMd5: OssBool = False
     MirrorHeaders: HeaderPolicy = Field(default_factory=HeaderPolicy)
-    MirrorAllowHeadObject: bool = False
-    MirrorPassOriginalSlashes: bool = False
-    TransparentMirrorResponseCodes: tuple[Annotated[int, Field(ge=400, le=599)], ...] = ()
-    MirrorProxyPass: bool = False
-    MirrorUserLastModified: bool = False
-    MirrorSaveOssMeta: bool = False
+    MirrorAllowHeadObject: OssBool = False
+    MirrorPassOriginalSlashes: OssBool = False
+    TransparentMirrorResponseCodes: OssCodes = ()
+    MirrorProxyPass: OssBool = False
+    MirrorUserLastModified: OssBool = False
+    MirrorSaveOssMeta: OssBool = False
     MirrorAuth: OriginCredentials | None = None
     MirrorHost: HostText | None = None
 
@@ -271,7 +320,7 @@ class RuleAction(_Model):
 
 
 class RoutingRule(_Model):
-    RuleNumber: int = Field(ge=1)
+    RuleNumber: OssInt = Field(ge=1)
     Condition: RuleCondition = Field(default_factory=RuleCondition)
     Redirect: RuleAction
 
@@ -431,8 +480,7 @@ def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:
             name = _get(node, step, "Name")
             where.append(f'bucket "{name}"' if isinstance(name, str) else f"bucket #{step + 1}")
         elif isinstance(step, int) and parent == "RoutingRules":
-            number = _get(node, step, "RuleNumber")
-            where.append(f"RuleNumber {number}" if number is not None else f"rule #{step + 1}")
+            where.append(_rule_label(_get(node, step, "RuleNumber"), step + 1))
         elif isinstance(step, int):
             field.append(f"[{step}]")
         elif step not in ("Buckets", "RoutingRules") or i == len(loc) - 1:
@@ -445,6 +493,17 @@ def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:
         message = "unknown field (check its spelling against the OSS RoutingRule names)"
     label = f"field {''.join(field)}: " if field else ""
     return f"{': '.join(where)}: {label}{message}"
+
+
+def _rule_label(number: Any, position: int) -> str:
+    """'RuleNumber 3' when the rule's number can be read (3 or "3"), else its place in the list."""
+    try:
+        number = oss_integer(number)
+    except ValueError:
+        number = None
+    if isinstance(number, int) and not isinstance(number, bool):
+        return f"RuleNumber {number}"
+    return f"rule #{position}"
 
 
 def _has(node: Any, step: Any) -> bool:

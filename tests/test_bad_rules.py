@@ -20,9 +20,10 @@ from tests.support import Mitmdump
 CORPUS = Path(__file__).resolve().parent / "data" / "bad-rules"
 EXPECTED: dict[str, str] = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
 FILES = sorted(p.name for p in CORPUS.iterdir() if p.name != "expected.json")
-# expectations about a rule's fields (Condition.*, Redirect.*, RuleNumber) must name the rule
+# expectations about a rule's fields (Condition.*, Redirect.*, RuleNumber) must name the rule:
+# by its RuleNumber, or by its place in the list when the RuleNumber itself cannot be read
 INSIDE_A_RULE = re.compile(r"\b(?:Redirect|Condition|RuleNumber)\b")
-NAMES_THE_RULE = re.compile(r'^bucket "[^"]+": RuleNumber -?\d+: ')
+NAMES_THE_RULE = re.compile(r'^bucket "[^"]+": (?:RuleNumber -?\d+|rule #\d+): ')
 
 
 def refusal(path: Path) -> str:

@@ -22,8 +22,10 @@ from backorigin.convert import (
     oss_xml_to_rules,
     rules_to_oss_xml,
     website_to_rules,
+    xml_fields,
 )
 from backorigin.rules import MAX_RULES_CEILING, RulesError, load_rules, parse_rules
+from tests.test_rules import OSS_SDK_RULES, OSS_SDK_RULES_NATURAL
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -447,6 +449,29 @@ def test_aws_rules_survive_export_and_import():
     assert oss_xml_to_rules(xml, "site") == (imported, [])
 
 
+def test_rules_written_as_oss_sdks_serialise_them_export_as_the_json_natural_ones_in_osss_forms():
+    sdk_book = load_rules(OSS_SDK_RULES)
+    xml, warnings = rules_to_oss_xml(bucket_rules(sdk_book, "photos"))
+    assert warnings == []
+    assert (xml, warnings) == export(OSS_SDK_RULES_NATURAL)
+    rules = ET.fromstring(xml).findall("RoutingRules/RoutingRule")
+    assert [r.findtext("RuleNumber") for r in rules] == ["1", "2", "3", "4"]
+    assert rules[0].findtext("Condition/HttpErrorCodeReturnedEquals") == "404"
+    assert rules[0].findtext("Redirect/TransparentMirrorResponseCodes") == "404,500"
+    assert rules[0].findtext("Redirect/MirrorFollowRedirect") == "false"
+    assert rules[0].findtext("Redirect/MirrorCheckMd5") == "true"
+    assert rules[0].findtext("Redirect/MirrorHeaders/PassAll") == "true"
+    assert rules[1].findtext("Redirect/HttpRedirectCode") == "301"
+    assert rules[3].find("Redirect/TransparentMirrorResponseCodes") is None  # "" is no codes: nothing to write
+    models = (rules_module.RoutingRule, rules_module.RuleCondition, rules_module.RuleAction, rules_module.HeaderPolicy)
+    booleans = {name for model in models for name, field in xml_fields(model).items() if field.kind == "bool"}
+    written = [(e.tag, e.text) for e in ET.fromstring(xml).iter() if e.tag in booleans]
+    assert len(written) == 17 and all(text in ("true", "false") for _, text in written), written
+    doc, warnings = oss_xml_to_rules(xml, "photos")
+    assert warnings == []
+    assert book_of(doc).buckets == sdk_book.buckets
+
+
 def test_export_names_the_file_and_the_missing_bucket():
     with pytest.raises(RulesError, match=r'^rules.json: bucket "other" is not in the rules file \(buckets: "photos"\)$'):
         bucket_rules(book_of(FULL_DOCUMENT), "other")
@@ -555,6 +580,18 @@ def test_cli_round_trips_the_shipped_rules_file(tmp_path):
     assert imported.returncode == 0, imported.stderr
     assert imported.stderr == ""
     assert book_of(json.loads(imported.stdout)).buckets == load_rules(REPO / "rules.json").buckets
+
+
+def test_cli_exports_a_rules_file_written_as_oss_sdks_serialise_it(tmp_path):
+    exported = run_cli("export-rules", "--bucket", "photos", OSS_SDK_RULES.relative_to(REPO))
+    assert (exported.returncode, exported.stderr) == (0, ""), exported.stderr
+    assert "<TransparentMirrorResponseCodes>404,500</TransparentMirrorResponseCodes>" in exported.stdout
+    assert exported.stdout == export(OSS_SDK_RULES_NATURAL)[0]
+    xml = tmp_path / "website.xml"
+    xml.write_text(exported.stdout)
+    imported = run_cli("import-rules", "--bucket", "photos", xml)
+    assert (imported.returncode, imported.stderr) == (0, ""), imported.stderr
+    assert book_of(json.loads(imported.stdout)).buckets == load_rules(OSS_SDK_RULES).buckets
 
 
 def test_cli_export_warns_about_backorigin_only_fields(tmp_path):

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from backorigin import rules as rules_module
+from backorigin.convert import xml_fields
 from backorigin.rules import RoutingRule, RulesError, load_rules, parse_rules
 
 REPO = Path(__file__).resolve().parent.parent
+OSS_SDK_RULES = REPO / "tests" / "data" / "oss-sdk-rules.json"
 
 
 def document(redirect: dict | None = None, condition: dict | None = None, **rule) -> str:
@@ -68,7 +71,9 @@ def test_prefix_and_suffix_must_both_hold():
         (document({"RedirectType": "Mirror", "MirrorURL": "http://o/?a=1"}), "must not have a query string"),
         (document({"RedirectType": "Mirror", "MirrorURL": "http:///x/"}), "has no host"),
         (document({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorFollowRedirect": "yes"}),
-         "field Redirect.MirrorFollowRedirect: Input should be a valid boolean"),
+         "RuleNumber 3: field Redirect.MirrorFollowRedirect: 'yes' is neither true nor false"),
+        (document({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorFollowRedirect": 0}),
+         "RuleNumber 3: field Redirect.MirrorFollowRedirect: Input should be a valid boolean"),
         (document({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorHeaders": {"Pass": ["Authorization"]}}),
          "field Redirect.MirrorHeaders.Pass[0]: 'Authorization' is never sent to an origin"),
         (document({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorHeaders": {"Set": [{"Key": "x-amz-date", "Value": "1"}]}}),
@@ -194,3 +199,194 @@ def test_which_rules_decide_before_the_store_is_asked():
     assert number(book.decide_after_store("b", "a/x", "GET", no_headers, 200)) == 2
     assert number(book.decide_after_store("b", "a/x", "HEAD", no_headers, 404)) == 2  # no HEAD mirroring
     assert book.decide_before_store("b", "z", "PUT", no_headers) is None
+
+
+# -- OSS's value forms: numbers and booleans as strings, status codes comma-separated ----------
+
+# tests/data/oss-sdk-rules.json as JSON has it: the same configuration, every value in its natural form.
+OSS_SDK_RULES_NATURAL = {"Buckets": [{"Name": "photos", "RoutingRules": [
+    {
+        "RuleNumber": 1,
+        "Condition": {
+            "KeyPrefixEquals": "img/", "KeySuffixEquals": ".jpg", "HttpErrorCodeReturnedEquals": 404,
+            "IncludeHeader": [{"Key": "x-from", "Equals": "cdn"}],
+        },
+        "Redirect": {
+            "RedirectType": "Mirror", "PassQueryString": True, "EnableReplacePrefix": True, "ReplaceKeyPrefixWith": "images/",
+            "MirrorURL": "https://origin.example.com/a/", "MirrorURLSlave": "https://backup.example.com/a/",
+            "MirrorURLProbe": "https://origin.example.com/health", "MirrorSwitchAllErrors": True,
+            "MirrorPassQueryString": False, "MirrorFollowRedirect": False, "MirrorCheckMd5": True,
+            "MirrorHeaders": {
+                "PassAll": True, "Pass": ["accept", "user-agent"], "Remove": ["cookie"],
+                "Set": [{"Key": "x-migrated-by", "Value": "backorigin"}],
+            },
+            "MirrorAllowHeadObject": True, "MirrorPassOriginalSlashes": True, "TransparentMirrorResponseCodes": [404, 500],
+            "MirrorProxyPass": False, "MirrorUserLastModified": True, "MirrorSaveOssMeta": True,
+            "MirrorAuth": {"AuthType": "S3V4", "Region": "us-east-1", "AccessKeyId": "AKIDEXAMPLE",
+                           "AccessKeySecret": "wJalrXUtnFEMI/K7MDENG"},
+        },
+    },
+    {
+        "RuleNumber": 2,
+        "Condition": {"KeyPrefixEquals": "docs/", "HttpErrorCodeReturnedEquals": 404},
+        "Redirect": {
+            "RedirectType": "External", "PassQueryString": False, "EnableReplacePrefix": True,
+            "ReplaceKeyPrefixWith": "documents/", "HttpRedirectCode": 301, "Protocol": "https", "HostName": "docs.example.com",
+        },
+    },
+    {
+        "RuleNumber": 3,
+        "Condition": {"KeyPrefixEquals": "cdn/"},
+        "Redirect": {
+            "RedirectType": "AliCDN", "PassQueryString": True, "EnableReplacePrefix": False, "ReplaceKeyWith": "static/${key}",
+            "HttpRedirectCode": 307, "Protocol": "http", "HostName": "cdn.example.com",
+        },
+    },
+    {
+        "RuleNumber": 4,
+        "Redirect": {
+            "RedirectType": "Mirror", "MirrorURL": "http://origin.example.com/b/", "MirrorFollowRedirect": True,
+            "TransparentMirrorResponseCodes": [],
+        },
+    },
+]}]}
+RULE_MODELS = (rules_module.RoutingRule, rules_module.RuleCondition, rules_module.HeaderCondition, rules_module.RuleAction,
+               rules_module.HeaderPolicy, rules_module.HeaderValue, rules_module.OriginCredentials)
+# the fields whose JSON-natural form is not a string: OSS's SDKs write each of them as one
+NOT_STRINGS = {name for model in RULE_MODELS for name, f in xml_fields(model).items() if f.kind in ("bool", "int", "codes")}
+
+
+def values_of(node, names: set[str]) -> list[tuple[str, object]]:
+    """(field, value) for every occurrence of the named fields in a JSON document."""
+    if isinstance(node, dict):
+        return [(k, v) for k, v in node.items() if k in names] + [p for v in node.values() for p in values_of(v, names)]
+    if isinstance(node, list):
+        return [p for item in node for p in values_of(item, names)]
+    return []
+
+
+def test_the_oss_sdk_file_writes_every_non_string_field_as_a_string():
+    assert NOT_STRINGS == {
+        "RuleNumber", "HttpErrorCodeReturnedEquals", "HttpRedirectCode", "TransparentMirrorResponseCodes", "PassAll",
+        "PassQueryString", "EnableReplacePrefix", "MirrorSwitchAllErrors", "MirrorPassQueryString", "MirrorFollowRedirect",
+        "MirrorCheckMd5", "MirrorAllowHeadObject", "MirrorPassOriginalSlashes", "MirrorProxyPass",
+        "MirrorUserLastModified", "MirrorSaveOssMeta",
+    }
+    given = values_of(json.loads(OSS_SDK_RULES.read_text()), NOT_STRINGS)
+    assert {name for name, _ in given} == NOT_STRINGS
+    assert all(isinstance(value, str) for _, value in given), [p for p in given if not isinstance(p[1], str)]
+    natural = values_of(OSS_SDK_RULES_NATURAL, NOT_STRINGS)
+    assert len(natural) == len(given) and not any(isinstance(value, str) for _, value in natural)
+
+
+def test_a_rules_file_as_oss_sdks_serialise_it_loads_as_the_same_rules():
+    sdk = load_rules(OSS_SDK_RULES)
+    natural = parse_rules(json.dumps(OSS_SDK_RULES_NATURAL), "natural.json")
+    assert sdk.buckets == natural.buckets
+    rules = sdk.rules_for("photos")
+    assert [type(r.RuleNumber) for r in rules] == [int] * 4
+    assert rules[0].Redirect.TransparentMirrorResponseCodes == (404, 500)
+    assert rules[3].Redirect.TransparentMirrorResponseCodes == ()
+
+
+def test_a_rules_file_as_oss_sdks_serialise_it_behaves_the_same():
+    sdk = load_rules(OSS_SDK_RULES)
+    natural = parse_rules(json.dumps(OSS_SDK_RULES_NATURAL), "natural.json")
+    from_cdn = {"x-from": "cdn"}.get
+    no_headers = lambda _: None  # noqa: E731
+
+    def found(rule: RoutingRule | None) -> RoutingRule:
+        assert rule is not None
+        return rule
+
+    for book in (sdk, natural):
+        mirror = found(book.decide_after_store("photos", "img/a.jpg", "GET", from_cdn, 404))
+        assert mirror.RuleNumber == 1
+        assert mirror.Redirect.passes_query is False  # MirrorPassQueryString "false" wins over PassQueryString "true"
+        assert mirror.rewritten_key("img/a.jpg") == "images/a.jpg"
+        assert mirror.Redirect.MirrorFollowRedirect is False and mirror.Redirect.MirrorHeaders.PassAll is True
+        assert mirror.applies_to("HEAD")  # MirrorAllowHeadObject "true"
+        assert found(book.decide_after_store("photos", "img/a.jpg", "GET", no_headers, 404)).RuleNumber == 4
+        external = found(book.decide_after_store("photos", "docs/x", "GET", no_headers, 404))
+        assert (external.RuleNumber, external.Redirect.HttpRedirectCode, external.rewritten_key("docs/x")) == (2, 301, "documents/x")
+        assert book.decide_before_store("photos", "docs/x", "GET", no_headers) is None
+        cdn = found(book.decide_before_store("photos", "cdn/x", "GET", no_headers))
+        assert (cdn.RuleNumber, cdn.Redirect.HttpRedirectCode, cdn.Redirect.passes_query) == (3, 307, True)
+
+
+@pytest.mark.parametrize("written, value", [
+    (True, True), (False, False), ("true", True), ("false", False), ("True", True), ("FALSE", False), (" true ", True),
+])
+def test_booleans_are_read_as_json_or_as_oss_sdks_write_them(written, value):
+    rule = one_rule({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorCheckMd5": written,
+                     "MirrorPassQueryString": written, "MirrorHeaders": {"PassAll": written}})
+    assert rule.Redirect.MirrorCheckMd5 is value
+    assert rule.Redirect.MirrorPassQueryString is value
+    assert rule.Redirect.MirrorHeaders.PassAll is value
+
+
+@pytest.mark.parametrize("number, status, code", [(7, 404, 301), ("7", "404", "301"), (" 7 ", " 404 ", " 301 "), ("07", "0404", "0301")])
+def test_numbers_are_read_as_json_or_as_oss_sdks_write_them(number, status, code):
+    text = document({"RedirectType": "External", "HttpRedirectCode": code}, {"HttpErrorCodeReturnedEquals": status}, RuleNumber=number)
+    rule = parse_rules(text, "rules.json").rules_for("photos")[0]
+    assert (rule.RuleNumber, rule.Condition.HttpErrorCodeReturnedEquals, rule.Redirect.HttpRedirectCode) == (7, 404, 301)
+
+
+@pytest.mark.parametrize("written, codes", [
+    ([404, 500], (404, 500)),
+    (["404", "500"], (404, 500)),
+    ("404,500", (404, 500)),
+    (" 404 , 500 ", (404, 500)),
+    ("503", (503,)),
+    ("", ()),
+    ([], ()),
+])
+def test_transparent_codes_are_read_as_a_list_or_as_osss_comma_separated_text(written, codes):
+    rule = one_rule({"RedirectType": "Mirror", "MirrorURL": "http://o/", "TransparentMirrorResponseCodes": written})
+    assert rule.Redirect.TransparentMirrorResponseCodes == codes
+
+
+@pytest.mark.parametrize(
+    "redirect, condition, rule, expected",
+    [
+        ({"MirrorCheckMd5": "yes"}, None, {}, "RuleNumber 3: field Redirect.MirrorCheckMd5: 'yes' is neither true nor false"),
+        ({"MirrorCheckMd5": "1"}, None, {}, "field Redirect.MirrorCheckMd5: '1' is neither true nor false"),
+        ({"MirrorHeaders": {"PassAll": ""}}, None, {}, "field Redirect.MirrorHeaders.PassAll: '' is neither true nor false"),
+        ({"TransparentMirrorResponseCodes": "404,5xx"}, None, {},
+         "RuleNumber 3: field Redirect.TransparentMirrorResponseCodes[1]: '5xx' is not a whole number"),
+        ({"TransparentMirrorResponseCodes": "404 500"}, None, {},
+         "field Redirect.TransparentMirrorResponseCodes[0]: '404 500' is not a whole number"),
+        ({"TransparentMirrorResponseCodes": "404,302"}, None, {},
+         "field Redirect.TransparentMirrorResponseCodes[1]: Input should be greater than or equal to 400"),
+        ({"TransparentMirrorResponseCodes": ["404", "4.5"]}, None, {},
+         "field Redirect.TransparentMirrorResponseCodes[1]: '4.5' is not a whole number"),
+        ({"TransparentMirrorResponseCodes": 404}, None, {},
+         'field Redirect.TransparentMirrorResponseCodes: give the codes as OSS does, "404,500", or as a list, [404, 500]'),
+        ({}, {"HttpErrorCodeReturnedEquals": "404 Not Found"}, {},
+         "RuleNumber 3: field Condition.HttpErrorCodeReturnedEquals: '404 Not Found' is not a whole number"),
+        ({}, {"HttpErrorCodeReturnedEquals": "٤٠٤"}, {}, "field Condition.HttpErrorCodeReturnedEquals: '٤٠٤' is not a whole number"),
+        ({}, {"HttpErrorCodeReturnedEquals": "403"}, {}, "Condition.HttpErrorCodeReturnedEquals must be 404 or left out"),
+        ({}, None, {"RuleNumber": "0"}, "RuleNumber 0: field RuleNumber: Input should be greater than or equal to 1"),
+        ({}, None, {"RuleNumber": "third"}, 'bucket "photos": rule #1: field RuleNumber: \'third\' is not a whole number'),
+        ({}, None, {"RuleNumber": "1" * 19}, "rule #1: field RuleNumber: '1111111111111111111' is not a whole number"),
+    ],
+)
+def test_bad_values_in_oss_form_name_file_bucket_rule_and_field(redirect, condition, rule, expected):
+    text = document({"RedirectType": "Mirror", "MirrorURL": "http://o/", **redirect}, condition, **rule)
+    message = error_of(text)
+    assert message.startswith("rules.json: bucket \"photos\": ")
+    assert expected in message
+
+
+def test_a_redirect_code_in_oss_form_is_checked_like_a_number():
+    text = document({"RedirectType": "External", "HttpRedirectCode": "200"})
+    assert 'RuleNumber 3: field Redirect: HttpRedirectCode 200 is not one of [301, 302, 303, 307, 308]' in error_of(text)
+
+
+def test_rule_numbers_in_both_forms_are_ordered_and_checked_for_duplicates_together():
+    rules = [{"RuleNumber": n, "Redirect": {"RedirectType": "Mirror", "MirrorURL": "http://o/"}} for n in ("10", 2, " 7")]
+    book = parse_rules(json.dumps({"Buckets": [{"Name": "photos", "RoutingRules": rules}]}), "r.json")
+    assert [r.RuleNumber for r in book.rules_for("photos")] == [2, 7, 10]
+    rules[1]["RuleNumber"] = "10"
+    text = json.dumps({"Buckets": [{"Name": "photos", "RoutingRules": rules}]})
+    assert 'bucket "photos": RuleNumber 10: field RuleNumber: used by more than one rule' in error_of(text)
