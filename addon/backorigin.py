@@ -36,10 +36,11 @@ from backorigin.contentview import DecisionView
 from backorigin.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, add_debug_header, annotate, set_aside_recorded
 from backorigin.delivery import collect
 from backorigin.ledger import Ledger
+from backorigin.metrics import AddonCollector, AddonState, Metrics, origin_error_kind
 from backorigin.mirror import Mirror, Rerouted
 from backorigin.missserver import MissServer
 from backorigin.optionvalues import parse_seconds, parse_size
-from backorigin.origin import OriginClient, OriginRequest, Timeouts, UnsafeKey, build_request
+from backorigin.origin import OriginClient, OriginRequest, OriginResult, Timeouts, UnsafeKey, build_request
 from backorigin.rules import LOOP_HEADER, RoutingRule, RuleBook
 from backorigin.rulesfile import RulesFile
 from backorigin.storeprobe import StoreAnswer, StoreProbe, store_has
@@ -84,6 +85,7 @@ class BackOrigin:
         self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
         self._deletes_stick = True
         self._deleting: set[tuple[str, str]] = set()  # deletes sent to the store, not yet answered
+        self.metrics: Metrics | None = None
         self.server = MissServer()
         self.misses: dict[str, Rerouted] = {}  # flow id -> its miss, while the miss server answers it
         self._s3_endpoint: str | None = None
@@ -152,6 +154,11 @@ class BackOrigin:
             "Where tombstones live: default a folder beside the spool (one proxy); s3://BUCKET/PREFIX/ keeps them "
             "in the store (written create-only), shared by every proxy in front of it.",
         )
+        loader.add_option(
+            "backorigin_metrics_port", Optional[int], None,  # type: ignore[arg-type]
+            "Serve Prometheus metrics on this port (http://HOST:PORT/metrics); off by default.",
+        )
+        loader.add_option("backorigin_metrics_host", str, "127.0.0.1", "Address the metrics endpoint listens on.")
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
         loader.add_option("backorigin_ledger", Optional[str], None,  # type: ignore[arg-type]
@@ -201,6 +208,8 @@ class BackOrigin:
             self.tombstones = make_tombstones(options, self.mirror.writeback.spool.directory)
             self.mirror.writeback.deleted = lambda upload: self._deleted_now(upload.bucket, upload.key)
         self._deletes_stick = options.backorigin_deletes == "stick"
+        if {"backorigin_metrics_port", "backorigin_metrics_host"} & updated:
+            self._serve_metrics(options.backorigin_metrics_port, options.backorigin_metrics_host)
         if not configured or {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.probe = StoreProbe(upstream_verification(options))
 
@@ -271,6 +280,8 @@ class BackOrigin:
             await self._after_write(flow, flow.response)
         if miss := self.misses.pop(flow.id, None):
             flow.request = miss.client_request  # recordings and the UI show what the client asked
+            if flow.request.method == "GET" and flow.response is not None and flow.response.status_code < 300:
+                self.stats.served["origin"] += 1
             self._record(flow, miss.miss.decision(), header=False)  # responseheaders added it
             return
         ref = self._candidate(flow)
@@ -285,6 +296,8 @@ class BackOrigin:
         if rule is None:
             if 200 <= status < 300:
                 objectmeta.restore_on_download(response)
+                if flow.request.method == "GET" and mirrored_by(self.rulebook.rules_for(ref.bucket), ref.key):
+                    self.stats.served["store"] += 1
         elif not rule.Redirect.is_mirror:
             self._redirect(flow, ref, rule, store_status=status)
         elif status == 404:
@@ -511,7 +524,33 @@ class BackOrigin:
         timeout = parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
         return asyncio.ensure_future(self._shutdown(timeout))
 
+    def _serve_metrics(self, port: int | None, host: str) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+            self.mirror.on_fetched = lambda result, seconds: None
+        if port is None:
+            return
+        try:
+            self.metrics = metrics = Metrics(port, host)
+        except OSError as e:
+            raise exceptions.OptionsError(f"backorigin_metrics_port: cannot listen on {host}:{port}: {e.strerror}") from None
+        collector = AddonCollector(AddonState(
+            self.stats, lambda: dict(self.mirror.writeback.outcomes), lambda: self.mirror.writeback.pending,
+            lambda: self.mirror.writeback.spool.directory, lambda: sum(1 for _ in self.tombstones),
+        ))
+        metrics.add(collector)
+
+        def fetched(result: OriginResult, seconds: float) -> None:
+            metrics.fetch_seconds.observe(seconds)
+            if kind := origin_error_kind(result):
+                collector.errors[kind] = collector.errors.get(kind, 0) + 1
+
+        self.mirror.on_fetched = fetched
+
     async def _shutdown(self, timeout: float) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         await self.server.stop()
         await self.probe.aclose()
         await self.mirror.shutdown(timeout)

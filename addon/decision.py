@@ -83,8 +83,11 @@ class Stats:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.by_decision: Counter[tuple[str, str]] = Counter()
+        self.served: Counter[str] = Counter()  # GETs under rules: "store" (a hit) or "origin" (a mirrored miss)
 
     def record(self, decision: Decision) -> None:
+        self.by_decision[(decision.action, decision.outcome)] += 1
         self.counts[f"decisions.{decision.action}"] += 1
         self.counts[f"outcomes.{decision.outcome}"] += 1
         self.counts["bytes_from_origin"] += decision.bytes

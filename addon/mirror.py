@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -74,6 +75,8 @@ class Mirror:
         self.known = ExistenceCache()  # objects the store has: their requests go straight to it
         self._fetches: set[asyncio.Task] = set()
         writeback.landed = self._landed
+        # told of every origin fetch and how long it took (addon.metrics)
+        self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
 
     def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Miss:
         """Join the fill of this object, or start one (MirrorProxyPass: always a fill of its own)."""
@@ -112,6 +115,7 @@ class Mirror:
         return describe
 
     async def _fetch(self, fill: Fill, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> None:
+        started = time.monotonic()
         try:
             result = await self.origin.fetch(request, fill)
         except Exception as e:  # never leave readers waiting
@@ -119,6 +123,7 @@ class Mirror:
             result = OriginResult(request.url, None, failure=f"{type(e).__name__}: {e}")
         logger.info("bucket %s, RuleNumber %d: GET %s -> %s", ref.bucket, rule.RuleNumber, result.url,
                     result.status or result.failure)
+        self.on_fetched(result, time.monotonic() - started)
         writeback = self._spool(fill, rule, result)
         fill.settle(Settled(result, writeback))
         if writeback != "queued":  # nothing will land: the next miss asks the origin again
