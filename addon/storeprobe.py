@@ -25,6 +25,7 @@ from backorigin.replies import Reply
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
+_NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect"})
 EXISTS_TTL = 600.0  # seconds a "the store has it" answer is trusted (a stale one is caught late, see BackOrigin.response)
 EXISTS_CACHE_SIZE = 50_000
 
@@ -85,7 +86,9 @@ class StoreProbe:
         """The store's answer to `request` as the client sent it (through the proxy `via`, in
         upstream mode); None (logged) when the store cannot be reached (mitmproxy then sends
         the request and reports what it gets)."""
-        headers = [(k, v) for k, v in request.headers.fields if k.lower() not in (b"connection", b"keep-alive")]
+        # no body goes with the probe, so nothing may announce one (a GET with a body is rare;
+        # should a client have signed those headers, the store refuses the probe and mitmproxy asks)
+        headers = [(k, v) for k, v in request.headers.fields if k.lower() not in _NOT_FORWARDED]
         if request.method == "GET" and "range" not in request.headers:
             headers.append((b"range", b"bytes=0-0"))
         url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port,
