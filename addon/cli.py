@@ -85,7 +85,90 @@ def parser() -> argparse.ArgumentParser:
     missing.add_argument("--store", required=True, metavar="URL",
                          help="the store, e.g. http://127.0.0.1:8333 (credentials: boto3's chain)")
     missing.set_defaults(handler=lambda a: print_ledger_missing(a.ledger, a.store))
+
+    backfill = commands.add_parser(
+        "backfill", help="copy every object the store still lacks from the origin, as a GET through the proxy would",
+        description="The final sweep of a migration, without mitmproxy: for each key, skip it when the store has it "
+                    "or a tombstone names it, else apply the bucket's rules as a GET through the proxy would (first "
+                    "matching rule, URL, headers, key rewriting, secondary origin, integrity checks, metadata) and "
+                    "store the origin's body create-only. Resumable: after Ctrl-C or kill -9, the same command "
+                    "continues from the journal in --state. Exit status 0 only when no key failed.")
+    _key_source_arguments(backfill)
+    backfill.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+                          help="objects copied at once (default: 8)")
+    backfill.add_argument("--max-rps", type=_positive_float, default=None, metavar="R",
+                          help="at most R requests a second to the origins, redirects included (default: no limit)")
+    backfill.add_argument("--max-bandwidth", type=_byte_rate, default=None, metavar="RATE",
+                          help="at most RATE bytes a second read from the origins, e.g. 50m, 512k (default: no limit)")
+    backfill.add_argument("--state", type=Path, default=Path(".backfill"), metavar="DIR",
+                          help="folder for the journal of finished keys and the bodies in flight (default: .backfill)")
+    backfill.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
+    backfill.set_defaults(handler=lambda a: _backfill(a))
+
+    verify = commands.add_parser(
+        "verify", help="check that every key is in the store with the origin's size (and ETag): can the rules go?",
+        description="For each key: HEAD the store, and HEAD the origin at the URL the bucket's rule builds for it. "
+                    "A key is reported when the store lacks it while the origin has it, or when the sizes differ, or "
+                    "the ETags where both are plain MD5 ETags. Exit status 0 means every key is there and matches.")
+    _key_source_arguments(verify)
+    verify.add_argument("--concurrency", type=_positive_int, default=16, metavar="N", help="keys checked at once (default: 16)")
+    verify.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
+    verify.set_defaults(handler=lambda a: _verify(a))
     return top
+
+
+def _key_source_arguments(command: argparse.ArgumentParser) -> None:
+    """What backfill and verify share: the rules, the store, the bucket, where keys come from, tombstones."""
+    command.add_argument("--rules", type=Path, required=True, metavar="FILE", help="the rules file the proxies use")
+    command.add_argument("--store", required=True, metavar="URL",
+                         help="the store, e.g. http://127.0.0.1:8333 (credentials: boto3's chain)")
+    command.add_argument("--bucket", required=True, metavar="NAME", help="the bucket (its rules say where the origin is)")
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--keys", type=Path, metavar="FILE", help="a file with one key per line")
+    source.add_argument("--ledger", type=Path, metavar="FILE",
+                        help="a miss ledger (backorigin_ledger): the bucket's mirrored keys, origin 404s left out")
+    source.add_argument("--origin-listing", action="store_true",
+                        help="list the S3 origin of each Mirror rule (MirrorURL http(s)://HOST[:PORT]/BUCKET/[PREFIX/], "
+                             "MirrorAuth or public) with ListObjectsV2; rules that rewrite keys are refused")
+    command.add_argument("--tombstones", default=None, metavar="DIR_OR_S3URL",
+                         help="the proxies' tombstones, whose keys are skipped: the proxy's spool folder's tombstones "
+                              "folder (SPOOL/tombstones), or the s3://BUCKET/PREFIX/ the proxies use "
+                              "(backorigin_tombstones) (default: none)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _byte_rate(text: str) -> int:
+    from backorigin.backfill import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from backorigin.backfill import run_command
+
+    return run_command(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from backorigin.verify import run_command
+
+    return run_command(args)
 
 
 def mitmproxy_command(ui: str, store: str, rules: Path, listen: str, options: Sequence[str],
