@@ -36,6 +36,7 @@ from backorigin.contentview import DecisionView
 from backorigin.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, add_debug_header, annotate, set_aside_recorded
 from backorigin.delivery import collect
 from backorigin.ledger import Ledger
+from backorigin.listing import MergedListings
 from backorigin.metrics import AddonCollector, AddonState, Metrics, origin_error_kind
 from backorigin.mirror import Mirror, Rerouted
 from backorigin.missserver import MissServer
@@ -86,6 +87,8 @@ class BackOrigin:
         self._deletes_stick = True
         self._deleting: set[tuple[str, str]] = set()  # deletes sent to the store, not yet answered
         self.metrics: Metrics | None = None
+        self.listings = MergedListings()
+        self._merged_listing = False
         self.server = MissServer()
         self.misses: dict[str, Rerouted] = {}  # flow id -> its miss, while the miss server answers it
         self._s3_endpoint: str | None = None
@@ -159,6 +162,11 @@ class BackOrigin:
             "Serve Prometheus metrics on this port (http://HOST:PORT/metrics); off by default.",
         )
         loader.add_option("backorigin_metrics_host", str, "127.0.0.1", "Address the metrics endpoint listens on.")
+        loader.add_option(
+            "backorigin_merged_listing", bool, False,
+            "ListObjects(V2) through the proxy also list the objects of Mirror rules whose origin is an S3 bucket "
+            "(MirrorURL http(s)://host/BUCKET/[PREFIX/], public or MirrorAuth), merged into the bucket's listing.",
+        )
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
         loader.add_option("backorigin_ledger", Optional[str], None,  # type: ignore[arg-type]
@@ -212,6 +220,8 @@ class BackOrigin:
             self._serve_metrics(options.backorigin_metrics_port, options.backorigin_metrics_host)
         if not configured or {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.probe = StoreProbe(upstream_verification(options))
+            self.listings.verify = upstream_verification(options)
+        self._merged_listing = options.backorigin_merged_listing
 
     def running(self) -> None:
         """Resume what a previous run left spooled; from now on, retry deferred write-backs."""
@@ -244,6 +254,13 @@ class BackOrigin:
             return
         if not flow.live:
             set_aside_recorded(flow)
+        if self._merged_listing and self._acts(flow) and flow.response is None:
+            listing = await self.listings.answer(flow.request, self.rulebook, self._endpoint(flow.request),
+                                                 upstream_proxy(flow), virtual_host_domains=self.vhost_domains,
+                                                 tombstoned=self._tombstones_under)
+            if listing is not None:
+                flow.response = listing
+                return
         if self._deletes_stick and self._acts(flow) and flow.response is None:
             if deleted := self._deleted_by(flow):
                 await self._before_delete(flow, deleted)
@@ -418,6 +435,12 @@ class BackOrigin:
             await asyncio.to_thread(self.tombstones.discard, written.bucket, written.key)
             logger.info("tombstone of s3://%s/%s cleared by a write", written.bucket, written.key)
 
+    def _tombstones_under(self, bucket: str, prefix: str) -> list[str]:
+        """Keys of the bucket under `prefix` that a merged listing hides (blocking: run in a thread)."""
+        if not self._deletes_stick:
+            return []
+        return [key for b, key in self.tombstones if b == bucket and key.startswith(prefix)]
+
     def _deleted_now(self, bucket: str, key: str) -> bool:
         """Blocking (the shared tombstones ask the store): for write-back threads."""
         return self._deletes_stick and ((bucket, key) in self._deleting or (bucket, key) in self.tombstones)
@@ -551,6 +574,7 @@ class BackOrigin:
     async def _shutdown(self, timeout: float) -> None:
         if self.metrics is not None:
             self.metrics.close()
+        await self.listings.aclose()
         await self.server.stop()
         await self.probe.aclose()
         await self.mirror.shutdown(timeout)
