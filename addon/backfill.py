@@ -49,6 +49,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from backorigin import ledger as miss_ledger
 from backorigin import objectmeta
 from backorigin.integrity import PART_SIZE
+from backorigin.metrics import BackfillCollector, Metrics
 from backorigin.origin import OriginClient, OriginRequest, OriginResult, Timeouts, UnsafeKey, build_request
 from backorigin.rules import RoutingRule, RuleBook
 from backorigin.storeprobe import store_has
@@ -719,6 +720,14 @@ def use_threads(concurrency: int) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(concurrency + 4, thread_name_prefix="backorigin"))
 
 
+def serve_metrics(port: int, progress: Progress, report: Report) -> Metrics:
+    """Backfill progress on the same kind of endpoint as the proxy's (addon.metrics)."""
+    metrics = Metrics(port)
+    metrics.add(BackfillCollector(lambda: progress.total, lambda: progress.done, lambda: progress.bytes,
+                                  lambda: dict(report.counts)))
+    return metrics
+
+
 def run_command(args: Any) -> int:
     """`backorigin backfill`: exit 0 when no key failed, 1 when some did, 2 when it cannot
     start, 130 when interrupted (run the same command again to continue)."""
@@ -752,6 +761,7 @@ def run_command(args: Any) -> int:
         print(f"{report.resumed} of {len(listed)} key(s) finished by an earlier run ({journal.path}); "
               f"{len(todo)} to go", file=sys.stderr)
     progress = Progress(len(listed), total_bytes, report.resumed, "backfill")
+    metrics = serve_metrics(args.metrics_port, progress, report) if args.metrics_port else None
     settings = Settings(book, args.store, args.bucket, state, args.concurrency, args.max_rps, args.max_bandwidth,
                         tombstones)
     started = time.monotonic()
@@ -764,6 +774,8 @@ def run_command(args: Any) -> int:
         progress.close()
         journal.close()
         report.seconds = time.monotonic() - started
+        if metrics is not None:
+            metrics.close()
     write_report(report, args.report, report.as_json())
     if interrupted:
         print(f"interrupted: run the same command again to continue (journal: {journal.path})", file=sys.stderr)

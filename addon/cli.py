@@ -103,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
     backfill.add_argument("--state", type=Path, default=Path(".backfill"), metavar="DIR",
                           help="folder for the journal of finished keys and the bodies in flight (default: .backfill)")
     backfill.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
+    backfill.add_argument("--metrics-port", type=_positive_int, default=None, metavar="PORT",
+                          help="serve progress as Prometheus metrics on 127.0.0.1:PORT/metrics (as backorigin_metrics_port)")
     backfill.set_defaults(handler=lambda a: _backfill(a))
 
     verify = commands.add_parser(

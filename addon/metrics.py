@@ -102,6 +102,27 @@ class AddonCollector(Collector):
                                 value=self.state.tombstones())
 
 
+@dataclass(eq=False)
+class BackfillCollector(Collector):
+    """A running `backorigin backfill`: objects and bytes done of the total, results so far."""
+
+    total: Callable[[], int]
+    done: Callable[[], int]
+    bytes_read: Callable[[], int]
+    results: Callable[[], dict[str, int]]
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("backorigin_backfill_objects", "Objects the backfill has to go through", value=self.total())
+        yield GaugeMetricFamily("backorigin_backfill_objects_done", "Objects finished, by an earlier run too",
+                                value=self.done())
+        yield CounterMetricFamily("backorigin_backfill_bytes_read", "Bytes read from origins by this run",
+                                  value=self.bytes_read())
+        results = CounterMetricFamily("backorigin_backfill_results", "Finished objects by result", labels=["result"])
+        for result, count in sorted(self.results().items()):
+            results.add_metric([result], count)
+        yield results
+
+
 class Metrics:
     """The endpoint and the one metric observed as it happens."""
 

@@ -11,18 +11,20 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+from prometheus_client.parser import text_string_to_metric_families
 
 from backorigin import cli
 from backorigin.backfill import Pacer, parse_rate
 from backorigin.embedded_store import EmbeddedStore, free_ports
 from backorigin.tombstones import LocalTombstones
 from tests.origin_server import body_for, sized_body
-from tests.support import BACKORIGIN, mirror_rule, write_rules
+from tests.support import BACKORIGIN, mirror_rule, wait_for, write_rules
 
 HTTP_BUCKET = "backfill-http"
 S3_BUCKET = "backfill-s3"
@@ -336,3 +338,27 @@ def test_origin_listing_refuses_rules_that_rewrite_keys(tmp_path, store, capsys)
         "b": [mirror_rule(1, "http://127.0.0.1:9/bucket/", EnableReplacePrefix=True, ReplaceKeyPrefixWith="x/")]})
     assert cli.main(command(rules, store, "b", tmp_path / "state", "--origin-listing")) == 2
     assert "rewrites keys" in capsys.readouterr().err
+
+
+def test_backfill_progress_on_the_metrics_endpoint(rules, store, origin, unique, tmp_path):
+    """The same kind of endpoint as the proxy's: values move while the backfill runs."""
+    port = free_ports(1)[0]
+    keys = write_keys(tmp_path / "keys.txt", [f"{unique}/m{n:03d}" for n in range(40)])
+    run = subprocess.Popen([BACKORIGIN, *command(rules, store, HTTP_BUCKET, tmp_path / "state", "--keys", str(keys), "--max-rps", "10",
+                                     "--metrics-port", str(port))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def sample(name: str) -> float | None:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        return next((s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name), None)
+
+    try:
+        readings = [wait_for(lambda: sample("backorigin_backfill_objects_done"), within=20)]
+        readings.append(wait_for(lambda: (v := sample("backorigin_backfill_objects_done")) and v > readings[0] and v,
+                                 within=20))
+        assert sample("backorigin_backfill_objects") == 40
+        assert 0 < readings[0] < readings[1] < 40
+    finally:
+        assert run.wait(timeout=60) == 0
