@@ -96,15 +96,28 @@ class EmbeddedStore:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {log.name}")
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=1).close()
+            if self._answers():
                 return
-            except urllib.error.HTTPError:  # any HTTP answer means the S3 gateway is up
-                return
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"weed mini did not answer on {self.endpoint} within {ready_within:g}s")
+
+    def _answers(self) -> bool:
+        """Ready means a ListBuckets with the store's own credentials succeeds: the S3 gateway
+        answers HTTP a little before its filer and identities are ready for bucket calls."""
+        import botocore.exceptions
+
+        try:
+            urllib.request.urlopen(self.endpoint, timeout=1).close()
+        except urllib.error.HTTPError:
+            pass  # an HTTP answer: the gateway is up
+        except OSError:
+            return False
+        try:
+            self.client().list_buckets()
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
