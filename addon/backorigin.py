@@ -34,19 +34,20 @@ from backorigin.commands import Commands
 from backorigin.connections import client_facing, store_endpoint, upstream_proxy, upstream_verification
 from backorigin.contentview import DecisionView
 from backorigin.decision import METADATA_KEY, RECORDED_KEY, Decision, Stats, add_debug_header, annotate, set_aside_recorded
-from backorigin.delivery import collect
+from backorigin.delivery import ANSWER_IN_MEMORY, collect
 from backorigin.ledger import Ledger
 from backorigin.listing import MergedListings
 from backorigin.metrics import AddonCollector, AddonState, Metrics, origin_error_kind
-from backorigin.mirror import Mirror, Rerouted
+from backorigin.mirror import Mirror, Miss, Rerouted
 from backorigin.missserver import MissServer
 from backorigin.optionvalues import parse_seconds, parse_size
 from backorigin.origin import OriginClient, OriginRequest, OriginResult, Timeouts, UnsafeKey, build_request
 from backorigin.rules import LOOP_HEADER, RoutingRule, RuleBook
 from backorigin.rulesfile import RulesFile
 from backorigin.storeprobe import StoreAnswer, StoreProbe, store_has
-from backorigin.tombstones import Tombstones, make_tombstones, mirrored_by
-from backorigin.writeback import WriteBack
+from backorigin.tombstones import Tombstones, make_tombstones, mirrored_by, reverse_target
+from backorigin.writeback import shared_s3_client
+from backorigin.writebackworker import WriteBackWorker
 
 logger = logging.getLogger(__name__)
 DELETING_KEY = "backorigin_deleting"  # a delete's keys, from its request hook to its response hook
@@ -62,7 +63,6 @@ _TIMEOUT_OPTIONS = {
     "backorigin_origin_timeout": "total",
     "backorigin_copy_timeout": "copy",
 }
-DEFERRED_RETRY_EVERY = 30.0  # seconds between retries of write-backs the store refused for now
 
 
 class BackOrigin:
@@ -77,7 +77,6 @@ class BackOrigin:
         self.mirror: Mirror  # needs the spool directory: made in configure
         self.stats = Stats()
         self.ledger: Ledger | None = None
-        self._retry_timer: asyncio.Task[None] | None = None
         # option values the hooks read, copied in configure()
         self.vhost_domains: tuple[str, ...] = ()
         self._dry_run = False
@@ -207,14 +206,20 @@ class BackOrigin:
             spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
             if configured and self.mirror.writeback.spool.directory != spool:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
-            writeback = WriteBack(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue,
-                                  fsync=options.backorigin_spool_fsync)
+            writeback = WriteBackWorker(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue,
+                                        fsync=options.backorigin_spool_fsync)
             self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
+        writeback = self.mirror.writeback
         if "backorigin_spool_fsync" in updated:
-            self.mirror.fsync = self.mirror.writeback.spool.fsync = options.backorigin_spool_fsync
+            self.mirror.fsync = writeback.spool.fsync = options.backorigin_spool_fsync
+        store = options.backorigin_s3_endpoint or reverse_target(options)
         if not configured or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
-            self.tombstones = make_tombstones(options, self.mirror.writeback.spool.directory)
-            self.mirror.writeback.deleted = lambda upload: self._deleted_now(upload.bucket, upload.key)
+            self.tombstones = make_tombstones(options.backorigin_tombstones, writeback.spool.directory, store)
+        # the worker's arguments, read when it starts (at running)
+        writeback.workers = options.backorigin_writeback_workers
+        writeback.max_pending = options.backorigin_writeback_queue
+        writeback.endpoint = options.backorigin_s3_endpoint
+        writeback.tombstones = (options.backorigin_tombstones, store) if options.backorigin_deletes == "stick" else None
         self._deletes_stick = options.backorigin_deletes == "stick"
         if {"backorigin_metrics_port", "backorigin_metrics_host"} & updated:
             self._serve_metrics(options.backorigin_metrics_port, options.backorigin_metrics_host)
@@ -224,15 +229,9 @@ class BackOrigin:
         self._merged_listing = options.backorigin_merged_listing
 
     def running(self) -> None:
-        """Resume what a previous run left spooled; from now on, retry deferred write-backs."""
-        self.mirror.resume(ctx.options.backorigin_s3_endpoint)
-        self._retry_timer = asyncio.ensure_future(self._retry_deferred_forever())
-
-    async def _retry_deferred_forever(self) -> None:
-        while True:
-            await asyncio.sleep(DEFERRED_RETRY_EVERY)
-            if count := self.mirror.writeback.retry_deferred():
-                logger.info("retrying %d deferred write-back(s)", count)
+        """Start the write-back worker; it resumes what a previous run left spooled, and each
+        such object is served from the spool until it lands."""
+        self.mirror.resume()
 
     # hooks -----------------------------------------------------------------------------------
 
@@ -355,13 +354,18 @@ class BackOrigin:
 
     async def _reroute_miss(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule, endpoint: str,
                             store_404: StoreAnswer) -> None:
+        """Answer a small miss right here, from memory; re-route a larger one to the miss
+        server, which streams it."""
         origin_request = self._origin_request(flow, ref, rule)
         if origin_request is None:
             return  # the store answers its own 404
-        await self.server.ensure_started()
         miss = self.mirror.start(endpoint, ref, rule, origin_request)
-        client_request = flow.request.copy()
         store_404 = store_404 if store_404.body else StoreAnswer.of(replies.no_such_key(ref))
+        if await self.mirror.fits_in_memory(miss):
+            await self._answer_here(flow, miss, store_404, ANSWER_IN_MEMORY)
+            return
+        await self.server.ensure_started()
+        client_request = flow.request.copy()
         path = self.server.issue(
             lambda: self.mirror.reply(miss, client_request.method, client_request.headers.get, store_404)
         )
@@ -388,10 +392,17 @@ class BackOrigin:
         self.mirror.known.discard((endpoint, ref.bucket, ref.key))
         miss = self.mirror.start(endpoint, ref, rule, origin_request)
         store_404 = StoreAnswer(404, tuple(response.headers.items(multi=True)), response.raw_content or b"")
+        await self._answer_here(flow, miss, store_404, self.origin.max_inline)
+
+    async def _answer_here(self, flow: http.HTTPFlow, miss: Miss, store_404: StoreAnswer, limit: int) -> None:
+        """The miss's answer as the flow's response, its body read into memory: up to `limit`
+        bytes, else 503 SlowDown (S3 clients retry; the retry finds the fill or the object)."""
         reply = await self.mirror.reply(miss, flow.request.method, flow.request.headers.get, store_404)
         if reply.stream is not None:
-            reply = await collect(reply, self.origin.max_inline) or replies.slow_down(ref)
+            reply = await collect(reply, limit) or replies.slow_down(miss.ref)
         flow.response = replies.to_response(flow.request, reply)
+        if flow.request.method == "GET" and reply.status < 300:
+            self.stats.served["origin"] += 1
         self._record(flow, miss.decision())
 
     # deletes that stick ---------------------------------------------------------------------
@@ -441,10 +452,6 @@ class BackOrigin:
             return []
         return [key for b, key in self.tombstones if b == bucket and key.startswith(prefix)]
 
-    def _deleted_now(self, bucket: str, key: str) -> bool:
-        """Blocking (the shared tombstones ask the store): for write-back threads."""
-        return self._deletes_stick and ((bucket, key) in self._deleting or (bucket, key) in self.tombstones)
-
     async def _is_tombstoned(self, ref: s3.ObjectRef) -> bool:
         return (ref.bucket, ref.key) in self._deleting or await asyncio.to_thread(
             self.tombstones.__contains__, (ref.bucket, ref.key))
@@ -493,7 +500,7 @@ class BackOrigin:
         """403 AccessDenied counts as a miss once the proxy's own HEAD finds no object; a
         store that cannot say keeps its 403."""
         try:
-            present = await asyncio.to_thread(store_has, self.mirror.writeback.client(endpoint), ref.bucket, ref.key)
+            present = await asyncio.to_thread(store_has, shared_s3_client(endpoint), ref.bucket, ref.key)
         except Exception as e:
             logger.warning("cannot ask the store about s3://%s/%s: %s", ref.bucket, ref.key, e)
             return 403
@@ -542,8 +549,6 @@ class BackOrigin:
         # Synchronous on purpose: mitmproxy calls done() synchronously on script reload,
         # so an async def would silently never run there. The returned task is awaited
         # by mitmdump at shutdown.
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
         timeout = parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout)
         return asyncio.ensure_future(self._shutdown(timeout))
 

@@ -24,6 +24,10 @@ from backorigin.s3 import ObjectRef
 from backorigin.storeprobe import StoreAnswer
 
 READ_CHUNK = 1024 * 1024
+# Misses of objects up to this size are answered from memory in the request hook (no hop through
+# the miss server): the part size of the S3 transfer managers (s3transfer, the AWS CLI), so a
+# tool's ranged part GETs of a larger object fit too. Larger answers stream from the miss server.
+ANSWER_IN_MEMORY = 8 * 1024 * 1024
 # How long a HEAD of a miss waits for the write-back to land: tools that HEAD and then list the
 # prefix before they GET (rclone cat) find the object in the listing. The GET never waits.
 HEAD_WAITS_FOR_STORE = 10.0

@@ -19,14 +19,15 @@ from mitmproxy import http
 
 from backorigin import objectmeta
 from backorigin.decision import Decision
-from backorigin.delivery import respond
+from backorigin.delivery import ANSWER_IN_MEMORY, respond
 from backorigin.fill import Fill, FillKey, Fills, Settled
 from backorigin.origin import OriginClient, OriginRequest, OriginResult
 from backorigin.replies import Reply
 from backorigin.rules import RoutingRule
 from backorigin.s3 import ObjectRef
 from backorigin.storeprobe import ExistenceCache, StoreAnswer
-from backorigin.writeback import ObjectUpload, Outcome, WriteBack
+from backorigin.writeback import ObjectUpload, Outcome
+from backorigin.writebackworker import WriteBackWorker
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Rerouted:
 
 
 class Mirror:
-    def __init__(self, origin: OriginClient, writeback: WriteBack, fsync: bool = False) -> None:
+    def __init__(self, origin: OriginClient, writeback: WriteBackWorker, fsync: bool = False) -> None:
         self.origin = origin
         self.writeback = writeback
         self.fsync = fsync
@@ -99,9 +100,18 @@ class Mirror:
                                    miss.origin.transparent_codes)
         return miss.reply
 
-    def resume(self, endpoint: str | None) -> None:
-        """Resume the spool's write-backs, each object served from the spool until it lands."""
-        for manifest, upload in self.writeback.resume(endpoint):
+    async def fits_in_memory(self, miss: Miss) -> bool:
+        """Whether the miss's answer is small enough to be made in memory: the origin gave no
+        body, or announced one up to delivery.ANSWER_IN_MEMORY (and backorigin_max_inline,
+        past which a body streams as it arrives)."""
+        fill = miss.fill
+        await fill.began()
+        limit = min(ANSWER_IN_MEMORY, self.origin.max_inline)
+        return fill.upload is None or (fill.declared is not None and fill.declared <= limit)
+
+    def resume(self) -> None:
+        """Start the write-backs, resuming the spool's: each object is served from the spool until it lands."""
+        for manifest, upload in self.writeback.resume():
             if upload.etag:  # spooled by a version that announced no ETag: only uploaded
                 fill = Fill.spooled((upload.endpoint, upload.bucket, upload.key), self.writeback.spool.body_of(manifest), upload)
                 fill.manifest = manifest

@@ -49,12 +49,13 @@ class LocalTombstones:
     """One small JSON file per tombstone in `directory`, named by a hash of bucket and key,
     written before the delete's answer goes back; read into memory at start-up."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fresh: bool = False) -> None:
         self.directory = directory
+        self.fresh = fresh  # ask the folder every time: another process (the proxy) writes it
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # write-back threads read the set
         self._set: set[tuple[str, str]] = set()
-        for path in directory.glob("*.json"):
+        for path in [] if fresh else directory.glob("*.json"):
             try:
                 entry = json.loads(path.read_text())
                 self._set.add((entry["bucket"], entry["key"]))
@@ -65,6 +66,8 @@ class LocalTombstones:
         return self.directory / f"{hashlib.sha256(f'{bucket}/{key}'.encode()).hexdigest()}.json"
 
     def __contains__(self, ref: tuple[str, str]) -> bool:
+        if self.fresh:
+            return self._path(*ref).exists()
         with self._lock:
             return ref in self._set
 
@@ -147,22 +150,21 @@ def mirrored_by(rules: Sequence[RoutingRule], key: str) -> bool:
     )
 
 
-def make_tombstones(options: Any, spool_dir: Path) -> Tombstones:
-    """Tombstones where backorigin_tombstones says: beside the spool, or in the store (at
-    backorigin_s3_endpoint, or the reverse-proxy target)."""
-    where = options.backorigin_tombstones
+def make_tombstones(where: str | None, spool_dir: Path, store: str | None, fresh: bool = False) -> Tombstones:
+    """Tombstones where backorigin_tombstones says: beside the spool, or in the store at
+    `store` (backorigin_s3_endpoint, or the reverse-proxy target). `fresh`: for a process
+    that reads what another one writes (the write-back worker)."""
     if not where:
-        return LocalTombstones(spool_dir / "tombstones")
+        return LocalTombstones(spool_dir / "tombstones", fresh)
     try:
         bucket, prefix = StoreTombstones.parse(where)
     except ValueError as e:
         raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
-    endpoint = options.backorigin_s3_endpoint or reverse_target(options)
-    if not endpoint:
+    if not store:
         raise exceptions.OptionsError(
             "backorigin_tombstones: s3://... needs backorigin_s3_endpoint (the store) outside reverse-proxy mode"
         )
-    return StoreTombstones(make_s3_client(endpoint), bucket, prefix)
+    return StoreTombstones(make_s3_client(store), bucket, prefix)
 
 
 def reverse_target(options: Any) -> str | None:

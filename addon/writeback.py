@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -20,7 +21,6 @@ import os
 import shutil
 import threading
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -51,7 +51,8 @@ _PUT_PARAMS = {
     "content-language": "ContentLanguage",
 }
 
-Outcome = Literal["stored", "exists", "deferred", "failed", "dropped", "deleted"]
+# "gone": a write-back this worker never saw end (an earlier worker finished it; see WriteBack.queue)
+Outcome = Literal["stored", "exists", "deferred", "failed", "dropped", "deleted", "gone"]
 
 
 @dataclass(frozen=True)
@@ -187,27 +188,26 @@ class _StopWhen(stop_base):
 
 
 class WriteBack:
-    """Spooled uploads in background threads; bounded, retried, resumable, drained at shutdown."""
+    """Spooled uploads in background threads: retried, resumable, drained at shutdown. The
+    write-back worker process runs it (backorigin.writebackworker); `report` hears how each
+    write-back ended, "deferred" (the store is unreachable; it stays spooled) included."""
 
     def __init__(
-        self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, attempts: int = 8, fsync: bool = False,
-        landed: Callable[[ObjectUpload, Outcome], None] = lambda upload, outcome: None,
+        self, spool_dir: Path, workers: int = 4, attempts: int = 8, fsync: bool = False,
+        report: Callable[[Path, Outcome], None] = lambda manifest, outcome: None,
     ) -> None:
         self.spool = Spool(spool_dir, fsync)
-        self.max_pending = max_pending
-        self.landed = landed  # called on the event loop when a write-back has ended for good
+        self.report = report  # called on the event loop
         # whether the object was deleted through a proxy (a tombstone): checked in the worker
         # right before each upload, so no write-back recreates a deleted object
         self.deleted: Callable[[ObjectUpload], bool] = lambda upload: False
+        self.endpoint: str | None = None  # replaces the store every write-back is headed for
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writeback")
-        self._clients: dict[str, Any] = {}
-        self._clients_lock = threading.Lock()
         self._pending: dict[Path, concurrent.futures.Future[Outcome]] = {}  # by manifest
         self._withdrawn: set[Path] = set()  # cancelled because of a delete
         self._deferred: dict[Path, ObjectUpload] = {}  # store unreachable for now; retried later
         self._deferred_lock = threading.Lock()
         self._stopping = threading.Event()
-        self.outcomes: Counter[str] = Counter()
         self._upload = retry(
             retry=retry_if_exception(_is_transient),
             stop=stop_any(stop_after_attempt(attempts), _StopWhen(self._stopping)),
@@ -217,36 +217,29 @@ class WriteBack:
             reraise=True,
         )(self._upload_once)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending) + len(self._deferred)
+    def queue(self, manifest: Path) -> None:
+        """Store the write-back spooled under `manifest`, unless it is already under way;
+        one no longer in the spool is reported "gone" (it ended in an earlier worker)."""
+        with self._deferred_lock:
+            known = manifest in self._pending or manifest in self._deferred
+        if known:
+            return
+        try:
+            upload = ObjectUpload(**json.loads(manifest.read_text()))
+        except FileNotFoundError:
+            self.report(manifest, "gone")
+            return
+        self._run(manifest, replace(upload, endpoint=self.endpoint) if self.endpoint else upload)
 
-    def has_room(self) -> bool:
-        """Whether one more write-back may be spooled; past `max_pending` a miss is answered
-        but not stored (the object is simply mirrored again on its next miss)."""
-        if self.pending < self.max_pending:
-            return True
-        self.outcomes["dropped"] += 1
-        return False
-
-    def submit(self, upload: ObjectUpload, source: Path) -> Path:
-        """Spool now (on the caller's thread, so the promise is on disk when this returns),
-        then store in the background; returns the manifest."""
-        manifest = self.spool.add(upload, source)
-        self._run(manifest, upload)
-        return manifest
-
-    def resume(self, endpoint: str | None = None) -> list[tuple[Path, ObjectUpload]]:
-        """Queue every write-back a previous run left in the spool; `endpoint`, when given
-        (backorigin_s3_endpoint), replaces the store each one was headed for."""
-        self.spool.clear_downloads()
-        resumed = [(manifest, replace(upload, endpoint=endpoint) if endpoint else upload)
-                   for manifest, upload in self.spool.pending()]
-        for manifest, upload in resumed:
-            self._run(manifest, upload)
+    def resume(self) -> int:
+        """Queue every write-back in the spool (what a previous run left, and anything spooled
+        before this worker started). Downloads under way are the proxy's: left alone."""
+        resumed = list(self.spool.pending())
+        for manifest, _ in resumed:
+            self.queue(manifest)
         if resumed:
             logger.info("resuming %d spooled write-back(s) from %s", len(resumed), self.spool.directory)
-        return resumed
+        return len(resumed)
 
     def retry_deferred(self) -> int:
         """Queue again the write-backs that gave up while the store was unreachable."""
@@ -260,9 +253,9 @@ class WriteBack:
         future = self._executor.submit(self._store, manifest, upload)
         self._pending[manifest] = future
         loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, manifest, done, upload))
+        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, manifest, done))
 
-    def _finished(self, manifest: Path, future: concurrent.futures.Future[Outcome], upload: ObjectUpload) -> None:
+    def _finished(self, manifest: Path, future: concurrent.futures.Future[Outcome]) -> None:
         if self._pending.get(manifest) is future:
             del self._pending[manifest]
         if future.cancelled():  # withdrawn for a delete, or left spooled by a shutdown
@@ -270,25 +263,25 @@ class WriteBack:
             self._withdrawn.discard(manifest)
         else:
             outcome = future.result() if not future.exception() else "failed"
-        self.outcomes[outcome] += 1
-        if outcome != "deferred":
-            self.landed(upload, outcome)
+        self.report(manifest, outcome)
 
     async def withdraw(self, manifest: Path) -> None:
         """A delete of the object is on its way to the store: its write-back must not land
-        after it. One no worker has started is cancelled and unspooled; one being uploaded is
-        waited for, so the delete reaches the store after it."""
+        after it. One no thread has started is cancelled and unspooled; one being uploaded is
+        waited for, so the delete reaches the store after it. Every withdrawal is reported."""
         with self._deferred_lock:
-            deferred = self._deferred.pop(manifest, None) is not None
+            deferred = self._deferred.pop(manifest, None)
         future = self._pending.get(manifest)
         if future is not None and not future.cancel():
-            await asyncio.wrap_future(future)  # being uploaded: the delete goes to the store after it
+            await asyncio.wrap_future(future)  # being uploaded: reported when it ends, the delete goes after it
             return
         if future is not None:
-            self._withdrawn.add(manifest)  # read by _finished, which the loop runs after this
-        elif deferred:
-            self.outcomes["deleted"] += 1
+            self._withdrawn.add(manifest)  # reported by _finished, which the loop runs after this
+            self.spool.finish(manifest)
+            return
+        outcome: Outcome = "deleted" if deferred is not None or manifest.exists() else "gone"
         self.spool.finish(manifest)
+        self.report(manifest, outcome)
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for pending uploads; what is left stays spooled."""
@@ -335,7 +328,7 @@ class WriteBack:
     def _upload_once(self, upload: ObjectUpload, body_path: Path) -> None:
         if self.deleted(upload):  # before every attempt: a retried upload may outlive a delete
             raise Deleted(upload.where)
-        client = self.client(upload.endpoint)
+        client = shared_s3_client(upload.endpoint)
         if upload.size < PART_SIZE:  # one PUT, which the store checks against Content-MD5
             with open(body_path, "rb") as body:
                 etag = client.put_object(**upload.put_arguments(body)).get("ETag", "")
@@ -348,14 +341,6 @@ class WriteBack:
         if upload.etag and etag and etag != upload.etag:
             logger.warning("%s: the store gave it ETag %s, clients were told %s; their If-Match will fail",
                            upload.where, etag, upload.etag)
-
-    def client(self, endpoint: str) -> Any:
-        """The boto3 client for `endpoint` (one per endpoint, shared by the threads)."""
-        with self._clients_lock:
-            if endpoint not in self._clients:
-                self._clients[endpoint] = make_s3_client(endpoint)
-            return self._clients[endpoint]
-
 
 def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
     """Multipart upload, one part in memory at a time, each part checked by the store
@@ -384,6 +369,12 @@ def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             pass  # the store is unreachable; stores expire abandoned uploads themselves
         raise
+
+
+@functools.cache
+def shared_s3_client(endpoint: str) -> Any:
+    """One client per store for the whole process (boto3 clients are safe to share between threads)."""
+    return make_s3_client(endpoint)
 
 
 def make_s3_client(endpoint: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -89,6 +90,11 @@ class Mitmdump:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
     def client_ca(self) -> Path:
         """mitmproxy's CA certificate, made at start-up in its confdir: what its HTTPS clients trust."""
         return Path(self.options.get("confdir", self.workdir / "confdir")) / "mitmproxy-ca-cert.pem"
@@ -122,6 +128,18 @@ class Mitmdump:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def write_back_worker(proxy_pid: int, within: float = 15.0) -> int:
+    """The pid of the addon's write-back worker (python -m backorigin.writebackworker, a child of mitmdump)."""
+    def find() -> int | None:
+        for task in Path(f"/proc/{proxy_pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"backorigin.writebackworker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        return int(child)
+        return None
+    return wait_for(find, within=within)
 
 
 def wait_for(check, within: float = 15.0, every: float = 0.1):
