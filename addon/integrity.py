@@ -11,6 +11,7 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 # ASCII digits only (str.isdigit() also accepts '²'), and at most 18 of them: no length or
@@ -92,14 +93,17 @@ class StoreETag:
     def __init__(self, part_size: int) -> None:
         self.part_size = part_size
         self.size = 0
-        self._whole = hashlib.md5()
+        # Until the first part is complete the whole body and the part are the same bytes: one
+        # hash serves both, and the whole body's hash branches off (a copy) when the part ends.
         self._part = hashlib.md5()
+        self._whole: Any = None
         self._part_filled = 0
         self._part_digests: list[bytes] = []
 
     def update(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        self._whole.update(chunk)
+        if self._whole is not None:
+            self._whole.update(chunk)
         view = memoryview(chunk)
         while view:
             room = self.part_size - self._part_filled
@@ -107,19 +111,26 @@ class StoreETag:
             self._part.update(piece)
             self._part_filled += len(piece)
             if self._part_filled == self.part_size:
+                if self._whole is None:  # the first part: from here on the whole body is hashed apart
+                    self._whole = self._part.copy()
+                    self._whole.update(view)
                 self._part_digests.append(self._part.digest())
                 self._part, self._part_filled = hashlib.md5(), 0
 
     @property
+    def _whole_digest(self) -> Any:
+        return self._whole if self._whole is not None else self._part
+
+    @property
     def md5_base64(self) -> str:
-        return base64.b64encode(self._whole.digest()).decode()
+        return base64.b64encode(self._whole_digest.digest()).decode()
 
     @property
     def md5_hex(self) -> str:
-        return self._whole.hexdigest()
+        return self._whole_digest.hexdigest()
 
     def value(self) -> str:
         if self.size < self.part_size:
-            return f'"{self._whole.hexdigest()}"'
+            return f'"{self.md5_hex}"'
         digests = self._part_digests + ([self._part.digest()] if self._part_filled else [])
         return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
