@@ -233,6 +233,9 @@ def start_stack(tmp: Path, processes: Processes, cpus: CpuPlan) -> Stack:
         plain = Mitmdump("plain", store.endpoint, plain_port, tmp, confdir, cpus=cpus.proxy).start(processes)
         addon = Mitmdump("addon", store.endpoint, addon_port, tmp, tmp / "confdir-addon", rules,
                          cpus=cpus.proxy, ca_from=confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(processes)
+        # the addon's write-back worker is a process of its own: it runs beside the store, not on
+        # the core of the proxy under test (its CPU is measured apart, see scenario_miss)
+        set_affinity(addon.worker_pid(), cpus.rest)
     except BaseException:
         store.stop()
         raise
@@ -333,17 +336,24 @@ def scenario_miss(stack: Stack, report: Report, seconds: float) -> None:
     raw: dict[str, object] = {}
     for prefix, size_name in (("small", "1 KiB"), ("large", "8 MiB")):
         size = ORIGIN_FILES[prefix][1]
+        plain_before = cpu_seconds(stack.plain.pid)
         floor_404 = wrk(f"http://127.0.0.1:{stack.plain.port}/", 1, seconds, f"/{BUCKET}/{prefix}/floor-")
+        plain_cpu_per_404 = (cpu_seconds(stack.plain.pid) - plain_before) / max(1, floor_404.requests)
         direct = wrk(f"http://127.0.0.1:{stack.origin_port}/", 1, seconds, f"/{prefix}/direct-")
-        cpu_before = cpu_seconds(stack.addon.pid)
+        worker = stack.addon.worker_pid()
+        cpu_before = cpu_seconds(stack.addon.pid), cpu_seconds(worker)
         mirrored = wrk(f"http://127.0.0.1:{stack.addon.port}/", 1, seconds, f"/{BUCKET}/{prefix}/miss-")
         stored = stack.wait_stored(f"{prefix}/miss-", mirrored.requests)
-        # CPU of mitmdump+addon per miss, its write-backs included (they ran in its threads)
-        cpu_per_miss_ms = (cpu_seconds(stack.addon.pid) - cpu_before) / max(1, mirrored.requests) * 1000
+        # CPU per miss of mitmdump+addon, and of its write-back worker (the uploads)
+        proxy_cpu_per_miss = (cpu_seconds(stack.addon.pid) - cpu_before[0]) / max(1, mirrored.requests)
+        worker_cpu_per_miss = (cpu_seconds(worker) - cpu_before[1]) / max(1, mirrored.requests)
+        cpu_per_miss_ms = proxy_cpu_per_miss * 1000
         nginx = wrk(f"http://127.0.0.1:{stack.reference_port}/", 1, seconds, f"/{BUCKET}/{prefix}/ref-")
         # context: the same-size object already in the store, through plain mitmdump (the cost
         # of moving the body through a Python proxy, which the floor above leaves out)
+        plain_before = cpu_seconds(stack.plain.pid)
         plain_hit = wrk(f"http://127.0.0.1:{stack.plain.port}/{BUCKET}/{prefix}/hit", 1, max(2, seconds / 2))
+        plain_cpu_per_hit = (cpu_seconds(stack.plain.pid) - plain_before) / max(1, plain_hit.requests)
         if floor_404.non_2xx != floor_404.requests:
             log(f"miss floor {prefix}: expected only 404s, got {floor_404.requests - floor_404.non_2xx} others")
         for name, result in (("direct", direct), ("mirrored", mirrored), ("nginx", nginx)):
@@ -357,21 +367,33 @@ def scenario_miss(stack: Stack, report: Report, seconds: float) -> None:
             "mirrored_via_addon": wrk_raw(mirrored), "nginx_reference": wrk_raw(nginx),
             "floor_p50_ms": round(floor_p50, 3), "floor_p99_ms": round(floor_p99, 3), "stored": stored,
             "hit_via_plain": wrk_raw(plain_hit), "addon_cpu_ms_per_miss": round(cpu_per_miss_ms, 2),
+            "worker_cpu_ms_per_miss": round(worker_cpu_per_miss * 1000, 2),
+            "plain_cpu_ms_per_404": round(plain_cpu_per_404 * 1000, 3), "plain_cpu_ms_per_hit": round(plain_cpu_per_hit * 1000, 3),
         }
+        # the targets: a 1 KiB miss against the floor, an 8 MiB one against what moving its body
+        # through mitmproxy costs at all (a 404 and a hit of the same size through plain mitmdump)
+        proxy_floor = floor_404.p50_ms + plain_hit.p50_ms
         for p, measured, floor in (("p50", mirrored.p50_ms, floor_p50), ("p99", mirrored.p99_ms, floor_p99)):
             ratio = measured / floor
+            target = p == "p50" and prefix == "small"
             report.add("2", "miss path", f"{size_name} mirrored GET {p} ÷ floor ({measured:.2f} ms ÷ {floor:.2f} ms)",
-                       f"{ratio:.2f}", "≤ 1.15", ratio <= 1.15)
-        proxy_floor = floor_404.p50_ms + plain_hit.p50_ms
+                       f"{ratio:.2f}", "≤ 1.5" if target else "", ratio <= 1.5 if target else None)
+        ratio = mirrored.p50_ms / proxy_floor
         report.add("2", "miss path", f"{size_name} mirrored GET p50 ÷ (404 via plain + {size_name} hit via plain) "
-                   f"({mirrored.p50_ms:.2f} ms ÷ {proxy_floor:.2f} ms), context", f"{mirrored.p50_ms / proxy_floor:.2f}")
+                   f"({mirrored.p50_ms:.2f} ms ÷ {proxy_floor:.2f} ms)", f"{ratio:.2f}",
+                   "≤ 1.5" if prefix == "large" else "", ratio <= 1.5 if prefix == "large" else None)
+        plain_cpu = plain_cpu_per_404 + plain_cpu_per_hit
+        report.add("2", "miss path", f"{size_name} miss: CPU of mitmdump+addon per miss ÷ plain mitmdump's per (404 + "
+                   f"{size_name} hit) ({proxy_cpu_per_miss * 1000:.2f} ms ÷ {plain_cpu * 1000:.2f} ms; write-back "
+                   f"worker {worker_cpu_per_miss * 1000:.2f} ms more, outside the proxy)",
+                   f"{proxy_cpu_per_miss / plain_cpu:.2f}")
         for p, measured, floor in (("p50", nginx.p50_ms, floor_p50), ("p99", nginx.p99_ms, floor_p99)):
             report.raw.setdefault("reference_miss", []).append(
                 (f"miss {size_name} {p}: nginx error_page ÷ floor ({measured:.2f} ms ÷ {floor:.2f} ms)",
                  f"{measured / floor:.2f}"))
         log(f"miss {size_name}: floor p50 {floor_p50:.2f} ms (404 {floor_404.p50_ms:.2f} + origin {direct.p50_ms:.2f}), "
             f"mirrored p50 {mirrored.p50_ms:.2f} p99 {mirrored.p99_ms:.2f} ({mirrored.requests} misses, {stored} stored, "
-            f"{cpu_per_miss_ms:.2f} ms CPU of mitmdump+addon per miss), "
+            f"{cpu_per_miss_ms:.2f} ms CPU of mitmdump+addon per miss, {worker_cpu_per_miss * 1000:.2f} ms of its worker), "
             f"nginx p50 {nginx.p50_ms:.2f}")
     report.raw["miss"] = raw
 
@@ -479,7 +501,7 @@ def scenario_lag(stack: Stack, report: Report, seconds: float, rate: float = 50.
         "client_p50_s": loadgen.percentile(result["latencies"], 50), "problems": result["problems"][:10],
     }
     report.add("4", "write-back lag", f"1 KiB misses at {result['rate']:.0f}/s: response → readable in store, p50 / p99",
-               f"{p50:.3f} s / {p99:.3f} s")
+               f"{p50:.3f} s / {p99:.3f} s", "p99 < 1 s", p99 < 1.0)
     if result["problems"]:
         log(f"write-back lag: {len(result['problems'])} problems, e.g. {result['problems'][:3]}")
 
@@ -786,6 +808,9 @@ def scenario_memory(stack: Stack, report: Report) -> None:
                f"{eight['landed_s']} s" if eight["landed_s"] is not None else f"not within {HUGE_WITHIN:g} s")
 
 
+TOMBSTONES_BUCKET = "bench-tombstones"
+
+
 def scenario_scaleout(stack: Stack, report: Report, seconds: float) -> None:
     """6: 1 vs 2 mitmdump+addon processes behind nginx stream, same balancer path for both."""
     # Nothing pinned here: two proxies, the store, the balancer and wrk share both cores,
@@ -794,11 +819,17 @@ def scenario_scaleout(stack: Stack, report: Report, seconds: float) -> None:
     os.sched_setaffinity(0, everything)
     for pid in tree_pids(os.getpid()):
         set_affinity(pid, everything)
-    second_port, one_port, two_port = listen_ports(3)
-    second = Mitmdump("addon-2", stack.store.endpoint, second_port, stack.tmp, stack.tmp / "confdir-addon-2", stack.rules,
-                      ca_from=stack.confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(stack.processes)
+    # two fresh processes that share their tombstones through the store, as a fleet would
+    stack.store.create_buckets([TOMBSTONES_BUCKET])
+    first_port, second_port, one_port, two_port = listen_ports(4)
+    shared = {"backorigin_tombstones": f"s3://{TOMBSTONES_BUCKET}/"}
+    first, second = (
+        Mitmdump(name, stack.store.endpoint, port, stack.tmp, stack.tmp / f"confdir-{name}", stack.rules, options=shared,
+                 ca_from=stack.confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(stack.processes)
+        for name, port in (("scale-1", first_port), ("scale-2", second_port))
+    )
     balancer = Nginx("balancer", stack.tmp / "nginx-balancer",
-                     balancer_config({one_port: [stack.addon.port], two_port: [stack.addon.port, second_port]}))
+                     balancer_config({one_port: [first.port], two_port: [first.port, second.port]}))
     balancer.start(stack.processes, [one_port, two_port])
     slice_ = max(2, math.ceil(seconds / 2))
     raw: dict[str, object] = {}
@@ -819,12 +850,15 @@ def scenario_scaleout(stack: Stack, report: Report, seconds: float) -> None:
             rps = {n: sum(r.requests for r in rs) / sum(r.seconds for r in rs) for n, rs in runs.items()}
             errors = sum(r.non_2xx + r.errors for rs in runs.values() for r in rs)
             raw[name] = {"rps": rps, "errors": errors, "runs": {n: [wrk_raw(r) for r in rs] for n, rs in runs.items()}}
-            report.add("6", "scale-out", f"{figure}: throughput 2 processes ÷ 1 (nginx stream, 2 cores)",
-                       f"{rps[2] / rps[1]:.2f}")
+            ratio = rps[2] / rps[1]
+            report.add("6", "scale-out", f"{figure}: throughput 2 processes ÷ 1 (nginx stream, 2 cores; tombstones "
+                       "shared through the store)", f"{ratio:.2f}", "≥ 1.8" if name == "miss" else "",
+                       ratio >= 1.8 if name == "miss" else None)
             log(f"scale-out {name}: 1 process {rps[1]:.0f}/s, 2 processes {rps[2]:.0f}/s, {errors} errors")
     finally:
         stack.processes.stop(balancer.process)
-        stack.processes.stop(second.process)
+        for proxy in (first, second):
+            stack.processes.stop(proxy.process)
     report.raw["scaleout"] = raw
 
 

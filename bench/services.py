@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import REPO, mitmdump_command, wait_until_listening
+from tests.support import REPO, mitmdump_command, wait_until_listening, write_back_worker
 
 BIN = Path(sys.executable).parent
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_report.lua"
@@ -400,6 +400,10 @@ class Mitmdump:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def worker_pid(self) -> int:
+        """The addon's write-back worker process."""
+        return write_back_worker(self.pid)
 
     def command(self) -> list[str]:
         scripts = [arg for extra in self.extra_scripts for arg in ("-s", extra)] if self.rules is not None else []
