@@ -360,6 +360,8 @@ class BackOrigin:
         if origin_request is None:
             return  # the store answers its own 404
         miss = self.mirror.start(endpoint, ref, rule, origin_request)
+        if miss is None:
+            return  # stored meanwhile: the request goes to the store
         store_404 = store_404 if store_404.body else StoreAnswer.of(replies.no_such_key(ref))
         if await self.mirror.fits_in_memory(miss):
             await self._answer_here(flow, miss, store_404, ANSWER_IN_MEMORY)
@@ -391,6 +393,7 @@ class BackOrigin:
         endpoint = self._endpoint(flow.request)
         self.mirror.known.discard((endpoint, ref.bucket, ref.key))
         miss = self.mirror.start(endpoint, ref, rule, origin_request)
+        assert miss is not None  # nothing is known to be stored: discarded above
         store_404 = StoreAnswer(404, tuple(response.headers.items(multi=True)), response.raw_content or b"")
         await self._answer_here(flow, miss, store_404, self.origin.max_inline)
 

@@ -79,9 +79,13 @@ class Mirror:
         # told of every origin fetch and how long it took (addon.metrics)
         self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
 
-    def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Miss:
-        """Join the fill of this object, or start one (MirrorProxyPass: always a fill of its own)."""
+    def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Miss | None:
+        """Join the fill of this object, or start one (MirrorProxyPass: always a fill of its own).
+        None when the object has landed in the store since the store said it was missing (its
+        write-back ended while the caller awaited something): the store answers, no origin GET."""
         key: FillKey = (endpoint, ref.bucket, ref.key)
+        if key in self.known:
+            return None
         proxy_pass = rule.Redirect.MirrorProxyPass
         fill = None if proxy_pass else self.fills.get(key)
         if fill is not None:

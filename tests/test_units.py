@@ -18,8 +18,12 @@ from backorigin.conditional import (
     plan,
 )
 from backorigin.integrity import StoreETag
+from backorigin.mirror import Mirror
 from backorigin.origin import (
+    OriginClient,
+    OriginRequest,
     OriginResult,
+    Timeouts,
     UnsafeKey,
     origin_headers,
     origin_key,
@@ -30,6 +34,7 @@ from backorigin.origin import (
 from backorigin.redirect import location
 from backorigin.rules import parse_rules
 from backorigin.writeback import ObjectUpload
+from backorigin.writebackworker import WriteBackWorker
 
 
 def request(path: str, **kwargs):
@@ -242,6 +247,18 @@ def test_store_etag_is_the_md5_or_the_multipart_rule():
     exact = StoreETag(part_size=4)
     exact.update(b"abcd")  # a body of exactly one part goes up as one multipart part
     assert exact.value() == f'"{hashlib.md5(hashlib.md5(b"abcd").digest()).hexdigest()}-1"'
+    for whole in (single, parts, exact):  # the whole body's MD5 too, one hash or two
+        assert whole.md5_hex == hashlib.md5({single: b"abc", parts: b"abcdefghij", exact: b"abcd"}[whole]).hexdigest()
+
+
+def test_no_fill_starts_for_an_object_that_landed_meanwhile(tmp_path):
+    """A miss that waited (a tombstone check) while the object's write-back landed must not
+    fetch the origin again: the store answers it."""
+    mirror = Mirror(OriginClient(Timeouts(), max_inline=1024), WriteBackWorker(tmp_path / "spool"))
+    mirror.known.add(("http://store", "b", "k"))
+    request = OriginRequest("http://o/k", ())
+    assert mirror.start("http://store", s3.ObjectRef("b", "k"), rule_with_headers({}), request) is None
+    assert len(mirror.fills) == 0
 
 
 # write-back arguments -----------------------------------------------------------------------
