@@ -456,8 +456,12 @@ class BackOrigin:
         return [key for b, key in self.tombstones if b == bucket and key.startswith(prefix)]
 
     async def _is_tombstoned(self, ref: s3.ObjectRef) -> bool:
-        return (ref.bucket, ref.key) in self._deleting or await asyncio.to_thread(
-            self.tombstones.__contains__, (ref.bucket, ref.key))
+        found = (ref.bucket, ref.key)
+        if found in self._deleting:
+            return True
+        if self.tombstones.blocking:
+            return await asyncio.to_thread(self.tombstones.__contains__, found)
+        return found in self.tombstones
 
     async def _no_resurrection(self, flow: http.HTTPFlow, ref: s3.ObjectRef, rule: RoutingRule,
                                store_headers: tuple[tuple[str, str], ...]) -> bool:

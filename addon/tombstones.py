@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 class Tombstones(Protocol):
+    blocking: bool  # whether asking waits on the network (then the hooks ask from a thread)
+
     def __contains__(self, ref: tuple[str, str]) -> bool:
         """Whether (bucket, key) was deleted through a proxy (blocking for the shared kind)."""
         ...
@@ -48,6 +50,8 @@ class Tombstones(Protocol):
 class LocalTombstones:
     """One small JSON file per tombstone in `directory`, named by a hash of bucket and key,
     written before the delete's answer goes back; read into memory at start-up."""
+
+    blocking = False
 
     def __init__(self, directory: Path, fresh: bool = False) -> None:
         self.directory = directory
@@ -93,6 +97,8 @@ class StoreTombstones:
     """Tombstones as objects `PREFIX + bucket + "/" + key` in a bucket of the store, shared by
     every proxy in front of it. Written create-only; asked with a HEAD (blocking: the hooks run
     it in a thread)."""
+
+    blocking = True
 
     def __init__(self, client: Any, bucket: str, prefix: str) -> None:
         self.client = client
