@@ -76,16 +76,17 @@ def write_kind(request: http.Request) -> str | None:
     """What a write does to objects: "delete" (DeleteObject), "delete-many" (DeleteObjects),
     "create" (PutObject, CopyObject, CompleteMultipartUpload); None for anything else."""
     method = request.method
-    plain = is_plain_object_call(request)
-    if method == "DELETE" and plain:
-        return "delete"
+    if method == "GET" or method == "HEAD":  # the hit path: nothing more to look at
+        return None
+    if method == "DELETE":
+        return "delete" if is_plain_object_call(request) else None
     if method == "POST" and "?" in request.path:
         names = set(request.query.keys())
         if names == {"delete"}:
             return "delete-many"
         if "uploadId" in names:
             return "create"
-    if method == "PUT" and plain:
+    if method == "PUT" and is_plain_object_call(request):
         return "create"
     return None
 
