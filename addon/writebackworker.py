@@ -10,8 +10,9 @@ either process loses nothing, and the addon starts a new worker when one dies.
 The two talk in JSON lines:
   addon -> worker (stdin):   {"upload": MANIFEST} | {"withdraw": MANIFEST} | {"drain": SECONDS}
   worker -> addon (stdout):  {"manifest": MANIFEST, "outcome": OUTCOME}
-The end of stdin means the addon is gone: the worker stops, and what it has not stored stays
-spooled for the next start.
+and its log lines go to the addon on stderr, which logs them in the proxy. The end of stdin
+means the addon is gone: the worker stops, and what it has not stored stays spooled for the
+next start.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 DEFERRED_RETRY_EVERY = 30.0  # seconds between retries of write-backs the store refused for now
 RESTART_AFTER = 1.0  # seconds before a worker that died is started again
 ENDED_FOR_GOOD = frozenset({"stored", "exists", "failed", "deleted", "gone"})
+LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+              "CRITICAL": logging.CRITICAL}
 
 
 class WriteBackWorker:
@@ -155,9 +158,11 @@ class WriteBackWorker:
         while not self._stopping:
             self._process = process = await asyncio.create_subprocess_exec(
                 *self.command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
-            assert process.stdin is not None and process.stdout is not None
+            assert process.stdin is not None and process.stdout is not None and process.stderr is not None
             self._up.set()
+            relaying = asyncio.ensure_future(_relay_log(process.stderr))
             # everything still pending: the worker ignores what its spool scan found already,
             # and answers "gone" for what an earlier worker finished without a word
             unsent, self._unsent = self._unsent, []
@@ -165,6 +170,7 @@ class WriteBackWorker:
             while line := await process.stdout.readline():
                 self._heard(json.loads(line))
             await process.wait()
+            await relaying
             self._up.clear()
             if not self._stopping:
                 logger.warning("the write-back worker exited with status %s; starting another", process.returncode)
@@ -187,6 +193,18 @@ class WriteBackWorker:
         if not ended.done():
             ended.set_result(outcome)  # type: ignore[arg-type]  # checked against ENDED_FOR_GOOD
         self.landed(upload, outcome)  # type: ignore[arg-type]
+
+
+async def _relay_log(stderr: asyncio.StreamReader) -> None:
+    """The worker's log lines ("LEVEL message") into the proxy's log, so they show in mitmproxy's
+    event log (mitmweb, the console) rather than on the terminal; anything else (a traceback)
+    as a warning."""
+    while line := await stderr.readline():
+        level, _, message = line.decode("utf-8", "replace").rstrip().partition(" ")
+        if level in LOG_LEVELS:
+            logger.log(LOG_LEVELS[level], "write-back worker: %s", message)
+        else:
+            logger.warning("write-back worker: %s %s", level, message)
 
 
 # the worker process ------------------------------------------------------------------------------
@@ -250,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                         "default the spool's tombstones folder")
     parser.add_argument("--store", help="the store's endpoint, for tombstones kept in it")
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="backorigin write-back worker: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")  # see _relay_log
     for library in ("botocore", "boto3", "urllib3"):
         logging.getLogger(library).setLevel(logging.WARNING)
     # Ctrl-C in mitmdump's terminal reaches this process too: the addon decides when it stops

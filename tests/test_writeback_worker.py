@@ -40,8 +40,8 @@ def test_uploads_run_in_the_worker_not_in_the_proxy(tmp_path, store, s3, worker_
         worker = write_back_worker(proxy.pid)
     finally:
         assert proxy.stop() == 0
-    # the upload was the worker's: its own log lines (on mitmdump's stderr) say so
-    assert f"backorigin write-back worker: write-back stored s3://{BUCKET}/{key} " in proxy.log()
+    # the upload was the worker's: its log lines, relayed into mitmproxy's log, say so
+    assert f"write-back worker: write-back stored s3://{BUCKET}/{key} " in proxy.log()
     assert not running(worker)  # stopped with the proxy
 
 
