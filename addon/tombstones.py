@@ -57,7 +57,7 @@ class LocalTombstones:
         self.directory = directory
         self.fresh = fresh  # ask the folder every time: another process (the proxy) writes it
         directory.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()  # write-back threads read the set
+        self._lock = threading.Lock()  # add and discard run in threads while the hooks read the set
         self._set: set[tuple[str, str]] = set()
         for path in [] if fresh else directory.glob("*.json"):
             try:
