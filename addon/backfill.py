@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -619,33 +619,22 @@ class Backfill:
         self._serial = 0
 
     async def run(self, keys: Iterable[str]) -> None:
-        pending = iter(keys)
-        use_threads(self.settings.concurrency)
-        clients = await store_clients(self.settings.store, self.settings.concurrency)
-        workers = [asyncio.create_task(self._worker(pending, clients[n % len(clients)]))
-                   for n in range(self.settings.concurrency)]
-        ticker = asyncio.create_task(self.progress.log_lines())
         try:
-            await asyncio.gather(*workers)
+            await sweep(keys, self.settings.store, self.settings.concurrency, self.progress, self._one)
         finally:
-            ticker.cancel()
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(ticker, *workers, return_exceptions=True)
             await self.origin.aclose()
 
-    async def _worker(self, pending: Iterator[str], store: Any) -> None:
-        for key in pending:
-            try:
-                finished = await self.copy(store, key)
-            except Exception as e:  # one key's fault never stops the sweep
-                logger.exception("%s: unexpected error", key)
-                finished = Finished(key, "failed", describe_error(e))
-            self.journal.record(finished)
-            self.report.add(finished)
-            self.progress.finished()
-            if finished.result == "failed":
-                logger.warning("%s: failed: %s", key, finished.reason)
+    async def _one(self, store: Any, key: str) -> None:
+        try:
+            finished = await self.copy(store, key)
+        except Exception as e:  # one key's fault never stops the sweep
+            logger.exception("%s: unexpected error", key)
+            finished = Finished(key, "failed", describe_error(e))
+        self.journal.record(finished)
+        self.report.add(finished)
+        self.progress.finished()
+        if finished.result == "failed":
+            logger.warning("%s: failed: %s", key, finished.reason)
 
     async def copy(self, store: Any, key: str) -> Finished:
         s = self.settings
@@ -704,6 +693,29 @@ async def is_tombstoned(tombstones: Tombstones | None, bucket: str, key: str) ->
 
 
 CLIENT_POOL = 10  # connections in a boto3 client's pool (botocore's default max_pool_connections)
+
+
+async def sweep(keys: Iterable[str], store: str, concurrency: int, progress: Progress,
+                one: Callable[[Any, str], Awaitable[None]]) -> None:
+    """`one(store_client, key)` for every key, in `concurrency` workers sharing the store's
+    clients, with progress log lines meanwhile (backfill and verify)."""
+    pending = iter(keys)
+    use_threads(concurrency)
+    clients = await store_clients(store, concurrency)
+
+    async def worker(client: Any) -> None:
+        for key in pending:
+            await one(client, key)
+
+    workers = [asyncio.create_task(worker(clients[n % len(clients)])) for n in range(concurrency)]
+    ticker = asyncio.create_task(progress.log_lines())
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        ticker.cancel()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(ticker, *workers, return_exceptions=True)
 
 
 async def store_clients(store: str, concurrency: int) -> list[Any]:

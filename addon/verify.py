@@ -15,7 +15,6 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import botocore.exceptions
@@ -31,8 +30,7 @@ from backorigin.backfill import (
     open_tombstones,
     plan,
     read_source,
-    store_clients,
-    use_threads,
+    sweep,
     write_report,
 )
 from backorigin.origin import OriginRequest, OriginResult, should_switch, sigv4_headers
@@ -78,28 +76,18 @@ class Verify:
         self.http = httpx.AsyncClient(trust_env=False, timeout=timeout, limits=httpx.Limits(max_connections=None))
 
     async def run(self, keys: list[str], concurrency: int) -> None:
-        pending = iter(keys)
-        use_threads(concurrency)
-        clients = await store_clients(self.store, concurrency)
-        workers = [asyncio.create_task(self._worker(pending, clients[n % len(clients)])) for n in range(concurrency)]
-        ticker = asyncio.create_task(self.progress.log_lines())
         try:
-            await asyncio.gather(*workers)
+            await sweep(keys, self.store, concurrency, self.progress, self._one)
         finally:
-            ticker.cancel()
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(ticker, *workers, return_exceptions=True)
             await self.http.aclose()
 
-    async def _worker(self, pending: Iterator[str], store: Any) -> None:
-        for key in pending:
-            try:
-                finished = await self.check(store, key)
-            except Exception as e:  # one key's fault never stops the check
-                finished = Finished(key, "unchecked", describe_error(e))
-            self.report.add(finished)
-            self.progress.finished()
+    async def _one(self, store: Any, key: str) -> None:
+        try:
+            finished = await self.check(store, key)
+        except Exception as e:  # one key's fault never stops the check
+            finished = Finished(key, "unchecked", describe_error(e))
+        self.report.add(finished)
+        self.progress.finished()
 
     async def check(self, store: Any, key: str) -> Finished:
         try:
