@@ -206,8 +206,7 @@ class BackOrigin:
             spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
             if configured and self.mirror.writeback.spool.directory != spool:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
-            writeback = WriteBackWorker(spool, options.backorigin_writeback_workers, options.backorigin_writeback_queue,
-                                        fsync=options.backorigin_spool_fsync)
+            writeback = WriteBackWorker(spool, fsync=options.backorigin_spool_fsync)
             self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
         writeback = self.mirror.writeback
         if "backorigin_spool_fsync" in updated:

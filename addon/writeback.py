@@ -231,7 +231,7 @@ class WriteBack:
             return
         self._run(manifest, replace(upload, endpoint=self.endpoint) if self.endpoint else upload)
 
-    def resume(self) -> int:
+    def resume(self) -> None:
         """Queue every write-back in the spool (what a previous run left, and anything spooled
         before this worker started). Downloads under way are the proxy's: left alone."""
         resumed = list(self.spool.pending())
@@ -239,7 +239,6 @@ class WriteBack:
             self.queue(manifest)
         if resumed:
             logger.info("resuming %d spooled write-back(s) from %s", len(resumed), self.spool.directory)
-        return len(resumed)
 
     def retry_deferred(self) -> int:
         """Queue again the write-backs that gave up while the store was unreachable."""

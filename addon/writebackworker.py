@@ -28,15 +28,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
+from backorigin.tombstones import make_tombstones
 from backorigin.writeback import ObjectUpload, Outcome, Spool, WriteBack
 
 logger = logging.getLogger(__name__)
 
 DEFERRED_RETRY_EVERY = 30.0  # seconds between retries of write-backs the store refused for now
 RESTART_AFTER = 1.0  # seconds before a worker that died is started again
-ENDED_FOR_GOOD = frozenset({"stored", "exists", "failed", "deleted", "gone"})
 LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
               "CRITICAL": logging.CRITICAL}
 
@@ -60,7 +60,7 @@ class WriteBackWorker:
         self._pending: dict[Path, tuple[ObjectUpload, asyncio.Future[Outcome]]] = {}
         self._deferred: set[Path] = set()
         self._process: asyncio.subprocess.Process | None = None
-        self._unsent: list[bytes] = []  # lines for a worker that is not up yet
+        self._unsent: list[bytes] = []  # withdrawals for a worker that is not up yet
         self._supervisor: asyncio.Task[None] | None = None
         self._up = asyncio.Event()  # a worker process is running
         self._stopping = False
@@ -116,7 +116,7 @@ class WriteBackWorker:
         up.cancel()
         process = self._process
         if process is not None and process.returncode is None and process.stdin is not None:
-            process.stdin.write(json.dumps({"drain": timeout}).encode() + b"\n")
+            self._send({"drain": timeout})
             process.stdin.close()
             try:
                 await asyncio.wait_for(process.wait(), timeout + 10)
@@ -133,11 +133,13 @@ class WriteBackWorker:
         self._pending[manifest] = (upload, asyncio.get_running_loop().create_future())
 
     def _send(self, message: dict[str, Any]) -> None:
+        """A line for the worker. While none runs, a withdrawal waits for the next one; an
+        upload need not: every worker that starts is sent one for each pending write-back."""
         line = json.dumps(message).encode() + b"\n"
         process = self._process
         if process is not None and process.returncode is None and process.stdin is not None:
             process.stdin.write(line)
-        else:
+        elif "upload" not in message:
             self._unsent.append(line)
         self.start()
 
@@ -163,10 +165,10 @@ class WriteBackWorker:
             assert process.stdin is not None and process.stdout is not None and process.stderr is not None
             self._up.set()
             relaying = asyncio.ensure_future(_relay_log(process.stderr))
-            # everything still pending: the worker ignores what its spool scan found already,
-            # and answers "gone" for what an earlier worker finished without a word
+            # everything still pending (the worker ignores what its spool scan found already, and
+            # answers "gone" for what an earlier worker finished without a word), then withdrawals
             unsent, self._unsent = self._unsent, []
-            process.stdin.writelines([*unsent, *(json.dumps({"upload": str(m)}).encode() + b"\n" for m in self._pending)])
+            process.stdin.writelines([*(json.dumps({"upload": str(m)}).encode() + b"\n" for m in self._pending), *unsent])
             while line := await process.stdout.readline():
                 self._heard(json.loads(line))
             await process.wait()
@@ -176,8 +178,8 @@ class WriteBackWorker:
                 logger.warning("the write-back worker exited with status %s; starting another", process.returncode)
                 await asyncio.sleep(RESTART_AFTER)
 
-    def _heard(self, message: dict[str, str]) -> None:
-        manifest, outcome = Path(message["manifest"]), message["outcome"]
+    def _heard(self, message: dict[str, Any]) -> None:
+        manifest, outcome = Path(message["manifest"]), cast(Outcome, message["outcome"])
         if outcome == "deferred":
             if manifest not in self._deferred:
                 self._deferred.add(manifest)
@@ -185,14 +187,14 @@ class WriteBackWorker:
             return
         self._deferred.discard(manifest)
         tracked = self._pending.pop(manifest, None)
-        if tracked is None or outcome not in ENDED_FOR_GOOD:
+        if tracked is None:
             return
         upload, ended = tracked
         if outcome != "gone":
             self.outcomes[outcome] += 1
         if not ended.done():
-            ended.set_result(outcome)  # type: ignore[arg-type]  # checked against ENDED_FOR_GOOD
-        self.landed(upload, outcome)  # type: ignore[arg-type]
+            ended.set_result(outcome)
+        self.landed(upload, outcome)
 
 
 async def _relay_log(stderr: asyncio.StreamReader) -> None:
@@ -221,8 +223,6 @@ async def serve(arguments: argparse.Namespace) -> None:
     writeback = WriteBack(Path(arguments.spool), arguments.workers, fsync=arguments.fsync, report=_reporter(sys.stdout))
     writeback.endpoint = arguments.endpoint
     if arguments.deletes_stick:
-        from backorigin.tombstones import make_tombstones
-
         tombstones = make_tombstones(arguments.tombstones, writeback.spool.directory, arguments.store, fresh=True)
         writeback.deleted = lambda upload: (upload.bucket, upload.key) in tombstones
     writeback.resume()
