@@ -66,6 +66,7 @@ from mitmproxy import http
 from backorigin.origin import UnsafeKey, origin_key, origin_url
 from backorigin.rules import RoutingRule, RuleBook
 from backorigin.s3 import error_code_of
+from backorigin.writeback import shared_s3_client
 
 logger = logging.getLogger(__name__)
 
@@ -670,10 +671,9 @@ class MergedListings:
 
     def __init__(self, store_client: Callable[[str], Any] | None = None, verify: bool | str = True) -> None:
         """`store_client(endpoint)`: a boto3 client with the proxy's own credentials (default:
-        writeback.make_s3_client, one per endpoint); `verify`: TLS verification of the store, as
+        writeback.shared_s3_client, one per endpoint for the process); `verify`: TLS verification of the store, as
         for storeprobe.StoreProbe (connections.upstream_verification)."""
-        self._store_client = store_client
-        self._store_clients: dict[str, Any] = {}
+        self.store_client = store_client or shared_s3_client
         self._origin_clients: dict[tuple[str, str, str, str], Any] = {}
         self._orders: dict[str, Order] = {}
         self._not_s3: dict[str, float] = {}  # origin endpoint/bucket -> when it last did not answer like S3
@@ -684,15 +684,6 @@ class MergedListings:
         for client in self._http.values():
             await client.aclose()
         self._http.clear()
-
-    def store_client(self, endpoint: str) -> Any:
-        if self._store_client is not None:
-            return self._store_client(endpoint)
-        if endpoint not in self._store_clients:
-            from backorigin.writeback import make_s3_client
-
-            self._store_clients[endpoint] = make_s3_client(endpoint)
-        return self._store_clients[endpoint]
 
     def origin_client(self, endpoint: str, rule: RoutingRule) -> Any:
         auth = rule.Redirect.MirrorAuth
