@@ -374,7 +374,7 @@ def balancer_config(listeners: dict[int, list[int]]) -> str:
 
 @dataclass
 class Mitmdump:
-    """The README's command: mitmdump [-s addon/backorigin.py] --mode reverse:STORE --set ..."""
+    """The README's command: mitmdump [-s addon/script.py] --mode reverse:STORE --set ..."""
 
     name: str
     store: str

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from backorigin.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.origin_server import ScriptedOrigin, body_for
 from tests.support import Mitmdump, mirror_rule, write_rules
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from backorigin.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.origin_server import ScriptedOrigin
 from tests.support import Mitmdump, mirror_rule, write_rules
 

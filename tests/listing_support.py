@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import unquote
 from xml.etree import ElementTree
 
-from backorigin.listing import NAMESPACE, Entry, Lister, Order, next_page_size
+from backorigin.listing.merge import NAMESPACE, Entry, Lister, Order, next_page_size
 
 NS = {"s3": NAMESPACE}
 

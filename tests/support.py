@@ -18,7 +18,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from backorigin.embedded_store import free_ports
+from backorigin.tools.embedded_store import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
@@ -47,7 +47,7 @@ def mitmdump_command(
     mode: str, port: int, rules: Path | None, options: dict[str, str], extra_args: Sequence[str] = ()
 ) -> list[str]:
     """The README's command line; `rules` None: plain mitmdump, without the addon."""
-    script = ["-s", "addon/backorigin.py"] if rules is not None else []
+    script = ["-s", "addon/script.py"] if rules is not None else []
     sets = {**({"backorigin_rules": str(rules)} if rules is not None else {}), **options}
     return [
         MITMDUMP, *script, "--mode", mode, "--listen-host", "127.0.0.1", "--listen-port", str(port),
@@ -75,7 +75,7 @@ def wait_until_listening(process: subprocess.Popen, log: Callable[[], str], read
 
 @dataclass
 class Mitmdump:
-    """mitmdump -s addon/backorigin.py --mode MODE --set backorigin_rules=FILE [--set ...]"""
+    """mitmdump -s addon/script.py --mode MODE --set backorigin_rules=FILE [--set ...]"""
 
     mode: str
     rules: Path
@@ -131,12 +131,12 @@ class Mitmdump:
 
 
 def write_back_worker(proxy_pid: int, within: float = 15.0) -> int:
-    """The pid of the addon's write-back worker (python -m backorigin.writebackworker, a child of mitmdump)."""
+    """The pid of the addon's write-back worker (python -m backorigin.writeback.worker, a child of mitmdump)."""
     def find() -> int | None:
         for task in Path(f"/proc/{proxy_pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 with contextlib.suppress(OSError):
-                    if b"backorigin.writebackworker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    if b"backorigin.writeback.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                         return int(child)
         return None
     return wait_for(find, within=within)

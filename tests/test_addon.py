@@ -7,8 +7,8 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
-from backorigin import s3
-from backorigin.backorigin import BackOrigin, parse_size
+from backorigin.addon import BackOrigin, parse_size
+from backorigin.s3 import addressing as s3
 from tests.origin_server import body_for
 from tests.support import stored
 

@@ -19,10 +19,10 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
-from backorigin import cli
-from backorigin.backfill import Pacer, parse_rate
-from backorigin.embedded_store import EmbeddedStore, free_ports
-from backorigin.tombstones import LocalTombstones
+from backorigin.deletes.tombstones import LocalTombstones
+from backorigin.tools import cli
+from backorigin.tools.backfill import Pacer, parse_rate
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.origin_server import body_for, sized_body
 from tests.support import BACKORIGIN, mirror_rule, wait_for, write_rules
 

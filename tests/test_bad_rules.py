@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.rules import RulesError, load_rules
+from backorigin.rules.model import RulesError, load_rules
 from tests.support import Mitmdump
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad-rules"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.cli import WEB_COLUMNS, mitmproxy_command
-from backorigin.embedded_store import free_ports
+from backorigin.tools.cli import WEB_COLUMNS, mitmproxy_command
+from backorigin.tools.embedded_store import free_ports
 from tests.origin_server import body_for
 from tests.support import BACKORIGIN, REPO, http_get, wait_until_listening
 
@@ -73,7 +73,7 @@ def test_the_wheel_installs_backorigin_and_no_addon_package(tmp_path):
     (wheel,) = tmp_path.glob("backorigin-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if not name.startswith("backorigin-")} == {"backorigin"}
-    assert {"backorigin/py.typed", "backorigin/backorigin.py", "backorigin/cli.py"} <= set(names)
+    assert {"backorigin/py.typed", "backorigin/addon.py", "backorigin/tools/cli.py", "backorigin/scripts/mitmproxy_addon.py"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "backorigin = backorigin.cli:main" in text and "backorigin = backorigin.pytest_plugin" in text
+    assert "backorigin = backorigin.tools.cli:main" in text and "backorigin = backorigin.pytest_plugin" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.clients import (
     CLIENTS,
     Client,

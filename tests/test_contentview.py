@@ -8,14 +8,14 @@ import pytest
 from mitmproxy import contentviews
 from mitmproxy.test import taddons, tflow
 
-from backorigin.contentview import (
+from backorigin.ui.contentview import (
     DECISION_PRIORITY,
     NO_DECISION,
     VIEW_NAME,
     DecisionView,
     ViewBackorigin,
 )
-from backorigin.decision import METADATA_KEY, RECORDED_KEY, Decision, annotate
+from backorigin.ui.decision import METADATA_KEY, RECORDED_KEY, Decision, annotate
 
 MIRRORED = Decision(
     bucket="example-bucket", key="hello.txt", action="mirror", rule=2, outcome="mirrored",

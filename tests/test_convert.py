@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from backorigin import rules as rules_module
-from backorigin.convert import (
+from backorigin.rules import model as rules_module
+from backorigin.rules.convert import (
     BACKORIGIN_ONLY_FIELDS,
     ConversionError,
     aws_json_to_rules,
@@ -24,7 +24,7 @@ from backorigin.convert import (
     website_to_rules,
     xml_fields,
 )
-from backorigin.rules import MAX_RULES_CEILING, RulesError, load_rules, parse_rules
+from backorigin.rules.model import MAX_RULES_CEILING, RulesError, load_rules, parse_rules
 from tests.test_rules import OSS_SDK_RULES, OSS_SDK_RULES_NATURAL
 
 REPO = Path(__file__).resolve().parent.parent

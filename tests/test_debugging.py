@@ -12,7 +12,7 @@ import pytest
 from mitmproxy import io as flow_io
 from mitmproxy.test import taddons
 
-from backorigin.backorigin import BackOrigin
+from backorigin.addon import BackOrigin
 from tests.origin_server import body_for
 from tests.support import (
     BACKORIGIN,

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from backorigin.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.clients import sized_sha256, stored_sha256
 from tests.origin_server import body_for, sized_body
 from tests.support import (

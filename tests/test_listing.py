@@ -33,9 +33,8 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from backorigin import listing
-from backorigin.embedded_store import EmbeddedStore, free_ports
-from backorigin.listing import (
+from backorigin.listing import merge as listing
+from backorigin.listing.merge import (
     Entry,
     ListingError,
     ListParams,
@@ -51,7 +50,8 @@ from backorigin.listing import (
     parse_params,
     roll_up,
 )
-from backorigin.rules import RoutingRule, RuleBook
+from backorigin.rules.model import RoutingRule, RuleBook
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.clients import CLEAN_PATH, Target, aws_env, boto3_client, rclone_command, rclone_env
 from tests.listing_support import NS, FakeBucket, Listed, model_items, page_through, parse_page, sort_key
 from tests.modes_support import ModeMitmdump

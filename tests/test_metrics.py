@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from backorigin.embedded_store import free_ports
+from backorigin.tools.embedded_store import free_ports
 from tests.support import Mitmdump, http_get, mirror_rule, wait_for, write_rules
 
 BUCKET = "metrics-bucket"

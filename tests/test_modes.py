@@ -23,7 +23,7 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from backorigin.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.modes_support import (
     VENV_BIN,
     ModeMitmdump,

@@ -24,16 +24,16 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import tutils
 
-from backorigin import redirect
-from backorigin.integrity import BodyCheck
-from backorigin.origin import (
+from backorigin.miss.integrity import BodyCheck
+from backorigin.miss.origin import (
     SIGNATURE_PARAMS,
     UnsafeKey,
     origin_key,
     origin_url,
     passable_query,
 )
-from backorigin.rules import (
+from backorigin.rules import targets as redirect
+from backorigin.rules.model import (
     UNSUPPORTED_OSS_FIELDS,
     RoutingRule,
     RuleBook,
@@ -41,7 +41,7 @@ from backorigin.rules import (
     load_rules,
     parse_rules,
 )
-from backorigin.s3 import ObjectRef
+from backorigin.s3.addressing import ObjectRef
 
 PROPERTY = settings(
     max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]

@@ -14,13 +14,13 @@ import pytest
 from mitmproxy.test import tflow
 
 import backorigin.pytest_plugin
-from backorigin.embedded_store import free_ports
 from backorigin.pytest_plugin import (
     assert_decision,
     assert_no_decision,
     read_flows,
     store_flow,
 )
+from backorigin.tools.embedded_store import free_ports
 from tests.data.record_trial import BUCKET, HIT_BODY, OTHER
 from tests.origin_server import body_for
 from tests.support import (
@@ -81,11 +81,11 @@ def trial_buckets(store):
 
 
 def replay_with_mitmdump(tmp_path, rules, store) -> list:
-    """mitmdump -nr tests/data/trial.mitm -s addon/backorigin.py --set backorigin_rules=NEW -w OUT;
+    """mitmdump -nr tests/data/trial.mitm -s addon/script.py --set backorigin_rules=NEW -w OUT;
     write-backs, were there any, would go to the session store."""
     out = tmp_path / "out.mitm"
     run = subprocess.run(
-        [MITMDUMP, "-nr", str(TRIAL), "-s", "addon/backorigin.py", "--set", f"backorigin_rules={rules}",
+        [MITMDUMP, "-nr", str(TRIAL), "-s", "addon/script.py", "--set", f"backorigin_rules={rules}",
          "--set", f"confdir={tmp_path / 'confdir'}", "--set", f"backorigin_s3_endpoint={store.endpoint}", "-w", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
@@ -158,7 +158,7 @@ def offline_rules(origin_base: str) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def offline_proxy(tmp_path_factory, store, origin, trial_buckets):
-    """mitmdump --mode reverse:http://NOTHING -s addon/backorigin.py --server-replay trial.mitm
+    """mitmdump --mode reverse:http://NOTHING -s addon/script.py --server-replay trial.mitm
     --set server_replay_extra=404 --set connection_strategy=lazy ...: the store is never
     contacted (nothing listens there); write-backs go to the session store."""
     work = tmp_path_factory.mktemp("offline")
@@ -314,6 +314,7 @@ def test_the_docstring_example_runs_in_a_project_of_its_own(tmp_path, origin):
 
 
 def test_plugin_keys_are_the_addons():
-    from backorigin import decision, pytest_plugin
+    from backorigin import pytest_plugin
+    from backorigin.ui import decision
 
     assert (pytest_plugin.METADATA_KEY, pytest_plugin.RECORDED_KEY) == (decision.METADATA_KEY, decision.RECORDED_KEY)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from backorigin.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.origin_server import (
     LAST_MODIFIED,
     STORABLE,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backorigin import rules as rules_module
-from backorigin.convert import xml_fields
-from backorigin.rules import RoutingRule, RulesError, load_rules, parse_rules
+from backorigin.rules import model as rules_module
+from backorigin.rules.convert import xml_fields
+from backorigin.rules.model import RoutingRule, RulesError, load_rules, parse_rules
 
 REPO = Path(__file__).resolve().parent.parent
 OSS_SDK_RULES = REPO / "tests" / "data" / "oss-sdk-rules.json"

@@ -15,9 +15,9 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from mitmproxy.test import taddons, tflow, tutils
 
-from backorigin import s3 as s3_names
-from backorigin.backorigin import BackOrigin
-from backorigin.embedded_store import free_ports
+from backorigin.addon import BackOrigin
+from backorigin.s3 import addressing as s3_names
+from backorigin.tools.embedded_store import free_ports
 from tests.origin_server import body_for
 from tests.support import Mitmdump, Relay, http_get, mirror_rule, stored, wait_for, wait_stored, write_rules
 

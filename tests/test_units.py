@@ -8,8 +8,8 @@ import hashlib
 import pytest
 from mitmproxy.test import tutils
 
-from backorigin import objectmeta, replies, s3, storeanswer
-from backorigin.conditional import (
+from backorigin.miss import objectmeta
+from backorigin.miss.conditional import (
     Answer,
     RangeNotSatisfiable,
     Validators,
@@ -17,9 +17,9 @@ from backorigin.conditional import (
     needs_etag,
     plan,
 )
-from backorigin.integrity import StoreETag
-from backorigin.mirror import Mirror
-from backorigin.origin import (
+from backorigin.miss.integrity import StoreETag
+from backorigin.miss.mirror import Mirror
+from backorigin.miss.origin import (
     OriginClient,
     OriginRequest,
     OriginResult,
@@ -31,10 +31,13 @@ from backorigin.origin import (
     passable_query,
     should_switch,
 )
-from backorigin.redirect import location
-from backorigin.rules import parse_rules
-from backorigin.writeback import ObjectUpload
-from backorigin.writebackworker import WriteBackWorker
+from backorigin.rules import plan as storeanswer
+from backorigin.rules.model import parse_rules
+from backorigin.rules.targets import location
+from backorigin.s3 import addressing as s3
+from backorigin.s3 import replies
+from backorigin.writeback.upload import ObjectUpload
+from backorigin.writeback.worker import WriteBackWorker
 
 
 def request(path: str, **kwargs):

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from backorigin.embedded_store import EmbeddedStore, free_ports  # noqa: E402
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports  # noqa: E402
 from tests.origin_server import ScriptedOrigin  # noqa: E402
 from tests.support import Mitmdump, http_get, mirror_rule, wait_for, write_rules  # noqa: E402
 
@@ -54,7 +54,7 @@ def record_rules(origin_base: str) -> dict[str, list[dict]]:
 
 def record(out: Path) -> list[tuple[str, int]]:
     """Record the trial into `out`; returns (path, status) per request, for the log."""
-    os.chdir(REPO)  # Mitmdump runs `-s addon/backorigin.py` from the repository root
+    os.chdir(REPO)  # Mitmdump runs `-s addon/script.py` from the repository root
     work = Path(tempfile.mkdtemp(prefix="record-trial-"))
     store = EmbeddedStore(work / "seaweed", free_ports(1, with_grpc=True)[0])
     origin = ScriptedOrigin().start()

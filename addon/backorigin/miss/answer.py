@@ -1,0 +1,133 @@
+"""The answer to one missed GET or HEAD, from the fill of its object.
+
+One piece of code for every way a miss is answered: the loopback miss server streams the
+`Reply` (any size, bounded memory), and the late path (a 404 that only the response hook
+saw) collects a small one into a mitmproxy response. The answer is the one the object will
+give once stored: the same headers, ETag and Last-Modified, conditionals and ranges as S3
+evaluates them (backorigin.conditional).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
+
+from backorigin.miss import objectmeta
+from backorigin.miss.conditional import Answer, needs_etag, plan
+from backorigin.miss.fill import Fill, FillBroken
+from backorigin.miss.origin import OriginResult
+from backorigin.miss.probe import StoreAnswer
+from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.replies import Headers, Reply, mirror_failed, redirect, s3_error
+
+READ_CHUNK = 1024 * 1024
+# Misses of objects up to this size are answered from memory in the request hook (no hop through
+# the miss server): the part size of the S3 transfer managers (s3transfer, the AWS CLI), so a
+# tool's ranged part GETs of a larger object fit too. Larger answers stream from the miss server.
+ANSWER_IN_MEMORY = 8 * 1024 * 1024
+# How long a HEAD of a miss waits for the write-back to land: tools that HEAD and then list the
+# prefix before they GET (rclone cat) find the object in the listing. The GET never waits.
+HEAD_WAITS_FOR_STORE = 10.0
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+async def respond(
+    fill: Fill, method: str, header: Callable[[str], str | None], ref: ObjectRef, store_404: StoreAnswer,
+    hold_limit: int, transparent_codes: frozenset[int],
+) -> Reply:
+    """The client's answer. It waits for the whole body (so a broken origin is a clean 424
+    and the ETag is known) for a HEAD, a body up to `hold_limit` or of unknown length, and
+    ETag conditionals; a larger GET is streamed as it arrives, without an ETag. A HEAD also
+    waits (a while) for the object to land in the store."""
+    await fill.began()
+    if fill.upload is None:  # the origin gave no body to store
+        return _without_body((await fill.wait_settled()).result, ref, store_404, transparent_codes)
+    waits = method == "HEAD" or fill.declared is None or fill.declared <= hold_limit or needs_etag(header)
+    if waits:
+        settled = await fill.wait_settled()
+        if not settled.result.ok:
+            return _without_body(settled.result, ref, store_404, transparent_codes)
+        size = settled.result.size
+        if method == "HEAD" and settled.writeback == "queued":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fill.landed.wait(), HEAD_WAITS_FOR_STORE)
+    else:
+        size = fill.declared or 0
+    answer = plan(header, size, fill.validators)
+    if answer.status in (412, 416):
+        reply = (s3_error(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold", ref)
+                 if answer.status == 412 else
+                 s3_error(416, "InvalidRange", "The requested range is not satisfiable", ref,
+                          [("content-range", answer.content_range or "")]))
+        reply.outcome, reply.origin_status = "mirrored", 200
+        return reply
+    headers = _object_headers(fill, answer)
+    if answer.status == 304 or method == "HEAD":
+        return Reply(answer.status, headers, outcome="mirrored", origin_status=200)
+    return Reply(answer.status, headers, stream=_body(fill, answer), outcome="mirrored", origin_status=200)
+
+
+def _object_headers(fill: Fill, answer: Answer) -> Headers:
+    assert fill.upload is not None
+    validators = fill.validators
+    headers = objectmeta.stored_headers(fill.upload)
+    if validators.etag:
+        headers.append(("etag", validators.etag))
+    headers.append(("accept-ranges", "bytes"))
+    if answer.status in (200, 206):
+        headers.append(("content-length", str(answer.length)))
+    if answer.content_range:
+        headers.append(("content-range", answer.content_range))
+    return headers
+
+
+async def _body(fill: Fill, answer: Answer) -> AsyncGenerator[bytes, None]:
+    fd = fill.open_reader()
+    try:
+        offset = answer.first
+        while offset <= answer.last:
+            chunk = await fill.read(fd, offset, answer.last, READ_CHUNK)
+            if not chunk:
+                raise FillBroken("the body ended early")
+            offset += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _without_body(result: OriginResult, ref: ObjectRef, store_404: StoreAnswer, transparent_codes: frozenset[int]) -> Reply:
+    """What a miss answers when the origin had no object to give: its 404 is the store's
+    404; a transparent code passes through; an unfollowed redirect goes to the client;
+    anything else is 424 MirrorFailed."""
+    if result.status == 404:
+        headers = [(k, v) for k, v in store_404.headers if k.lower() not in HOP_BY_HOP]
+        return Reply(store_404.status, headers, store_404.body, outcome="origin-404", origin_status=404)
+    if result.status in transparent_codes:
+        return Reply(result.status, list(result.storable_headers.items()), result.body, outcome="transparent",
+                     origin_status=result.status)
+    if result.location:
+        reply = redirect(result.status or 302, result.location)
+    else:
+        reply = mirror_failed(ref, result.failure or f"the origin answered {result.status}")
+    reply.origin_status = result.status
+    if result.location:
+        reply.outcome = "origin-redirect"
+    return reply
+
+
+async def collect(reply: Reply, limit: int) -> Reply | None:
+    """The reply with its streamed body read into memory; None (and the stream closed) when
+    the body is over `limit` bytes."""
+    assert reply.stream is not None
+    chunks: list[bytes] = []
+    size = 0
+    async with contextlib.aclosing(reply.stream) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    return replace(reply, body=b"".join(chunks), stream=None)

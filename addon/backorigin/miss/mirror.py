@@ -1,0 +1,199 @@
+"""Mirror back-to-origin: one fill per missed object, answered from the fill, stored from the spool.
+
+`Mirror` owns the origin client, the fills in flight, the write-back and the store-existence
+cache. `start` begins (or joins) the one origin GET of an object; `reply` answers one client
+from it (backorigin.delivery); when the fetch ends, a good body is spooled (body, then manifest)
+before any answer completes, and handed to the write-back. A fill stays registered until
+its write-back has landed, so every miss until then is served from the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from mitmproxy import http
+
+from backorigin.miss import objectmeta
+from backorigin.miss.answer import ANSWER_IN_MEMORY, respond
+from backorigin.miss.fill import Fill, FillKey, Fills, Settled
+from backorigin.miss.origin import OriginClient, OriginRequest, OriginResult
+from backorigin.miss.probe import ExistenceCache, StoreAnswer
+from backorigin.rules.model import RoutingRule
+from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.replies import Reply
+from backorigin.ui.decision import Decision
+from backorigin.writeback.upload import ObjectUpload, Outcome
+from backorigin.writeback.worker import WriteBackWorker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Miss:
+    """One client's miss, from the request hook's decision until its answer is complete."""
+
+    ref: ObjectRef
+    rule: RoutingRule
+    origin: OriginRequest
+    fill: Fill
+    started: bool  # this miss started the origin fetch (others joined it)
+    reply: Reply | None = None
+
+    def decision(self, outcome: str = "", detail: str = "") -> Decision:
+        settled = self.fill.settled
+        reply = self.reply
+        return Decision(
+            self.ref.bucket, self.ref.key, "mirror", self.rule.RuleNumber,
+            outcome=outcome or (reply.outcome if reply else "") or "mirrored",
+            origin_url=settled.result.url if settled and settled.result.url else self.origin.url,
+            origin_status=reply.origin_status if reply else None,
+            bytes=settled.result.size if settled and self.started else 0,
+            writeback=settled.writeback if settled and settled.result.ok else "",
+            detail=detail or (reply.detail if reply else "") or ("" if self.started else "joined the fetch under way"),
+            store_status=404,
+        )
+
+
+@dataclass(frozen=True)
+class Rerouted:
+    """A flow sent to the miss server, and the request as the client sent it."""
+
+    miss: Miss
+    client_request: http.Request
+    ticket: str  # the miss server's path for it
+
+
+class Mirror:
+    def __init__(self, origin: OriginClient, writeback: WriteBackWorker, fsync: bool = False) -> None:
+        self.origin = origin
+        self.writeback = writeback
+        self.fsync = fsync
+        self.fills = Fills()
+        self.known = ExistenceCache()  # objects the store has: their requests go straight to it
+        self._fetches: set[asyncio.Task] = set()
+        writeback.landed = self._landed
+        # told of every origin fetch and how long it took (addon.metrics)
+        self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
+
+    def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Miss | None:
+        """Join the fill of this object, or start one (MirrorProxyPass: always a fill of its own).
+        None when the object has landed in the store since the store said it was missing (its
+        write-back ended while the caller awaited something): the store answers, no origin GET."""
+        key: FillKey = (endpoint, ref.bucket, ref.key)
+        if key in self.known:
+            return None
+        proxy_pass = rule.Redirect.MirrorProxyPass
+        fill = None if proxy_pass else self.fills.get(key)
+        if fill is not None:
+            logger.info("another client joins the origin fetch under way for %s (or its spooled body)", ref.key)
+            return Miss(ref, rule, request, fill, started=False)
+        fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(endpoint, ref, rule))
+        if not proxy_pass:
+            self.fills.add(fill)
+        task = asyncio.ensure_future(self._fetch(fill, ref, rule, request))
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+        return Miss(ref, rule, request, fill, started=True)
+
+    async def reply(self, miss: Miss, method: str, header: Callable[[str], str | None], store_404: StoreAnswer) -> Reply:
+        miss.reply = await respond(miss.fill, method, header, miss.ref, store_404, self.origin.max_inline,
+                                   miss.origin.transparent_codes)
+        return miss.reply
+
+    async def fits_in_memory(self, miss: Miss) -> bool:
+        """Whether the miss's answer is small enough to be made in memory: the origin gave no
+        body, or announced one up to delivery.ANSWER_IN_MEMORY (and backorigin_max_inline,
+        past which a body streams as it arrives)."""
+        fill = miss.fill
+        await fill.began()
+        limit = min(ANSWER_IN_MEMORY, self.origin.max_inline)
+        return fill.upload is None or (fill.declared is not None and fill.declared <= limit)
+
+    def resume(self) -> None:
+        """Start the write-backs, resuming the spool's: each object is served from the spool until it lands."""
+        for manifest, upload in self.writeback.resume():
+            if upload.etag:  # spooled by a version that announced no ETag: only uploaded
+                fill = Fill.spooled((upload.endpoint, upload.bucket, upload.key), self.writeback.spool.body_of(manifest), upload)
+                fill.manifest = manifest
+                self.fills.add(fill)
+
+    def _describer(self, endpoint: str, ref: ObjectRef, rule: RoutingRule) -> Callable[..., ObjectUpload]:
+        def describe(url: str, headers: tuple[tuple[str, str], ...], announced_at: str) -> ObjectUpload:
+            result = OriginResult(url, 200, headers)
+            return ObjectUpload(endpoint, ref.bucket, ref.key, result.storable_headers,
+                                objectmeta.user_metadata(result, rule.Redirect, announced_at), 0, "")
+        return describe
+
+    async def _fetch(self, fill: Fill, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> None:
+        started = time.monotonic()
+        try:
+            result = await self.origin.fetch(request, fill)
+        except Exception as e:  # never leave readers waiting
+            logger.exception("fetch of %s failed", request.url)
+            result = OriginResult(request.url, None, failure=f"{type(e).__name__}: {e}")
+        logger.info("bucket %s, RuleNumber %d: GET %s -> %s", ref.bucket, rule.RuleNumber, result.url,
+                    result.status or result.failure)
+        self.on_fetched(result, time.monotonic() - started)
+        writeback = self._spool(fill, rule, result)
+        fill.settle(Settled(result, writeback))
+        if writeback != "queued":  # nothing will land: the next miss asks the origin again
+            self.fills.drop(fill)
+
+    def _spool(self, fill: Fill, rule: RoutingRule, result: OriginResult) -> str:
+        """Spool a good body with its manifest (the promise to store it), or give it up."""
+        fill.close_body(self.fsync and result.ok)
+        why = ""
+        if not result.ok or fill.upload is None:
+            why = "no object"
+        elif rule.Redirect.MirrorProxyPass:
+            why = "MirrorProxyPass"
+        elif fill.deleted:
+            why = "deleted through the proxy meanwhile"
+            logger.info("not stored: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
+        elif result.not_storable:
+            why = result.not_storable
+            logger.warning("not stored: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
+        elif not self.writeback.has_room():
+            why = f"the write-back queue is full ({self.writeback.max_pending})"
+            logger.warning("not stored this time: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
+        if why:
+            fill.path.unlink(missing_ok=True)  # readers keep their own descriptors
+            return f"none ({why})"
+        assert fill.upload is not None  # a 200 began the fill
+        upload = replace(fill.upload, size=result.size, md5=result.md5, etag=result.etag)
+        fill.manifest = self.writeback.submit(upload, fill.path)
+        fill.path = self.writeback.spool.body_of(fill.manifest)
+        return "queued"
+
+    async def forget(self, key: FillKey) -> None:
+        """A delete of the object is on its way to the store: no fill or write-back of it may
+        recreate it. Clients already reading a fill still get their bytes."""
+        self.known.discard(key)
+        fill = self.fills.get(key)
+        if fill is None:
+            return
+        self.fills.drop(fill)
+        fill.deleted = True
+        if fill.manifest is not None:
+            await self.writeback.withdraw(fill.manifest)
+
+    def _landed(self, upload: ObjectUpload, outcome: Outcome) -> None:
+        key = (upload.endpoint, upload.bucket, upload.key)
+        fill = self.fills.get(key)
+        if fill is not None and fill.settled is not None:
+            fill.landed.set()
+            self.fills.drop(fill)
+        if outcome in ("stored", "exists"):
+            self.known.add(key)
+
+    async def shutdown(self, timeout: float) -> None:
+        fetches = [t for t in self._fetches if not t.done()]
+        for task in fetches:
+            task.cancel()  # an unfinished fetch is dropped; the object mirrors again next time
+        await asyncio.gather(*fetches, return_exceptions=True)
+        await self.writeback.drain(timeout)
+        await self.origin.aclose()

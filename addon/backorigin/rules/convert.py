@@ -1,0 +1,468 @@
+"""Import and export of rules: OSS WebsiteConfiguration XML and AWS put-bucket-website JSON.
+
+Pure functions. Each returns what it built together with warnings, one line per thing it
+had to leave out and why, so nothing is dropped silently. The XML vocabulary is read off
+the pydantic models in backorigin.rules, so a field added there is imported and exported
+without a second list to keep in step.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar, Union, get_args, get_origin
+from xml.parsers import expat
+
+from pydantic import BaseModel, SecretStr
+
+from backorigin.rules.model import (
+    DEFAULT_MAX_RULES,
+    MAX_RULES_CEILING,
+    MIRROR_ONLY_FIELDS,
+    REDIRECT_ONLY_FIELDS,
+    UNSUPPORTED_OSS_FIELDS,
+    RoutingRule,
+    RuleAction,
+    RuleBook,
+    RulesError,
+    oss_boolean,
+    oss_codes,
+    oss_integer,
+    parse_rules,
+    read_json,
+)
+
+T = TypeVar("T")
+
+# Fields of our rules that OSS does not have; export leaves them out of the XML.
+BACKORIGIN_ONLY_FIELDS = {
+    "MirrorHost": "backorigin only (the Host header sent to the origin); OSS has no such field",
+}
+# OSS writes these lists as one comma-separated text, not as repeated elements (in XML and in its SDKs).
+COMMA_SEPARATED_FIELDS = frozenset({"TransparentMirrorResponseCodes"})
+# OSS and AWS answer 301 when a redirect rule names no code; ours defaults to 302, so the code is
+# always written out in both directions.
+THEIR_DEFAULT_REDIRECT_CODE = 301
+OSS_REDIRECT_CODES = frozenset({301, 302, 307})
+
+WEBSITE_ONLY = "backorigin serves no index or error pages (static-website hosting); configure them on the store"
+DROPPED_WEBSITE_PARTS = {
+    "IndexDocument": WEBSITE_ONLY,
+    "ErrorDocument": WEBSITE_ONLY,
+    "RedirectAllRequestsTo": (
+        "redirecting a whole bucket is not a RoutingRule; an External rule with no Condition does the same"
+    ),
+}
+AWS_REQUEST_PARAMETERS = frozenset({"ChecksumAlgorithm", "ContentMD5", "ExpectedBucketOwner"})
+
+
+class ConversionError(RulesError):
+    """Input that cannot be converted at all (not XML or JSON, wrong root, a bad value)."""
+
+
+class Converted(NamedTuple, Generic[T]):
+    value: T
+    warnings: list[str]
+
+
+# -- the XML vocabulary, read off the models -------------------------------------------------
+
+Kind = Literal["text", "bool", "int", "codes", "secret"] | type[BaseModel]
+
+
+@dataclass(frozen=True)
+class XmlField:
+    kind: Kind
+    repeated: bool
+
+
+@cache
+def xml_fields(model: type[BaseModel]) -> dict[str, XmlField]:
+    """The model's fields OSS also has, in the model's order, with how each is written in XML."""
+    fields = {}
+    for name, info in model.model_fields.items():
+        if name in BACKORIGIN_ONLY_FIELDS:
+            continue
+        annotation = _bare(info.annotation)
+        repeated = get_origin(annotation) is tuple
+        if repeated:
+            annotation = _bare(get_args(annotation)[0])
+        if name in COMMA_SEPARATED_FIELDS:
+            fields[name] = XmlField("codes", repeated=False)
+        else:
+            fields[name] = XmlField(_kind(annotation), repeated)
+    return fields
+
+
+def _bare(annotation: Any) -> Any:
+    """Without Annotated[...] metadata and without '| None'."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            present = [a for a in get_args(annotation) if a is not type(None)]
+            if len(present) != 1:
+                return annotation
+            annotation = present[0]
+        else:
+            return annotation
+
+
+def _kind(annotation: Any) -> Kind:
+    if annotation is bool:
+        return "bool"
+    if annotation is int:
+        return "int"
+    if annotation is SecretStr:
+        return "secret"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return "text"
+
+
+def _why_dropped(name: str) -> str:
+    if name in UNSUPPORTED_OSS_FIELDS:
+        return f"an OSS field backorigin deliberately does not support: {UNSUPPORTED_OSS_FIELDS[name]}"
+    if name in BACKORIGIN_ONLY_FIELDS:
+        return f"{BACKORIGIN_ONLY_FIELDS[name]}; add it to rules.json by hand"
+    return "not an OSS RoutingRule field backorigin knows"
+
+
+# -- OSS XML -> rules ------------------------------------------------------------------------
+
+def oss_xml_to_rules(text: str, bucket: str) -> Converted[dict[str, Any]]:
+    """An OSS WebsiteConfiguration (GetBucketWebsite / PutBucketWebsite body) as our rules document."""
+    root = _parse_xml(text)
+    if _local(root.tag) != "WebsiteConfiguration":
+        raise ConversionError(f"the XML root is <{_local(root.tag)}>, not <WebsiteConfiguration>")
+    warnings: list[str] = []
+    rules: list[dict[str, Any]] = []
+    for child in root:
+        name = _local(child.tag)
+        if name == "RoutingRules":
+            rules.extend(_xml_rules(child, warnings))
+        elif name in DROPPED_WEBSITE_PARTS:
+            warnings.append(f"{name} dropped: {DROPPED_WEBSITE_PARTS[name]}")
+        else:
+            warnings.append(f"{name} dropped: not part of an OSS WebsiteConfiguration")
+    return Converted(_document(bucket, rules, warnings), warnings)
+
+
+def _parse_xml(text: str) -> ET.Element:
+    _refuse_declarations(text)
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as e:
+        raise ConversionError(f"not well-formed XML: {e}") from None
+
+
+def _refuse_declarations(text: str) -> None:
+    """A WebsiteConfiguration never needs a DTD, and entity declarations can expand without bound."""
+
+    def refuse(*_: Any) -> None:
+        raise ConversionError("DOCTYPE and ENTITY declarations are refused in a WebsiteConfiguration")
+
+    scanner = expat.ParserCreate()
+    scanner.StartDoctypeDeclHandler = refuse
+    scanner.EntityDeclHandler = refuse
+    try:
+        scanner.Parse(text, True)
+    except expat.ExpatError:
+        pass  # ElementTree reports malformed XML with its position
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _dotted(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _xml_rules(container: ET.Element, warnings: list[str]) -> Iterable[dict[str, Any]]:
+    for position, element in enumerate(container, start=1):
+        if _local(element.tag) != "RoutingRule":
+            warnings.append(f"RoutingRules.{_local(element.tag)} dropped: only RoutingRule elements belong there")
+            continue
+        number = element.findtext("{*}RuleNumber")
+        label = f"RuleNumber {number.strip()}" if number else f"rule #{position}"
+        rule = _read_element(element, RoutingRule, label, "", warnings)
+        yield _without_inert_fields(rule, label, warnings)
+
+
+def _read_element(element: ET.Element, model: type[BaseModel], label: str, path: str, warnings: list[str]) -> dict[str, Any]:
+    if text := (element.text or "").strip():
+        raise ConversionError(f"{label}: {path or 'RoutingRule'}: expected elements, found text {text!r}")
+    fields = xml_fields(model)
+    read: dict[str, Any] = {}
+    for child in element:
+        name = _local(child.tag)
+        where = _dotted(path, name)
+        field = fields.get(name)
+        if field is None:
+            warnings.append(f"{label}: {where} dropped: {_why_dropped(name)}")
+        elif field.repeated:
+            read.setdefault(name, []).append(_read_value(child, field.kind, label, where, warnings))
+        elif name in read:
+            raise ConversionError(f"{label}: {where} is given twice")
+        else:
+            read[name] = _read_value(child, field.kind, label, where, warnings)
+    return {name: read[name] for name in fields if name in read}
+
+
+def _read_value(element: ET.Element, kind: Kind, label: str, where: str, warnings: list[str]) -> Any:
+    if not isinstance(kind, str):
+        return _read_element(element, kind, label, where, warnings)
+    if len(element):
+        raise ConversionError(f"{label}: {where}: expected text, found <{_local(element[0].tag)}>")
+    text = element.text or ""
+    if kind == "bool":
+        return _boolean(text, label, where)
+    if kind == "int":
+        return _integer(text, label, where)
+    if kind == "codes":
+        return [_integer(code, label, where) for code in oss_codes(text)]
+    return text
+
+
+# OSS's value forms are read by the functions the rules file's validation uses, so XML, the SDKs'
+# JSON and rules.json agree on what "true", "404" and "404,500" mean.
+
+def _boolean(text: str, label: str, where: str) -> bool:
+    try:
+        value = oss_boolean(text)
+    except ValueError as e:
+        raise ConversionError(f"{label}: {where}: {e}") from None
+    return bool(value)
+
+
+def _integer(value: str | int, label: str, where: str) -> int:
+    try:
+        number = oss_integer(value)
+    except ValueError as e:
+        raise ConversionError(f"{label}: {where}: {e}") from None
+    if isinstance(number, int) and not isinstance(number, bool):
+        return number
+    raise ConversionError(f"{label}: {where}: {value!r} is not a whole number")
+
+
+def _without_inert_fields(rule: dict[str, Any], label: str, warnings: list[str]) -> dict[str, Any]:
+    """Drop what OSS ignores for the rule's RedirectType (our validator refuses it) and give a
+    redirect OSS's default code, 301, which differs from ours."""
+    redirect = rule.get("Redirect")
+    if not isinstance(redirect, dict) or "RedirectType" not in redirect:
+        return rule
+    inert = _inert_fields(redirect)
+    for name, why in inert.items():
+        warnings.append(f"{label}: Redirect.{name} dropped: {why}, and OSS ignores it here")
+    kept = {name: value for name, value in redirect.items() if name not in inert}
+    if redirect["RedirectType"] != "Mirror":
+        kept.setdefault("HttpRedirectCode", THEIR_DEFAULT_REDIRECT_CODE)
+    return {**rule, "Redirect": kept}
+
+
+def _inert_fields(redirect: dict[str, Any]) -> dict[str, str]:
+    if redirect["RedirectType"] == "Mirror":
+        inert = dict.fromkeys(REDIRECT_ONLY_FIELDS, "it applies only to External and AliCDN redirects")
+    else:
+        inert = dict.fromkeys(MIRROR_ONLY_FIELDS, "it applies only when RedirectType is Mirror")
+    if not redirect.get("EnableReplacePrefix"):
+        inert["ReplaceKeyPrefixWith"] = "it is used only with EnableReplacePrefix true"
+    return {name: inert[name] for name in redirect if name in inert}
+
+
+# -- AWS JSON -> rules -----------------------------------------------------------------------
+
+def aws_json_to_rules(text: str, bucket: str) -> Converted[dict[str, Any]]:
+    """AWS CLI put-bucket-website JSON (--website-configuration or --cli-input-json) as our rules document."""
+    try:
+        data = read_json(text)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
+    warnings: list[str] = []
+    config = _aws_website_configuration(data, bucket, warnings)
+    raw_rules = config.get("RoutingRules", [])
+    if not isinstance(raw_rules, list):
+        raise ConversionError("RoutingRules must be a list")
+    rules = [_aws_rule(raw, number, warnings) for number, raw in enumerate(raw_rules, start=1)]
+    return Converted(_document(bucket, rules, warnings), warnings)
+
+
+def _aws_website_configuration(data: Any, bucket: str, warnings: list[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConversionError("expected a JSON object (put-bucket-website --website-configuration or --cli-input-json)")
+    if "Buckets" in data:
+        raise ConversionError("this is already a backorigin rules document")
+    if "WebsiteConfiguration" in data:
+        for name, value in data.items():
+            if name == "Bucket" and value != bucket:
+                warnings.append(f"Bucket {value!r} ignored: the rules are written for --bucket {bucket!r}")
+            elif name in AWS_REQUEST_PARAMETERS:
+                warnings.append(f"{name} dropped: a put-bucket-website request parameter, not part of the rules")
+            elif name not in ("Bucket", "WebsiteConfiguration"):
+                warnings.append(f"{name} dropped: not a put-bucket-website parameter")
+        data = data["WebsiteConfiguration"]
+        if not isinstance(data, dict):
+            raise ConversionError("WebsiteConfiguration must be a JSON object")
+    elif not data.keys() & {"RoutingRules", *DROPPED_WEBSITE_PARTS}:
+        raise ConversionError("neither a WebsiteConfiguration nor RoutingRules, IndexDocument or ErrorDocument")
+    for name in data:
+        if name in DROPPED_WEBSITE_PARTS:
+            warnings.append(f"{name} dropped: {DROPPED_WEBSITE_PARTS[name]}")
+        elif name != "RoutingRules":
+            warnings.append(f"{name} dropped: not part of an AWS WebsiteConfiguration")
+    return data
+
+
+def _aws_rule(raw: Any, number: int, warnings: list[str]) -> dict[str, Any]:
+    label = f"RuleNumber {number} (RoutingRules[{number - 1}])"
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{label}: a routing rule must be a JSON object")
+    for name in raw:
+        if name not in ("Condition", "Redirect"):
+            warnings.append(f"{label}: {name} dropped: not part of an AWS RoutingRule")
+    rule: dict[str, Any] = {"RuleNumber": number}
+    if "Condition" in raw:
+        rule["Condition"] = _aws_condition(_json_object(raw["Condition"], label, "Condition"), label, warnings)
+    rule["Redirect"] = _aws_redirect(_json_object(raw.get("Redirect"), label, "Redirect"), label, warnings)
+    return rule
+
+
+def _json_object(value: Any, label: str, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConversionError(f"{label}: {name} must be a JSON object")
+    return value
+
+
+def _aws_condition(raw: dict[str, Any], label: str, warnings: list[str]) -> dict[str, Any]:
+    condition: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "KeyPrefixEquals":
+            condition[name] = value
+        elif name == "HttpErrorCodeReturnedEquals":
+            condition[name] = _integer(value, label, f"Condition.{name}")
+        else:
+            warnings.append(f"{label}: Condition.{name} dropped: not part of an AWS routing rule Condition")
+    return condition
+
+
+def _aws_redirect(raw: dict[str, Any], label: str, warnings: list[str]) -> dict[str, Any]:
+    # AWS routing rules are all plain 3xx redirects: OSS's External.
+    redirect: dict[str, Any] = {"RedirectType": "External"}
+    for name, value in raw.items():
+        if name in ("HostName", "Protocol", "ReplaceKeyWith"):
+            redirect[name] = value
+        elif name == "ReplaceKeyPrefixWith":
+            redirect["EnableReplacePrefix"] = True
+            redirect[name] = value
+        elif name == "HttpRedirectCode":
+            redirect[name] = _integer(value, label, f"Redirect.{name}")
+        else:
+            warnings.append(f"{label}: Redirect.{name} dropped: not part of an AWS routing rule Redirect")
+    redirect.setdefault("HttpRedirectCode", THEIR_DEFAULT_REDIRECT_CODE)
+    return {name: redirect[name] for name in RuleAction.model_fields if name in redirect}
+
+
+# -- either format, checked ------------------------------------------------------------------
+
+def website_to_rules(text: str, bucket: str) -> Converted[dict[str, Any]]:
+    """OSS XML or AWS JSON, told apart by content, as our rules document."""
+    text = text.lstrip("\ufeff \t\r\n")
+    if text.startswith("<"):
+        return oss_xml_to_rules(text, bucket)
+    if text.startswith(("{", "[")):
+        return aws_json_to_rules(text, bucket)
+    raise ConversionError("neither XML (OSS WebsiteConfiguration) nor JSON (AWS put-bucket-website)")
+
+
+def checked_rules_json(document: dict[str, Any], source: str) -> Converted[str]:
+    """The document as rules.json text, after the addon's own validation (RulesError if it would refuse it)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    book = parse_rules(text, source, MAX_RULES_CEILING)
+    warnings = [
+        f'bucket "{name}": {len(rules)} rules, more than the {DEFAULT_MAX_RULES} allowed by default: '
+        f"run mitmdump with --set backorigin_max_rules={len(rules)}"
+        for name, rules in book.buckets.items()
+        if len(rules) > DEFAULT_MAX_RULES
+    ]
+    return Converted(text, warnings)
+
+
+def _document(bucket: str, rules: list[dict[str, Any]], warnings: list[str]) -> dict[str, Any]:
+    if not rules:
+        warnings.append(f'no routing rules: bucket "{bucket}" would never be touched')
+    return {"Buckets": [{"Name": bucket, "RoutingRules": rules}]}
+
+
+# -- rules -> OSS XML ------------------------------------------------------------------------
+
+def bucket_rules(book: RuleBook, bucket: str) -> tuple[RoutingRule, ...]:
+    if bucket not in book.buckets:
+        listed = ", ".join(f'"{name}"' for name in book.buckets) or "none"
+        raise RulesError(f'{book.source}: bucket "{bucket}" is not in the rules file (buckets: {listed})')
+    return book.rules_for(bucket)
+
+
+def rules_to_oss_xml(rules: Sequence[RoutingRule]) -> Converted[str]:
+    """Validated rules as an OSS WebsiteConfiguration, ready for PutBucketWebsite."""
+    warnings: list[str] = []
+    root = ET.Element("WebsiteConfiguration")
+    container = ET.SubElement(root, "RoutingRules")
+    for rule in rules:
+        _write_rule(ET.SubElement(container, "RoutingRule"), rule, warnings)
+    ET.indent(root)
+    return Converted('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n", warnings)
+
+
+def _write_rule(element: ET.Element, rule: RoutingRule, warnings: list[str]) -> None:
+    label = f"RuleNumber {rule.RuleNumber}"
+    action = rule.Redirect
+    if not action.is_mirror and action.HttpRedirectCode not in OSS_REDIRECT_CODES:
+        warnings.append(
+            f"{label}: Redirect.HttpRedirectCode {action.HttpRedirectCode} kept, "
+            f"but OSS accepts only {', '.join(map(str, sorted(OSS_REDIRECT_CODES)))}"
+        )
+    _write_fields(element, rule, label, "", warnings)
+
+
+def _write_fields(element: ET.Element, model: BaseModel, label: str, path: str, warnings: list[str]) -> None:
+    given = _fields_to_write(model)
+    for name in sorted(given & BACKORIGIN_ONLY_FIELDS.keys()):
+        if getattr(model, name) is not None:
+            warnings.append(f"{label}: {_dotted(path, name)} left out of the XML: {BACKORIGIN_ONLY_FIELDS[name]}")
+    for name, field in xml_fields(type(model)).items():
+        value = getattr(model, name)
+        if name not in given or value is None:
+            continue
+        for item in value if field.repeated else (value,):
+            _write_value(element, name, item, field.kind, label, _dotted(path, name), warnings)
+
+
+def _fields_to_write(model: BaseModel) -> set[str]:
+    """The fields the rules file gave, plus a redirect's code even when left to our default:
+    OSS would otherwise answer with its own default, 301."""
+    given = set(model.model_fields_set)
+    if isinstance(model, RuleAction) and not model.is_mirror:
+        given.add("HttpRedirectCode")
+    return given
+
+
+def _write_value(parent: ET.Element, name: str, value: Any, kind: Kind, label: str, path: str, warnings: list[str]) -> None:
+    if kind == "codes":
+        if value:
+            ET.SubElement(parent, name).text = ",".join(str(code) for code in value)
+        return
+    element = ET.SubElement(parent, name)
+    if isinstance(value, BaseModel):
+        _write_fields(element, value, label, path, warnings)
+    elif kind == "bool":
+        element.text = "true" if value else "false"
+    elif kind == "secret":
+        element.text = value.get_secret_value()
+    else:
+        element.text = str(value)

@@ -1,0 +1,88 @@
+"""Client answers that do not come from the store. Pure: values in, values or mitmproxy
+Responses out.
+
+`Reply` is an answer independent of how it is sent: the loopback miss server streams it,
+the hooks turn it into a mitmproxy Response (`to_response`). Bodies are passed through byte
+for byte: `http.Response.make` would re-encode a gzip body, so responses are built from raw
+content with explicit framing headers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from mitmproxy import http
+from mitmproxy.net.http import status_codes
+
+from backorigin.s3.addressing import ObjectRef, error_body, new_request_id
+
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+Headers = list[tuple[str, str]]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Headers
+    body: bytes = b""
+    stream: AsyncGenerator[bytes, None] | None = None  # the object's bytes, when they are streamed
+    outcome: str = ""  # for the flow's Decision
+    detail: str = ""
+    origin_status: int | None = None
+
+    def has_length(self) -> bool:
+        return any(name.lower() == "content-length" for name, _ in self.headers)
+
+
+def oss_tag(origin_url: str) -> str:
+    """x-oss-tag: "MIRROR " + the url-decoded origin URL, kept to printable ASCII."""
+    return "MIRROR " + quote(unquote(origin_url), safe=_PRINTABLE_ASCII)
+
+
+def s3_error(status: int, code: str, message: str, ref: ObjectRef, extra: Sequence[tuple[str, str]] = ()) -> Reply:
+    """An S3-style XML error, as the store itself would send it."""
+    request_id = new_request_id()
+    headers = [("content-type", "application/xml"), ("x-amz-request-id", request_id), *extra]
+    return Reply(status, headers, error_body(code, message, ref, request_id))
+
+
+def mirror_failed(ref: ObjectRef, reason: str) -> Reply:
+    reply = s3_error(424, "MirrorFailed", f"Mirror back-to-origin failed: {reason}", ref)
+    reply.outcome, reply.detail = "mirror-failed", reason
+    return reply
+
+
+def no_such_key(ref: ObjectRef) -> Reply:
+    """The store's own 404 for a missing key, for when the store's answer is not at hand."""
+    return s3_error(404, "NoSuchKey", "The specified key does not exist.", ref)
+
+
+def slow_down(ref: ObjectRef) -> Reply:
+    """503 SlowDown, which every S3 SDK retries: for a miss that can only be answered by a retry."""
+    return s3_error(503, "SlowDown", "Please reduce your request rate.", ref, [("retry-after", "1")])
+
+
+def redirect(status: int, location: str, extra: Sequence[tuple[str, str]] = ()) -> Reply:
+    """A 3xx to `location`: a redirect rule's, or the origin's when MirrorFollowRedirect is false."""
+    return Reply(status, [("location", location), *extra])
+
+
+def to_response(request: http.Request, reply: Reply) -> http.Response:
+    """A mitmproxy Response for a reply whose body is at hand. A Content-Length in the reply
+    stands (a HEAD answer has the object's, and no body)."""
+    assert reply.stream is None, "a streamed reply goes through the miss server"
+    framing = [] if reply.has_length() else [("content-length", str(len(reply.body)))]
+    now = time.time()
+    return http.Response(
+        http_version=request.http_version.encode(),
+        status_code=reply.status,
+        reason=status_codes.RESPONSES.get(reply.status, "").encode(),
+        headers=http.Headers([(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers + framing]),
+        content=reply.body,
+        trailers=None,
+        timestamp_start=now,
+        timestamp_end=now,
+    )

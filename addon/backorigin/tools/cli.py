@@ -1,0 +1,263 @@
+"""The `backorigin` command: run the proxy, the demo, and the offline tools.
+
+argparse (the standard library) rather than click or typer: the commands are few and flat,
+argparse gives each subcommand its own --help, and the addon adds no dependency for it.
+`backorigin --help` and `backorigin COMMAND --help` are the reference the README points at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backorigin.rules.model import MAX_RULES_CEILING, RulesError, load_rules
+
+ADDON_SCRIPT = Path(__file__).parent.parent / "scripts" / "mitmproxy_addon.py"  # what mitmdump/mitmweb load with -s
+# mitmweb's flow list, with the comment column, where each flow says what backorigin decided
+WEB_COLUMNS = ("tls", "icon", "path", "method", "status", "size", "time", "comment")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except RulesError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="backorigin",
+        description="Mirror and redirect back-to-origin (OSS RoutingRules) for any S3-compatible store.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy (mitmdump or mitmweb with the addon) in front of a store",
+                              description="Run mitmdump or mitmweb in reverse-proxy mode in front of STORE with the "
+                                          "backorigin addon loaded. Any mitmproxy or backorigin option goes through "
+                                          "--set NAME=VALUE; arguments after -- go to mitmproxy unchanged.")
+    run.add_argument("--store", required=True, metavar="URL", help="the S3 store, e.g. http://127.0.0.1:8333")
+    run.add_argument("--rules", type=Path, default=Path("rules.json"), metavar="FILE", help="the rules file (default: rules.json)")
+    run.add_argument("--ui", choices=("dump", "web"), default="dump", help="mitmdump (default) or mitmweb")
+    run.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="where clients connect (default: 127.0.0.1:8080)")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
+                     help="a mitmproxy or backorigin option, e.g. --set keep_host_header=true (repeatable)")
+    run.add_argument("extra", nargs=argparse.REMAINDER, help="-- then arguments for mitmproxy as they are")
+    run.set_defaults(handler=run_proxy)
+
+    demo = commands.add_parser("demo", help="run an embedded store, a sample origin and the proxy on this machine")
+    demo.add_argument("--rules", type=Path, default=Path("rules.json"))
+    demo.add_argument("--state", type=Path, default=Path(".demo"), help="folder for the store's data")
+    demo.add_argument("--proxy-port", type=int, default=8080)
+    demo.add_argument("--store-port", type=int, default=8333)
+    demo.add_argument("--origin-port", type=int, default=8000)
+    demo.add_argument("--ui", choices=("dump", "web"), default="dump", help="mitmdump (default) or mitmweb")
+    demo.set_defaults(handler=lambda a: _demo(a))
+
+    importer = commands.add_parser(
+        "import-rules", help="print rules.json converted from OSS WebsiteConfiguration XML or AWS put-bucket-website JSON"
+    )
+    importer.add_argument("--bucket", required=True, help="the bucket the rules are for")
+    importer.add_argument("file", type=Path, help="GetBucketWebsite/PutBucketWebsite XML or put-bucket-website JSON")
+    importer.set_defaults(handler=lambda a: import_rules(a.file, a.bucket))
+
+    exporter = commands.add_parser("export-rules", help="print one bucket's rules as OSS WebsiteConfiguration XML")
+    exporter.add_argument("--bucket", required=True, help="the bucket whose rules are exported")
+    exporter.add_argument("rules", type=Path, help="the rules file")
+    exporter.set_defaults(handler=lambda a: export_rules(a.rules, a.bucket))
+
+    explainer = commands.add_parser("explain", help="say which rule acts on a URL and what it builds (offline)")
+    explainer.add_argument("url", help="a store URL, e.g. http://store:8333/bucket/key")
+    explainer.add_argument("--rules", type=Path, default=Path("rules.json"), metavar="FILE")
+    explainer.add_argument("--vhost-domain", action="append", default=[], metavar="DOMAIN",
+                           help="a domain of virtual-hosted buckets (bucket.DOMAIN/key), as backorigin_vhost_domains")
+    explainer.set_defaults(handler=explain_url)
+
+    missing = commands.add_parser(
+        "ledger-missing", help="print the keys a miss ledger names that are still missing from their bucket"
+    )
+    missing.add_argument("ledger", type=Path, help="the JSON-lines file written with --set backorigin_ledger=FILE")
+    missing.add_argument("--store", required=True, metavar="URL",
+                         help="the store, e.g. http://127.0.0.1:8333 (credentials: boto3's chain)")
+    missing.set_defaults(handler=lambda a: print_ledger_missing(a.ledger, a.store))
+
+    backfill = commands.add_parser(
+        "backfill", help="copy every object the store still lacks from the origin, as a GET through the proxy would",
+        description="The final sweep of a migration, without mitmproxy: for each key, skip it when the store has it "
+                    "or a tombstone names it, else apply the bucket's rules as a GET through the proxy would (first "
+                    "matching rule, URL, headers, key rewriting, secondary origin, integrity checks, metadata) and "
+                    "store the origin's body create-only. Resumable: after Ctrl-C or kill -9, the same command "
+                    "continues from the journal in --state. Exit status 0 only when no key failed.")
+    _key_source_arguments(backfill)
+    backfill.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+                          help="objects copied at once (default: 8)")
+    backfill.add_argument("--max-rps", type=_positive_float, default=None, metavar="R",
+                          help="at most R requests a second to the origins, redirects included (default: no limit)")
+    backfill.add_argument("--max-bandwidth", type=_byte_rate, default=None, metavar="RATE",
+                          help="at most RATE bytes a second read from the origins, e.g. 50m, 512k (default: no limit)")
+    backfill.add_argument("--state", type=Path, default=Path(".backfill"), metavar="DIR",
+                          help="folder for the journal of finished keys and the bodies in flight (default: .backfill)")
+    backfill.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
+    backfill.add_argument("--metrics-port", type=_positive_int, default=None, metavar="PORT",
+                          help="serve progress as Prometheus metrics on 127.0.0.1:PORT/metrics (as backorigin_metrics_port)")
+    backfill.set_defaults(handler=lambda a: _backfill(a))
+
+    verify = commands.add_parser(
+        "verify", help="check that every key is in the store with the origin's size (and ETag): can the rules go?",
+        description="For each key: HEAD the store, and HEAD the origin at the URL the bucket's rule builds for it. "
+                    "A key is reported when the store lacks it while the origin has it, or when the sizes differ, or "
+                    "the ETags where both are plain MD5 ETags. Exit status 0 means every key is there and matches.")
+    _key_source_arguments(verify)
+    verify.add_argument("--concurrency", type=_positive_int, default=16, metavar="N", help="keys checked at once (default: 16)")
+    verify.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
+    verify.set_defaults(handler=lambda a: _verify(a))
+    return top
+
+
+def _key_source_arguments(command: argparse.ArgumentParser) -> None:
+    """What backfill and verify share: the rules, the store, the bucket, where keys come from, tombstones."""
+    command.add_argument("--rules", type=Path, required=True, metavar="FILE", help="the rules file the proxies use")
+    command.add_argument("--store", required=True, metavar="URL",
+                         help="the store, e.g. http://127.0.0.1:8333 (credentials: boto3's chain)")
+    command.add_argument("--bucket", required=True, metavar="NAME", help="the bucket (its rules say where the origin is)")
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--keys", type=Path, metavar="FILE", help="a file with one key per line")
+    source.add_argument("--ledger", type=Path, metavar="FILE",
+                        help="a miss ledger (backorigin_ledger): the bucket's mirrored keys, origin 404s left out")
+    source.add_argument("--origin-listing", action="store_true",
+                        help="list the S3 origin of each Mirror rule (MirrorURL http(s)://HOST[:PORT]/BUCKET/[PREFIX/], "
+                             "MirrorAuth or public) with ListObjectsV2; rules that rewrite keys are refused")
+    command.add_argument("--tombstones", default=None, metavar="DIR_OR_S3URL",
+                         help="the proxies' tombstones, whose keys are skipped: the proxy's spool folder's tombstones "
+                              "folder (SPOOL/tombstones), or the s3://BUCKET/PREFIX/ the proxies use "
+                              "(backorigin_tombstones) (default: none)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _byte_rate(text: str) -> int:
+    from backorigin.tools.backfill import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from backorigin.tools.backfill import run_command
+
+    return run_command(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from backorigin.tools.verify import run_command
+
+    return run_command(args)
+
+
+def mitmproxy_command(ui: str, store: str, rules: Path, listen: str, options: Sequence[str],
+                      extra: Sequence[str] = ()) -> list[str]:
+    """The mitmdump/mitmweb command line `backorigin run` starts."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"backorigin run: --listen {listen!r} is not HOST:PORT")
+    for option in options:
+        if "=" not in option:
+            raise SystemExit(f"backorigin run: --set {option!r} is not NAME=VALUE")
+    program = "mitmweb" if ui == "web" else "mitmdump"
+    installed = Path(sys.executable).with_name(program)
+    # web_columns is a list option: each --set adds one column (a comma would make one unknown name)
+    columns = [f"web_columns={column}" for column in WEB_COLUMNS] if ui == "web" else []
+    sets = [f"backorigin_rules={rules}", *columns, *options]
+    return [
+        str(installed) if installed.exists() else (shutil.which(program) or program),
+        "-s", str(ADDON_SCRIPT), "--mode", f"reverse:{store}", "--listen-host", host.strip("[]"), "--listen-port", port,
+        *(arg for option in sets for arg in ("--set", option)),
+        *[arg for arg in extra if arg != "--"],
+    ]
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    load_rules(args.rules, MAX_RULES_CEILING)  # a bad file is reported here, before mitmproxy starts
+    command = mitmproxy_command(args.ui, args.store, args.rules, args.listen, args.options, args.extra)
+    print(" ".join(command), file=sys.stderr)
+    os.execv(command[0], command)  # mitmproxy takes over the terminal, signals and exit status
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from backorigin.tools.demo import run_demo
+
+    return run_demo(args.rules, args.state, args.proxy_port, args.store_port, args.origin_port, args.ui)
+
+
+def explain_url(args: argparse.Namespace) -> int:
+    from backorigin.rules.explain import explain
+
+    print(explain(load_rules(args.rules, MAX_RULES_CEILING), args.url, tuple(args.vhost_domain)))
+    return 0
+
+
+def import_rules(path: Path, bucket: str) -> int:
+    from backorigin.rules.convert import ConversionError, checked_rules_json, website_to_rules
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError(f"{path}: cannot read the file: {getattr(e, 'strerror', None) or e}") from e
+    try:
+        document, warnings = website_to_rules(text, bucket)
+    except ConversionError as e:
+        raise RulesError(f"{path}: {e}") from None
+    warn(path, warnings)
+    rules_json, warnings = checked_rules_json(document, f"{path} (converted)")
+    warn(path, warnings)
+    sys.stdout.write(rules_json)
+    return 0
+
+
+def export_rules(path: Path, bucket: str) -> int:
+    from backorigin.rules.convert import bucket_rules, rules_to_oss_xml
+
+    xml, warnings = rules_to_oss_xml(bucket_rules(load_rules(path, MAX_RULES_CEILING), bucket))
+    warn(path, warnings)
+    sys.stdout.write(xml)
+    return 0
+
+
+def print_ledger_missing(ledger: Path, store: str) -> int:
+    """One `s3://bucket/key` line per key still to copy, for a migration tool's list."""
+    from backorigin.ui import ledger as miss_ledger
+    from backorigin.writeback.upload import make_s3_client
+
+    try:
+        missing = miss_ledger.backfill(ledger, miss_ledger.store_checker(make_s3_client(store)))
+    except (OSError, ValueError) as e:
+        print(f"{ledger}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 2
+    for bucket, key in missing:
+        print(f"s3://{bucket}/{key}")
+    print(f"{len(missing)} key(s) still missing", file=sys.stderr)
+    return 0
+
+
+def warn(source: Path, warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {source}: {warning}", file=sys.stderr)

@@ -1,0 +1,165 @@
+"""`backorigin verify`: is every object of a migration in the store, the same as at the origin?
+
+For each key of the same sources as `backorigin backfill`, HEAD the store, then HEAD the
+origin at the URL the bucket's rule builds for the key (MirrorURLSlave when the primary's
+answer would switch, SigV4 with MirrorAuth, as a GET through the proxy). A key is a problem
+when the store lacks it while the origin has it, or when the two sizes differ, or the two
+ETags where both are plain MD5 ETags (an origin or store ETag of a multipart upload or of
+another kind is not comparable). Exit status 0 means every key is there and matches: the
+rules can go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+from typing import Any
+
+import botocore.exceptions
+import httpx
+
+from backorigin.deletes.tombstones import Tombstones
+from backorigin.miss.origin import OriginRequest, OriginResult, should_switch, sigv4_headers
+from backorigin.rules.model import LOOP_HEADER, RuleBook
+from backorigin.tools.backfill import (
+    BackfillError,
+    Finished,
+    Progress,
+    Report,
+    describe_error,
+    is_tombstoned,
+    open_tombstones,
+    plan,
+    read_source,
+    sweep,
+    write_report,
+)
+
+RESULTS = {
+    "ok": "present and matching",
+    "missing": "missing in the store",
+    "differs": "differs from the origin",
+    "unchecked": "could not be checked",
+    "origin-404": "absent at the origin too",
+    "tombstoned": "tombstoned",
+    "proxy-pass": "never stored (proxy pass)",
+}
+PROBLEMS = frozenset({"missing", "differs", "unchecked"})
+_PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+
+
+def plain_md5(etag: str | None) -> str | None:
+    """The MD5 an ETag is, when it is a plain one (not a multipart or weak or opaque ETag)."""
+    match = _PLAIN_MD5.match(etag or "")
+    return match.group(1).lower() if match else None
+
+
+def compare(store_size: int, store_etag: str | None, origin: httpx.Response) -> str:
+    """Why the store's object differs from the origin's answer to a HEAD ("" when it does not)."""
+    length = origin.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) != store_size:
+        return f"size: store {store_size} bytes, origin {length}"
+    ours, theirs = plain_md5(store_etag), plain_md5(origin.headers.get("etag"))
+    if ours and theirs and ours != theirs:
+        return f"ETag: store {ours}, origin {theirs}"
+    return ""
+
+
+class Verify:
+    def __init__(self, book: RuleBook, store: str, bucket: str, tombstones: Tombstones | None,
+                 progress: Progress, report: Report, timeout: float = 30.0) -> None:
+        self.book, self.store, self.bucket, self.tombstones = book, store, bucket, tombstones
+        self.progress = progress
+        self.report = report
+        self.http = httpx.AsyncClient(trust_env=False, timeout=timeout, limits=httpx.Limits(max_connections=None))
+
+    async def run(self, keys: list[str], concurrency: int) -> None:
+        try:
+            await sweep(keys, self.store, concurrency, self.progress, self._one)
+        finally:
+            await self.http.aclose()
+
+    async def _one(self, store: Any, key: str) -> None:
+        try:
+            finished = await self.check(store, key)
+        except Exception as e:  # one key's fault never stops the check
+            finished = Finished(key, "unchecked", describe_error(e))
+        self.report.add(finished)
+        self.progress.finished()
+
+    async def check(self, store: Any, key: str) -> Finished:
+        try:
+            head = await asyncio.to_thread(store.head_object, Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                return Finished(key, "unchecked", describe_error(e))
+            head = None
+        found = plan(self.book, self.store, self.bucket, key)
+        if head is None and await is_tombstoned(self.tombstones, self.bucket, key):
+            return Finished(key, "tombstoned")
+        if found.result == "proxy-pass" and head is None:
+            return Finished(key, "proxy-pass", found.why)
+        if found.origin is None:
+            if head is not None:  # in the store; no rule to compare it with
+                return Finished(key, "ok", found.why)
+            return Finished(key, "missing", found.why)
+        try:
+            answer = await self.origin_head(found.origin)
+        except httpx.HTTPError as e:
+            return Finished(key, "unchecked" if head is not None else "missing",
+                            f"{found.origin.url}: {type(e).__name__}: {e}")
+        if head is None:
+            if answer.status_code == 404:
+                return Finished(key, "origin-404", f"{answer.url} answered 404")
+            return Finished(key, "missing", f"not in the store; the origin answered {answer.status_code} at {answer.url}")
+        self.progress.add_bytes(int(head.get("ContentLength", 0)))
+        if answer.status_code == 404:
+            return Finished(key, "ok", "the origin no longer has it")
+        if answer.status_code != 200:
+            return Finished(key, "unchecked", f"the origin answered {answer.status_code} to HEAD {answer.url}")
+        why = compare(int(head.get("ContentLength", 0)), head.get("ETag"), answer)
+        return Finished(key, "differs", why) if why else Finished(key, "ok")
+
+    async def origin_head(self, request: OriginRequest) -> httpx.Response:
+        """HEAD at the rule's URL, then at MirrorURLSlave when the primary's answer would switch."""
+        answer = await self._head(request, request.url)
+        if request.fallback_url and should_switch(OriginResult(str(answer.url), answer.status_code), request.switch_all_errors):
+            return await self._head(request, request.fallback_url)
+        return answer
+
+    async def _head(self, request: OriginRequest, url: str) -> httpx.Response:
+        headers = {**dict(request.headers), LOOP_HEADER: "verify"}
+        if request.auth:
+            headers = sigv4_headers("HEAD", url, headers, request.auth)
+        return await self.http.head(url, headers=headers, follow_redirects=request.follow_redirects)
+
+
+def run_command(args: Any) -> int:
+    """`backorigin verify`: 0 when every key is in the store and matches, 1 when not, 2 when it cannot start."""
+    from backorigin.rules.model import MAX_RULES_CEILING, load_rules
+
+    book = load_rules(args.rules, MAX_RULES_CEILING)
+    try:
+        tombstones = open_tombstones(args.tombstones, args.store)
+        listed = read_source(args, book)
+    except BackfillError as e:
+        print(f"backorigin verify: {e}", file=sys.stderr)
+        return 2
+    keys = [item.key for item in listed]
+    report = Report("verify", args.bucket, args.store, keys=len(keys), labels=dict(RESULTS), failing=PROBLEMS)
+    progress = Progress(len(keys), None, 0, "verify")
+    started = time.monotonic()
+    interrupted = False
+    try:
+        asyncio.run(Verify(book, args.store, args.bucket, tombstones, progress, report).run(keys, args.concurrency))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        report.seconds = time.monotonic() - started
+    write_report(report, args.report, report.as_json())
+    if interrupted:
+        return 130
+    return 0 if report.ok else 1

@@ -1,0 +1,144 @@
+"""Prometheus metrics (opt-in: backorigin_metrics_port), served with prometheus_client.
+
+Counters the addon keeps anyway (decision.Stats, the write-back's outcomes) are read when
+Prometheus scrapes, so the hot path pays nothing for them; only the origin fetch latency is
+observed as it happens (a histogram). Each addon instance has its own registry, so a script
+reload never registers a metric twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from backorigin.miss.origin import OriginResult
+from backorigin.ui.decision import Stats
+
+logger = logging.getLogger(__name__)
+
+FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def origin_error_kind(result: OriginResult) -> str | None:
+    """How an origin fetch went wrong, for the errors counter; None when it did not."""
+    if result.status == 200:
+        return None
+    if result.status is None:
+        failure = result.failure.lower()
+        if "within" in failure or "timeout" in failure:
+            return "timeout"
+        if "content-length" in failure or "gzip" in failure or "body of" in failure:
+            return "integrity"
+        if "redirect" in failure:
+            return "redirect"
+        return "network"
+    if result.status == 404:
+        return "not_found"
+    return f"status_{result.status // 100}xx"
+
+
+def spool_bytes(directory: Path) -> int:
+    total = 0
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            total += entry.stat().st_size
+    return total
+
+
+@dataclass
+class AddonState:
+    """What the collector reads at scrape time."""
+
+    stats: Stats
+    writeback_outcomes: Callable[[], dict[str, int]]
+    writebacks_pending: Callable[[], int]
+    spool_dir: Callable[[], Path]
+    tombstones: Callable[[], int]
+
+
+@dataclass(eq=False)  # registries key collectors by identity
+class AddonCollector(Collector):
+    state: AddonState
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.state.stats
+        requests = CounterMetricFamily("backorigin_requests", "Flows backorigin decided on, by decision and outcome",
+                                       labels=["decision", "outcome"])
+        for (decision, outcome), count in sorted(stats.by_decision.items()):
+            requests.add_metric([decision, outcome], count)
+        yield requests
+        gets = CounterMetricFamily("backorigin_rule_gets", "GETs of objects under rules, by who served them",
+                                   labels=["served_by"])
+        for served_by in ("store", "origin"):
+            gets.add_metric([served_by], stats.served[served_by])
+        yield gets
+        total = stats.served["store"] + stats.served["origin"]
+        yield GaugeMetricFamily("backorigin_store_share", "Share of GETs under rules that the store served (0..1)",
+                                value=stats.served["store"] / total if total else 0.0)
+        yield CounterMetricFamily("backorigin_mirrored_bytes", "Bytes fetched from origins for mirrored objects",
+                                  value=stats.counts["bytes_from_origin"])
+        errors = CounterMetricFamily("backorigin_origin_errors", "Origin fetches that failed, by kind", labels=["kind"])
+        for kind, count in sorted(self.errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        writebacks = CounterMetricFamily("backorigin_writebacks", "Write-backs that ended, by outcome", labels=["outcome"])
+        for outcome, count in sorted(self.state.writeback_outcomes().items()):
+            writebacks.add_metric([outcome], count)
+        yield writebacks
+        yield GaugeMetricFamily("backorigin_writebacks_pending", "Write-backs spooled and not yet stored",
+                                value=self.state.writebacks_pending())
+        yield GaugeMetricFamily("backorigin_spool_bytes", "Bytes in the spool directory (bodies and manifests)",
+                                value=spool_bytes(self.state.spool_dir()))
+        yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
+                                value=self.state.tombstones())
+
+
+@dataclass(eq=False)
+class BackfillCollector(Collector):
+    """A running `backorigin backfill`: objects and bytes done of the total, results so far."""
+
+    total: Callable[[], int]
+    done: Callable[[], int]
+    bytes_read: Callable[[], int]
+    results: Callable[[], dict[str, int]]
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("backorigin_backfill_objects", "Objects the backfill has to go through", value=self.total())
+        yield GaugeMetricFamily("backorigin_backfill_objects_done", "Objects finished, by an earlier run too",
+                                value=self.done())
+        yield CounterMetricFamily("backorigin_backfill_bytes_read", "Bytes read from origins by this run",
+                                  value=self.bytes_read())
+        results = CounterMetricFamily("backorigin_backfill_results", "Finished objects by result", labels=["result"])
+        for result, count in sorted(self.results().items()):
+            results.add_metric([result], count)
+        yield results
+
+
+class Metrics:
+    """The endpoint and the one metric observed as it happens."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.registry = CollectorRegistry()
+        self.fetch_seconds = Histogram("backorigin_origin_fetch_seconds", "Origin fetch time, whole body included",
+                                       buckets=FETCH_BUCKETS, registry=self.registry)
+        self._server: WSGIServer | None = None
+        self._server, _ = start_http_server(port, host, registry=self.registry)
+        logger.info("metrics on http://%s:%d/metrics", host, port)
+
+    def add(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
