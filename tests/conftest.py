@@ -1,4 +1,6 @@
-"""Session-wide real components: a SeaweedFS store, a scripted origin, mitmdump with the addon."""
+"""Fixtures every tier may use: the scripted origin (an HTTP server in this process), a rules
+file pointing at it, and a fresh key part per test. The real store and mitmdump are in
+tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
@@ -6,25 +8,8 @@ import uuid
 
 import pytest
 
-from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.origin_server import ScriptedOrigin
-from tests.support import Mitmdump, mirror_rule, write_rules
-
-BUCKETS = ("mirror-bucket", "suffix-bucket", "headers-bucket", "plain-bucket")
-
-
-@pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    store = EmbeddedStore(tmp_path_factory.mktemp("seaweed"), free_ports(1, with_grpc=True)[0])
-    store.start()
-    store.create_buckets(list(BUCKETS))
-    yield store
-    store.stop()
-
-
-@pytest.fixture(scope="session")
-def s3(store):
-    return store.client()
+from tests.support import mirror_rule, write_rules
 
 
 @pytest.fixture(scope="session")
@@ -59,17 +44,6 @@ def rules_file(tmp_path_factory, origin):
             "absent-bucket": [mirror_rule(1, f"{base}/dir1/")],
         },
     )
-
-
-@pytest.fixture(scope="session")
-def proxy(tmp_path_factory, store, rules_file):
-    """The documented reverse-proxy set-up, shared by the integration tests."""
-    proxy = Mitmdump(
-        f"reverse:{store.endpoint}", rules_file, tmp_path_factory.mktemp("proxy"),
-        {"backorigin_origin_timeout": "1.5"},
-    ).start()
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture

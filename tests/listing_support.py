@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import unquote
 from xml.etree import ElementTree
 
-from backorigin.listing.merge import NAMESPACE, Entry, Lister, Order, next_page_size
+from backorigin.listing.merge import Lister, Order, next_page_size
+from backorigin.listing.request import NAMESPACE, Entry
 
 NS = {"s3": NAMESPACE}
 

@@ -1,9 +1,12 @@
-"""Running the real mitmdump with the addon, exactly as the README documents it."""
+"""Test helpers: running the real mitmdump with the addon exactly as the README documents it,
+the `backorigin` command in this process, rules files, polling, a slow relay."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -18,9 +21,11 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+from backorigin.tools import cli
 from backorigin.tools.embedded_store import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
 BACKORIGIN = str(Path(sys.executable).with_name("backorigin"))  # the console command pip installs
 
@@ -41,6 +46,29 @@ def mirror_rule(number: int, mirror_url: str, prefix: str = "", suffix: str = ""
 def write_rules(path: Path, buckets: dict[str, list[dict]]) -> Path:
     path.write_text(json.dumps({"Buckets": [{"Name": n, "RoutingRules": r} for n, r in buckets.items()]}, indent=2))
     return path
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: object) -> Ran:
+    """`backorigin ARGS...` in this process, from the repository root, as a user's shell runs it."""
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main([str(arg) for arg in args])
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(cwd)
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def mitmdump_command(
@@ -232,3 +260,20 @@ def _pipe(source: socket.socket, sink: socket.socket, rate: int | None = None) -
         sink.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+def rule_of(redirect: dict | None = None, condition: dict | None = None, number: int = 1):
+    """One RoutingRule, validated as a rules file would be (default: a Mirror rule to http://o/)."""
+    from backorigin.rules.files import parse_rules
+
+    rule: dict = {"RuleNumber": number, "Redirect": redirect or {"RedirectType": "Mirror", "MirrorURL": "http://o/"}}
+    if condition is not None:
+        rule["Condition"] = condition
+    return parse_rules(json.dumps({"Buckets": [{"Name": "b", "RoutingRules": [rule]}]}), "t").rules_for("b")[0]
+
+
+def book_of(bucket: str, rules: list[dict]):
+    """A RuleBook of one bucket's rules (as a rules file's RoutingRules)."""
+    from backorigin.rules.files import parse_rules
+
+    return parse_rules(json.dumps({"Buckets": [{"Name": bucket, "RoutingRules": rules}]}), "t")

@@ -26,3 +26,10 @@ def parse_size(option: str, text: str) -> int:
     if not match:
         raise exceptions.OptionsError(f"{option}: {text!r} is not a size (like 512k, 64m, 1g)")
     return int(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    """mitmproxy shows an option's `choices` in its help and console, but does not enforce them."""
+    if value not in choices:
+        raise exceptions.OptionsError(f"{option}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    return value

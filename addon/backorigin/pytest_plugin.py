@@ -104,13 +104,13 @@ class BackOriginHarness:
         else:
             path = Path(rules)
         self.configure(backorigin_rules=str(path))
-        return self.addon.rulebook
+        return self.addon.context.rulebook
 
     async def replay(self, flows: FlowSource) -> list[Replayed]:
         """Run a `.mitm` file's flows (or these flows) through the addon, one at a time."""
         from mitmproxy import http
 
-        if not self.addon.rulebook.source:
+        if not self.addon.context.rulebook.source:
             raise RuntimeError("backorigin: no rules loaded; call backorigin_rules(...) first")
         if isinstance(flows, (str, os.PathLike)):
             flows = read_flows(flows)
@@ -149,7 +149,8 @@ def store_flow(
     from mitmproxy.net.http import status_codes
     from mitmproxy.test import tflow, tutils
 
-    from backorigin.s3 import addressing as s3
+    from backorigin.s3 import replies
+    from backorigin.s3.addressing import ObjectRef
 
     parts = urlsplit(url)
     if not parts.hostname:
@@ -165,7 +166,7 @@ def store_flow(
     answered = {k.lower(): v for k, v in (response_headers or {}).items()}
     if code and method.upper() != "HEAD":
         bucket, _, key = parts.path.lstrip("/").partition("/")
-        body = s3.error_body(code, code, s3.ObjectRef(bucket, key), s3.new_request_id())
+        body = replies.error_body(code, code, ObjectRef(bucket, key), replies.new_request_id())
         answered.setdefault("content-type", "application/xml")
     answered.setdefault("content-length", str(len(body)))
     response = tutils.tresp(
@@ -230,7 +231,7 @@ def _show(values: Mapping[str, Any]) -> str:
 
 
 def _decision_fields() -> set[str]:
-    from backorigin.ui.decision import Decision
+    from backorigin.decision import Decision
 
     return {f.name for f in fields(Decision)}
 

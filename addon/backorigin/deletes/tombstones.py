@@ -12,23 +12,21 @@ through the same small interface, and the in-process set answers the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import botocore.exceptions
-from mitmproxy import exceptions
-from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from backorigin.rules.model import RoutingRule
-from backorigin.writeback.upload import make_s3_client
+from backorigin.s3.clients import code_of, make_s3_client, status_of
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +108,10 @@ class StoreTombstones:
         """(bucket, prefix) of s3://BUCKET/PREFIX/; ValueError for anything else."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-            raise ValueError(f"{url!r} is not s3://BUCKET/PREFIX/")
+            raise TombstonesError(f"{url!r} is not s3://BUCKET/PREFIX/")
         prefix = unquote(parts.path.lstrip("/"))
         if prefix and not prefix.endswith("/"):
-            raise ValueError(f"{url!r}: the prefix must end with '/'")
+            raise TombstonesError(f"{url!r}: the prefix must end with '/'")
         return parts.netloc, prefix
 
     def _name(self, bucket: str, key: str) -> str:
@@ -124,7 +122,7 @@ class StoreTombstones:
             self.client.head_object(Bucket=self.bucket, Key=self._name(*ref))
             return True
         except botocore.exceptions.ClientError as e:
-            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if status_of(e) == 404:
                 return False
             raise
 
@@ -133,7 +131,7 @@ class StoreTombstones:
             self.client.put_object(Bucket=self.bucket, Key=self._name(bucket, key), Body=b"", IfNoneMatch="*",
                                    Metadata={"deleted-at": str(round(time.time()))})
         except botocore.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "PreconditionFailed":  # another proxy wrote it first
+            if code_of(e) != "PreconditionFailed":  # another proxy wrote it first
                 raise
 
     def discard(self, bucket: str, key: str) -> None:
@@ -147,40 +145,33 @@ class StoreTombstones:
                 yield bucket, key
 
 
-def mirrored_by(rules: Sequence[RoutingRule], key: str) -> bool:
-    """Whether a Mirror rule of the bucket covers the key (its prefix and suffix; header
-    conditions aside, since a later GET may carry other headers)."""
-    return any(
-        rule.Redirect.is_mirror and key.startswith(rule.Condition.KeyPrefixEquals) and key.endswith(rule.Condition.KeySuffixEquals)
-        for rule in rules
-    )
+class TombstonesError(ValueError):
+    """Tombstones that cannot be opened; the message says why (callers name their option)."""
 
 
-def make_tombstones(where: str | None, spool_dir: Path, store: str | None, fresh: bool = False) -> Tombstones:
-    """Tombstones where backorigin_tombstones says: beside the spool, or in the store at
-    `store` (backorigin_s3_endpoint, or the reverse-proxy target). `fresh`: for a process
-    that reads what another one writes (the write-back worker)."""
+def open_tombstones(where: str | None, default_folder: Path | None, store: str | None,
+                    fresh: bool = False) -> Tombstones | None:
+    """The tombstones at `where`: s3://BUCKET/PREFIX/ in the store at `store`, or a folder; when
+    `where` is empty, `default_folder` (None: no tombstones). `fresh`: for a process that reads
+    what another one writes (the write-back worker, the sweep)."""
     if not where:
-        return LocalTombstones(spool_dir / "tombstones", fresh)
-    try:
+        return LocalTombstones(default_folder, fresh) if default_folder is not None else None
+    if where.startswith("s3://"):
         bucket, prefix = StoreTombstones.parse(where)
-    except ValueError as e:
-        raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
-    if not store:
-        raise exceptions.OptionsError(
-            "backorigin_tombstones: s3://... needs backorigin_s3_endpoint (the store) outside reverse-proxy mode"
-        )
-    return StoreTombstones(make_s3_client(store), bucket, prefix)
-
-
-def reverse_target(options: Any) -> str | None:
-    for spec in getattr(options, "mode", []):
-        mode = ProxyMode.parse(spec)
-        if isinstance(mode, ReverseMode):
-            host, port = mode.address
-            return f"{mode.scheme}://{host}:{port}"
-    return None
+        if not store:
+            raise TombstonesError("s3://... needs the store's endpoint (backorigin_s3_endpoint outside reverse-proxy mode)")
+        return StoreTombstones(make_s3_client(store), bucket, prefix)
+    if not Path(where).is_dir():
+        raise TombstonesError(f"{where} is not a folder (give the proxy's SPOOL/tombstones or s3://BUCKET/PREFIX/)")
+    return LocalTombstones(Path(where), fresh)
 
 
 def describe(refs: Iterator[tuple[str, str]]) -> list[str]:
     return [f"s3://{bucket}/{quote(key, safe='/')}" for bucket, key in refs]
+
+
+async def is_tombstoned(tombstones: Tombstones, bucket: str, key: str) -> bool:
+    """Whether the key has a tombstone, asked from a thread when that waits on the network."""
+    if tombstones.blocking:
+        return await asyncio.to_thread(tombstones.__contains__, (bucket, key))
+    return (bucket, key) in tombstones

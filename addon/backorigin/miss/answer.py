@@ -1,8 +1,8 @@
-"""The answer to one missed GET or HEAD, from the fill of its object.
+"""The answer to one missed GET or HEAD, from the fill of its object: the answer builder.
 
 One piece of code for every way a miss is answered: the loopback miss server streams the
-`Reply` (any size, bounded memory), and the late path (a 404 that only the response hook
-saw) collects a small one into a mitmproxy response. The answer is the one the object will
+`Reply` (any size, bounded memory), and the request and response hooks collect a small one
+into a mitmproxy response (miss.delivery). The answer is the one the object will
 give once stored: the same headers, ETag and Last-Modified, conditionals and ranges as S3
 evaluates them (backorigin.conditional).
 """
@@ -15,19 +15,16 @@ import os
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 
+from backorigin.decision import Outcome
 from backorigin.miss import objectmeta
 from backorigin.miss.conditional import Answer, needs_etag, plan
 from backorigin.miss.fill import Fill, FillBroken
 from backorigin.miss.origin import OriginResult
-from backorigin.miss.probe import StoreAnswer
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Headers, Reply, mirror_failed, redirect, s3_error
+from backorigin.s3.store import StoreAnswer
 
 READ_CHUNK = 1024 * 1024
-# Misses of objects up to this size are answered from memory in the request hook (no hop through
-# the miss server): the part size of the S3 transfer managers (s3transfer, the AWS CLI), so a
-# tool's ranged part GETs of a larger object fit too. Larger answers stream from the miss server.
-ANSWER_IN_MEMORY = 8 * 1024 * 1024
 # How long a HEAD of a miss waits for the write-back to land: tools that HEAD and then list the
 # prefix before they GET (rclone cat) find the object in the listing. The GET never waits.
 HEAD_WAITS_FOR_STORE = 10.0
@@ -36,16 +33,16 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conten
 
 async def respond(
     fill: Fill, method: str, header: Callable[[str], str | None], ref: ObjectRef, store_404: StoreAnswer,
-    hold_limit: int, transparent_codes: frozenset[int],
+    whole_limit: int, transparent_codes: frozenset[int],
 ) -> Reply:
     """The client's answer. It waits for the whole body (so a broken origin is a clean 424
-    and the ETag is known) for a HEAD, a body up to `hold_limit` or of unknown length, and
+    and the ETag is known) for a HEAD, a body up to `whole_limit` or of unknown length, and
     ETag conditionals; a larger GET is streamed as it arrives, without an ETag. A HEAD also
     waits (a while) for the object to land in the store."""
     await fill.began()
     if fill.upload is None:  # the origin gave no body to store
         return _without_body((await fill.wait_settled()).result, ref, store_404, transparent_codes)
-    waits = method == "HEAD" or fill.declared is None or fill.declared <= hold_limit or needs_etag(header)
+    waits = method == "HEAD" or fill.declared is None or fill.declared <= whole_limit or needs_etag(header)
     if waits:
         settled = await fill.wait_settled()
         if not settled.result.ok:
@@ -62,12 +59,12 @@ async def respond(
                  if answer.status == 412 else
                  s3_error(416, "InvalidRange", "The requested range is not satisfiable", ref,
                           [("content-range", answer.content_range or "")]))
-        reply.outcome, reply.origin_status = "mirrored", 200
+        reply.outcome, reply.origin_status = Outcome.MIRRORED, 200
         return reply
     headers = _object_headers(fill, answer)
     if answer.status == 304 or method == "HEAD":
-        return Reply(answer.status, headers, outcome="mirrored", origin_status=200)
-    return Reply(answer.status, headers, stream=_body(fill, answer), outcome="mirrored", origin_status=200)
+        return Reply(answer.status, headers, outcome=Outcome.MIRRORED, origin_status=200)
+    return Reply(answer.status, headers, stream=_body(fill, answer), outcome=Outcome.MIRRORED, origin_status=200)
 
 
 def _object_headers(fill: Fill, answer: Answer) -> Headers:
@@ -104,9 +101,9 @@ def _without_body(result: OriginResult, ref: ObjectRef, store_404: StoreAnswer, 
     anything else is 424 MirrorFailed."""
     if result.status == 404:
         headers = [(k, v) for k, v in store_404.headers if k.lower() not in HOP_BY_HOP]
-        return Reply(store_404.status, headers, store_404.body, outcome="origin-404", origin_status=404)
+        return Reply(store_404.status, headers, store_404.body, outcome=Outcome.ORIGIN_404, origin_status=404)
     if result.status in transparent_codes:
-        return Reply(result.status, list(result.storable_headers.items()), result.body, outcome="transparent",
+        return Reply(result.status, list(result.storable_headers.items()), result.body, outcome=Outcome.TRANSPARENT,
                      origin_status=result.status)
     if result.location:
         reply = redirect(result.status or 302, result.location)
@@ -114,7 +111,7 @@ def _without_body(result: OriginResult, ref: ObjectRef, store_404: StoreAnswer, 
         reply = mirror_failed(ref, result.failure or f"the origin answered {result.status}")
     reply.origin_status = result.status
     if result.location:
-        reply.outcome = "origin-redirect"
+        reply.outcome = Outcome.ORIGIN_REDIRECT
     return reply
 
 

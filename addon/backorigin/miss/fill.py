@@ -24,7 +24,7 @@ from pathlib import Path
 from backorigin.miss.conditional import Validators
 from backorigin.miss.integrity import decimal
 from backorigin.miss.origin import OriginResult
-from backorigin.writeback.upload import ObjectUpload
+from backorigin.writeback.spool import ObjectUpload
 
 FillKey = tuple[str, str, str]  # (store endpoint, bucket, key)
 

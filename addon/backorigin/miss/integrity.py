@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from backorigin.limits import PART_SIZE
+
 _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 # ASCII digits only (str.isdigit() also accepts '²'), and at most 18 of them: no length or
 # number in a rule comes near that, and int() refuses strings past 4300 digits anyway.
@@ -23,9 +25,15 @@ def decimal(text: str | None) -> int | None:
     """A whole number written in at most 18 ASCII digits (a Content-Length), else None."""
     match = _DECIMAL.match(text or "")
     return int(match.group(1)) if match else None
+
+
 _INFLATE_STEP = 1024 * 1024  # bound on what one gzip check step inflates into memory
-# Write-backs from this size on go up in parts of this size; the store's ETag depends on it.
-PART_SIZE = 16 * 1024 * 1024
+
+
+def plain_md5(etag: str | None) -> str | None:
+    """The hex MD5 an ETag is, when it is a plain one (not a multipart, weak or opaque ETag)."""
+    match = _MD5_ETAG.match((etag or "").strip())
+    return match.group(1).lower() if match else None
 
 
 @dataclass
@@ -78,9 +86,9 @@ class BodyCheck:
         """Why the bytes must not be stored although the client may see them, or ""."""
         if self.content_md5 and self.content_md5.strip() != self.md5_base64:
             return f"Content-MD5 {self.content_md5} does not match the body ({self.md5_base64})"
-        match = _MD5_ETAG.match((self.etag or "").strip())
+        claimed = plain_md5(self.etag)
         actual = self.digests.md5_hex
-        if match and match.group(1).lower() != actual:
+        if claimed and claimed != actual:
             return f"ETag {self.etag} is an MD5 that does not match the body ({actual})"
         return ""
 

@@ -2,7 +2,7 @@
 
 `Mirror` owns the origin client, the fills in flight, the write-back and the store-existence
 cache. `start` begins (or joins) the one origin GET of an object; `reply` answers one client
-from it (backorigin.delivery); when the fetch ends, a good body is spooled (body, then manifest)
+from it (miss.answer); when the fetch ends, a good body is spooled (body, then manifest)
 before any answer completes, and handed to the write-back. A fill stays registered until
 its write-back has landed, so every miss until then is served from the spool.
 """
@@ -15,19 +15,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from mitmproxy import http
-
+from backorigin.decision import Action, Decision, Outcome
+from backorigin.limits import IN_HOOK_ANSWER_LIMIT
 from backorigin.miss import objectmeta
-from backorigin.miss.answer import ANSWER_IN_MEMORY, respond
+from backorigin.miss.answer import respond
 from backorigin.miss.fill import Fill, FillKey, Fills, Settled
-from backorigin.miss.origin import OriginClient, OriginRequest, OriginResult
-from backorigin.miss.probe import ExistenceCache, StoreAnswer
+from backorigin.miss.origin import OriginClient, OriginResult
+from backorigin.miss.probe import ExistenceCache
 from backorigin.rules.model import RoutingRule
+from backorigin.rules.targets import OriginRequest
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Reply
-from backorigin.ui.decision import Decision
-from backorigin.writeback.upload import ObjectUpload, Outcome
-from backorigin.writeback.worker import WriteBackWorker
+from backorigin.s3.store import StoreAnswer
+from backorigin.writeback.spool import ObjectUpload, WriteBackOutcome
+from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,12 @@ class Miss:
     started: bool  # this miss started the origin fetch (others joined it)
     reply: Reply | None = None
 
-    def decision(self, outcome: str = "", detail: str = "") -> Decision:
+    def decision(self, outcome: Outcome | None = None, detail: str = "") -> Decision:
         settled = self.fill.settled
         reply = self.reply
         return Decision(
-            self.ref.bucket, self.ref.key, "mirror", self.rule.RuleNumber,
-            outcome=outcome or (reply.outcome if reply else "") or "mirrored",
+            self.ref.bucket, self.ref.key, Action.MIRROR, self.rule.RuleNumber,
+            outcome=outcome or (reply.outcome if reply else None) or Outcome.MIRRORED,
             origin_url=settled.result.url if settled and settled.result.url else self.origin.url,
             origin_status=reply.origin_status if reply else None,
             bytes=settled.result.size if settled and self.started else 0,
@@ -58,17 +59,8 @@ class Miss:
         )
 
 
-@dataclass(frozen=True)
-class Rerouted:
-    """A flow sent to the miss server, and the request as the client sent it."""
-
-    miss: Miss
-    client_request: http.Request
-    ticket: str  # the miss server's path for it
-
-
 class Mirror:
-    def __init__(self, origin: OriginClient, writeback: WriteBackWorker, fsync: bool = False) -> None:
+    def __init__(self, origin: OriginClient, writeback: WriteBackSupervisor, fsync: bool = False) -> None:
         self.origin = origin
         self.writeback = writeback
         self.fsync = fsync
@@ -100,18 +92,21 @@ class Mirror:
         return Miss(ref, rule, request, fill, started=True)
 
     async def reply(self, miss: Miss, method: str, header: Callable[[str], str | None], store_404: StoreAnswer) -> Reply:
-        miss.reply = await respond(miss.fill, method, header, miss.ref, store_404, self.origin.max_inline,
+        miss.reply = await respond(miss.fill, method, header, miss.ref, store_404, self.origin.timeouts.whole_limit,
                                    miss.origin.transparent_codes)
         return miss.reply
 
     async def fits_in_memory(self, miss: Miss) -> bool:
-        """Whether the miss's answer is small enough to be made in memory: the origin gave no
-        body, or announced one up to delivery.ANSWER_IN_MEMORY (and backorigin_max_inline,
-        past which a body streams as it arrives)."""
+        """Whether the miss's answer is small enough to be made in memory in the request hook: the
+        origin gave no body, or announced one up to limits.IN_HOOK_ANSWER_LIMIT (and the
+        whole-answer limit, past which a body streams as it arrives)."""
         fill = miss.fill
         await fill.began()
-        limit = min(ANSWER_IN_MEMORY, self.origin.max_inline)
-        return fill.upload is None or (fill.declared is not None and fill.declared <= limit)
+        return fill.upload is None or (fill.declared is not None and fill.declared <= self.in_hook_limit)
+
+    @property
+    def in_hook_limit(self) -> int:
+        return min(IN_HOOK_ANSWER_LIMIT, self.origin.timeouts.whole_limit)
 
     def resume(self) -> None:
         """Start the write-backs, resuming the spool's: each object is served from the spool until it lands."""
@@ -123,9 +118,7 @@ class Mirror:
 
     def _describer(self, endpoint: str, ref: ObjectRef, rule: RoutingRule) -> Callable[..., ObjectUpload]:
         def describe(url: str, headers: tuple[tuple[str, str], ...], announced_at: str) -> ObjectUpload:
-            result = OriginResult(url, 200, headers)
-            return ObjectUpload(endpoint, ref.bucket, ref.key, result.storable_headers,
-                                objectmeta.user_metadata(result, rule.Redirect, announced_at), 0, "")
+            return objectmeta.describe(endpoint, ref, rule, OriginResult(url, 200, headers), announced_at)
         return describe
 
     async def _fetch(self, fill: Fill, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> None:
@@ -181,7 +174,7 @@ class Mirror:
         if fill.manifest is not None:
             await self.writeback.withdraw(fill.manifest)
 
-    def _landed(self, upload: ObjectUpload, outcome: Outcome) -> None:
+    def _landed(self, upload: ObjectUpload, outcome: WriteBackOutcome) -> None:
         key = (upload.endpoint, upload.bucket, upload.key)
         fill = self.fills.get(key)
         if fill is not None and fill.settled is not None:

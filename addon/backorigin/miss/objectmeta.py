@@ -9,16 +9,28 @@ same metadata becomes x-oss-tag, Access-Control-Allow-Origin and Last-Modified a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import quote, unquote
 
 from mitmproxy import http
 
 from backorigin.miss.origin import STORABLE_HEADERS, OriginResult
-from backorigin.rules.model import RuleAction
-from backorigin.s3.replies import oss_tag
-from backorigin.writeback.upload import LAST_MODIFIED_META, ObjectUpload
+from backorigin.rules.model import RoutingRule, RuleAction
+from backorigin.s3.addressing import ObjectRef
+from backorigin.writeback.spool import ACAO_META, LAST_MODIFIED_META, ORIGIN_URL_META, ObjectUpload
 
-ORIGIN_URL_META = "backorigin-origin-url"
-ACAO_META = "access-control-allow-origin"
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+
+
+def describe(endpoint: str, ref: ObjectRef, rule: RoutingRule, result: OriginResult, announced_at: str) -> ObjectUpload:
+    """The object a mirror stores for the origin's answer: where, the storable headers and the
+    metadata; its size and digests once the whole body is in (`result`'s, when it has them)."""
+    return ObjectUpload(endpoint, ref.bucket, ref.key, result.storable_headers,
+                        user_metadata(result, rule.Redirect, announced_at), result.size, result.md5, result.etag)
+
+
+def oss_tag(origin_url: str) -> str:
+    """x-oss-tag: "MIRROR " + the url-decoded origin URL, kept to printable ASCII."""
+    return "MIRROR " + quote(unquote(origin_url), safe=_PRINTABLE_ASCII)
 
 
 def user_metadata(result: OriginResult, action: RuleAction, announced_at: str) -> dict[str, str]:

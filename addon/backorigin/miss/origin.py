@@ -1,7 +1,7 @@
-"""The origin side: which URL and headers a mirror sends, and the async fetch itself.
-
-`build_request` is pure (rule + client request -> OriginRequest); `OriginClient.fetch`
-does the I/O and always returns an OriginResult value, never raises for origin faults.
+"""The origin fetch: `OriginClient.fetch` asks the origin what a Mirror rule says
+(rules.targets.OriginRequest), follows redirects, falls back to MirrorURLSlave, signs with
+MirrorAuth, checks the body as it arrives and hands it to a sink; it always returns an
+OriginResult value, never raises for origin faults.
 """
 
 from __future__ import annotations
@@ -10,27 +10,27 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
-from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from mitmproxy import http
 
+from backorigin.limits import WHOLE_ANSWER_LIMIT
 from backorigin.miss.integrity import BodyCheck, decimal
-from backorigin.rules.model import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
+from backorigin.options import parse_size
+from backorigin.rules.model import LOOP_HEADER, OriginCredentials
+from backorigin.rules.targets import OriginRequest
 
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 PROBE_TTL = 5.0  # seconds a MirrorURLProbe verdict is trusted
-PRESIGNED_FOR = 900  # seconds a presigned Location to a private origin stays valid
 
 # Origin headers that describe the object; they go to the client and into the store.
 STORABLE_HEADERS = (
@@ -43,27 +43,6 @@ STORABLE_HEADERS = (
     "access-control-allow-origin",
 )
 _USER_META = re.compile(r"^x-(?:amz|oss)-meta-(.+)$", re.IGNORECASE)
-
-# Query parameters that carry a request signature for the store; an origin never gets them.
-SIGNATURE_PARAMS = frozenset(
-    {"signature", "ossaccesskeyid", "awsaccesskeyid", "expires", "security-token"}
-)
-
-
-class UnsafeKey(ValueError):
-    """A key that cannot be appended to MirrorURL without leaving its path."""
-
-
-@dataclass(frozen=True)
-class OriginRequest:
-    url: str
-    headers: tuple[tuple[str, str], ...]
-    follow_redirects: bool = True
-    fallback_url: str | None = None  # MirrorURLSlave + key
-    probe_url: str | None = None
-    switch_all_errors: bool = False
-    transparent_codes: frozenset[int] = frozenset()
-    auth: OriginCredentials | None = None
 
 
 @dataclass(frozen=True)
@@ -112,81 +91,6 @@ def should_switch(result: OriginResult, all_errors: bool) -> bool:
     return result.status >= 500
 
 
-def origin_url(mirror_url: str, key: str, query: str = "") -> str:
-    """MirrorURL + key, the key percent-encoded as a path and never normalised."""
-    segments = key.split("/")
-    if any(s in (".", "..") for s in segments):
-        raise UnsafeKey(f"key {key!r} has '.' or '..' segments that would leave {mirror_url}")
-    url = mirror_url + quote(key, safe="/-._~")
-    base = urlsplit(mirror_url)
-    if urlsplit(url).netloc != base.netloc:  # defence in depth: the key never picks the host
-        raise UnsafeKey(f"key {key!r} would change the origin host")
-    return f"{url}?{query}" if query else url
-
-
-def origin_key(rule: RoutingRule, key: str) -> str:
-    """The key as the origin sees it: rewritten by the rule, slashes collapsed unless
-    MirrorPassOriginalSlashes (so 'a//b' and '/a' do not reach the origin as such)."""
-    rewritten = rule.rewritten_key(key)
-    if rule.Redirect.MirrorPassOriginalSlashes:
-        return rewritten
-    return re.sub("/{2,}", "/", rewritten).lstrip("/")
-
-
-def passable_query(request: http.Request) -> str:
-    """The client's query string minus anything that signs a request to the store."""
-    kept = [
-        (name, value)
-        for name, value in request.query.items(multi=True)
-        if name.lower() not in SIGNATURE_PARAMS and not name.lower().startswith("x-amz-")
-    ]
-    def encoded(text: str) -> str:  # surrogateescape: %FF-style bytes that are not UTF-8 pass unchanged
-        return quote(text, safe="", errors="surrogateescape")
-
-    return "&".join(f"{encoded(name)}={encoded(value)}" if value else encoded(name) for name, value in kept)
-
-
-def origin_headers(rule: RoutingRule, client_headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """Headers for the origin under the rule's MirrorHeaders: none of the client's by default."""
-    policy = rule.Redirect.MirrorHeaders
-    chosen: dict[str, str] = {}
-    for name, value in client_headers:
-        lowered = name.lower()
-        if is_protected_header(lowered) or lowered in policy.Remove:
-            continue
-        if policy.PassAll or lowered in policy.Pass:
-            chosen[lowered] = value
-    for header in policy.Set:
-        chosen[header.Key] = header.Value
-    if rule.Redirect.MirrorHost:
-        chosen["host"] = rule.Redirect.MirrorHost
-    return tuple(sorted(chosen.items()))
-
-
-def build_request(rule: RoutingRule, key: str, request: http.Request) -> OriginRequest:
-    action = rule.Redirect
-    assert action.MirrorURL is not None  # validated: Mirror rules have one
-    query = passable_query(request) if action.passes_query else ""
-    path = origin_key(rule, key)
-    return OriginRequest(
-        url=origin_url(action.MirrorURL, path, query),
-        headers=origin_headers(rule, request.headers.items(multi=True)),
-        follow_redirects=action.MirrorFollowRedirect,
-        fallback_url=origin_url(action.MirrorURLSlave, path, query) if action.MirrorURLSlave else None,
-        probe_url=action.MirrorURLProbe,
-        switch_all_errors=action.MirrorSwitchAllErrors,
-        transparent_codes=frozenset(action.TransparentMirrorResponseCodes),
-        auth=action.MirrorAuth,
-    )
-
-
-def presigned_url(url: str, auth: OriginCredentials) -> str:
-    """A SigV4 query-signed URL, so a client sent to a private origin can still read it."""
-    signed = AWSRequest(method="GET", url=url)
-    S3SigV4QueryAuth(_credentials(auth), "s3", auth.Region, expires=PRESIGNED_FOR).add_auth(signed)
-    return signed.url
-
-
 def _credentials(auth: OriginCredentials) -> Credentials:
     return Credentials(auth.AccessKeyId, auth.AccessKeySecret.get_secret_value())
 
@@ -202,8 +106,9 @@ def sigv4_headers(method: str, url: str, headers: dict[str, str], auth: OriginCr
 class Timeouts:
     connect: float = 5.0
     read: float = 10.0  # between two reads of the answer: a stalled origin
-    total: float = 10.0  # a whole fetch of a body up to max_inline, redirects included
-    copy: float = 3600.0  # a whole fetch of a larger body
+    total: float = 10.0  # a whole fetch of a body answered whole (up to `whole_limit`), redirects included
+    copy: float = 3600.0  # a whole fetch of a larger body, which its clients get as it arrives
+    whole_limit: int = parse_size("backorigin_max_inline", WHOLE_ANSWER_LIMIT)  # see backorigin.limits
 
     def per_operation(self) -> httpx.Timeout:
         return httpx.Timeout(self.read, connect=self.connect)
@@ -228,16 +133,16 @@ class BodySink(Protocol):
 class OriginClient:
     """One pooled async HTTP client for all origins; follows redirects itself.
 
-    A 200 body is handed to a `BodySink` chunk by chunk, never held here; other answers
-    (transparent codes) are small and kept in the result. A body up to `max_inline` bytes
-    must arrive within the total timeout, a larger one within the copy timeout."""
+    A 200 body is handed to a `BodySink` chunk by chunk, never held here; a transparent code's
+    answer is answered whole, so it is kept up to the whole-answer limit. A body up to that limit
+    must arrive within the total timeout, a larger one within the copy timeout. `transport`:
+    httpx's hook under the client (the sweep paces its requests there)."""
 
-    def __init__(self, timeouts: Timeouts, max_inline: int) -> None:
-        self.timeouts = timeouts
-        self.max_inline = max_inline
+    def __init__(self, timeouts: Timeouts | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.timeouts = timeouts or Timeouts()
         self._probes: dict[str, tuple[float, bool]] = {}
         # trust_env=False: proxy variables meant for the client must not reroute origin fetches.
-        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, transport=transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -317,15 +222,15 @@ class OriginClient:
         kept: list[bytes] = []
         async for chunk in response.aiter_raw():
             check.update(chunk)
-            if not long_body and max(check.size, decimal(check.content_length) or 0) > self.max_inline:
+            if not long_body and max(check.size, decimal(check.content_length) or 0) > self.timeouts.whole_limit:
                 long_body = True  # a large body gets the copy timeout, counted from here
                 deadline.reschedule(asyncio.get_running_loop().time() + self.timeouts.copy)
             if status == 200:
                 sink.write(chunk)
-            elif check.size <= self.max_inline:
+            elif check.size <= self.timeouts.whole_limit:
                 kept.append(chunk)
             else:
-                return OriginResult(url, None, failure=f"a {status} answer over {self.max_inline} bytes")
+                return OriginResult(url, None, failure=f"a {status} answer over {self.timeouts.whole_limit} bytes")
         failure = check.failure()
         if failure:
             return OriginResult(url, None, failure=failure)

@@ -80,7 +80,7 @@ class MissServer:
         target = request.target.decode("ascii", "replace")
         serve = self._tickets.pop(urlsplit(target).path if target.startswith("http") else target, None)
         if serve is None:
-            reply = Reply(404, [("content-type", "text/plain")], b"no such ticket\n", outcome="no-ticket")
+            reply = Reply(404, [("content-type", "text/plain")], b"no such ticket\n")
         else:
             reply = await serve()
         headers = [(k.encode("latin-1"), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers]

@@ -2,23 +2,20 @@
 
 Pure functions. Each returns what it built together with warnings, one line per thing it
 had to leave out and why, so nothing is dropped silently. The XML vocabulary is read off
-the pydantic models in backorigin.rules, so a field added there is imported and exported
-without a second list to keep in step.
+the pydantic models (rules.vocabulary).
 """
 
 from __future__ import annotations
 
 import json
-import types
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from functools import cache
-from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar, Union, get_args, get_origin
+from typing import Any, Generic, NamedTuple, TypeVar
 from xml.parsers import expat
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
+from backorigin.rules.files import parse_rules, read_json
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
@@ -32,18 +29,11 @@ from backorigin.rules.model import (
     oss_boolean,
     oss_codes,
     oss_integer,
-    parse_rules,
-    read_json,
 )
+from backorigin.rules.vocabulary import BACKORIGIN_ONLY_FIELDS, Kind, xml_fields
 
 T = TypeVar("T")
 
-# Fields of our rules that OSS does not have; export leaves them out of the XML.
-BACKORIGIN_ONLY_FIELDS = {
-    "MirrorHost": "backorigin only (the Host header sent to the origin); OSS has no such field",
-}
-# OSS writes these lists as one comma-separated text, not as repeated elements (in XML and in its SDKs).
-COMMA_SEPARATED_FIELDS = frozenset({"TransparentMirrorResponseCodes"})
 # OSS and AWS answer 301 when a redirect rule names no code; ours defaults to 302, so the code is
 # always written out in both directions.
 THEIR_DEFAULT_REDIRECT_CODE = 301
@@ -67,62 +57,6 @@ class ConversionError(RulesError):
 class Converted(NamedTuple, Generic[T]):
     value: T
     warnings: list[str]
-
-
-# -- the XML vocabulary, read off the models -------------------------------------------------
-
-Kind = Literal["text", "bool", "int", "codes", "secret"] | type[BaseModel]
-
-
-@dataclass(frozen=True)
-class XmlField:
-    kind: Kind
-    repeated: bool
-
-
-@cache
-def xml_fields(model: type[BaseModel]) -> dict[str, XmlField]:
-    """The model's fields OSS also has, in the model's order, with how each is written in XML."""
-    fields = {}
-    for name, info in model.model_fields.items():
-        if name in BACKORIGIN_ONLY_FIELDS:
-            continue
-        annotation = _bare(info.annotation)
-        repeated = get_origin(annotation) is tuple
-        if repeated:
-            annotation = _bare(get_args(annotation)[0])
-        if name in COMMA_SEPARATED_FIELDS:
-            fields[name] = XmlField("codes", repeated=False)
-        else:
-            fields[name] = XmlField(_kind(annotation), repeated)
-    return fields
-
-
-def _bare(annotation: Any) -> Any:
-    """Without Annotated[...] metadata and without '| None'."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin in (Union, types.UnionType):
-            present = [a for a in get_args(annotation) if a is not type(None)]
-            if len(present) != 1:
-                return annotation
-            annotation = present[0]
-        else:
-            return annotation
-
-
-def _kind(annotation: Any) -> Kind:
-    if annotation is bool:
-        return "bool"
-    if annotation is int:
-        return "int"
-    if annotation is SecretStr:
-        return "secret"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return "text"
 
 
 def _why_dropped(name: str) -> str:

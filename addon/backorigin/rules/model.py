@@ -1,8 +1,7 @@
-"""The rules document: OSS RoutingRule field names, validated, ordered and matched.
+"""The rules document: OSS RoutingRule field names, validated (pydantic: unknown fields are
+errors), ordered and matched. Reading a file and wording its errors is backorigin.rules.files.
 
-The file is JSON: {"Buckets": [{"Name": ..., "RoutingRules": [RoutingRule, ...]}]}.
-Validation is pydantic's (unknown fields are errors); every error message names the
-file, the bucket, the RuleNumber and the field, so a bad edit is found at once.
+The document is JSON: {"Buckets": [{"Name": ..., "RoutingRules": [RoutingRule, ...]}]}.
 
 Every value may be written as JSON has it (404, true, [404, 500]) or as OSS's API and SDKs
 serialise it (numbers and booleans as strings, "404", "true", and TransparentMirrorResponseCodes
@@ -12,11 +11,9 @@ One mechanism does it: the OssInt, OssBool and OssCodes types below.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -27,7 +24,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -393,14 +389,6 @@ class RuleBook:
             None,
         )
 
-    def decide_before_store(
-        self, bucket: str, key: str, method: str, header: Callable[[str], str | None]
-    ) -> RoutingRule | None:
-        """A rule that decides without the store's answer (a redirect with no status
-        condition), unless an earlier matching rule has to see that answer first."""
-        rule = self.first_request_match(bucket, key, method, header)
-        return rule if rule is not None and rule.status_condition is None else None
-
     def decide_after_store(
         self, bucket: str, key: str, method: str, header: Callable[[str], str | None], status: int,
         mirror_heads: bool = False,
@@ -414,104 +402,3 @@ class RuleBook:
             ),
             None,
         )
-
-
-def load_rules(path: str | Path, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise RulesError(f"{path}: cannot read the rules file: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise RulesError(f"{path}: byte {e.start}: the rules file is not UTF-8 text") from None
-    return parse_rules(text, str(path), max_rules)
-
-
-def read_json(text: str) -> Any:
-    """json.loads whose every failure is a ValueError saying where and why."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from None
-    except (RecursionError, ValueError) as e:  # nesting too deep, an integer too long to convert
-        raise ValueError(f"unusable JSON: {e}") from None
-
-
-def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook:
-    try:
-        raw = read_json(text)
-    except ValueError as e:
-        raise RulesError(f"{source}: {e}") from None
-    try:
-        document = RulesDocument.model_validate_json(text)
-    except ValidationError as e:
-        raise RulesError(
-            "\n".join(_describe_error(source, raw, err) for err in e.errors())
-        ) from None
-
-    buckets: dict[str, tuple[RoutingRule, ...]] = {}
-    for bucket in document.Buckets:
-        where = f'{source}: bucket "{bucket.Name}"'
-        if bucket.Name in buckets:
-            raise RulesError(f"{where}: the bucket is listed twice; merge its RoutingRules")
-        if len(bucket.RoutingRules) > max_rules:
-            raise RulesError(
-                f"{where}: field RoutingRules: {len(bucket.RoutingRules)} rules, "
-                f"at most {max_rules} are allowed (backorigin_max_rules raises the limit "
-                f"up to {MAX_RULES_CEILING})"
-            )
-        numbers = [r.RuleNumber for r in bucket.RoutingRules]
-        repeated = sorted({n for n in numbers if numbers.count(n) > 1})
-        if repeated:
-            raise RulesError(f"{where}: RuleNumber {repeated[0]}: field RuleNumber: used by more than one rule")
-        buckets[bucket.Name] = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
-    return RuleBook(source=source, buckets=buckets)
-
-
-def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:
-    """Turn a pydantic error location into 'file: bucket "b": RuleNumber n: field F.G: why'."""
-    loc = list(err["loc"])
-    where = [source]
-    field: list[str] = []
-    node = raw
-    for i, step in enumerate(loc):
-        parent = loc[i - 1] if i else None
-        if isinstance(step, int) and parent == "Buckets":
-            name = _get(node, step, "Name")
-            where.append(f'bucket "{name}"' if isinstance(name, str) else f"bucket #{step + 1}")
-        elif isinstance(step, int) and parent == "RoutingRules":
-            where.append(_rule_label(_get(node, step, "RuleNumber"), step + 1))
-        elif isinstance(step, int):
-            field.append(f"[{step}]")
-        elif step not in ("Buckets", "RoutingRules") or i == len(loc) - 1:
-            field.append(f".{step}" if field else str(step))
-        node = node[step] if _has(node, step) else None
-    message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden" and loc[-1] in UNSUPPORTED_OSS_FIELDS:
-        message = f"an OSS field backorigin deliberately does not support: {UNSUPPORTED_OSS_FIELDS[loc[-1]]}"
-    elif err["type"] == "extra_forbidden":
-        message = "unknown field (check its spelling against the OSS RoutingRule names)"
-    label = f"field {''.join(field)}: " if field else ""
-    return f"{': '.join(where)}: {label}{message}"
-
-
-def _rule_label(number: Any, position: int) -> str:
-    """'RuleNumber 3' when the rule's number can be read (3 or "3"), else its place in the list."""
-    try:
-        number = oss_integer(number)
-    except ValueError:
-        number = None
-    if isinstance(number, int) and not isinstance(number, bool):
-        return f"RuleNumber {number}"
-    return f"rule #{position}"
-
-
-def _has(node: Any, step: Any) -> bool:
-    if isinstance(node, list):
-        return isinstance(step, int) and 0 <= step < len(node)
-    return isinstance(node, dict) and step in node
-
-
-def _get(node: Any, index: int, name: str) -> Any:
-    item = node[index] if _has(node, index) else None
-    return item.get(name) if isinstance(item, dict) else None

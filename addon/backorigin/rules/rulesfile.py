@@ -11,7 +11,8 @@ from pathlib import Path
 from mitmproxy import command, ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.rules.model import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RuleBook, RulesError, load_rules
+from backorigin.rules.files import load_rules
+from backorigin.rules.model import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RuleBook, RulesError
 
 logger = logging.getLogger(__name__)
 

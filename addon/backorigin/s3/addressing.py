@@ -1,18 +1,16 @@
-"""S3 request addressing and S3-style error bodies.
+"""S3 request addressing: which bucket and object a request names, and what kind of call it is.
 
-Pure functions over mitmproxy requests/responses: which object a request names,
-whether it is a plain GetObject, and whether the store's answer means "no such key".
+Pure functions over mitmproxy requests. Path-style (`/bucket/key`) and virtual-hosted style
+(`bucket.DOMAIN/key`, for the domains given) are read by one parser, `target`.
 """
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from urllib.parse import unquote
 from xml.etree import ElementTree
-from xml.sax.saxutils import escape
 
 from mitmproxy import http
 
@@ -39,8 +37,14 @@ SUBRESOURCES = frozenset(
         "x-oss-process",
     }
 )
+# Query parameters of the client's exchange with the store, never of the object: signatures and
+# their tokens (SigV2, SigV4's X-Amz-*, OSS), and botocore's operation name (x-id).
+_STORE_PARAMETERS = frozenset({"signature", "ossaccesskeyid", "awsaccesskeyid", "expires", "security-token", "x-id"})
 
-_ERROR_CODE = re.compile(rb"<Code>\s*([A-Za-z]+)\s*</Code>")
+
+def is_store_parameter(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _STORE_PARAMETERS or lowered.startswith("x-amz-")
 
 
 @dataclass(frozen=True)
@@ -49,22 +53,39 @@ class ObjectRef:
     key: str
 
 
-def object_ref(request: http.Request, virtual_host_domains: Sequence[str] = ()) -> ObjectRef | None:
-    """The object a request names, or None for bucket/service calls: virtual-hosted style
-    (`bucket.<domain>/key`, for the domains given) or path-style (`/bucket/key`)."""
+def virtual_host_bucket(host: str, domains: Sequence[str]) -> tuple[str, str] | None:
+    """(bucket, domain) when `host` is bucket.DOMAIN for one of the domains."""
+    host = host.lower().rstrip(".")
+    for domain in domains:
+        if host.endswith("." + domain.lower()):
+            return host[: -len(domain) - 1], domain
+    return None
+
+
+def target(request: http.Request, domains: Sequence[str] = ()) -> ObjectRef | None:
+    """The bucket and the (decoded) key a request's URL names; the key is "" for a bucket call,
+    the bucket "" for the service. None for a request whose target is not a path."""
     path = request.path.split("?", 1)[0]
     if not path.startswith("/"):
         return None
-    if virtual_host_domains:  # pretty_host parses the authority: only when it can matter
-        host = request.pretty_host.lower().rstrip(".")
-        for domain in virtual_host_domains:
-            if host.endswith("." + domain.lower()):
-                bucket = host[: -len(domain) - 1]
-                return ObjectRef(bucket, unquote(path[1:])) if path[1:] else None
-    bucket, sep, raw_key = path[1:].partition("/")
-    if not bucket or not sep or not raw_key:
-        return None
-    return ObjectRef(unquote(bucket), unquote(raw_key))
+    if domains:  # pretty_host parses the authority: only when it can matter
+        found = virtual_host_bucket(request.pretty_host, domains)
+        if found is not None:
+            return ObjectRef(found[0], unquote(path[1:]))
+    bucket, _, key = path[1:].partition("/")
+    return ObjectRef(unquote(bucket), unquote(key))
+
+
+def object_ref(request: http.Request, domains: Sequence[str] = ()) -> ObjectRef | None:
+    """The object a request names, or None for bucket and service calls."""
+    found = target(request, domains)
+    return found if found is not None and found.bucket and found.key else None
+
+
+def bucket_of(request: http.Request, domains: Sequence[str] = ()) -> str | None:
+    """The bucket a request names (`/bucket?delete`, `/bucket/key`)."""
+    found = target(request, domains)
+    return found.bucket if found is not None and found.bucket else None
 
 
 def is_plain_object_call(request: http.Request) -> bool:
@@ -72,34 +93,28 @@ def is_plain_object_call(request: http.Request) -> bool:
     return "?" not in request.path or not any(name in SUBRESOURCES for name in request.query.keys())
 
 
-def write_kind(request: http.Request) -> str | None:
-    """What a write does to objects: "delete" (DeleteObject), "delete-many" (DeleteObjects),
-    "create" (PutObject, CopyObject, CompleteMultipartUpload); None for anything else."""
+class WriteKind(Enum):
+    DELETE = "delete"  # DeleteObject
+    DELETE_MANY = "delete-many"  # DeleteObjects
+    CREATE = "create"  # PutObject, CopyObject, CompleteMultipartUpload
+
+
+def write_kind(request: http.Request) -> WriteKind | None:
+    """What a write does to objects; None for anything else."""
     method = request.method
     if method == "GET" or method == "HEAD":  # the hit path: nothing more to look at
         return None
     if method == "DELETE":
-        return "delete" if is_plain_object_call(request) else None
+        return WriteKind.DELETE if is_plain_object_call(request) else None
     if method == "POST" and "?" in request.path:
         names = set(request.query.keys())
         if names == {"delete"}:
-            return "delete-many"
+            return WriteKind.DELETE_MANY
         if "uploadId" in names:
-            return "create"
+            return WriteKind.CREATE
     if method == "PUT" and is_plain_object_call(request):
-        return "create"
+        return WriteKind.CREATE
     return None
-
-
-def bucket_of(request: http.Request, virtual_host_domains: Sequence[str] = ()) -> str | None:
-    """The bucket a bucket-level request (`/bucket?delete`) names."""
-    if virtual_host_domains:
-        host = request.pretty_host.lower().rstrip(".")
-        for domain in virtual_host_domains:
-            if host.endswith("." + domain.lower()):
-                return host[: -len(domain) - 1]
-    bucket = request.path.split("?", 1)[0].lstrip("/").split("/", 1)[0]
-    return unquote(bucket) or None
 
 
 def keys_in(xml: bytes, element: str) -> list[str]:
@@ -114,27 +129,3 @@ def keys_in(xml: bytes, element: str) -> list[str]:
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
-
-
-def error_code_of(body: bytes) -> str | None:
-    """The <Code> of an S3 XML error body, if it is one."""
-    match = _ERROR_CODE.search(body)
-    return match.group(1).decode() if match else None
-
-
-def error_code(response: http.Response) -> str | None:
-    return error_code_of(response.get_content(strict=False) or b"")
-
-
-def error_body(code: str, message: str, ref: ObjectRef, request_id: str) -> bytes:
-    """An S3-style XML error document, as the store itself would send."""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
-        f"<BucketName>{escape(ref.bucket)}</BucketName><Key>{escape(ref.key)}</Key>"
-        f"<RequestId>{request_id}</RequestId></Error>"
-    ).encode()
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex[:24].upper()

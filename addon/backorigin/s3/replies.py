@@ -1,5 +1,5 @@
-"""Client answers that do not come from the store. Pure: values in, values or mitmproxy
-Responses out.
+"""Client answers that do not come from the store, and S3's XML errors. Pure: values in,
+values or mitmproxy Responses out.
 
 `Reply` is an answer independent of how it is sent: the loopback miss server streams it,
 the hooks turn it into a mitmproxy Response (`to_response`). Bodies are passed through byte
@@ -9,18 +9,21 @@ content with explicit framing headers.
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from xml.sax.saxutils import escape
 
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
-from backorigin.s3.addressing import ObjectRef, error_body, new_request_id
+from backorigin.decision import Outcome
+from backorigin.s3.addressing import ObjectRef
 
-_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
 Headers = list[tuple[str, str]]
+_ERROR_CODE = re.compile(rb"<Code>\s*([A-Za-z]+)\s*</Code>")
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Reply:
     headers: Headers
     body: bytes = b""
     stream: AsyncGenerator[bytes, None] | None = None  # the object's bytes, when they are streamed
-    outcome: str = ""  # for the flow's Decision
+    outcome: Outcome | None = None  # for the flow's Decision
     detail: str = ""
     origin_status: int | None = None
 
@@ -37,9 +40,24 @@ class Reply:
         return any(name.lower() == "content-length" for name, _ in self.headers)
 
 
-def oss_tag(origin_url: str) -> str:
-    """x-oss-tag: "MIRROR " + the url-decoded origin URL, kept to printable ASCII."""
-    return "MIRROR " + quote(unquote(origin_url), safe=_PRINTABLE_ASCII)
+def error_code_of(body: bytes) -> str | None:
+    """The <Code> of an S3 XML error body, if it is one."""
+    match = _ERROR_CODE.search(body)
+    return match.group(1).decode() if match else None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:24].upper()
+
+
+def error_body(code: str, message: str, ref: ObjectRef, request_id: str) -> bytes:
+    """An S3-style XML error document, as the store itself would send (no <Key> for a bucket call)."""
+    key = f"<Key>{escape(ref.key)}</Key>" if ref.key else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+        f"<BucketName>{escape(ref.bucket)}</BucketName>{key}<RequestId>{request_id}</RequestId></Error>"
+    ).encode()
 
 
 def s3_error(status: int, code: str, message: str, ref: ObjectRef, extra: Sequence[tuple[str, str]] = ()) -> Reply:
@@ -51,7 +69,7 @@ def s3_error(status: int, code: str, message: str, ref: ObjectRef, extra: Sequen
 
 def mirror_failed(ref: ObjectRef, reason: str) -> Reply:
     reply = s3_error(424, "MirrorFailed", f"Mirror back-to-origin failed: {reason}", ref)
-    reply.outcome, reply.detail = "mirror-failed", reason
+    reply.outcome, reply.detail = Outcome.MIRROR_FAILED, reason
     return reply
 
 

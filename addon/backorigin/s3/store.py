@@ -1,30 +1,51 @@
-"""Where a flow came from and goes to: the store's endpoint, the client-facing host, the
-upstream proxy and the TLS verification mitmproxy uses for the store. Pure functions of a flow
-and options."""
+"""The store as a flow sees it: its endpoint, the upstream proxy and TLS verification mitmproxy
+uses for it, the host the client addressed; and `StoreClient`, which sends the client's own
+request to the store before mitmproxy does (the store still authorises: a SigV4 signature stays
+valid because nothing it covers changes).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from mitmproxy import ctx, http
-from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, UpstreamMode
+
+from backorigin.limits import STORE_ERROR_BODY_LIMIT
+from backorigin.s3.addressing import virtual_host_bucket
+
+logger = logging.getLogger(__name__)
+
+# Framing of a body the proxy does not send: a request sent without its body announces none.
+_NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect"})
 
 
 def store_endpoint(request: http.Request, vhost_domains: Sequence[str] = ()) -> str:
     """scheme://host:port of the store that answered this request. A virtual-hosted name
     (bucket.DOMAIN) becomes DOMAIN: write-backs address buckets path-style."""
     host = request.host
-    for domain in vhost_domains:
-        if host.lower().endswith("." + domain.lower()):
-            host = host[-len(domain):]
-            break
+    if vhost_domains and (found := virtual_host_bucket(host, vhost_domains)):
+        host = found[1]
     host = f"[{host}]" if ":" in host else host
     return f"{request.scheme}://{host}:{request.port}"
 
 
+def reverse_target(options: Any) -> str | None:
+    """The store of a reverse proxy (--mode reverse:URL), when there is one."""
+    for spec in getattr(options, "mode", []):
+        mode = ProxyMode.parse(spec)
+        if isinstance(mode, ReverseMode):
+            host, port = mode.address
+            return f"{mode.scheme}://{host}:{port}"
+    return None
+
+
 def upstream_verification(options: Any) -> bool | str:
-    """How the store probe checks an HTTPS store's certificate: as mitmproxy itself does."""
+    """How the proxy's own requests check an HTTPS store's certificate: as mitmproxy itself does."""
     if getattr(options, "ssl_insecure", False):
         return False
     return getattr(options, "ssl_verify_upstream_trusted_ca", None) or True
@@ -49,3 +70,57 @@ def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:
         host, port = flow.client_conn.sockname[:2]
         return scheme, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return scheme, flow.request.host_header or flow.request.pretty_host
+
+
+@dataclass(frozen=True)
+class StoreAnswer:
+    """The store's answer to a GET or HEAD: status, headers, and the body of an error (up to
+    STORE_ERROR_BODY_LIMIT, enough to tell NoSuchKey from NoSuchBucket)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+class StoreClient:
+    """Pooled HTTP clients to the store: direct, or through mitmproxy's upstream proxy."""
+
+    def __init__(self, verify: bool | str = True) -> None:
+        self.verify = verify
+        self._clients: dict[str | None, httpx.AsyncClient] = {}
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    def _client(self, via: str | None) -> httpx.AsyncClient:
+        if via not in self._clients:
+            self._clients[via] = httpx.AsyncClient(verify=self.verify, trust_env=False, follow_redirects=False,
+                                                   timeout=httpx.Timeout(30.0, connect=5.0), proxy=via)
+        return self._clients[via]
+
+    async def ask(self, request: http.Request, via: str | None = None,
+                  extra: Sequence[tuple[bytes, bytes]] = ()) -> StoreAnswer | None:
+        """The store's answer to `request` as the client sent it, without its body (a GET or HEAD
+        has none), plus `extra` headers the signature does not cover; through the proxy `via` in
+        upstream mode. None (logged) when the store cannot be reached."""
+        headers = [(k, v) for k, v in request.headers.fields if k.lower() not in _NOT_FORWARDED]
+        headers += extra
+        url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port,
+                        raw_path=request.path.encode("utf-8", "surrogateescape"))
+        try:
+            async with self._client(via).stream(request.method, url, headers=headers) as answer:
+                body = b""
+                if answer.status_code >= 400:
+                    async for chunk in answer.aiter_raw():
+                        body += chunk
+                        if len(body) > STORE_ERROR_BODY_LIMIT:
+                            break
+                return StoreAnswer(answer.status_code, tuple(answer.headers.multi_items()), body)
+        except httpx.HTTPError as e:
+            logger.warning("cannot ask the store about %s: %s: %s", request.pretty_url, type(e).__name__, e)
+            return None

@@ -14,9 +14,9 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from backorigin.rules.model import load_rules
-from backorigin.tools.cli import mitmproxy_command
+from backorigin.rules.files import load_rules
 from backorigin.tools.embedded_store import EmbeddedStore, port_is_free
+from backorigin.tools.run import mitmproxy_command
 
 
 def serve_folder(folder: Path, port: int) -> ThreadingHTTPServer:

@@ -12,29 +12,27 @@ rules can go.
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
-import time
 from typing import Any
 
 import botocore.exceptions
 import httpx
 
 from backorigin.deletes.tombstones import Tombstones
-from backorigin.miss.origin import OriginRequest, OriginResult, should_switch, sigv4_headers
+from backorigin.miss.integrity import plain_md5
+from backorigin.miss.origin import OriginResult, should_switch, sigv4_headers
 from backorigin.rules.model import LOOP_HEADER, RuleBook
-from backorigin.tools.backfill import (
-    BackfillError,
+from backorigin.rules.targets import OriginRequest
+from backorigin.s3.clients import describe_error, status_of
+from backorigin.tools.sweep import (
     Finished,
     Progress,
     Report,
-    describe_error,
-    is_tombstoned,
-    open_tombstones,
-    plan,
-    read_source,
+    SweepError,
+    plan_key,
+    prepare,
+    run_and_report,
     sweep,
-    write_report,
 )
 
 RESULTS = {
@@ -47,15 +45,6 @@ RESULTS = {
     "proxy-pass": "never stored (proxy pass)",
 }
 PROBLEMS = frozenset({"missing", "differs", "unchecked"})
-_PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
-
-
-def plain_md5(etag: str | None) -> str | None:
-    """The MD5 an ETag is, when it is a plain one (not a multipart or weak or opaque ETag)."""
-    match = _PLAIN_MD5.match(etag or "")
-    return match.group(1).lower() if match else None
-
-
 def compare(store_size: int, store_etag: str | None, origin: httpx.Response) -> str:
     """Why the store's object differs from the origin's answer to a HEAD ("" when it does not)."""
     length = origin.headers.get("content-length")
@@ -93,23 +82,21 @@ class Verify:
         try:
             head = await asyncio.to_thread(store.head_object, Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as e:
-            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+            if status_of(e) != 404:
                 return Finished(key, "unchecked", describe_error(e))
             head = None
-        found = plan(self.book, self.store, self.bucket, key)
-        if head is None and await is_tombstoned(self.tombstones, self.bucket, key):
-            return Finished(key, "tombstoned")
-        if found.result == "proxy-pass" and head is None:
-            return Finished(key, "proxy-pass", found.why)
-        if found.origin is None:
+        planned = await plan_key(self.book, self.store, self.bucket, key, self.tombstones if head is None else None)
+        if planned.result in ("tombstoned", "proxy-pass") and head is None:
+            return Finished(key, planned.result, planned.why)
+        origin = planned.plan.origin
+        if origin is None:
             if head is not None:  # in the store; no rule to compare it with
-                return Finished(key, "ok", found.why)
-            return Finished(key, "missing", found.why)
+                return Finished(key, "ok", planned.why)
+            return Finished(key, "missing", planned.why)
         try:
-            answer = await self.origin_head(found.origin)
+            answer = await self.origin_head(origin)
         except httpx.HTTPError as e:
-            return Finished(key, "unchecked" if head is not None else "missing",
-                            f"{found.origin.url}: {type(e).__name__}: {e}")
+            return Finished(key, "unchecked" if head is not None else "missing", f"{origin.url}: {type(e).__name__}: {e}")
         if head is None:
             if answer.status_code == 404:
                 return Finished(key, "origin-404", f"{answer.url} answered 404")
@@ -137,29 +124,15 @@ class Verify:
 
 
 def run_command(args: Any) -> int:
-    """`backorigin verify`: 0 when every key is in the store and matches, 1 when not, 2 when it cannot start."""
-    from backorigin.rules.model import MAX_RULES_CEILING, load_rules
-
-    book = load_rules(args.rules, MAX_RULES_CEILING)
+    """`backorigin verify`: 0 when every key is in the store and matches, 1 when not, 2 when it
+    cannot start, 130 when interrupted."""
     try:
-        tombstones = open_tombstones(args.tombstones, args.store)
-        listed = read_source(args, book)
-    except BackfillError as e:
+        book, tombstones, listed = prepare(args)
+    except SweepError as e:
         print(f"backorigin verify: {e}", file=sys.stderr)
         return 2
     keys = [item.key for item in listed]
     report = Report("verify", args.bucket, args.store, keys=len(keys), labels=dict(RESULTS), failing=PROBLEMS)
     progress = Progress(len(keys), None, 0, "verify")
-    started = time.monotonic()
-    interrupted = False
-    try:
-        asyncio.run(Verify(book, args.store, args.bucket, tombstones, progress, report).run(keys, args.concurrency))
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        progress.close()
-        report.seconds = time.monotonic() - started
-    write_report(report, args.report, report.as_json())
-    if interrupted:
-        return 130
-    return 0 if report.ok else 1
+    checker = Verify(book, args.store, args.bucket, tombstones, progress, report)
+    return run_and_report(checker.run(keys, args.concurrency), report, progress, args.report)

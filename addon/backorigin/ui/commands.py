@@ -1,43 +1,46 @@
 """The backorigin.* commands for people at the console or in mitmweb: explain a URL, counters,
-tombstones, pending write-backs. (`backorigin.reload` belongs to the rules file, addon.rulesfile.)"""
+tombstones, pending write-backs. (`backorigin.reload` belongs to the rules file, rules.rulesfile.)"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from mitmproxy import command, exceptions
 
+from backorigin.context import Context
+from backorigin.decision import Stats
+from backorigin.deletes.addon import Deletes
 from backorigin.deletes.tombstones import describe
+from backorigin.miss.addon import Mirroring
 from backorigin.rules.explain import explain
-
-if TYPE_CHECKING:
-    from backorigin.addon import BackOrigin
 
 
 class Commands:
-    def __init__(self, core: BackOrigin) -> None:
-        self.core = core
+    def __init__(self, context: Context, stats: Stats, mirroring: Mirroring, deletes: Deletes) -> None:
+        self.context = context
+        self.stats = stats
+        self.mirroring = mirroring
+        self.deletes = deletes
 
     @command.command("backorigin.explain")
     def explain(self, url: str) -> str:
         """Which rule would act on URL, and the origin URL or Location it would build (nothing is fetched)."""
-        return explain(self.core.rulebook, url, self.core.vhost_domains)
+        return explain(self.context.rulebook, url, self.context.vhost_domains)
 
     @command.command("backorigin.stats")
     def show_stats(self) -> str:
         """Counters: decisions, outcomes, bytes from origins, write-backs pending and done."""
-        writeback = self.core.mirror.writeback
-        counts = {**self.core.stats.counts, **{f"writebacks.{k}": v for k, v in writeback.outcomes.items()}}
+        writeback = self.mirroring.mirror.writeback
+        counts = {**self.stats.counts, **{f"writebacks.{k}": v for k, v in writeback.outcomes.items()}}
         counts["writebacks.pending"] = writeback.pending
         return json.dumps(dict(sorted(counts.items())), indent=1)
 
     @command.command("backorigin.tombstones")
     def tombstones(self) -> Sequence[str]:
         """Keys deleted through the proxy that are never mirrored again (s3://bucket/key)."""
-        return describe(iter(self.core.tombstones))
+        return describe(iter(self.deletes.tombstones))
 
     @command.command("backorigin.tombstones.clear")
     def clear_tombstones(self, url: str) -> int:
@@ -48,13 +51,14 @@ class Commands:
             raise exceptions.CommandError(f"{url!r} is not s3://bucket/key or s3://bucket/prefix*")
         path = unquote(parts.path.lstrip("/"))
         prefix, every = (path[:-1], True) if path.endswith("*") else (path, False)
-        chosen = [(bucket, key) for bucket, key in self.core.tombstones
+        tombstones = self.deletes.tombstones
+        chosen = [(bucket, key) for bucket, key in tombstones
                   if bucket == parts.netloc and (key.startswith(prefix) if every else key == prefix)]
         for bucket, key in chosen:
-            self.core.tombstones.discard(bucket, key)
+            tombstones.discard(bucket, key)
         return len(chosen)
 
     @command.command("backorigin.pending")
     def pending(self) -> Sequence[str]:
         """Write-backs waiting in the spool (s3://bucket/key, bytes)."""
-        return [f"{upload.where} ({upload.size} bytes)" for _, upload in self.core.mirror.writeback.spool.pending()]
+        return [f"{upload.where} ({upload.size} bytes)" for _, upload in self.mirroring.mirror.writeback.spool.pending()]

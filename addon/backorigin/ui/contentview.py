@@ -21,7 +21,7 @@ from typing import Any
 from mitmproxy import contentviews, flow, http
 from mitmproxy.contentviews.base import TViewLine, TViewResult, format_pairs
 
-from backorigin.ui.decision import METADATA_KEY, RECORDED_KEY
+from backorigin.decision import METADATA_KEY, RECORDED_KEY
 
 VIEW_NAME = "backorigin"
 # Above every view mitmproxy ships (their best is 1.0), so "auto" picks this one.

@@ -1,28 +1,45 @@
-"""The miss ledger: one JSON line per matched miss (backorigin_ledger), and the backfill
-list made from it (`backorigin backfill`): keys still missing from their bucket."""
+"""The miss ledger: one JSON line per matched miss (option backorigin_ledger, a child addon of
+BackOrigin), and the backfill list made from it (`backorigin backfill`, `ledger-missing`): keys
+still missing from their bucket."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from backorigin.miss.probe import store_has
-from backorigin.ui.decision import Decision
+from mitmproxy import ctx
+from mitmproxy.addonmanager import Loader
+
+from backorigin.decision import Action, Decision, Recorder
+from backorigin.s3.clients import store_has
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    """Appends every mirror decision to its file, once the option names one."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.path: Path | None = None
+        recorder.listeners.append(self.append)
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("backorigin_ledger", Optional[str], None,  # type: ignore[arg-type]
+                          "Append every matched miss to this JSON-lines file.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "backorigin_ledger" in updated:
+            self.path = Path(ctx.options.backorigin_ledger).expanduser() if ctx.options.backorigin_ledger else None
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, decision: Decision) -> None:
+        if self.path is None or decision.action != Action.MIRROR:
+            return
         # one short append per miss; line-buffered so a crash loses at most the line being written
         with open(self.path, "a", encoding="utf-8", buffering=1) as out:
-            out.write(json.dumps({"time": round(time.time(), 3), **asdict(decision)}) + "\n")
+            out.write(json.dumps({"time": round(time.time(), 3), **decision.as_metadata()}) + "\n")
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:

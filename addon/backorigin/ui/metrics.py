@@ -1,4 +1,5 @@
-"""Prometheus metrics (opt-in: backorigin_metrics_port), served with prometheus_client.
+"""Prometheus metrics (opt-in: backorigin_metrics_port, a child addon of BackOrigin), served with
+prometheus_client.
 
 Counters the addon keeps anyway (decision.Stats, the write-back's outcomes) are read when
 Prometheus scrapes, so the hot path pays nothing for them; only the origin fetch latency is
@@ -13,14 +14,18 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 from wsgiref.simple_server import WSGIServer
 
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from backorigin.decision import Stats
+from backorigin.miss.addon import Mirroring
 from backorigin.miss.origin import OriginResult
-from backorigin.ui.decision import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +147,53 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class MetricsEndpoint:
+    """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
+
+    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int]) -> None:
+        self.stats = stats
+        self.mirroring = mirroring
+        self.tombstones = tombstones
+        self.metrics: Metrics | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "backorigin_metrics_port", Optional[int], None,  # type: ignore[arg-type]
+            "Serve Prometheus metrics on this port (http://HOST:PORT/metrics); off by default.",
+        )
+        loader.add_option("backorigin_metrics_host", str, "127.0.0.1", "Address the metrics endpoint listens on.")
+
+    def configure(self, updated: set[str]) -> None:
+        if {"backorigin_metrics_port", "backorigin_metrics_host"} & updated:
+            self.serve(ctx.options.backorigin_metrics_port, ctx.options.backorigin_metrics_host)
+
+    def serve(self, port: int | None, host: str) -> None:
+        mirror = self.mirroring.mirror
+        self.close()
+        if port is None:
+            return
+        try:
+            self.metrics = metrics = Metrics(port, host)
+        except OSError as e:
+            raise exceptions.OptionsError(f"backorigin_metrics_port: cannot listen on {host}:{port}: {e.strerror}") from None
+        writeback = mirror.writeback
+        collector = AddonCollector(AddonState(
+            self.stats, lambda: dict(writeback.outcomes), lambda: writeback.pending,
+            lambda: writeback.spool.directory, self.tombstones,
+        ))
+        metrics.add(collector)
+
+        def fetched(result: OriginResult, seconds: float) -> None:
+            metrics.fetch_seconds.observe(seconds)
+            if kind := origin_error_kind(result):
+                collector.errors[kind] = collector.errors.get(kind, 0) + 1
+
+        mirror.on_fetched = fetched
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+            self.mirroring.mirror.on_fetched = lambda result, seconds: None

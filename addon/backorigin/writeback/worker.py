@@ -1,17 +1,16 @@
-"""The write-back worker: uploads run in a process of their own, beside the proxy.
+"""The write-back worker: a process of its own beside the proxy (`python -m backorigin.writeback.worker`,
+started by writeback.supervisor) that uploads what the spool holds.
 
-The addon spools every mirrored body itself (body, then manifest: the promise to store it);
-this process uploads what the spool holds (writeback.WriteBack: create-only, retried, in a
-few threads) and says how each write-back ended. A miss then costs the proxy only the fetch
-and the answer: boto3's CPU is spent outside the proxy's process and GIL. The spool stays
-the only queue: a worker resumes whatever the spool holds when it starts, so a crash of
-either process loses nothing, and the addon starts a new worker when one dies.
+`WriteBack` runs the uploads in a few threads (boto3 is blocking): create-only (writeback.upload),
+retried with backoff, deferred while the store is unreachable and retried every 30 s, withdrawn
+for a delete, drained at shutdown; an upload the store refuses for good is kept in spool/failed/.
+The tombstones are asked right before every attempt, so no write-back recreates a deleted object.
 
-The two talk in JSON lines:
-  addon -> worker (stdin):   {"upload": MANIFEST} | {"withdraw": MANIFEST} | {"drain": SECONDS}
-  worker -> addon (stdout):  {"manifest": MANIFEST, "outcome": OUTCOME}
-and its log lines go to the addon on stderr, which logs them in the proxy. The end of stdin
-means the addon is gone: the worker stops, and what it has not stored stays spooled for the
+It talks to the supervisor in JSON lines:
+  supervisor -> worker (stdin):   {"upload": MANIFEST} | {"withdraw": MANIFEST} | {"drain": SECONDS}
+  worker -> supervisor (stdout):  {"manifest": MANIFEST, "outcome": OUTCOME}
+and its log lines go to the supervisor on stderr, which logs them in the proxy. The end of stdin
+means the proxy is gone: the worker stops, and what it has not stored stays spooled for the
 next start.
 """
 
@@ -19,201 +18,171 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
 import signal
 import sys
-from collections import Counter
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
-from backorigin.deletes.tombstones import make_tombstones
-from backorigin.writeback.upload import ObjectUpload, Outcome, Spool, WriteBack
+from backorigin.deletes.tombstones import open_tombstones
+from backorigin.s3.clients import is_transient, shared_s3_client
+from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
+from backorigin.writeback.upload import retrying, upload_object
 
 logger = logging.getLogger(__name__)
 
 DEFERRED_RETRY_EVERY = 30.0  # seconds between retries of write-backs the store refused for now
-RESTART_AFTER = 1.0  # seconds before a worker that died is started again
-LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
-              "CRITICAL": logging.CRITICAL}
 
 
-class WriteBackWorker:
-    """The addon's side: spools write-backs, hands them to the worker process, and hears how
-    they ended (`landed`, on the event loop, once a write-back has ended for good)."""
+class Deleted(Exception):
+    """The object was deleted through a proxy: its write-back must not recreate it."""
+
+
+class WriteBack:
+    """Spooled uploads in background threads: retried, resumable, drained at shutdown. The
+    write-back worker process runs it (backorigin.writeback.worker); `report` hears how each
+    write-back ended, "deferred" (the store is unreachable; it stays spooled) included."""
 
     def __init__(
-        self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, fsync: bool = False,
-        landed: Callable[[ObjectUpload, Outcome], None] = lambda upload, outcome: None,
+        self, spool_dir: Path, workers: int = 4, attempts: int = 8, fsync: bool = False,
+        report: Callable[[Path, WriteBackOutcome], None] = lambda manifest, outcome: None,
     ) -> None:
         self.spool = Spool(spool_dir, fsync)
-        self.workers = workers
-        self.max_pending = max_pending
-        self.landed = landed
-        self.outcomes: Counter[str] = Counter()
-        # the worker's other arguments (backorigin_s3_endpoint, tombstones), set by the addon
-        self.endpoint: str | None = None
-        self.tombstones: tuple[str | None, str | None] | None = None  # when deletes stick: (where, the store)
-        self._pending: dict[Path, tuple[ObjectUpload, asyncio.Future[Outcome]]] = {}
-        self._deferred: set[Path] = set()
-        self._process: asyncio.subprocess.Process | None = None
-        self._unsent: list[bytes] = []  # withdrawals for a worker that is not up yet
-        self._supervisor: asyncio.Task[None] | None = None
-        self._up = asyncio.Event()  # a worker process is running
-        self._stopping = False
+        self.report = report  # called on the event loop
+        # whether the object was deleted through a proxy (a tombstone): checked in the worker
+        # right before each upload, so no write-back recreates a deleted object
+        self.deleted: Callable[[ObjectUpload], bool] = lambda upload: False
+        self.endpoint: str | None = None  # replaces the store every write-back is headed for
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writeback")
+        self._pending: dict[Path, concurrent.futures.Future[WriteBackOutcome]] = {}  # by manifest
+        self._withdrawn: set[Path] = set()  # cancelled because of a delete
+        self._deferred: dict[Path, ObjectUpload] = {}  # store unreachable for now; retried later
+        self._deferred_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._upload = retrying(attempts, max_wait=10, stopping=self._stopping)(self._upload_once)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
+    def queue(self, manifest: Path) -> None:
+        """Store the write-back spooled under `manifest`, unless it is already under way;
+        one no longer in the spool is reported "gone" (it ended in an earlier worker)."""
+        with self._deferred_lock:
+            known = manifest in self._pending or manifest in self._deferred
+        if known:
+            return
+        try:
+            upload = ObjectUpload(**json.loads(manifest.read_text()))
+        except FileNotFoundError:
+            self.report(manifest, "gone")
+            return
+        self._run(manifest, replace(upload, endpoint=self.endpoint) if self.endpoint else upload)
 
-    def has_room(self) -> bool:
-        """Whether one more write-back may be spooled; past `max_pending` a miss is answered
-        but not stored (the object is simply mirrored again on its next miss)."""
-        if self.pending < self.max_pending:
-            return True
-        self.outcomes["dropped"] += 1
-        return False
+    def resume(self) -> None:
+        """Queue every write-back in the spool (what a previous run left, and anything spooled
+        before this worker started). Downloads under way are the proxy's: left alone."""
+        resumed = list(self.spool.pending())
+        for manifest, _ in resumed:
+            self.queue(manifest)
+        if resumed:
+            logger.info("resuming %d spooled write-back(s) from %s", len(resumed), self.spool.directory)
 
-    def submit(self, upload: ObjectUpload, source: Path) -> Path:
-        """Spool now (on the caller's thread, so the promise is on disk when this returns),
-        then have the worker store it; returns the manifest."""
-        manifest = self.spool.add(upload, source)
-        self._track(manifest, upload)
-        self._send({"upload": str(manifest)})
-        return manifest
+    def retry_deferred(self) -> int:
+        """Queue again the write-backs that gave up while the store was unreachable."""
+        with self._deferred_lock:
+            deferred, self._deferred = self._deferred, {}
+        for manifest, upload in deferred.items():
+            self._run(manifest, upload)
+        return len(deferred)
 
-    def resume(self) -> list[tuple[Path, ObjectUpload]]:
-        """What a previous run left spooled (the worker resumes it by itself when it starts)."""
-        self.spool.clear_downloads()
-        resumed = [(manifest, replace(upload, endpoint=self.endpoint) if self.endpoint else upload)
-                   for manifest, upload in self.spool.pending()]
-        for manifest, upload in resumed:
-            self._track(manifest, upload)
-        self.start()
-        return resumed
+    def _run(self, manifest: Path, upload: ObjectUpload) -> None:
+        future = self._executor.submit(self._store, manifest, upload)
+        self._pending[manifest] = future
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, manifest, done))
+
+    def _finished(self, manifest: Path, future: concurrent.futures.Future[WriteBackOutcome]) -> None:
+        if self._pending.get(manifest) is future:
+            del self._pending[manifest]
+        if future.cancelled():  # withdrawn for a delete, or left spooled by a shutdown
+            outcome: WriteBackOutcome = "deleted" if manifest in self._withdrawn else "deferred"
+            self._withdrawn.discard(manifest)
+        else:
+            outcome = future.result() if not future.exception() else "failed"
+        self.report(manifest, outcome)
 
     async def withdraw(self, manifest: Path) -> None:
         """A delete of the object is on its way to the store: its write-back must not land
-        after it. Returns once the worker has unspooled it, or finished uploading it."""
-        tracked = self._pending.get(manifest)
-        if tracked is None:
+        after it. One no thread has started is cancelled and unspooled; one being uploaded is
+        waited for, so the delete reaches the store after it. Every withdrawal is reported."""
+        with self._deferred_lock:
+            deferred = self._deferred.pop(manifest, None)
+        future = self._pending.get(manifest)
+        if future is not None and not future.cancel():
+            await asyncio.wrap_future(future)  # being uploaded: reported when it ends, the delete goes after it
             return
-        self._send({"withdraw": str(manifest)})
-        await asyncio.shield(tracked[1])
+        if future is not None:
+            self._withdrawn.add(manifest)  # reported by _finished, which the loop runs after this
+            self.spool.finish(manifest)
+            return
+        outcome: WriteBackOutcome = "deleted" if deferred is not None or manifest.exists() else "gone"
+        self.spool.finish(manifest)
+        self.report(manifest, outcome)
 
     async def drain(self, timeout: float) -> None:
-        """Let the worker finish pending uploads for up to `timeout` seconds, then stop it;
-        what is left stays spooled."""
-        self._stopping = True
-        supervisor = self._supervisor
-        if supervisor is None:
-            return
-        up = asyncio.ensure_future(self._up.wait())  # a worker being started: drain it too
-        await asyncio.wait([up, supervisor], return_when=asyncio.FIRST_COMPLETED)
-        up.cancel()
-        process = self._process
-        if process is not None and process.returncode is None and process.stdin is not None:
-            self._send({"drain": timeout})
-            process.stdin.close()
-            try:
-                await asyncio.wait_for(process.wait(), timeout + 10)
-            except TimeoutError:
-                logger.warning("the write-back worker did not stop; killing it (its write-backs stay spooled)")
-                process.kill()
-        await asyncio.gather(supervisor, return_exceptions=True)
+        """Wait up to `timeout` seconds for pending uploads; what is left stays spooled."""
+        if self._pending:
+            logger.info("waiting up to %gs for %d pending write-back(s)", timeout, len(self._pending))
+            _, unfinished = await asyncio.wait([asyncio.wrap_future(f) for f in self._pending.values()], timeout=timeout)
+            if unfinished:
+                logger.warning(
+                    "%d write-back(s) still pending; they stay in %s and resume at the next start",
+                    len(unfinished), self.spool.directory,
+                )
+        self._stopping.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def start(self) -> None:
-        if self._supervisor is None:
-            self._supervisor = asyncio.ensure_future(self._supervise())
-
-    def _track(self, manifest: Path, upload: ObjectUpload) -> None:
-        self._pending[manifest] = (upload, asyncio.get_running_loop().create_future())
-
-    def _send(self, message: dict[str, Any]) -> None:
-        """A line for the worker. While none runs, a withdrawal waits for the next one; an
-        upload need not: every worker that starts is sent one for each pending write-back."""
-        line = json.dumps(message).encode() + b"\n"
-        process = self._process
-        if process is not None and process.returncode is None and process.stdin is not None:
-            process.stdin.write(line)
-        elif "upload" not in message:
-            self._unsent.append(line)
-        self.start()
-
-    def command(self) -> list[str]:
-        arguments = [sys.executable, "-m", "backorigin.writeback.worker", "--spool", str(self.spool.directory),
-                     "--workers", str(self.workers)]
-        if self.spool.fsync:
-            arguments.append("--fsync")
-        if self.endpoint:
-            arguments += ["--endpoint", self.endpoint]
-        if self.tombstones is not None:
-            where, store = self.tombstones
-            arguments += ["--deletes-stick", *(["--tombstones", where] if where else []), *(["--store", store] if store else [])]
-        return arguments
-
-    async def _supervise(self) -> None:
-        """Run the worker; start another when it dies (it resumes the spool)."""
-        while not self._stopping:
-            self._process = process = await asyncio.create_subprocess_exec(
-                *self.command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-            self._up.set()
-            relaying = asyncio.ensure_future(_relay_log(process.stderr))
-            # everything still pending (the worker ignores what its spool scan found already, and
-            # answers "gone" for what an earlier worker finished without a word), then withdrawals
-            unsent, self._unsent = self._unsent, []
-            process.stdin.writelines([*(json.dumps({"upload": str(m)}).encode() + b"\n" for m in self._pending), *unsent])
-            while line := await process.stdout.readline():
-                self._heard(json.loads(line))
-            await process.wait()
-            await relaying
-            self._up.clear()
-            if not self._stopping:
-                logger.warning("the write-back worker exited with status %s; starting another", process.returncode)
-                await asyncio.sleep(RESTART_AFTER)
-
-    def _heard(self, message: dict[str, Any]) -> None:
-        manifest, outcome = Path(message["manifest"]), cast(Outcome, message["outcome"])
-        if outcome == "deferred":
-            if manifest not in self._deferred:
-                self._deferred.add(manifest)
-                self.outcomes["deferred"] += 1
-            return
-        self._deferred.discard(manifest)
-        tracked = self._pending.pop(manifest, None)
-        if tracked is None:
-            return
-        upload, ended = tracked
-        if outcome != "gone":
-            self.outcomes[outcome] += 1
-        if not ended.done():
-            ended.set_result(outcome)
-        self.landed(upload, outcome)
-
-
-async def _relay_log(stderr: asyncio.StreamReader) -> None:
-    """The worker's log lines ("LEVEL message") into the proxy's log, so they show in mitmproxy's
-    event log (mitmweb, the console) rather than on the terminal; anything else (a traceback)
-    as a warning."""
-    while line := await stderr.readline():
-        level, _, message = line.decode("utf-8", "replace").rstrip().partition(" ")
-        if level in LOG_LEVELS:
-            logger.log(LOG_LEVELS[level], "write-back worker: %s", message)
+    def _store(self, manifest: Path, upload: ObjectUpload) -> WriteBackOutcome:
+        try:
+            outcome = self._upload(upload, self.spool.body_of(manifest))
+        except Deleted:
+            logger.info("write-back of %s dropped: the object was deleted through a proxy", upload.where)
+            self.spool.finish(manifest)
+            return "deleted"
+        except Exception as e:  # any failure is logged and kept, never raised into the loop
+            return self._failed(manifest, upload, e)
+        self.spool.finish(manifest)
+        if outcome == "exists":
+            logger.info("write-back skipped, %s already exists", upload.where)
         else:
-            logger.warning("write-back worker: %s %s", level, message)
+            logger.info("write-back stored %s (%d bytes)", upload.where, upload.size)
+        return outcome
+
+    def _failed(self, manifest: Path, upload: ObjectUpload, error: Exception) -> WriteBackOutcome:
+        if is_transient(error):  # the store is down or overloaded: keep it spooled, try later
+            with self._deferred_lock:
+                self._deferred[manifest] = upload
+            logger.warning("write-back of %s deferred: %s: %s; it stays spooled", upload.where, type(error).__name__, error)
+            return "deferred"
+        self.spool.keep_failed(manifest)
+        logger.error("write-back of %s failed: %s: %s (kept in %s)", upload.where, type(error).__name__, error, self.spool.failed)
+        return "failed"
+
+    def _upload_once(self, upload: ObjectUpload, body_path: Path) -> WriteBackOutcome:
+        if self.deleted(upload):  # before every attempt: a retried upload may outlive a delete
+            raise Deleted(upload.where)
+        return upload_object(shared_s3_client(upload.endpoint), upload, body_path)
 
 
-# the worker process ------------------------------------------------------------------------------
+# the process ---------------------------------------------------------------------------------------
 
 
-def _reporter(out: Any) -> Callable[[Path, Outcome], None]:
-    def report(manifest: Path, outcome: Outcome) -> None:
+def _reporter(out: Any) -> Callable[[Path, WriteBackOutcome], None]:
+    def report(manifest: Path, outcome: WriteBackOutcome) -> None:
         out.write(json.dumps({"manifest": str(manifest), "outcome": outcome}) + "\n")
         out.flush()
     return report
@@ -223,7 +192,8 @@ async def serve(arguments: argparse.Namespace) -> None:
     writeback = WriteBack(Path(arguments.spool), arguments.workers, fsync=arguments.fsync, report=_reporter(sys.stdout))
     writeback.endpoint = arguments.endpoint
     if arguments.deletes_stick:
-        tombstones = make_tombstones(arguments.tombstones, writeback.spool.directory, arguments.store, fresh=True)
+        tombstones = open_tombstones(arguments.tombstones, writeback.spool.directory / "tombstones", arguments.store, fresh=True)
+        assert tombstones is not None  # there is a default folder
         writeback.deleted = lambda upload: (upload.bucket, upload.key) in tombstones
     writeback.resume()
     loop = asyncio.get_running_loop()

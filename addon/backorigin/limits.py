@@ -1,0 +1,25 @@
+"""The sizes the proxy works with, each defined once.
+
+A miss is answered *whole* (the whole body has arrived and been checked before the answer goes
+out: its ETag is known, and a broken origin is a clean 424) or *streamed* (the answer goes out as
+the body arrives). Whole answers: every HEAD, every request with an ETag condition, every body of
+unknown length or up to `backorigin_max_inline`, every miss the response hook finds late, and an
+origin's transparent error answer. A fetch whose body is larger than that limit gets the copy
+timeout instead of the total timeout, since its client is already being answered.
+"""
+
+from __future__ import annotations
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# backorigin_max_inline's default: the largest body answered whole (see above).
+WHOLE_ANSWER_LIMIT = "64m"
+# A miss this small (and answered whole) is answered from memory in the request hook, without the
+# hop through the loopback miss server: the part size of the S3 transfer managers (s3transfer, the
+# AWS CLI), so their ranged part GETs of larger objects fit too. Never more than the whole limit.
+IN_HOOK_ANSWER_LIMIT = 8 * MiB
+# Write-backs of this size and more go up in parts of this size; the store's ETag depends on it.
+PART_SIZE = 16 * MiB
+# The most of a store's error answer that is read (to tell NoSuchKey from NoSuchBucket, say).
+STORE_ERROR_BODY_LIMIT = 64 * KiB

@@ -1,0 +1,96 @@
+"""The mirror machinery as a child addon of BackOrigin: its options (origin timeouts, the
+whole-answer limit, the spool and the write-back worker), the `Mirror` they configure, and its
+start (resuming the spool) and shutdown (draining the write-backs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
+
+from backorigin.limits import WHOLE_ANSWER_LIMIT
+from backorigin.miss.mirror import Mirror
+from backorigin.miss.origin import OriginClient, Timeouts
+from backorigin.options import parse_seconds, parse_size
+from backorigin.writeback.supervisor import WriteBackSupervisor
+
+_TIMEOUT_OPTIONS = {
+    "backorigin_origin_connect_timeout": "connect",
+    "backorigin_origin_read_timeout": "read",
+    "backorigin_origin_timeout": "total",
+    "backorigin_copy_timeout": "copy",
+}
+
+
+class Mirroring:
+    def __init__(self) -> None:
+        self.origin = OriginClient()
+        self.mirror: Mirror  # needs the spool directory: made at the first configure
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "backorigin_origin_timeout", str, "10",
+            "Seconds an origin fetch may take in all, redirects included (text, e.g. \"0.5\").",
+        )
+        loader.add_option("backorigin_origin_connect_timeout", str, "5", "Seconds to connect to an origin.")
+        loader.add_option("backorigin_origin_read_timeout", str, "10", "Seconds an origin may stay silent mid-answer.")
+        loader.add_option(
+            "backorigin_max_inline", str, WHOLE_ANSWER_LIMIT,
+            "Largest miss answered only once its whole body has arrived and been checked (with its ETag; a broken "
+            "origin gets 424). Larger GETs are streamed as the body arrives (no ETag in that first answer; a broken "
+            "origin resets the connection). Memory stays bounded either way: bodies go through the spool.",
+        )
+        loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds the fetch of a body over backorigin_max_inline may take.")
+        loader.add_option(
+            "backorigin_spool_fsync", bool, False,
+            "fsync a mirrored body and its manifest before the last byte of its answer goes out (survives power "
+            "loss); off: they are in the page cache by then (survives a crash of the proxy, kill -9 included).",
+        )
+        loader.add_option(
+            "backorigin_spool_dir", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
+            "Directory where pending write-backs wait (they survive restarts). Default: CONFDIR/backorigin-spool.",
+        )
+        loader.add_option("backorigin_writeback_workers", int, 4, "Uploads running at once.")
+        loader.add_option(
+            "backorigin_writeback_queue", int, 1000,
+            "Most write-backs pending at once; past it a miss is answered but not stored (it mirrors again next time).",
+        )
+        loader.add_option("backorigin_shutdown_timeout", str, "30", "Seconds shutdown waits for pending write-backs.")
+
+    def configure(self, updated: set[str]) -> None:
+        options = ctx.options
+        if {*_TIMEOUT_OPTIONS, "backorigin_max_inline"} & updated:
+            self.origin.timeouts = Timeouts(
+                **{field: parse_seconds(name, getattr(options, name)) for name, field in _TIMEOUT_OPTIONS.items()},
+                whole_limit=parse_size("backorigin_max_inline", options.backorigin_max_inline),
+            )
+        if "backorigin_shutdown_timeout" in updated:
+            parse_seconds("backorigin_shutdown_timeout", options.backorigin_shutdown_timeout)
+        for name in ("backorigin_writeback_workers", "backorigin_writeback_queue"):
+            if name in updated and getattr(options, name) < 1:
+                raise exceptions.OptionsError(f"{name}: must be at least 1")
+        configured = hasattr(self, "mirror")
+        if not configured or {"backorigin_spool_dir", "confdir"} & updated:
+            spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
+            if configured and self.mirror.writeback.spool.directory != spool:
+                raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
+            writeback = WriteBackSupervisor(spool, fsync=options.backorigin_spool_fsync)
+            self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
+        writeback = self.mirror.writeback
+        if "backorigin_spool_fsync" in updated:
+            self.mirror.fsync = writeback.spool.fsync = options.backorigin_spool_fsync
+        # the worker's arguments, read when it starts (at running)
+        writeback.workers = options.backorigin_writeback_workers
+        writeback.max_pending = options.backorigin_writeback_queue
+        writeback.endpoint = options.backorigin_s3_endpoint
+
+    def running(self) -> None:
+        """Start the write-back worker; it resumes what a previous run left spooled, and each
+        such object is served from the spool until it lands."""
+        self.mirror.resume()
+
+    async def aclose(self) -> None:
+        """Cancel fetches under way, drain the write-backs (up to backorigin_shutdown_timeout)."""
+        await self.mirror.shutdown(parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout))

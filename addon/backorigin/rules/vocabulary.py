@@ -1,0 +1,71 @@
+"""The OSS XML vocabulary of the rules, read off the pydantic models (rules.model): every field
+OSS also has, in the models' order, and how it is written. A field added to the models is imported
+and exported without a second list to keep in step."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, SecretStr
+
+# Fields of our rules that OSS does not have; export leaves them out of the XML.
+BACKORIGIN_ONLY_FIELDS = {
+    "MirrorHost": "backorigin only (the Host header sent to the origin); OSS has no such field",
+}
+# OSS writes these lists as one comma-separated text, not as repeated elements (in XML and in its SDKs).
+COMMA_SEPARATED_FIELDS = frozenset({"TransparentMirrorResponseCodes"})
+Kind = Literal["text", "bool", "int", "codes", "secret"] | type[BaseModel]
+
+
+@dataclass(frozen=True)
+class XmlField:
+    kind: Kind
+    repeated: bool
+
+
+@cache
+def xml_fields(model: type[BaseModel]) -> dict[str, XmlField]:
+    """The model's fields OSS also has, in the model's order, with how each is written in XML."""
+    fields = {}
+    for name, info in model.model_fields.items():
+        if name in BACKORIGIN_ONLY_FIELDS:
+            continue
+        annotation = _bare(info.annotation)
+        repeated = get_origin(annotation) is tuple
+        if repeated:
+            annotation = _bare(get_args(annotation)[0])
+        if name in COMMA_SEPARATED_FIELDS:
+            fields[name] = XmlField("codes", repeated=False)
+        else:
+            fields[name] = XmlField(_kind(annotation), repeated)
+    return fields
+
+
+def _bare(annotation: Any) -> Any:
+    """Without Annotated[...] metadata and without '| None'."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            present = [a for a in get_args(annotation) if a is not type(None)]
+            if len(present) != 1:
+                return annotation
+            annotation = present[0]
+        else:
+            return annotation
+
+
+def _kind(annotation: Any) -> Kind:
+    if annotation is bool:
+        return "bool"
+    if annotation is int:
+        return "int"
+    if annotation is SecretStr:
+        return "secret"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return "text"

@@ -1,0 +1,142 @@
+"""The spool: the write-backs this proxy promised, on disk until they are in the store.
+
+Each is a body, `<id>.body`, and its manifest, `<id>.json` (an `ObjectUpload`), written after
+the body, so a manifest always has a complete body: the promise to store it. The spool survives
+restarts and is the only queue of write-backs (see writeback.supervisor and writeback.worker).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+logger = logging.getLogger(__name__)
+
+# S3 user metadata a mirrored object is stored with (see miss.objectmeta)
+ORIGIN_URL_META = "backorigin-origin-url"
+ACAO_META = "access-control-allow-origin"
+LAST_MODIFIED_META = "backorigin-last-modified"  # the Last-Modified a miss announced
+
+# Storable origin headers and the PutObject parameter each becomes.
+PUT_PARAMS = {
+    "content-type": "ContentType",
+    "content-encoding": "ContentEncoding",
+    "content-disposition": "ContentDisposition",
+    "cache-control": "CacheControl",
+    "content-language": "ContentLanguage",
+}
+
+# How a write-back ended. "gone": one this worker never saw end (an earlier worker finished it).
+WriteBackOutcome = Literal["stored", "exists", "deferred", "failed", "dropped", "deleted", "gone"]
+
+
+@dataclass(frozen=True)
+class ObjectUpload:
+    """What to store (the manifest of a spooled write-back; the body lives beside it)."""
+
+    endpoint: str
+    bucket: str
+    key: str
+    headers: dict[str, str]  # storable origin headers
+    metadata: dict[str, str]  # S3 user metadata (see objectmeta)
+    size: int
+    md5: str  # base64, as Content-MD5 wants it
+    etag: str = ""  # the ETag the store will give it (integrity.StoreETag), announced to clients
+
+    @property
+    def last_modified(self) -> str:
+        """The Last-Modified clients were told, kept as metadata."""
+        return self.metadata.get(LAST_MODIFIED_META, "")
+
+    def object_arguments(self) -> dict[str, Any]:
+        """Object headers, metadata and storage class, common to PutObject and multipart."""
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.key,
+            "StorageClass": "STANDARD",
+            "Metadata": self.metadata,
+        }
+        for header, param in PUT_PARAMS.items():
+            if header in self.headers:
+                args[param] = self.headers[header]
+        if "expires" in self.headers:
+            try:
+                args["Expires"] = parsedate_to_datetime(self.headers["expires"])
+            except (TypeError, ValueError):
+                logger.info("not storing unparsable Expires %r for %s", self.headers["expires"], self.key)
+        return args
+
+    def put_arguments(self, body: bytes | BinaryIO) -> dict[str, Any]:
+        """PutObject arguments: the store checks Content-MD5; If-None-Match makes it create-only."""
+        return {**self.object_arguments(), "Body": body, "ContentMD5": self.md5, "IfNoneMatch": "*"}
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class Spool:
+    """A directory of pending write-backs: `<id>.body` and `<id>.json` (written last, so a
+    manifest always has a complete body). Uploads that fail for good move to `failed/`."""
+
+    def __init__(self, directory: Path, fsync: bool = False) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.failed = directory / "failed"
+        self.failed.mkdir(parents=True, exist_ok=True)
+
+    def add(self, upload: ObjectUpload, source: Path) -> Path:
+        """Spool the body in `source` (a file in this directory, moved in) under a manifest
+        written last; returns the manifest path. With `fsync` the manifest and the directory
+        reach the disk before this returns (the body's writer syncs the body itself)."""
+        name = uuid.uuid4().hex
+        os.replace(source, self.directory / f"{name}.body")
+        manifest = self.directory / f"{name}.json"
+        partial = manifest.with_suffix(".json.partial")
+        with open(partial, "w") as out:
+            out.write(json.dumps(asdict(upload)))
+            if self.fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(partial, manifest)
+        if self.fsync:
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        return manifest
+
+    def new_body_path(self) -> Path:
+        """A fresh file in the spool's file system, for a download to land in before add()."""
+        return self.directory / f"{uuid.uuid4().hex}.download"
+
+    def pending(self) -> Iterator[tuple[Path, ObjectUpload]]:
+        for manifest in sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            yield manifest, ObjectUpload(**json.loads(manifest.read_text()))
+
+    @staticmethod
+    def body_of(manifest: Path) -> Path:
+        return manifest.with_suffix(".body")
+
+    def finish(self, manifest: Path) -> None:
+        self.body_of(manifest).unlink(missing_ok=True)
+        manifest.unlink(missing_ok=True)
+
+    def keep_failed(self, manifest: Path) -> None:
+        for path in (self.body_of(manifest), manifest):
+            if path.exists():
+                shutil.move(path, self.failed / path.name)
+
+    def clear_downloads(self) -> None:
+        """Half-written downloads from a previous run can never be completed; drop them."""
+        for leftover in [*self.directory.glob("*.download"), *self.directory.glob("*.partial")]:
+            leftover.unlink(missing_ok=True)

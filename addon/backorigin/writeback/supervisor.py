@@ -1,0 +1,196 @@
+"""The write-back supervisor: the proxy's side of the write-back worker (writeback.worker).
+
+The proxy spools every mirrored body itself (body, then manifest: the promise to store it) and
+the worker process uploads it, so boto3's CPU is spent outside the proxy's process and GIL. The
+spool stays the only queue: a worker resumes whatever the spool holds when it starts, so a crash
+of either process loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
+
+logger = logging.getLogger(__name__)
+
+RESTART_AFTER = 1.0  # seconds before a worker that died is started again
+LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+              "CRITICAL": logging.CRITICAL}
+
+
+class WriteBackSupervisor:
+    """The proxy's side: spools write-backs, runs the worker process (starts it, starts another
+    when it dies, drains it at shutdown), hands it each write-back and hears how it ended
+    (`landed`, on the event loop, once a write-back has ended for good)."""
+
+    def __init__(
+        self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, fsync: bool = False,
+        landed: Callable[[ObjectUpload, WriteBackOutcome], None] = lambda upload, outcome: None,
+    ) -> None:
+        self.spool = Spool(spool_dir, fsync)
+        self.workers = workers
+        self.max_pending = max_pending
+        self.landed = landed
+        self.outcomes: Counter[str] = Counter()
+        # the worker's other arguments (backorigin_s3_endpoint, tombstones), set by the addon
+        self.endpoint: str | None = None
+        self.tombstones: tuple[str | None, str | None] | None = None  # when deletes stick: (where, the store)
+        self._pending: dict[Path, tuple[ObjectUpload, asyncio.Future[WriteBackOutcome]]] = {}
+        self._deferred: set[Path] = set()
+        self._process: asyncio.subprocess.Process | None = None
+        self._unsent: list[bytes] = []  # withdrawals for a worker that is not up yet
+        self._supervisor: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()  # a worker process is running
+        self._stopping = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def has_room(self) -> bool:
+        """Whether one more write-back may be spooled; past `max_pending` a miss is answered
+        but not stored (the object is simply mirrored again on its next miss)."""
+        if self.pending < self.max_pending:
+            return True
+        self.outcomes["dropped"] += 1
+        return False
+
+    def submit(self, upload: ObjectUpload, source: Path) -> Path:
+        """Spool now (on the caller's thread, so the promise is on disk when this returns),
+        then have the worker store it; returns the manifest."""
+        manifest = self.spool.add(upload, source)
+        self._track(manifest, upload)
+        self._send({"upload": str(manifest)})
+        return manifest
+
+    def resume(self) -> list[tuple[Path, ObjectUpload]]:
+        """What a previous run left spooled (the worker resumes it by itself when it starts)."""
+        self.spool.clear_downloads()
+        resumed = [(manifest, replace(upload, endpoint=self.endpoint) if self.endpoint else upload)
+                   for manifest, upload in self.spool.pending()]
+        for manifest, upload in resumed:
+            self._track(manifest, upload)
+        self.start()
+        return resumed
+
+    async def withdraw(self, manifest: Path) -> None:
+        """A delete of the object is on its way to the store: its write-back must not land
+        after it. Returns once the worker has unspooled it, or finished uploading it."""
+        tracked = self._pending.get(manifest)
+        if tracked is None:
+            return
+        self._send({"withdraw": str(manifest)})
+        await asyncio.shield(tracked[1])
+
+    async def drain(self, timeout: float) -> None:
+        """Let the worker finish pending uploads for up to `timeout` seconds, then stop it;
+        what is left stays spooled."""
+        self._stopping = True
+        supervisor = self._supervisor
+        if supervisor is None:
+            return
+        up = asyncio.ensure_future(self._up.wait())  # a worker being started: drain it too
+        await asyncio.wait([up, supervisor], return_when=asyncio.FIRST_COMPLETED)
+        up.cancel()
+        process = self._process
+        if process is not None and process.returncode is None and process.stdin is not None:
+            self._send({"drain": timeout})
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), timeout + 10)
+            except TimeoutError:
+                logger.warning("the write-back worker did not stop; killing it (its write-backs stay spooled)")
+                process.kill()
+        await asyncio.gather(supervisor, return_exceptions=True)
+
+    def start(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.ensure_future(self._supervise())
+
+    def _track(self, manifest: Path, upload: ObjectUpload) -> None:
+        self._pending[manifest] = (upload, asyncio.get_running_loop().create_future())
+
+    def _send(self, message: dict[str, Any]) -> None:
+        """A line for the worker. While none runs, a withdrawal waits for the next one; an
+        upload need not: every worker that starts is sent one for each pending write-back."""
+        line = json.dumps(message).encode() + b"\n"
+        process = self._process
+        if process is not None and process.returncode is None and process.stdin is not None:
+            process.stdin.write(line)
+        elif "upload" not in message:
+            self._unsent.append(line)
+        self.start()
+
+    def command(self) -> list[str]:
+        arguments = [sys.executable, "-m", "backorigin.writeback.worker", "--spool", str(self.spool.directory),
+                     "--workers", str(self.workers)]
+        if self.spool.fsync:
+            arguments.append("--fsync")
+        if self.endpoint:
+            arguments += ["--endpoint", self.endpoint]
+        if self.tombstones is not None:
+            where, store = self.tombstones
+            arguments += ["--deletes-stick", *(["--tombstones", where] if where else []), *(["--store", store] if store else [])]
+        return arguments
+
+    async def _supervise(self) -> None:
+        """Run the worker; start another when it dies (it resumes the spool)."""
+        while not self._stopping:
+            self._process = process = await asyncio.create_subprocess_exec(
+                *self.command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+            self._up.set()
+            relaying = asyncio.ensure_future(_relay_log(process.stderr))
+            # everything still pending (the worker ignores what its spool scan found already, and
+            # answers "gone" for what an earlier worker finished without a word), then withdrawals
+            unsent, self._unsent = self._unsent, []
+            process.stdin.writelines([*(json.dumps({"upload": str(m)}).encode() + b"\n" for m in self._pending), *unsent])
+            while line := await process.stdout.readline():
+                self._heard(json.loads(line))
+            await process.wait()
+            await relaying
+            self._up.clear()
+            if not self._stopping:
+                logger.warning("the write-back worker exited with status %s; starting another", process.returncode)
+                await asyncio.sleep(RESTART_AFTER)
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        manifest, outcome = Path(message["manifest"]), cast(WriteBackOutcome, message["outcome"])
+        if outcome == "deferred":
+            if manifest not in self._deferred:
+                self._deferred.add(manifest)
+                self.outcomes["deferred"] += 1
+            return
+        self._deferred.discard(manifest)
+        tracked = self._pending.pop(manifest, None)
+        if tracked is None:
+            return
+        upload, ended = tracked
+        if outcome != "gone":
+            self.outcomes[outcome] += 1
+        if not ended.done():
+            ended.set_result(outcome)
+        self.landed(upload, outcome)
+
+
+async def _relay_log(stderr: asyncio.StreamReader) -> None:
+    """The worker's log lines ("LEVEL message") into the proxy's log, so they show in mitmproxy's
+    event log (mitmweb, the console) rather than on the terminal; anything else (a traceback)
+    as a warning."""
+    while line := await stderr.readline():
+        level, _, message = line.decode("utf-8", "replace").rstrip().partition(" ")
+        if level in LOG_LEVELS:
+            logger.log(LOG_LEVELS[level], "write-back worker: %s", message)
+        else:
+            logger.warning("write-back worker: %s %s", level, message)

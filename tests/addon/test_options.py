@@ -1,0 +1,29 @@
+"""Options are checked where they are set: a bad value is refused with a message naming the
+option, and what was in force stays."""
+
+from __future__ import annotations
+
+import pytest
+from mitmproxy import exceptions
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("backorigin_origin_timeout", "soon", "backorigin_origin_timeout: 'soon' is not a positive"),
+    ("backorigin_origin_read_timeout", "-1", "backorigin_origin_read_timeout: '-1' is not a positive"),
+    ("backorigin_max_rules", 21, "outside 1..20"),
+    ("backorigin_max_inline", "big", "backorigin_max_inline: 'big' is not a size"),
+    ("backorigin_head_on_miss", "maybe", "backorigin_head_on_miss: 'maybe' is not one of 'object', 'oss'"),
+    ("backorigin_deletes", "sometimes", "backorigin_deletes: 'sometimes' is not one of 'stick', 'resurrect'"),
+    ("backorigin_writeback_workers", 0, "backorigin_writeback_workers: must be at least 1"),
+    ("backorigin_tombstones", "s3://bucket/no-slash", "backorigin_tombstones: 's3://bucket/no-slash': the prefix must end"),
+    ("backorigin_rules", "/nonexistent/rules.json", "cannot read the rules file"),
+])
+def test_a_bad_value_is_refused_and_the_rules_in_force_stay(tctx, addon, rules_file, option, value, message):
+    with pytest.raises(exceptions.OptionsError, match=message):
+        tctx.configure(addon, **{option: value})
+    assert addon.context.rulebook.source == str(rules_file)
+
+
+def test_the_spool_cannot_move_while_running(tctx, addon, tmp_path):
+    with pytest.raises(exceptions.OptionsError, match="cannot change while running"):
+        tctx.configure(addon, backorigin_spool_dir=str(tmp_path / "elsewhere"))

@@ -1,0 +1,48 @@
+"""The Prometheus endpoint during a run : values move as requests go through."""
+
+from __future__ import annotations
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from backorigin.tools.embedded_store import free_ports
+from tests.support import Mitmdump, http_get, mirror_rule, wait_for, write_rules
+
+BUCKET = "metrics-bucket"
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metrics_move_as_requests_go_through(tmp_path, store, origin, unique):
+    store.create_buckets([BUCKET])
+    rules = write_rules(tmp_path / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/dir1/")]})
+    port = free_ports(1)[0]
+    proxy = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path,
+                     {"backorigin_metrics_port": str(port), "backorigin_origin_timeout": "5"}).start()
+    try:
+        before = scrape(port)
+        key = f"ok/{unique}"
+        assert http_get(f"{proxy.url}/{BUCKET}/{key}")[0] == 200  # a miss
+        wait_for(lambda: scrape(port).get(("backorigin_writebacks_total", (("outcome", "stored"),))) == 1)
+        assert http_get(f"{proxy.url}/{BUCKET}/{key}")[0] == 200  # a hit
+        assert http_get(f"{proxy.url}/{BUCKET}/error500/{unique}")[0] == 424
+        assert requests.delete(f"{proxy.url}/{BUCKET}/gone/{unique}").status_code == 204
+        after = scrape(port)
+    finally:
+        proxy.stop()
+    assert after[("backorigin_requests_total", (("decision", "mirror"), ("outcome", "mirrored")))] == 1
+    assert after[("backorigin_requests_total", (("decision", "mirror"), ("outcome", "mirror-failed")))] == 1
+    assert after[("backorigin_rule_gets_total", (("served_by", "origin"),))] == 1
+    assert after[("backorigin_rule_gets_total", (("served_by", "store"),))] == 1
+    assert after[("backorigin_store_share", ())] == 0.5
+    assert after[("backorigin_origin_fetch_seconds_count", ())] == 2
+    assert after[("backorigin_origin_errors_total", (("kind", "status_5xx"),))] == 1
+    assert after[("backorigin_mirrored_bytes_total", ())] > 0
+    assert after[("backorigin_writebacks_pending", ())] == 0
+    assert after[("backorigin_tombstones", ())] == 1
+    assert after[("backorigin_spool_bytes", ())] >= 0
+    assert ("backorigin_requests_total", (("decision", "mirror"), ("outcome", "mirrored"))) not in before

@@ -1,0 +1,81 @@
+"""The store probe: the client's own request, sent to the store before mitmproxy sends it, with
+every header the client signed, no body framing, and one byte asked of a GET without a Range."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from mitmproxy.test import tutils
+
+from backorigin.miss.probe import ExistenceCache, StoreProbe
+from backorigin.tools.embedded_store import free_ports
+
+ERROR = b"<Error><Code>NoSuchKey</Code></Error>"
+
+
+class FakeStore:
+    """An HTTP server in this process that answers every request with `status` and keeps each request head."""
+
+    def __init__(self, status: int, body: bytes = b"") -> None:
+        self.status, self.body = status, body
+        self.heads: list[bytes] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-amz-request-id: r\r\n\r\n%s" % (self.status, len(self.body), self.body))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def probe():
+    probe = StoreProbe()
+    yield probe
+    await probe.aclose()
+
+
+def client_request(port: int, method: str = "GET", headers: tuple = ()):
+    return tutils.treq(host="127.0.0.1", port=port, method=method.encode(), path=b"/b/k%20x?versionId=1", content=b"",
+                       headers=((b"host", b"127.0.0.1"), (b"authorization", b"AWS4-HMAC-SHA256 sig"),
+                                (b"content-length", b"0"), (b"connection", b"close"), *headers))
+
+
+async def test_the_clients_request_goes_to_the_store_as_it_was_signed(probe):
+    store = FakeStore(404, ERROR)
+    port = await store.start()
+    answer = await probe.ask(client_request(port))
+    assert answer is not None and answer.status == 404 and answer.body == ERROR and answer.header("x-amz-request-id") == "r"
+    head = store.heads[0].decode().lower()
+    assert head.startswith("get /b/k%20x?versionid=1 http/1.1") and "authorization: aws4-hmac-sha256 sig" in head
+    assert "range: bytes=0-0" in head  # one byte of a GET without a Range of its own
+    assert "content-length" not in head and "connection: close" not in head  # no body goes with it
+
+
+async def test_a_head_or_a_ranged_get_is_sent_as_it_is(probe):
+    store = FakeStore(200)
+    port = await store.start()
+    await probe.ask(client_request(port, "HEAD"))
+    await probe.ask(client_request(port, "GET", ((b"range", b"bytes=5-9"),)))
+    assert "range" not in store.heads[0].decode().lower()
+    assert store.heads[1].decode().lower().count("range:") == 1 and "range: bytes=5-9" in store.heads[1].decode().lower()
+
+
+async def test_a_store_that_cannot_be_reached_is_no_answer(probe):
+    assert await probe.ask(client_request(free_ports(1)[0])) is None
+
+
+def test_objects_known_to_exist_are_forgotten_after_a_while_and_past_the_size():
+    known = ExistenceCache(ttl=60, size=2)
+    for key in ("a", "b", "c"):
+        known.add(("e", "b", key))
+    assert ("e", "b", "a") not in known and ("e", "b", "c") in known
+    known.discard(("e", "b", "c"))
+    assert ("e", "b", "c") not in known
+    expired = ExistenceCache(ttl=0)
+    expired.add(("e", "b", "k"))
+    assert ("e", "b", "k") not in expired
