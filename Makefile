@@ -17,9 +17,10 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/backorigin demo
 
-# tests/unit (pure modules), tests/addon (taddons, in process), tests/e2e (real SeaweedFS, mitmdump, clients)
+# tests/unit (pure modules), tests/addon (taddons, in process), tests/e2e (real SeaweedFS, mitmdump, clients);
+# a test file to a worker, three at once
 test: lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 3 --dist loadfile tests
 
 check: lint
 	$(BIN)/python -m pytest tests/unit tests/addon
