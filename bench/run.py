@@ -1,6 +1,6 @@
 """The benchmark suite: `make bench` (or `.venv/bin/python -m bench`).
 
-Starts everything on 127.0.0.1 in a private temp directory: SeaweedFS (addon/embedded_store.py),
+Starts everything on 127.0.0.1 in a private temp directory: SeaweedFS (backorigin.tools.embedded_store),
 a static nginx origin, plain mitmdump and mitmdump with the addon (the README's command), nginx
 as a reference proxy, later a second addon instance behind an nginx `stream` balancer. Each
 scenario runs for a fixed, short time with wrk or the asyncio client in bench/loadgen.py, and

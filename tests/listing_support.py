@@ -1,4 +1,4 @@
-"""Helpers for tests/test_listing.py: S3 listing semantics as a plain model, fake listers
+"""Helpers for the listing tests (tests/unit and tests/e2e test_listing.py): S3 listing semantics as a plain model, fake listers
 built on it, and paging through merged listings (the XML the proxy answers) to the end."""
 
 from __future__ import annotations

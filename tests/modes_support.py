@@ -1,4 +1,4 @@
-"""Helpers for tests/test_modes.py: mitmdump variants (listen address, environment, a
+"""Helpers for tests/e2e/test_modes.py: mitmdump variants (listen address, environment, a
 private /etc/hosts), a plain mitmdump as an upstream proxy, a throw-away test CA, and a
 network namespace with a NAT REDIRECT rule for transparent mode.
 

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from backorigin.addon import BackOrigin
     from backorigin.rules.model import RuleBook
 
-# backorigin.decision's keys, without importing the addon here (tests/test_replay.py checks they agree)
+# backorigin.decision's keys, without importing the addon here (tests/addon/test_pytest_plugin.py checks they agree)
 METADATA_KEY = "backorigin"
 RECORDED_KEY = "backorigin_recorded"
 FlowSource = Union[str, "os.PathLike[str]", Iterable["http.HTTPFlow"]]

@@ -1,4 +1,4 @@
-"""Regenerate tests/data/trial.mitm, the recorded flows behind tests/test_replay.py.
+"""Regenerate tests/data/trial.mitm, the recorded flows behind the replay tests.
 
     .venv/bin/python tests/data/record_trial.py            # writes tests/data/trial.mitm
     .venv/bin/python tests/data/record_trial.py OUT.mitm   # or somewhere else
@@ -7,7 +7,7 @@ Run it from anywhere in the repository (it changes to the root itself). It recor
 real: an embedded SeaweedFS store and the scripted origin (tests/origin_server.py) on
 loopback ports, and mitmdump with the addon in reverse mode in front of the store, run
 as tests.support.Mitmdump does with `-w OUT`. The rules recorded with are RECORD_RULES
-below; tests/test_replay.py replays the file under other rules. One GET each:
+below; tests/e2e/test_replay.py and tests/addon/test_pytest_plugin.py replay the file under other rules. One GET each:
 
     trial-bucket/hit.txt        in the store: a hit, no decision
     trial-bucket/ok/a.txt       a miss, mirrored by RuleNumber 2 (stored, then read back below)

@@ -1,1 +1,1 @@
-"""backorigin.deletes."""
+"""Deletes that stick: tombstones, and the child addon that writes and clears them."""

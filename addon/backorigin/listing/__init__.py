@@ -18,7 +18,7 @@ whatever the size of the buckets.
 - The continuation token is ours (opaque to clients): the last key or common prefix returned,
   with the prefix and delimiter it belongs to; a later page resumes every side after it.
 - The store still decides who may list: every page is answered only after the store let the
-  client's own request through (`MergedListings.store_allows`); the proxy then lists the store
+  client's own request through (`MergedListing.store_allows`); the proxy then lists the store
   with its own credentials (a client's signature covers its own query, which cannot change).
 
 Rules that are merged: Mirror rules without key rewriting (ReplaceKeyWith and

@@ -1,1 +1,1 @@
-"""backorigin.rules."""
+"""The rules: the RoutingRule model, rules files, plan_get (what a GET does), where a rule points, import and export."""

@@ -1,1 +1,1 @@
-"""backorigin.writeback."""
+"""Write-backs: the spool, the create-only upload, the worker process and its supervisor."""
