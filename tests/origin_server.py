@@ -152,6 +152,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     scenario_nofollow = scenario_redirect
 
+    def scenario_elsewhere(self, path: str) -> None:
+        """/<dir>/elsewhere/<urlsafe base64 of a URL>/...: a 302 to that URL (a hostile origin)."""
+        target = path.split("/")[path.split("/").index("elsewhere") + 1]
+        self._send(302, b"", {"Location": base64.urlsafe_b64decode(target + "=" * (-len(target) % 4)).decode()})
+
+    def scenario_endless(self, path: str) -> None:
+        """A chunked body that never ends (until the client hangs up)."""
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        block = b"x" * 65536
+        try:
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+        except OSError:
+            self.close_connection = True
+
     def scenario_loop(self, path: str) -> None:
         self._send(302, b"", {"Location": path})
 
@@ -267,3 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def echo_of(body: bytes) -> dict:
     return json.loads(body)
+
+
+def elsewhere(url: str) -> str:
+    """The path segment that makes the origin redirect to `url` (scenario `elsewhere`)."""
+    return "elsewhere/" + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")

@@ -18,12 +18,13 @@ import logging
 from collections.abc import Sequence
 from typing import Optional
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
 from backorigin.decision import METADATA_KEY, RECORDED_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
 from backorigin.deletes.addon import Deletes
+from backorigin.limits import STREAM_LARGE_BODIES
 from backorigin.listing.addon import MergedListing
 from backorigin.miss import objectmeta
 from backorigin.miss.addon import Mirroring
@@ -31,7 +32,7 @@ from backorigin.miss.delivery import MissDelivery
 from backorigin.miss.probe import StoreProbe
 from backorigin.options import check_choice
 from backorigin.rules import plan
-from backorigin.rules.model import LOOP_HEADER
+from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
 from backorigin.rules.plan import Act, GetPlan, plan_get
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
@@ -68,6 +69,8 @@ class BackOrigin:
         ]
         self._mirror_heads = True
         self._403_is_miss = False
+        self._private_origins_ok = False
+        self.rules_file.check = self._check_rules
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -89,6 +92,11 @@ class BackOrigin:
             "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
             "(stores answer 403 instead of 404 to callers without ListBucket).",
         )
+        loader.add_option(
+            "backorigin_403_is_miss_private_origins", bool, False,
+            "With backorigin_403_is_miss, allow MirrorAuth rules: anyone the store denies then gets the private "
+            "origin's objects. Refused unless this says so.",
+        )
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
 
@@ -100,8 +108,27 @@ class BackOrigin:
         self.recorder.debug_header = options.backorigin_debug_header
         self._mirror_heads = check_choice("backorigin_head_on_miss", options.backorigin_head_on_miss, HEAD_ON_MISS) == "object"
         self._403_is_miss = options.backorigin_403_is_miss
+        self._private_origins_ok = options.backorigin_403_is_miss_private_origins
+        try:
+            self._check_rules(self.context.rulebook)
+        except RulesError as e:
+            raise exceptions.OptionsError(str(e)) from None
         if {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.probe.client.verify = upstream_verification(options)
+
+    def _check_rules(self, book: RuleBook) -> None:
+        """backorigin_403_is_miss answers anyone the store denies (AccessDenied) with the origin's
+        object: with a MirrorAuth rule that is a private origin's object, so it must be meant."""
+        if not self._403_is_miss or self._private_origins_ok:
+            return
+        private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}' for bucket, rules in book.buckets.items()
+                   for rule in rules if rule.Redirect.MirrorAuth is not None]
+        if private:
+            raise RulesError(
+                f"{book.source}: {'; '.join(private)}: field Redirect.MirrorAuth: with backorigin_403_is_miss, anyone the "
+                "store denies would get this private origin's objects; set backorigin_403_is_miss_private_origins=true "
+                "if that is meant"
+            )
 
     # hooks -----------------------------------------------------------------------------------
 
@@ -124,9 +151,23 @@ class BackOrigin:
         elif before.act is Act.ASK_STORE and self.context.acts(flow) and flow.response is None:
             await self._ask_store_first(flow, ref)
 
+    def running(self) -> None:
+        """Bodies of any size pass through at bounded memory: mitmproxy streams those above
+        stream_large_bodies (hits, PUTs, parts), unless the user chose otherwise."""
+        if "stream_large_bodies" in ctx.options and ctx.options.stream_large_bodies is None:
+            ctx.options.update(stream_large_bodies=STREAM_LARGE_BODIES)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A hit shows the metadata its mirror stored (x-oss-tag, Last-Modified...), set before its
+        headers go out (a streamed body's response hook comes after them)."""
+        response = flow.response
+        if (response is not None and 200 <= response.status_code < 300 and not self.delivery.owns(flow)
+                and not flow.metadata.get(METADATA_KEY) and self._candidate(flow) is not None):
+            objectmeta.restore_on_download(response)
+
     async def response(self, flow: http.HTTPFlow) -> None:
-        """Hits (restored metadata), and 404s the request hook did not see coming (a replay, a
-        dry run, an object deleted from the store behind our back, a store that could not be asked)."""
+        """Hits (counted), and 404s the request hook did not see coming (a replay, a dry run, an
+        object deleted from the store behind our back, a store that could not be asked)."""
         response = flow.response
         if response is None or self.delivery.owns(flow) or (self.context.acts(flow) and flow.metadata.get(METADATA_KEY)):
             return
@@ -136,13 +177,12 @@ class BackOrigin:
         status = await self._store_status(flow, response, ref)
         if status is None:
             return
-        answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), response.raw_content or b"")
+        body = (response.raw_content or b"") if response.status_code >= 400 else b""  # a hit's body may be large, or gone
+        answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), body)
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.STORE:
-            if 200 <= status < 300:
-                objectmeta.restore_on_download(response)
-                if flow.request.method == "GET" and plan.covered_by_mirror(self.context.rulebook, ref):
-                    self.recorder.stats.served["store"] += 1
+            if 200 <= status < 300 and flow.request.method == "GET" and plan.covered_by_mirror(self.context.rulebook, ref):
+                self.recorder.stats.served["store"] += 1
         elif after.act is Act.MIRROR and self.context.acts(flow):
             mirror = self.mirroring.mirror
             endpoint = self.context.endpoint(flow.request)
@@ -215,7 +255,7 @@ class BackOrigin:
         replayed flow the recording answered itself, from its recorded decision. None: no rule may act."""
         if not flow.live and (recorded := plan.recorded_status(flow.metadata.get(RECORDED_KEY))):
             return recorded
-        body = response.get_content(strict=False) or b""
+        body = (response.get_content(strict=False) or b"") if response.status_code in (403, 404) else b""
         unrecorded = flow.is_replay == "response" and not response.raw_content
         status = plan.rules_status(flow.request.method, response.status_code, body, unrecorded_replay=unrecorded)
         if plan.may_hide_a_miss(response.status_code, body, self._403_is_miss):

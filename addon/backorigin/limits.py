@@ -23,3 +23,10 @@ IN_HOOK_ANSWER_LIMIT = 8 * MiB
 PART_SIZE = 16 * MiB
 # The most of a store's error answer that is read (to tell NoSuchKey from NoSuchBucket, say).
 STORE_ERROR_BODY_LIMIT = 64 * KiB
+# backorigin_max_object_size's default: a fetch whose body is larger ends (424, or a reset once answering).
+MAX_OBJECT_SIZE = "50g"
+# backorigin_spool_min_free's default: below it a miss is answered but not stored this time.
+SPOOL_MIN_FREE = "1g"
+# mitmproxy's stream_large_bodies, when the user has not set it: bodies above it pass through the
+# proxy as they arrive (hits, PUTs, UploadPart) instead of being held whole in memory.
+STREAM_LARGE_BODIES = "1m"

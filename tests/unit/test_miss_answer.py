@@ -14,7 +14,7 @@ from backorigin.decision import Outcome
 from backorigin.miss import answer
 from backorigin.miss.answer import collect, respond
 from backorigin.miss.fill import Fill, Settled
-from backorigin.miss.origin import OriginResult
+from backorigin.miss.origin import Failure, OriginResult
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Reply, error_code_of
 from backorigin.s3.store import StoreAnswer
@@ -95,7 +95,7 @@ async def test_a_body_over_the_whole_limit_streams_before_it_has_arrived_without
     (OriginResult("http://o/k", 404), 404, Outcome.ORIGIN_404),
     (OriginResult("http://o/k", 403, (("content-type", "text/plain"),), b"no"), 403, Outcome.TRANSPARENT),
     (OriginResult("http://o/k", 302, location="http://elsewhere/k"), 302, Outcome.ORIGIN_REDIRECT),
-    (OriginResult("http://o/k", None, failure="no complete answer within 1s"), 424, Outcome.MIRROR_FAILED),
+    (OriginResult.failed("http://o/k", Failure.TIMEOUT, "no complete answer within 1s"), 424, Outcome.MIRROR_FAILED),
     (OriginResult("http://o/k", 500), 424, Outcome.MIRROR_FAILED),
 ])
 async def test_an_origin_without_an_object_to_give(tmp_path, result, status, outcome):

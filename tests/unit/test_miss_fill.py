@@ -9,7 +9,7 @@ import pytest
 
 from backorigin.miss import objectmeta
 from backorigin.miss.fill import Fill, FillBroken, Fills, Settled
-from backorigin.miss.origin import OriginResult
+from backorigin.miss.origin import Failure, OriginResult
 from backorigin.s3.addressing import ObjectRef
 from backorigin.writeback.spool import ObjectUpload
 from tests.support import rule_of
@@ -82,7 +82,8 @@ async def test_a_body_that_breaks_off_fails_its_readers(tmp_path):
     try:
         waiting = asyncio.ensure_future(fill.read(fd, 5, 9, 1024))
         await asyncio.sleep(0)
-        fill.settle(Settled(OriginResult("http://o/k", None, failure="body of 5 bytes, Content-Length said 10"), "none (no object)"))
+        broken = OriginResult.failed("http://o/k", Failure.INTEGRITY, "body of 5 bytes, Content-Length said 10")
+        fill.settle(Settled(broken, "none (no object)"))
         with pytest.raises(FillBroken, match="Content-Length said 10"):
             await waiting
     finally:

@@ -19,6 +19,7 @@ class FakeStore:
 
     def __init__(self, status: int, body: bytes = b"") -> None:
         self.status, self.body = status, body
+        self.extra = b""  # more header lines
         self.heads: list[bytes] = []
 
     async def start(self) -> int:
@@ -27,7 +28,8 @@ class FakeStore:
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.heads.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-amz-request-id: r\r\n\r\n%s" % (self.status, len(self.body), self.body))
+        writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-amz-request-id: r\r\n%s\r\n%s" % (
+            self.status, len(self.body), self.extra, self.body))
         await writer.drain()
         writer.close()
 
@@ -63,6 +65,23 @@ async def test_a_head_or_a_ranged_get_is_sent_as_it_is(probe):
     await probe.ask(client_request(port, "GET", ((b"range", b"bytes=5-9"),)))
     assert "range" not in store.heads[0].decode().lower()
     assert store.heads[1].decode().lower().count("range:") == 1 and "range: bytes=5-9" in store.heads[1].decode().lower()
+
+
+async def test_nothing_one_client_got_goes_with_anothers_request(probe):
+    store = FakeStore(404, ERROR)
+    store.extra = b"set-cookie: balancer=sticky\r\n"
+    port = await store.start()
+    await probe.ask(client_request(port))
+    await probe.ask(client_request(port))
+    assert all(b"cookie" not in head.lower() for head in store.heads)
+
+
+async def test_a_path_that_is_not_ascii_is_not_sent_by_the_probe(probe):
+    store = FakeStore(200)
+    port = await store.start()
+    request = client_request(port)
+    request.path = "/b/k\udcff"  # a raw 0xff byte from the client
+    assert await probe.ask(request) is None and store.heads == []
 
 
 async def test_a_store_that_cannot_be_reached_is_no_answer(probe):

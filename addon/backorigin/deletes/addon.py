@@ -1,11 +1,14 @@
 """Deletes that stick, as a child addon of BackOrigin (see deletes.tombstones for where the
 tombstones live).
 
-A DeleteObject or DeleteObjects through the proxy, for a key a Mirror rule covers, leaves a
-tombstone once the store has answered 2xx; a PUT, CopyObject or CompleteMultipartUpload of the key
-clears it. While a delete is on its way, misses of the key do not mirror, a fill under way is
-never stored, a queued write-back is withdrawn and one being uploaded lands first, so the delete
-always comes last.
+The store authorises: nothing a delete does takes effect before the store has answered it 2xx.
+A DeleteObject or DeleteObjects through the proxy, for a key a Mirror rule covers, then leaves a
+tombstone, a fill under way is never stored and the key's write-backs are withdrawn; a PUT,
+CopyObject or CompleteMultipartUpload of the key clears its tombstone. While a delete is on its way
+nothing is hidden or cancelled: the key's write-backs are held (they do not start), then dropped
+(2xx) or released (anything else), so a delete never lands before a write-back of the same key. A
+write-back that was already uploading when the delete went out cannot be held: when it stored the
+object, the proxy deletes the object again with its own credentials.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from backorigin.miss.addon import Mirroring
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
 from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, keys_in, write_kind
+from backorigin.s3.clients import shared_s3_client
 from backorigin.s3.store import reverse_target
+from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
 
 DELETES = ("stick", "resurrect")
-DELETING_KEY = "backorigin_deleting"  # a delete's keys, from its request hook to its response hook
+DELETING_KEY = "backorigin_deleting"  # a delete's objects, held from its request hook to its response hook
 
 
 class Deletes:
@@ -37,7 +42,6 @@ class Deletes:
         self.mirroring = mirroring
         self.stick = True
         self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
-        self._deleting: set[tuple[str, str]] = set()  # deletes sent to the store, not yet answered
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -69,10 +73,10 @@ class Deletes:
         self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
 
     async def is_deleted(self, ref: ObjectRef) -> bool:
-        """Whether a miss of the key must not mirror: deleted through the proxy, or being deleted."""
+        """Whether a miss of the key must not mirror: it was deleted through the proxy."""
         if not self.stick or not covered_by_mirror(self.context.rulebook, ref):
             return False
-        return (ref.bucket, ref.key) in self._deleting or await is_tombstoned(self.tombstones, ref.bucket, ref.key)
+        return await is_tombstoned(self.tombstones, ref.bucket, ref.key)
 
     def under(self, bucket: str, prefix: str) -> list[str]:
         """Keys of the bucket under `prefix` that a merged listing hides (blocking: run in a thread)."""
@@ -82,43 +86,58 @@ class Deletes:
 
     # hooks -------------------------------------------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A delete on its way to the store: hold the key's write-backs, nothing more."""
         if not self.stick or not self.context.acts(flow) or flow.response is not None:
             return
         refs = self._deleted_by(flow)
         if not refs:
             return
         endpoint = self.context.endpoint(flow.request)
+        writeback = self.mirroring.mirror.writeback
         for ref in refs:
-            self._deleting.add((ref.bucket, ref.key))
-            await self.mirroring.mirror.forget((endpoint, ref.bucket, ref.key))
-        flow.metadata[DELETING_KEY] = [[ref.bucket, ref.key] for ref in refs]
+            writeback.hold((endpoint, ref.bucket, ref.key))
+        flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key] for ref in refs]
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        """The store's answer to a write: a delete that succeeded leaves tombstones; a PUT,
-        copy or completed multipart upload of a key clears its tombstone."""
+        """The store's answer to a write: the keys a delete deleted get tombstones, lose their fill
+        and write-backs; the others' write-backs are released. A PUT, copy or completed multipart
+        upload of a key clears its tombstone."""
         response = flow.response
         if not self.stick or not self.context.acts(flow) or response is None:
             return
-        deleting = [ObjectRef(*ref) for ref in flow.metadata.pop(DELETING_KEY, [])]
+        held = [(str(e), str(b), str(k)) for e, b, k in flow.metadata.pop(DELETING_KEY, [])]
         succeeded = 200 <= response.status_code < 300
         kind = write_kind(flow.request)
-        if deleting and succeeded:
-            refused = set(keys_in(response.raw_content or b"", "Error")) if kind is WriteKind.DELETE_MANY else set()
-            done = [ref for ref in deleting if ref.key not in refused]
-            for ref in done:
-                await asyncio.to_thread(self.tombstones.add, ref.bucket, ref.key)
-            logger.info("tombstone(s) for %s", ", ".join(f"s3://{r.bucket}/{r.key}" for r in done))
-        for ref in deleting:
-            self._deleting.discard((ref.bucket, ref.key))
+        try:
+            if held and succeeded:
+                refused = set(keys_in(response.raw_content or b"", "Error")) if kind is WriteKind.DELETE_MANY else set()
+                await self._deleted([key for key in held if key[2] not in refused])
+        finally:
+            self._release(held)
         written = self.context.object(flow) if succeeded and kind is WriteKind.CREATE else None
-        if written and covered_by_mirror(self.context.rulebook, written) and await self.is_deleted(written):
+        if written and await self.is_deleted(written):
             await asyncio.to_thread(self.tombstones.discard, written.bucket, written.key)
             logger.info("tombstone of s3://%s/%s cleared by a write", written.bucket, written.key)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        for ref in flow.metadata.pop(DELETING_KEY, []):
-            self._deleting.discard(tuple(ref))
+        """No answer from the store (the client or the store went away): the delete did nothing we know of."""
+        self._release([(str(e), str(b), str(k)) for e, b, k in flow.metadata.pop(DELETING_KEY, [])])
+
+    async def _deleted(self, keys: list[ObjectKey]) -> None:
+        mirror = self.mirroring.mirror
+        for endpoint, bucket, key in keys:
+            await asyncio.to_thread(self.tombstones.add, bucket, key)  # first: no write-back starts after this
+            if await mirror.forget((endpoint, bucket, key)):
+                logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)
+                await asyncio.to_thread(shared_s3_client(endpoint).delete_object, Bucket=bucket, Key=key)
+        if keys:
+            logger.info("tombstone(s) for %s", ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in keys))
+
+    def _release(self, keys: list[ObjectKey]) -> None:
+        writeback = self.mirroring.mirror.writeback
+        for key in keys:
+            writeback.release(key)
 
     def _deleted_by(self, flow: http.HTTPFlow) -> list[ObjectRef]:
         """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete."""

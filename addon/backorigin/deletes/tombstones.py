@@ -54,7 +54,7 @@ class LocalTombstones:
     def __init__(self, directory: Path, fresh: bool = False) -> None:
         self.directory = directory
         self.fresh = fresh  # ask the folder every time: another process (the proxy) writes it
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()  # add and discard run in threads while the hooks read the set
         self._set: set[tuple[str, str]] = set()
         for path in [] if fresh else directory.glob("*.json"):
@@ -65,7 +65,8 @@ class LocalTombstones:
                 logger.warning("tombstone %s unreadable, ignored: %s", path, e)
 
     def _path(self, bucket: str, key: str) -> Path:
-        return self.directory / f"{hashlib.sha256(f'{bucket}/{key}'.encode()).hexdigest()}.json"
+        name = f"{bucket}/{key}".encode("utf-8", "surrogateescape")  # a key from an undecodable path too
+        return self.directory / f"{hashlib.sha256(name).hexdigest()}.json"
 
     def __contains__(self, ref: tuple[str, str]) -> bool:
         if self.fresh:
@@ -76,7 +77,8 @@ class LocalTombstones:
     def add(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)
         partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps({"bucket": bucket, "key": key, "time": round(time.time(), 3)}))
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(json.dumps({"bucket": bucket, "key": key, "time": round(time.time(), 3)}))
         os.replace(partial, path)
         with self._lock:
             self._set.add((bucket, key))

@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.parsers
 import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -118,7 +119,7 @@ def origin_s3_client(endpoint: str, rule: RoutingRule) -> Any:
 
 def not_s3(error: Exception) -> bool:
     """An answer that is not an S3 bucket's (an HTML 404, a body that is not XML)."""
-    if isinstance(error, botocore.exceptions.ResponseParserError):
+    if isinstance(error, botocore.parsers.ResponseParserError):
         return True
     if isinstance(error, botocore.exceptions.ClientError):
         return str(error.response.get("Error", {}).get("Code", "")).isdigit()

@@ -4,13 +4,14 @@ start (resuming the spool) and shutdown (draining the write-backs)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.limits import WHOLE_ANSWER_LIMIT
+from backorigin.limits import MAX_OBJECT_SIZE, SPOOL_MIN_FREE, WHOLE_ANSWER_LIMIT
 from backorigin.miss.mirror import Mirror
 from backorigin.miss.origin import OriginClient, Timeouts
 from backorigin.options import parse_seconds, parse_size
@@ -44,6 +45,16 @@ class Mirroring:
         )
         loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds the fetch of a body over backorigin_max_inline may take.")
         loader.add_option(
+            "backorigin_max_object_size", str, MAX_OBJECT_SIZE,
+            "Largest body fetched from an origin (e.g. 5g); a larger one (announced or arriving) ends the fetch: 424, "
+            "or a reset once the answer has started; nothing is stored.",
+        )
+        loader.add_option(
+            "backorigin_origin_hosts", Sequence[str], [],
+            "Hosts an origin's redirect may lead to although they are not public (private, loopback...) and not the "
+            "rule's own (MirrorURL's or MirrorURLSlave's host). The rule's headers and MirrorAuth never go there.",
+        )
+        loader.add_option(
             "backorigin_spool_fsync", bool, False,
             "fsync a mirrored body and its manifest before the last byte of its answer goes out (survives power "
             "loss); off: they are in the page cache by then (survives a crash of the proxy, kill -9 included).",
@@ -51,6 +62,10 @@ class Mirroring:
         loader.add_option(
             "backorigin_spool_dir", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
             "Directory where pending write-backs wait (they survive restarts). Default: CONFDIR/backorigin-spool.",
+        )
+        loader.add_option(
+            "backorigin_spool_min_free", str, SPOOL_MIN_FREE,
+            "Free space the spool's disk keeps (e.g. 1g): below it a miss is still answered but not stored this time.",
         )
         loader.add_option("backorigin_writeback_workers", int, 4, "Uploads running at once.")
         loader.add_option(
@@ -66,6 +81,10 @@ class Mirroring:
                 **{field: parse_seconds(name, getattr(options, name)) for name, field in _TIMEOUT_OPTIONS.items()},
                 whole_limit=parse_size("backorigin_max_inline", options.backorigin_max_inline),
             )
+        if "backorigin_max_object_size" in updated:
+            self.origin.max_size = parse_size("backorigin_max_object_size", options.backorigin_max_object_size)
+        if "backorigin_origin_hosts" in updated:
+            self.origin.allowed_hosts = frozenset(host.lower().strip("[]") for host in options.backorigin_origin_hosts)
         if "backorigin_shutdown_timeout" in updated:
             parse_seconds("backorigin_shutdown_timeout", options.backorigin_shutdown_timeout)
         for name in ("backorigin_writeback_workers", "backorigin_writeback_queue"):
@@ -79,6 +98,7 @@ class Mirroring:
             writeback = WriteBackSupervisor(spool, fsync=options.backorigin_spool_fsync)
             self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
         writeback = self.mirror.writeback
+        self.mirror.min_free = parse_size("backorigin_spool_min_free", options.backorigin_spool_min_free)
         if "backorigin_spool_fsync" in updated:
             self.mirror.fsync = writeback.spool.fsync = options.backorigin_spool_fsync
         # the worker's arguments, read when it starts (at running)

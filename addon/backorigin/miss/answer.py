@@ -108,7 +108,8 @@ def _without_body(result: OriginResult, ref: ObjectRef, store_404: StoreAnswer, 
     if result.location:
         reply = redirect(result.status or 302, result.location)
     else:
-        reply = mirror_failed(ref, result.failure or f"the origin answered {result.status}")
+        reason = result.failure.reason if result.failure else f"the origin answered {result.status}"
+        reply = mirror_failed(ref, reason, result.why)
     reply.origin_status = result.status
     if result.location:
         reply.outcome = Outcome.ORIGIN_REDIRECT

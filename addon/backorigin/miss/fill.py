@@ -23,10 +23,8 @@ from pathlib import Path
 
 from backorigin.miss.conditional import Validators
 from backorigin.miss.integrity import decimal
-from backorigin.miss.origin import OriginResult
-from backorigin.writeback.spool import ObjectUpload
-
-FillKey = tuple[str, str, str]  # (store endpoint, bucket, key)
+from backorigin.miss.origin import OriginResult, SinkFailed
+from backorigin.writeback.spool import ObjectKey, ObjectUpload
 
 
 class FillBroken(Exception):
@@ -46,7 +44,7 @@ class Fill:
     (headers, metadata, Last-Modified) once the origin's headers are known."""
 
     def __init__(
-        self, key: FillKey, path: Path, describe: Callable[[str, tuple[tuple[str, str], ...], str], ObjectUpload]
+        self, key: ObjectKey, path: Path, describe: Callable[[str, tuple[tuple[str, str], ...], str], ObjectUpload]
     ) -> None:
         self.key = key
         self.path = path
@@ -64,7 +62,7 @@ class Fill:
         self.deleted = False  # deleted through the proxy while it was arriving: never spooled
 
     @classmethod
-    def spooled(cls, key: FillKey, path: Path, upload: ObjectUpload) -> Fill:
+    def spooled(cls, key: ObjectKey, path: Path, upload: ObjectUpload) -> Fill:
         """A fill that finished in an earlier run: its body is spooled, its write-back pending."""
         fill = cls.__new__(cls)
         fill.key, fill.path, fill.upload = key, path, upload
@@ -92,8 +90,11 @@ class Fill:
     def write(self, chunk: bytes) -> None:
         assert self._write_fd is not None, "no write after close_body"
         view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._write_fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._write_fd, view):]
+        except OSError as e:  # a full disk: the fetch ends, and the body is given up
+            raise SinkFailed(f"the spool cannot keep the body: {e}") from e
         self.written += len(chunk)
         self._wake()
 
@@ -153,7 +154,7 @@ class Fill:
         while True:
             settled = self.settled
             if settled is not None and not settled.result.ok:
-                raise FillBroken(settled.result.failure or f"the origin answered {settled.result.status}")
+                raise FillBroken(settled.result.why)
             end = last + 1 if settled is not None else min(self.written, last)
             if offset < end:
                 return os.pread(fd, min(limit, end - offset), offset)
@@ -166,12 +167,12 @@ class Fills:
     """The fills of this proxy by object, from the first miss until the write-back lands."""
 
     def __init__(self) -> None:
-        self._fills: dict[FillKey, Fill] = {}
+        self._fills: dict[ObjectKey, Fill] = {}
 
     def __len__(self) -> int:
         return len(self._fills)
 
-    def get(self, key: FillKey) -> Fill | None:
+    def get(self, key: ObjectKey) -> Fill | None:
         return self._fills.get(key)
 
     def add(self, fill: Fill) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -19,18 +20,19 @@ from backorigin.decision import Action, Decision, Outcome
 from backorigin.limits import IN_HOOK_ANSWER_LIMIT
 from backorigin.miss import objectmeta
 from backorigin.miss.answer import respond
-from backorigin.miss.fill import Fill, FillKey, Fills, Settled
-from backorigin.miss.origin import OriginClient, OriginResult
+from backorigin.miss.fill import Fill, Fills, Settled
+from backorigin.miss.origin import Failure, OriginClient, OriginResult
 from backorigin.miss.probe import ExistenceCache
 from backorigin.rules.model import RoutingRule
 from backorigin.rules.targets import OriginRequest
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Reply
 from backorigin.s3.store import StoreAnswer
-from backorigin.writeback.spool import ObjectUpload, WriteBackOutcome
+from backorigin.writeback.spool import ObjectKey, ObjectUpload, WriteBackOutcome
 from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
+REFUSED_KEPT = 10_000  # objects the store refused for good, remembered (the oldest are forgotten)
 
 
 @dataclass
@@ -66,19 +68,26 @@ class Mirror:
         self.fsync = fsync
         self.fills = Fills()
         self.known = ExistenceCache()  # objects the store has: their requests go straight to it
+        self.refused: OrderedDict[ObjectKey, str] = OrderedDict()  # objects the store refused for good, and why
+        self.min_free = 0  # bytes the spool's disk keeps free (backorigin_spool_min_free)
         self._fetches: set[asyncio.Task] = set()
         writeback.landed = self._landed
         # told of every origin fetch and how long it took (addon.metrics)
         self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
 
     def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Miss | None:
-        """Join the fill of this object, or start one (MirrorProxyPass: always a fill of its own).
-        None when the object has landed in the store since the store said it was missing (its
-        write-back ended while the caller awaited something): the store answers, no origin GET."""
-        key: FillKey = (endpoint, ref.bucket, ref.key)
+        """Join the fill of this object, or start one (a fill of its own, never stored, for
+        MirrorProxyPass and for an object the store refused before). None when the object has
+        landed in the store since the store said it was missing (its write-back ended while the
+        caller awaited something): the store answers, no origin GET."""
+        key: ObjectKey = (endpoint, ref.bucket, ref.key)
         if key in self.known:
             return None
-        proxy_pass = rule.Redirect.MirrorProxyPass
+        not_storing = "MirrorProxyPass" if rule.Redirect.MirrorProxyPass else ""
+        if key in self.refused:
+            not_storing = f"the store refused it before: {self.refused[key]}"
+            logger.info("s3://%s/%s is served from the origin without storing: %s", ref.bucket, ref.key, not_storing)
+        proxy_pass = bool(not_storing)
         fill = None if proxy_pass else self.fills.get(key)
         if fill is not None:
             logger.info("another client joins the origin fetch under way for %s (or its spooled body)", ref.key)
@@ -86,7 +95,7 @@ class Mirror:
         fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(endpoint, ref, rule))
         if not proxy_pass:
             self.fills.add(fill)
-        task = asyncio.ensure_future(self._fetch(fill, ref, rule, request))
+        task = asyncio.ensure_future(self._fetch(fill, ref, rule, request, not_storing))
         self._fetches.add(task)
         task.add_done_callback(self._fetches.discard)
         return Miss(ref, rule, request, fill, started=True)
@@ -121,29 +130,39 @@ class Mirror:
             return objectmeta.describe(endpoint, ref, rule, OriginResult(url, 200, headers), announced_at)
         return describe
 
-    async def _fetch(self, fill: Fill, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> None:
+    async def _fetch(self, fill: Fill, ref: ObjectRef, rule: RoutingRule, request: OriginRequest, not_storing: str) -> None:
         started = time.monotonic()
+        result = OriginResult.failed(request.url, Failure.NETWORK, "the fetch was cancelled")
+        writeback = "none (no object)"
         try:
-            result = await self.origin.fetch(request, fill)
-        except Exception as e:  # never leave readers waiting
-            logger.exception("fetch of %s failed", request.url)
-            result = OriginResult(request.url, None, failure=f"{type(e).__name__}: {e}")
-        logger.info("bucket %s, RuleNumber %d: GET %s -> %s", ref.bucket, rule.RuleNumber, result.url,
-                    result.status or result.failure)
-        self.on_fetched(result, time.monotonic() - started)
-        writeback = self._spool(fill, rule, result)
-        fill.settle(Settled(result, writeback))
-        if writeback != "queued":  # nothing will land: the next miss asks the origin again
-            self.fills.drop(fill)
+            try:
+                result = await self.origin.fetch(request, fill)
+            except Exception as e:  # never leave readers waiting
+                logger.exception("fetch of %s failed", request.url)
+                result = OriginResult.failed(request.url, Failure.NETWORK, f"{type(e).__name__}: {e}")
+            logger.info("bucket %s, RuleNumber %d: GET %s -> %s", ref.bucket, rule.RuleNumber, result.url,
+                        result.status or result.detail)
+            self.on_fetched(result, time.monotonic() - started)
+            try:
+                writeback = self._spool(fill, result, not_storing)
+            except OSError as e:  # a full disk, an I/O error: this fill ends and leaves nothing behind
+                logger.error("not stored: s3://%s/%s: the spool failed: %s", ref.bucket, ref.key, e)
+                fill.path.unlink(missing_ok=True)
+                result = OriginResult.failed(result.url, Failure.SPOOL, f"{type(e).__name__}: {e}")
+                writeback = "none (the spool failed)"
+        finally:  # every fill settles, whatever happened: no reader waits, no key hangs
+            fill.settle(Settled(result, writeback))
+            if writeback != "queued":  # nothing will land: the next miss asks the origin again
+                self.fills.drop(fill)
 
-    def _spool(self, fill: Fill, rule: RoutingRule, result: OriginResult) -> str:
+    def _spool(self, fill: Fill, result: OriginResult, not_storing: str) -> str:
         """Spool a good body with its manifest (the promise to store it), or give it up."""
         fill.close_body(self.fsync and result.ok)
         why = ""
         if not result.ok or fill.upload is None:
             why = "no object"
-        elif rule.Redirect.MirrorProxyPass:
-            why = "MirrorProxyPass"
+        elif not_storing:
+            why = not_storing
         elif fill.deleted:
             why = "deleted through the proxy meanwhile"
             logger.info("not stored: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
@@ -152,6 +171,10 @@ class Mirror:
             logger.warning("not stored: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
         elif not self.writeback.has_room():
             why = f"the write-back queue is full ({self.writeback.max_pending})"
+            logger.warning("not stored this time: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
+        elif self.writeback.spool.free_bytes() < self.min_free:
+            why = "the spool's disk is below backorigin_spool_min_free"
+            self.writeback.outcomes["low_disk"] += 1
             logger.warning("not stored this time: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
         if why:
             fill.path.unlink(missing_ok=True)  # readers keep their own descriptors
@@ -162,20 +185,24 @@ class Mirror:
         fill.path = self.writeback.spool.body_of(fill.manifest)
         return "queued"
 
-    async def forget(self, key: FillKey) -> None:
-        """A delete of the object is on its way to the store: no fill or write-back of it may
-        recreate it. Clients already reading a fill still get their bytes."""
+    async def forget(self, key: ObjectKey) -> bool:
+        """The object was deleted through the proxy (the store said yes): no fill or write-back of
+        it may recreate it. Clients already reading a fill still get their bytes. True when a
+        write-back of it was stored while the delete was on its way (the delete may have come
+        first: the caller deletes the object again)."""
         self.known.discard(key)
         fill = self.fills.get(key)
-        if fill is None:
-            return
-        self.fills.drop(fill)
-        fill.deleted = True
-        if fill.manifest is not None:
-            await self.writeback.withdraw(fill.manifest)
+        if fill is not None:
+            self.fills.drop(fill)
+            fill.deleted = True
+        return await self.writeback.withdraw(key)
 
-    def _landed(self, upload: ObjectUpload, outcome: WriteBackOutcome) -> None:
-        key = (upload.endpoint, upload.bucket, upload.key)
+    def _landed(self, upload: ObjectUpload, outcome: WriteBackOutcome, detail: str) -> None:
+        key = upload.object_key
+        if outcome == "failed":  # served from the origin from now on, not fetched and refused again
+            self.refused[key] = detail or "refused"
+            while len(self.refused) > REFUSED_KEPT:
+                self.refused.popitem(last=False)
         fill = self.fills.get(key)
         if fill is not None and fill.settled is not None:
             fill.landed.set()

@@ -7,20 +7,25 @@ OriginResult value, never raises for origin faults.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
+import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import partial
-from typing import Protocol
-from urllib.parse import urljoin, urlsplit
+from typing import Any, Protocol
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from backorigin.limits import WHOLE_ANSWER_LIMIT
+from backorigin.limits import MAX_OBJECT_SIZE, WHOLE_ANSWER_LIMIT
 from backorigin.miss.integrity import BodyCheck, decimal
 from backorigin.options import parse_size
 from backorigin.rules.model import LOOP_HEADER, OriginCredentials
@@ -45,23 +50,54 @@ STORABLE_HEADERS = (
 _USER_META = re.compile(r"^x-(?:amz|oss)-meta-(.+)$", re.IGNORECASE)
 
 
+class Failure(StrEnum):
+    """Why no usable answer came from the origin: the kind counted in the metrics, and the
+    short reason a client reads in its 424 (the details go to the log and the flow's decision)."""
+
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    INTEGRITY = "integrity"
+    REDIRECT = "redirect"
+    TOO_LARGE = "too-large"
+    SPOOL = "spool"
+
+    @property
+    def reason(self) -> str:
+        return _REASONS[self]
+
+
+_REASONS = {
+    Failure.TIMEOUT: "the origin did not answer in time",
+    Failure.NETWORK: "the origin could not be reached",
+    Failure.INTEGRITY: "the origin's answer was incomplete or did not match its headers",
+    Failure.REDIRECT: "the origin redirected where the proxy does not follow",
+    Failure.TOO_LARGE: "the object is larger than this proxy mirrors",
+    Failure.SPOOL: "the proxy could not keep the object on its disk",
+}
+
+
 @dataclass(frozen=True)
 class OriginResult:
     """What the origin said about `url` (the URL asked, before any redirect).
-    `status` is None when no usable answer arrived; `failure` then says why.
+    `status` is None when no usable answer arrived; `failure` (the kind) and `detail` say why.
     `not_storable` says why a body the client may see must not be stored."""
 
     url: str
     status: int | None
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-    failure: str = ""
+    failure: Failure | None = None
+    detail: str = ""
     location: str = ""
     not_storable: str = ""
     final_url: str = ""  # where the body came from, after redirects
     size: int = 0
     md5: str = ""  # base64 MD5 of the body, computed as it arrived
     etag: str = ""  # the ETag the store will give the body (integrity.StoreETag)
+
+    @classmethod
+    def failed(cls, url: str, failure: Failure, detail: str) -> OriginResult:
+        return cls(url, None, failure=failure, detail=detail)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +115,11 @@ class OriginResult:
     def user_metadata(self) -> dict[str, str]:
         """The origin's own x-amz-meta-* / x-oss-meta-* headers, prefix stripped."""
         return {m.group(1).lower(): v for k, v in self.headers if (m := _USER_META.match(k))}
+
+    @property
+    def why(self) -> str:
+        """Why there is no object to give, for the log and the flow's decision."""
+        return self.detail or f"the origin answered {self.status}"
 
 
 def should_switch(result: OriginResult, all_errors: bool) -> bool:
@@ -110,14 +151,13 @@ class Timeouts:
     copy: float = 3600.0  # a whole fetch of a larger body, which its clients get as it arrives
     whole_limit: int = parse_size("backorigin_max_inline", WHOLE_ANSWER_LIMIT)  # see backorigin.limits
 
-    def per_operation(self) -> httpx.Timeout:
-        return httpx.Timeout(self.read, connect=self.connect)
+    def per_operation(self) -> dict[str, float]:
+        return {"connect": self.connect, "read": self.read, "write": self.read, "pool": self.connect}
 
 
 class BodySink(Protocol):
     """Where a 200 body goes as it arrives (see fill.Fill): `begin` once the final answer's
     headers are in, then `write` for every raw chunk."""
-
 
     def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str) -> None:
         """`url` is the one asked (MirrorURL or MirrorURLSlave + key), before any redirect."""
@@ -130,22 +170,36 @@ class BodySink(Protocol):
         ...
 
 
-class OriginClient:
-    """One pooled async HTTP client for all origins; follows redirects itself.
+class RedirectRefused(Exception):
+    """A redirect the fetch does not follow; the message says why."""
 
-    A 200 body is handed to a `BodySink` chunk by chunk, never held here; a transparent code's
-    answer is answered whole, so it is kept up to the whole-answer limit. A body up to that limit
-    must arrive within the total timeout, a larger one within the copy timeout. `transport`:
-    httpx's hook under the client (the sweep paces its requests there)."""
+
+class SinkFailed(Exception):
+    """The sink could not keep the body (a full disk): the fetch ends, nothing is stored."""
+
+
+class OriginClient:
+    """One pooled HTTP transport for all origins; follows redirects itself, and only where the
+    rule points: to the rule's own hosts (MirrorURL's and MirrorURLSlave's, on any scheme or port),
+    to `allowed_hosts`, or to a host whose every address is public, which is then connected to at
+    the address that was checked. The rule's headers and MirrorAuth go only to its own hosts, and
+    never over a downgrade to http. Nothing is kept from one fetch to another (no cookies).
+
+    A 200 body is handed to a `BodySink` chunk by chunk, never held here, up to `max_size` bytes;
+    a transparent code's answer is answered whole, so it is kept up to the whole-answer limit. A
+    body up to that limit must arrive within the total timeout, a larger one within the copy
+    timeout. `transport`: httpx's transport (the sweep paces its requests there)."""
 
     def __init__(self, timeouts: Timeouts | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.timeouts = timeouts or Timeouts()
+        self.max_size = parse_size("backorigin_max_object_size", MAX_OBJECT_SIZE)
+        self.allowed_hosts: frozenset[str] = frozenset()
         self._probes: dict[str, tuple[float, bool]] = {}
-        # trust_env=False: proxy variables meant for the client must not reroute origin fetches.
-        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, transport=transport)
+        # a transport, not a client: no cookie jar, no proxy variables of this machine
+        self._transport = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def fetch(self, request: OriginRequest, sink: BodySink) -> OriginResult:
         """Primary origin, or MirrorURLSlave when the probe fails or the primary's answer
@@ -155,7 +209,7 @@ class OriginClient:
             return await self._fetch_url(request, request.fallback_url, sink)
         result = await self._fetch_url(request, request.url, sink)
         if request.fallback_url and not sink.started and should_switch(result, request.switch_all_errors):
-            logger.info("%s answered %s; asking %s", request.url, result.status or result.failure, request.fallback_url)
+            logger.info("%s answered %s; asking %s", request.url, result.status or result.detail, request.fallback_url)
             return await self._fetch_url(request, request.fallback_url, sink)
         return result
 
@@ -163,8 +217,7 @@ class OriginClient:
         checked_at, healthy = self._probes.get(probe_url, (0.0, False))
         if time.monotonic() - checked_at > PROBE_TTL:
             try:
-                async with asyncio.timeout(self.timeouts.total):
-                    answer = await self._client.get(probe_url, headers={LOOP_HEADER: "probe"}, timeout=self.timeouts.per_operation())
+                async with asyncio.timeout(self.timeouts.total), self._send(probe_url, {LOOP_HEADER: "probe"}) as answer:
                     healthy = answer.status_code == 200
             except (TimeoutError, httpx.HTTPError):
                 healthy = False
@@ -177,32 +230,57 @@ class OriginClient:
             async with asyncio.timeout(limit) as deadline:
                 return await self._follow(request, url, sink, deadline)
         except TimeoutError:
-            return OriginResult(url, None, failure=f"no complete answer within {limit:g}s")
-        except httpx.HTTPError as e:
-            return OriginResult(url, None, failure=f"{type(e).__name__}: {e}")
+            return OriginResult.failed(url, Failure.TIMEOUT, f"no complete answer within {limit:g}s")
+        except RedirectRefused as e:
+            logger.warning("%s: %s", url, e)
+            return OriginResult.failed(url, Failure.REDIRECT, str(e))
+        except SinkFailed as e:
+            return OriginResult.failed(url, Failure.SPOOL, str(e))
+        except httpx.TimeoutException as e:
+            return OriginResult.failed(url, Failure.TIMEOUT, f"{type(e).__name__}: {e}")
+        except (httpx.HTTPError, OSError) as e:
+            return OriginResult.failed(url, Failure.NETWORK, f"{type(e).__name__}: {e}")
 
     async def _follow(self, request: OriginRequest, first_url: str, sink: BodySink, deadline: asyncio.Timeout) -> OriginResult:
         url = first_url
-        headers = {**dict(request.headers), LOOP_HEADER: "1"}
-        auth = request.auth
+        secure = urlsplit(first_url).scheme == "https"
         for _ in range(MAX_REDIRECTS + 1):
-            sent = sigv4_headers("GET", url, headers, auth) if auth else headers
-            async with self._client.stream("GET", url, headers=sent, timeout=self.timeouts.per_operation()) as response:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            own = host in request.hosts and (parts.scheme == "https" or not secure)  # never the rule's headers over a downgrade
+            headers = {**dict(request.headers), LOOP_HEADER: "1"} if own else {LOOP_HEADER: "1"}
+            if own and parts.netloc != urlsplit(first_url).netloc:
+                headers.pop("host", None)  # a Host meant for one origin never follows to another
+            if own and request.auth:
+                headers = sigv4_headers("GET", url, headers, request.auth)
+            pinned = None if host in request.hosts or host in self.allowed_hosts else await _public_address(parts)
+            async with self._send(url, headers, pinned) as response:
                 location = response.headers.get("location", "")
                 if response.status_code in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
                         return OriginResult(first_url, response.status_code, location=location)
-                    next_url = urljoin(url, location)
-                    if urlsplit(next_url).scheme not in ("http", "https"):
-                        return OriginResult(first_url, None, failure=f"redirect to non-HTTP {next_url!r}")
-                    if urlsplit(next_url).netloc != urlsplit(url).netloc:
-                        # a Host or credentials meant for one origin never follow to another
-                        headers.pop("host", None)
-                        auth = None
-                    url = next_url
+                    url = urljoin(url, location)
+                    if urlsplit(url).scheme not in ("http", "https"):
+                        return OriginResult.failed(first_url, Failure.REDIRECT, f"redirect to non-HTTP {url!r}")
                     continue
                 return await self._read(request, first_url, url, response, sink, deadline)
-        return OriginResult(first_url, None, failure=f"more than {MAX_REDIRECTS} redirects")
+        return OriginResult.failed(first_url, Failure.REDIRECT, f"more than {MAX_REDIRECTS} redirects")
+
+    @asynccontextmanager
+    async def _send(self, url: str, headers: dict[str, str], pinned: str | None = None) -> AsyncIterator[httpx.Response]:
+        """A GET of `url`; at the address `pinned` when given (the one that was checked), with the
+        URL's host name as Host and TLS server name."""
+        extensions: dict[str, Any] = {"timeout": self.timeouts.per_operation()}
+        target = httpx.URL(url)
+        if pinned is not None:
+            headers = {"host": target.netloc.decode("ascii"), **headers}
+            extensions["sni_hostname"] = target.host
+            target = target.copy_with(host=pinned)
+        response = await self._transport.handle_async_request(httpx.Request("GET", target, headers=headers, extensions=extensions))
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
     async def _read(
         self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, sink: BodySink,
@@ -216,24 +294,60 @@ class OriginClient:
         if status != 200 and status not in request.transparent_codes:
             return found()
         check = BodyCheck.for_headers(response.headers)
-        long_body = False
+        declared = decimal(check.content_length) or 0
+        if status == 200 and declared > self.max_size:
+            return OriginResult.failed(url, Failure.TOO_LARGE, f"Content-Length {declared} is over backorigin_max_object_size")
         if status == 200:
             sink.begin(status, headers, url)
         kept: list[bytes] = []
-        async for chunk in response.aiter_raw():
-            check.update(chunk)
-            if not long_body and max(check.size, decimal(check.content_length) or 0) > self.timeouts.whole_limit:
-                long_body = True  # a large body gets the copy timeout, counted from here
-                deadline.reschedule(asyncio.get_running_loop().time() + self.timeouts.copy)
-            if status == 200:
-                sink.write(chunk)
-            elif check.size <= self.timeouts.whole_limit:
-                kept.append(chunk)
-            else:
-                return OriginResult(url, None, failure=f"a {status} answer over {self.timeouts.whole_limit} bytes")
+        long_body = False
+        try:
+            async for chunk in response.aiter_raw():
+                check.update(chunk)
+                if not long_body and max(check.size, declared) > self.timeouts.whole_limit:
+                    long_body = True  # a large body gets the copy timeout, counted from here
+                    deadline.reschedule(asyncio.get_running_loop().time() + self.timeouts.copy)
+                if status != 200 and check.size > self.timeouts.whole_limit:
+                    return OriginResult.failed(url, Failure.TOO_LARGE, f"a {status} answer over {self.timeouts.whole_limit} bytes")
+                if check.size > self.max_size:
+                    return OriginResult.failed(url, Failure.TOO_LARGE, f"a body over backorigin_max_object_size ({self.max_size} bytes)")
+                if status == 200:
+                    sink.write(chunk)
+                else:
+                    kept.append(chunk)
+        except httpx.TimeoutException as e:
+            return OriginResult.failed(url, Failure.TIMEOUT, f"the body stalled: {type(e).__name__}: {e}")
+        except httpx.HTTPError as e:  # the answer had begun: it was cut short
+            return OriginResult.failed(url, Failure.INTEGRITY, f"the body broke off: {type(e).__name__}: {e}")
         failure = check.failure()
         if failure:
-            return OriginResult(url, None, failure=failure)
+            return OriginResult.failed(url, Failure.INTEGRITY, failure)
         not_storable = f"the origin answered {status}" if status != 200 else check.mismatch()
         return found(body=b"".join(kept), not_storable=not_storable, size=check.size, md5=check.md5_base64,
                      etag=check.digests.value())
+
+
+async def _public_address(parts: SplitResult) -> str:
+    """The address to connect to for a redirect to a host that is not the rule's: it must resolve,
+    and every address it resolves to must be public (not loopback, private, link-local, ...)."""
+    host = parts.hostname or ""
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
+                                                              type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise RedirectRefused(f"redirect to {host}, which does not resolve: {e}") from None
+    addresses = [str(info[4][0]) for info in found]
+    private = [a for a in addresses if not is_public(a)]
+    if private or not addresses:
+        raise RedirectRefused(f"redirect to {host} ({', '.join(private) or 'no address'}), not a public address "
+                              "and not one of the rule's hosts (backorigin_origin_hosts allows more)")
+    return addresses[0]
+
+
+def is_public(address: str) -> bool:
+    """A unicast address reachable on the internet: not loopback, private, link-local (169.254/16,
+    fe80::/10, the cloud metadata address among them), unique local, unspecified, reserved or shared."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast

@@ -17,10 +17,10 @@ from collections import OrderedDict
 
 from mitmproxy import http
 
-from backorigin.miss.fill import FillKey
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import shared_s3_client, store_has
 from backorigin.s3.store import StoreAnswer, StoreClient
+from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +35,19 @@ class ExistenceCache:
     def __init__(self, ttl: float = EXISTS_TTL, size: int = EXISTS_CACHE_SIZE) -> None:
         self.ttl = ttl
         self.size = size
-        self._seen: OrderedDict[FillKey, float] = OrderedDict()
+        self._seen: OrderedDict[ObjectKey, float] = OrderedDict()
 
-    def __contains__(self, key: FillKey) -> bool:
+    def __contains__(self, key: ObjectKey) -> bool:
         seen = self._seen.get(key)
         return seen is not None and time.monotonic() - seen < self.ttl
 
-    def add(self, key: FillKey) -> None:
+    def add(self, key: ObjectKey) -> None:
         self._seen[key] = time.monotonic()
         self._seen.move_to_end(key)
         while len(self._seen) > self.size:
             self._seen.popitem(last=False)
 
-    def discard(self, key: FillKey) -> None:
+    def discard(self, key: ObjectKey) -> None:
         self._seen.pop(key, None)
 
 

@@ -84,7 +84,7 @@ class MissServer:
         else:
             reply = await serve()
         headers = [(k.encode("latin-1"), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers]
-        if reply.stream is None and not any(k.lower() == "content-length" for k, _ in reply.headers):
+        if reply.stream is None and reply.status not in (204, 304) and not reply.has_length():
             headers.append((b"content-length", str(len(reply.body)).encode()))
         send(connection, writer, h11.Response(status_code=reply.status, headers=headers))
         if request.method != b"HEAD":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions
@@ -29,6 +30,8 @@ def modified_at(path: Path) -> float:
 class RulesFile:
     def __init__(self) -> None:
         self.rulebook = RuleBook(source="", buckets={})
+        # what other addons require of the rules with their options (RulesError when not met)
+        self.check: Callable[[RuleBook], None] = lambda book: None
         self._mtime = 0.0
         self._watcher: asyncio.Task[None] | None = None
 
@@ -69,7 +72,9 @@ class RulesFile:
 
     def _read(self) -> None:
         path = Path(ctx.options.backorigin_rules)
-        self.rulebook = load_rules(path, ctx.options.backorigin_max_rules)
+        book = load_rules(path, ctx.options.backorigin_max_rules)
+        self.check(book)
+        self.rulebook = book
         self._mtime = modified_at(path)
         logger.info(
             "%s: rules for %d bucket(s): %s",

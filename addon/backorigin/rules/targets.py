@@ -32,6 +32,7 @@ class OriginRequest:
     url: str
     headers: tuple[tuple[str, str], ...]
     key: str = ""  # the key as the origin sees it (origin_key)
+    hosts: frozenset[str] = frozenset()  # the rule's own origin hosts (MirrorURL's, MirrorURLSlave's), lowercase
     follow_redirects: bool = True
     fallback_url: str | None = None  # MirrorURLSlave + key
     probe_url: str | None = None
@@ -45,7 +46,10 @@ def origin_url(mirror_url: str, key: str, query: str = "") -> str:
     segments = key.split("/")
     if any(s in (".", "..") for s in segments):
         raise UnsafeKey(f"key {key!r} has '.' or '..' segments that would leave {mirror_url}")
-    url = mirror_url + quote(key, safe="/-._~")
+    try:
+        url = mirror_url + quote(key, safe="/-._~")
+    except UnicodeEncodeError:  # bytes of the client's path that are not UTF-8
+        raise UnsafeKey(f"key {key!r} is not UTF-8 text") from None
     base = urlsplit(mirror_url)
     if urlsplit(url).netloc != base.netloc:  # defence in depth: the key never picks the host
         raise UnsafeKey(f"key {key!r} would change the origin host")
@@ -98,6 +102,7 @@ def build_request(rule: RoutingRule, key: str, request: http.Request) -> OriginR
         url=origin_url(action.MirrorURL, path, query),
         headers=origin_headers(rule, request.headers.items(multi=True)),
         key=path,
+        hosts=frozenset((urlsplit(url).hostname or "").lower() for url in (action.MirrorURL, action.MirrorURLSlave) if url),
         follow_redirects=action.MirrorFollowRedirect,
         fallback_url=origin_url(action.MirrorURLSlave, path, query) if action.MirrorURLSlave else None,
         probe_url=action.MirrorURLProbe,
@@ -147,7 +152,7 @@ def location(rule: RoutingRule, ref: ObjectRef, request: http.Request, client_sc
     action = rule.Redirect
     scheme = action.Protocol or client_scheme
     base = f"{scheme}://{action.HostName}/" if action.HostName else f"{scheme}://{client_host}/{quote(ref.bucket, safe='')}/"
-    url = base + quote(rule.rewritten_key(ref.key), safe="/-._~")
+    url = base + quote(rule.rewritten_key(ref.key), safe="/-._~", errors="surrogateescape")  # the client's bytes as sent
     query = passable_query(request) if action.PassQueryString else ""
     return f"{url}?{query}" if query else url
 

@@ -67,9 +67,11 @@ def s3_error(status: int, code: str, message: str, ref: ObjectRef, extra: Sequen
     return Reply(status, headers, error_body(code, message, ref, request_id))
 
 
-def mirror_failed(ref: ObjectRef, reason: str) -> Reply:
+def mirror_failed(ref: ObjectRef, reason: str, detail: str = "") -> Reply:
+    """424 MirrorFailed with a short `reason` a client may read; the `detail` (addresses, errors)
+    only goes to the flow's decision and the log."""
     reply = s3_error(424, "MirrorFailed", f"Mirror back-to-origin failed: {reason}", ref)
-    reply.outcome, reply.detail = Outcome.MIRROR_FAILED, reason
+    reply.outcome, reply.detail = Outcome.MIRROR_FAILED, detail or reason
     return reply
 
 
@@ -90,16 +92,18 @@ def redirect(status: int, location: str, extra: Sequence[tuple[str, str]] = ()) 
 
 def to_response(request: http.Request, reply: Reply) -> http.Response:
     """A mitmproxy Response for a reply whose body is at hand. A Content-Length in the reply
-    stands (a HEAD answer has the object's, and no body)."""
+    stands (a HEAD answer has the object's). No HEAD, 204 or 304 answer carries a body: a HEAD's
+    Content-Length is the body's a GET would get, a 204 or 304 has none."""
     assert reply.stream is None, "a streamed reply goes through the miss server"
-    framing = [] if reply.has_length() else [("content-length", str(len(reply.body)))]
+    bodiless = request.method == "HEAD" or reply.status in (204, 304)
+    framing = [] if reply.has_length() or reply.status in (204, 304) else [("content-length", str(len(reply.body)))]
     now = time.time()
     return http.Response(
         http_version=request.http_version.encode(),
         status_code=reply.status,
         reason=status_codes.RESPONSES.get(reply.status, "").encode(),
         headers=http.Headers([(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers + framing]),
-        content=reply.body,
+        content=b"" if bodiless else reply.body,
         trailers=None,
         timestamp_start=now,
         timestamp_end=now,

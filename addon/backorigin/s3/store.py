@@ -20,6 +20,7 @@ from backorigin.s3.addressing import virtual_host_bucket
 
 logger = logging.getLogger(__name__)
 
+_TIMEOUT = {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 30.0}
 # Framing of a body the proxy does not send: a request sent without its body announces none.
 _NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect"})
 
@@ -86,41 +87,51 @@ class StoreAnswer:
 
 
 class StoreClient:
-    """Pooled HTTP clients to the store: direct, or through mitmproxy's upstream proxy."""
+    """Pooled HTTP transports to the store: direct, or through mitmproxy's upstream proxy. A
+    transport, not a client: nothing (no cookie) is kept from one client's request to another's,
+    and no work grows faster than the request it sends."""
 
     def __init__(self, verify: bool | str = True) -> None:
         self.verify = verify
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._transports: dict[str | None, httpx.AsyncHTTPTransport] = {}
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for transport in self._transports.values():
+            await transport.aclose()
+        self._transports.clear()
 
-    def _client(self, via: str | None) -> httpx.AsyncClient:
-        if via not in self._clients:
-            self._clients[via] = httpx.AsyncClient(verify=self.verify, trust_env=False, follow_redirects=False,
-                                                   timeout=httpx.Timeout(30.0, connect=5.0), proxy=via)
-        return self._clients[via]
+    def _transport(self, via: str | None) -> httpx.AsyncHTTPTransport:
+        if via not in self._transports:
+            self._transports[via] = httpx.AsyncHTTPTransport(verify=self.verify, proxy=via,
+                                                             limits=httpx.Limits(max_connections=None))
+        return self._transports[via]
 
     async def ask(self, request: http.Request, via: str | None = None,
                   extra: Sequence[tuple[bytes, bytes]] = ()) -> StoreAnswer | None:
         """The store's answer to `request` as the client sent it, without its body (a GET or HEAD
         has none), plus `extra` headers the signature does not cover; through the proxy `via` in
-        upstream mode. None (logged) when the store cannot be reached."""
+        upstream mode. None (logged) when the store cannot be reached or the request cannot be sent
+        as it is (a path that is not ASCII): mitmproxy then sends it and reports the store's answer."""
         headers = [(k, v) for k, v in request.headers.fields if k.lower() not in _NOT_FORWARDED]
         headers += extra
-        url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port,
-                        raw_path=request.path.encode("utf-8", "surrogateescape"))
         try:
-            async with self._client(via).stream(request.method, url, headers=headers) as answer:
-                body = b""
-                if answer.status_code >= 400:
-                    async for chunk in answer.aiter_raw():
-                        body += chunk
-                        if len(body) > STORE_ERROR_BODY_LIMIT:
-                            break
-                return StoreAnswer(answer.status_code, tuple(answer.headers.multi_items()), body)
-        except httpx.HTTPError as e:
-            logger.warning("cannot ask the store about %s: %s: %s", request.pretty_url, type(e).__name__, e)
+            url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port,
+                            raw_path=request.path.encode("utf-8", "surrogateescape"))
+            asked = httpx.Request(request.method, url, headers=headers, extensions={"timeout": _TIMEOUT})
+            answer = await self._transport(via).handle_async_request(asked)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
+            logger.warning("cannot ask the store about %r: %s: %s", request.pretty_url, type(e).__name__, e)
             return None
+        try:
+            body = b""
+            if answer.status_code >= 400:
+                async for chunk in answer.aiter_raw():
+                    body += chunk
+                    if len(body) > STORE_ERROR_BODY_LIMIT:
+                        break
+            return StoreAnswer(answer.status_code, tuple(answer.headers.multi_items()), body)
+        except httpx.HTTPError as e:
+            logger.warning("cannot ask the store about %r: %s: %s", request.pretty_url, type(e).__name__, e)
+            return None
+        finally:
+            await answer.aclose()

@@ -319,7 +319,7 @@ class Backfill:
             if result.status == 404:
                 return Finished(key, "origin-404", f"{result.url} answered 404")
             if not result.ok or not sink.started:
-                why = result.failure or f"the origin answered {result.status}"
+                why = result.why
                 return Finished(key, "failed", f"{result.url}: {why}")
             if result.not_storable:
                 return Finished(key, "failed", f"{result.url}: not stored: {result.not_storable}")

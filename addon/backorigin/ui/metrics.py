@@ -36,18 +36,11 @@ def origin_error_kind(result: OriginResult) -> str | None:
     """How an origin fetch went wrong, for the errors counter; None when it did not."""
     if result.status == 200:
         return None
-    if result.status is None:
-        failure = result.failure.lower()
-        if "within" in failure or "timeout" in failure:
-            return "timeout"
-        if "content-length" in failure or "gzip" in failure or "body of" in failure:
-            return "integrity"
-        if "redirect" in failure:
-            return "redirect"
-        return "network"
+    if result.failure is not None:
+        return str(result.failure)
     if result.status == 404:
         return "not_found"
-    return f"status_{result.status // 100}xx"
+    return f"status_{(result.status or 0) // 100}xx"
 
 
 def spool_bytes(directory: Path) -> int:
@@ -67,6 +60,7 @@ class AddonState:
     writebacks_pending: Callable[[], int]
     spool_dir: Callable[[], Path]
     tombstones: Callable[[], int]
+    spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
 
 
 @dataclass(eq=False)  # registries key collectors by identity
@@ -103,6 +97,8 @@ class AddonCollector(Collector):
                                 value=self.state.writebacks_pending())
         yield GaugeMetricFamily("backorigin_spool_bytes", "Bytes in the spool directory (bodies and manifests)",
                                 value=spool_bytes(self.state.spool_dir()))
+        yield GaugeMetricFamily("backorigin_spool_failed", "Write-backs the store refused for good, kept in spool/failed/",
+                                value=self.state.spool_failed())
         yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
                                 value=self.state.tombstones())
 
@@ -181,7 +177,7 @@ class MetricsEndpoint:
         writeback = mirror.writeback
         collector = AddonCollector(AddonState(
             self.stats, lambda: dict(writeback.outcomes), lambda: writeback.pending,
-            lambda: writeback.spool.directory, self.tombstones,
+            lambda: writeback.spool.directory, self.tombstones, writeback.spool.failed_count,
         ))
         metrics.add(collector)
 

@@ -34,6 +34,10 @@ PUT_PARAMS = {
     "content-language": "ContentLanguage",
 }
 
+ObjectKey = tuple[str, str, str]  # (store endpoint, bucket, key): one object in one store
+
+FAILED_KEPT = 1000  # write-backs the store refused for good, kept in spool/failed/ for a person to look at
+
 # How a write-back ended. "gone": one this worker never saw end (an earlier worker finished it).
 WriteBackOutcome = Literal["stored", "exists", "deferred", "failed", "dropped", "deleted", "gone"]
 
@@ -79,40 +83,53 @@ class ObjectUpload:
         return {**self.object_arguments(), "Body": body, "ContentMD5": self.md5, "IfNoneMatch": "*"}
 
     @property
+    def object_key(self) -> ObjectKey:
+        return self.endpoint, self.bucket, self.key
+
+    @property
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
 
 class Spool:
     """A directory of pending write-backs: `<id>.body` and `<id>.json` (written last, so a
-    manifest always has a complete body). Uploads that fail for good move to `failed/`."""
+    manifest always has a complete body), readable by this user only. Uploads that fail for
+    good move to `failed/`, which keeps the newest FAILED_KEPT of them."""
 
     def __init__(self, directory: Path, fsync: bool = False) -> None:
         self.directory = directory
         self.fsync = fsync
         self.failed = directory / "failed"
-        self.failed.mkdir(parents=True, exist_ok=True)
+        for folder in (directory, self.failed):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)  # a folder an earlier version made keeps no wider rights
 
     def add(self, upload: ObjectUpload, source: Path) -> Path:
         """Spool the body in `source` (a file in this directory, moved in) under a manifest
         written last; returns the manifest path. With `fsync` the manifest and the directory
         reach the disk before this returns (the body's writer syncs the body itself)."""
         name = uuid.uuid4().hex
-        os.replace(source, self.directory / f"{name}.body")
+        body = self.directory / f"{name}.body"
         manifest = self.directory / f"{name}.json"
         partial = manifest.with_suffix(".json.partial")
-        with open(partial, "w") as out:
-            out.write(json.dumps(asdict(upload)))
+        os.replace(source, body)
+        try:
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+                out.write(json.dumps(asdict(upload)))
+                if self.fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(partial, manifest)
             if self.fsync:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(partial, manifest)
-        if self.fsync:
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+                directory = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+        except OSError:  # a full disk, an I/O error: no promise is made, nothing is left behind
+            for path in (partial, manifest, body):
+                path.unlink(missing_ok=True)
+            raise
         return manifest
 
     def new_body_path(self) -> Path:
@@ -132,9 +149,21 @@ class Spool:
         manifest.unlink(missing_ok=True)
 
     def keep_failed(self, manifest: Path) -> None:
+        """Keep a write-back the store refused for good in failed/ (the newest FAILED_KEPT are kept)."""
         for path in (self.body_of(manifest), manifest):
             if path.exists():
                 shutil.move(path, self.failed / path.name)
+        kept = sorted(self.failed.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-FAILED_KEPT]:
+            self.body_of(old).unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+
+    def failed_count(self) -> int:
+        return sum(1 for _ in self.failed.glob("*.json"))
+
+    def free_bytes(self) -> int:
+        usage = shutil.disk_usage(self.directory)
+        return usage.free
 
     def clear_downloads(self) -> None:
         """Half-written downloads from a previous run can never be completed; drop them."""

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
+from backorigin.writeback.spool import ObjectKey, ObjectUpload, Spool, WriteBackOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class WriteBackSupervisor:
 
     def __init__(
         self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, fsync: bool = False,
-        landed: Callable[[ObjectUpload, WriteBackOutcome], None] = lambda upload, outcome: None,
+        landed: Callable[[ObjectUpload, WriteBackOutcome, str], None] = lambda upload, outcome, detail: None,
     ) -> None:
         self.spool = Spool(spool_dir, fsync)
         self.workers = workers
@@ -46,6 +46,8 @@ class WriteBackSupervisor:
         self.tombstones: tuple[str | None, str | None] | None = None  # when deletes stick: (where, the store)
         self._pending: dict[Path, tuple[ObjectUpload, asyncio.Future[WriteBackOutcome]]] = {}
         self._deferred: set[Path] = set()
+        self._held: Counter[ObjectKey] = Counter()  # deletes on their way to the store, by object
+        self._stored_while_held: set[ObjectKey] = set()
         self._process: asyncio.subprocess.Process | None = None
         self._unsent: list[bytes] = []  # withdrawals for a worker that is not up yet
         self._supervisor: asyncio.Task[None] | None = None
@@ -66,11 +68,49 @@ class WriteBackSupervisor:
 
     def submit(self, upload: ObjectUpload, source: Path) -> Path:
         """Spool now (on the caller's thread, so the promise is on disk when this returns),
-        then have the worker store it; returns the manifest."""
+        then have the worker store it (once released, while a delete of it is on its way);
+        returns the manifest."""
         manifest = self.spool.add(upload, source)
         self._track(manifest, upload)
-        self._send({"upload": str(manifest)})
+        self._send(self._upload_line(manifest, upload))
         return manifest
+
+    def hold(self, key: ObjectKey) -> None:
+        """A delete of the object is on its way to the store: its write-backs do not start until
+        `release` (the store refused it) or `withdraw` (it succeeded). One already uploading goes on."""
+        self._held[key] += 1
+        if self._held[key] == 1:
+            self._send_each(key, "hold")
+
+    def release(self, key: ObjectKey) -> None:
+        if self._held[key] > 1:
+            self._held[key] -= 1
+            return
+        del self._held[key]
+        self._stored_while_held.discard(key)
+        self._send_each(key, "release")
+
+    async def withdraw(self, key: ObjectKey) -> bool:
+        """The object was deleted: none of its write-backs may land. Returns once the worker has
+        unspooled each one that had not started, or finished uploading it; True when one was
+        stored while the delete was on its way (then the proxy deletes the object again)."""
+        waiting = []
+        for manifest, (upload, ended) in list(self._pending.items()):
+            if upload.object_key == key:
+                self._send({"withdraw": str(manifest)})
+                waiting.append(ended)
+        await asyncio.gather(*(asyncio.shield(ended) for ended in waiting))
+        stored = key in self._stored_while_held or any(ended.result() == "stored" for ended in waiting)
+        self._stored_while_held.discard(key)
+        return stored
+
+    def _send_each(self, key: ObjectKey, verb: str) -> None:
+        for manifest, (upload, _) in self._pending.items():
+            if upload.object_key == key:
+                self._send({verb: str(manifest)}, keep=False)
+
+    def _upload_line(self, manifest: Path, upload: ObjectUpload) -> dict[str, Any]:
+        return {"upload": str(manifest), "hold": upload.object_key in self._held}
 
     def resume(self) -> list[tuple[Path, ObjectUpload]]:
         """What a previous run left spooled (the worker resumes it by itself when it starts)."""
@@ -81,15 +121,6 @@ class WriteBackSupervisor:
             self._track(manifest, upload)
         self.start()
         return resumed
-
-    async def withdraw(self, manifest: Path) -> None:
-        """A delete of the object is on its way to the store: its write-back must not land
-        after it. Returns once the worker has unspooled it, or finished uploading it."""
-        tracked = self._pending.get(manifest)
-        if tracked is None:
-            return
-        self._send({"withdraw": str(manifest)})
-        await asyncio.shield(tracked[1])
 
     async def drain(self, timeout: float) -> None:
         """Let the worker finish pending uploads for up to `timeout` seconds, then stop it;
@@ -119,14 +150,15 @@ class WriteBackSupervisor:
     def _track(self, manifest: Path, upload: ObjectUpload) -> None:
         self._pending[manifest] = (upload, asyncio.get_running_loop().create_future())
 
-    def _send(self, message: dict[str, Any]) -> None:
-        """A line for the worker. While none runs, a withdrawal waits for the next one; an
-        upload need not: every worker that starts is sent one for each pending write-back."""
+    def _send(self, message: dict[str, Any], keep: bool = True) -> None:
+        """A line for the worker. While none runs, a withdrawal waits for the next one; uploads
+        need not (every worker that starts is sent one for each pending write-back, held or not),
+        nor holds and releases (`keep` False)."""
         line = json.dumps(message).encode() + b"\n"
         process = self._process
         if process is not None and process.returncode is None and process.stdin is not None:
             process.stdin.write(line)
-        elif "upload" not in message:
+        elif keep and "upload" not in message:
             self._unsent.append(line)
         self.start()
 
@@ -155,7 +187,9 @@ class WriteBackSupervisor:
             # everything still pending (the worker ignores what its spool scan found already, and
             # answers "gone" for what an earlier worker finished without a word), then withdrawals
             unsent, self._unsent = self._unsent, []
-            process.stdin.writelines([*(json.dumps({"upload": str(m)}).encode() + b"\n" for m in self._pending), *unsent])
+            uploads = [json.dumps(self._upload_line(manifest, upload)).encode() + b"\n"
+                       for manifest, (upload, _) in self._pending.items()]
+            process.stdin.writelines([*uploads, *unsent])
             while line := await process.stdout.readline():
                 self._heard(json.loads(line))
             await process.wait()
@@ -177,11 +211,17 @@ class WriteBackSupervisor:
         if tracked is None:
             return
         upload, ended = tracked
+        if outcome == "stored" and upload.object_key in self._held:
+            self._stored_while_held.add(upload.object_key)
         if outcome != "gone":
             self.outcomes[outcome] += 1
         if not ended.done():
             ended.set_result(outcome)
-        self.landed(upload, outcome)
+        self.landed(upload, outcome, message.get("detail", ""))
+
+
+def _key_of(upload: ObjectUpload) -> ObjectKey:
+    return upload.endpoint, upload.bucket, upload.key
 
 
 async def _relay_log(stderr: asyncio.StreamReader) -> None:

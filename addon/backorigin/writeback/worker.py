@@ -6,9 +6,13 @@ retried with backoff, deferred while the store is unreachable and retried every 
 for a delete, drained at shutdown; an upload the store refuses for good is kept in spool/failed/.
 The tombstones are asked right before every attempt, so no write-back recreates a deleted object.
 
+A write-back can be held (a delete of its object is on its way to the store): it does not start
+until it is released, or it is withdrawn once the delete succeeded. One already uploading goes on.
+
 It talks to the supervisor in JSON lines:
-  supervisor -> worker (stdin):   {"upload": MANIFEST} | {"withdraw": MANIFEST} | {"drain": SECONDS}
-  worker -> supervisor (stdout):  {"manifest": MANIFEST, "outcome": OUTCOME}
+  supervisor -> worker (stdin):   {"upload": MANIFEST, "hold": BOOL} | {"hold": MANIFEST} | {"release": MANIFEST}
+                                  | {"withdraw": MANIFEST} | {"drain": SECONDS}
+  worker -> supervisor (stdout):  {"manifest": MANIFEST, "outcome": OUTCOME, "detail": WHY (a refusal)}
 and its log lines go to the supervisor on stderr, which logs them in the proxy. The end of stdin
 means the proxy is gone: the worker stops, and what it has not stored stays spooled for the
 next start.
@@ -52,7 +56,7 @@ class WriteBack:
 
     def __init__(
         self, spool_dir: Path, workers: int = 4, attempts: int = 8, fsync: bool = False,
-        report: Callable[[Path, WriteBackOutcome], None] = lambda manifest, outcome: None,
+        report: Callable[[Path, WriteBackOutcome, str], None] = lambda manifest, outcome, detail: None,
     ) -> None:
         self.spool = Spool(spool_dir, fsync)
         self.report = report  # called on the event loop
@@ -61,24 +65,30 @@ class WriteBack:
         self.deleted: Callable[[ObjectUpload], bool] = lambda upload: False
         self.endpoint: str | None = None  # replaces the store every write-back is headed for
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writeback")
-        self._pending: dict[Path, concurrent.futures.Future[WriteBackOutcome]] = {}  # by manifest
+        self._pending: dict[Path, tuple[concurrent.futures.Future[WriteBackOutcome], ObjectUpload]] = {}  # by manifest
         self._withdrawn: set[Path] = set()  # cancelled because of a delete
+        self._held: set[Path] = set()  # a delete of the object is on its way: they do not start
+        self._parked: dict[Path, ObjectUpload] = {}  # held before they started
+        self._refusals: dict[Path, str] = {}  # why the store refused these for good
         self._deferred: dict[Path, ObjectUpload] = {}  # store unreachable for now; retried later
         self._deferred_lock = threading.Lock()
         self._stopping = threading.Event()
         self._upload = retrying(attempts, max_wait=10, stopping=self._stopping)(self._upload_once)
 
-    def queue(self, manifest: Path) -> None:
-        """Store the write-back spooled under `manifest`, unless it is already under way;
-        one no longer in the spool is reported "gone" (it ended in an earlier worker)."""
+    def queue(self, manifest: Path, held: bool = False) -> None:
+        """Store the write-back spooled under `manifest`, unless it is already under way (held:
+        not before it is released); one no longer in the spool is reported "gone" (it ended in an
+        earlier worker)."""
+        if held:
+            self.hold(manifest)
         with self._deferred_lock:
-            known = manifest in self._pending or manifest in self._deferred
+            known = manifest in self._pending or manifest in self._deferred or manifest in self._parked
         if known:
             return
         try:
             upload = ObjectUpload(**json.loads(manifest.read_text()))
         except FileNotFoundError:
-            self.report(manifest, "gone")
+            self.report(manifest, "gone", "")
             return
         self._run(manifest, replace(upload, endpoint=self.endpoint) if self.endpoint else upload)
 
@@ -99,45 +109,65 @@ class WriteBack:
             self._run(manifest, upload)
         return len(deferred)
 
+    def hold(self, manifest: Path) -> None:
+        """Do not start this write-back until it is released (one already uploading goes on)."""
+        self._held.add(manifest)
+        pending = self._pending.get(manifest)
+        if pending is not None and pending[0].cancel():  # it had not started: parked until released or withdrawn
+            del self._pending[manifest]
+            self._parked[manifest] = pending[1]
+
+    def release(self, manifest: Path) -> None:
+        self._held.discard(manifest)
+        if (upload := self._parked.pop(manifest, None)) is not None:
+            self._run(manifest, upload)
+
     def _run(self, manifest: Path, upload: ObjectUpload) -> None:
+        if manifest in self._held:
+            self._parked[manifest] = upload
+            return
         future = self._executor.submit(self._store, manifest, upload)
-        self._pending[manifest] = future
+        self._pending[manifest] = (future, upload)
         loop = asyncio.get_running_loop()
         future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, manifest, done))
 
     def _finished(self, manifest: Path, future: concurrent.futures.Future[WriteBackOutcome]) -> None:
-        if self._pending.get(manifest) is future:
+        pending = self._pending.get(manifest)
+        if pending is not None and pending[0] is future:
             del self._pending[manifest]
+        elif future.cancelled():
+            return  # parked by hold(): it is reported once withdrawn, or once it ran after its release
         if future.cancelled():  # withdrawn for a delete, or left spooled by a shutdown
             outcome: WriteBackOutcome = "deleted" if manifest in self._withdrawn else "deferred"
             self._withdrawn.discard(manifest)
         else:
             outcome = future.result() if not future.exception() else "failed"
-        self.report(manifest, outcome)
+        self.report(manifest, outcome, self._refusals.pop(manifest, ""))
 
     async def withdraw(self, manifest: Path) -> None:
-        """A delete of the object is on its way to the store: its write-back must not land
-        after it. One no thread has started is cancelled and unspooled; one being uploaded is
-        waited for, so the delete reaches the store after it. Every withdrawal is reported."""
+        """The object was deleted through a proxy: its write-back must not land. One that has not
+        started (queued, held or deferred) is cancelled and unspooled; one being uploaded is waited
+        for (the proxy deletes the object again if it landed). Every withdrawal is reported."""
+        self._held.discard(manifest)
         with self._deferred_lock:
-            deferred = self._deferred.pop(manifest, None)
-        future = self._pending.get(manifest)
+            waiting = self._deferred.pop(manifest, None) or self._parked.pop(manifest, None)
+        future = self._pending[manifest][0] if manifest in self._pending else None
         if future is not None and not future.cancel():
-            await asyncio.wrap_future(future)  # being uploaded: reported when it ends, the delete goes after it
+            await asyncio.wrap_future(future)  # being uploaded: reported when it ends
             return
         if future is not None:
             self._withdrawn.add(manifest)  # reported by _finished, which the loop runs after this
             self.spool.finish(manifest)
             return
-        outcome: WriteBackOutcome = "deleted" if deferred is not None or manifest.exists() else "gone"
+        outcome: WriteBackOutcome = "deleted" if waiting is not None or manifest.exists() else "gone"
         self.spool.finish(manifest)
-        self.report(manifest, outcome)
+        self.report(manifest, outcome, "")
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for pending uploads; what is left stays spooled."""
         if self._pending:
             logger.info("waiting up to %gs for %d pending write-back(s)", timeout, len(self._pending))
-            _, unfinished = await asyncio.wait([asyncio.wrap_future(f) for f in self._pending.values()], timeout=timeout)
+            _, unfinished = await asyncio.wait([asyncio.wrap_future(f) for f, _ in self._pending.values()], timeout=timeout)
             if unfinished:
                 logger.warning(
                     "%d write-back(s) still pending; they stay in %s and resume at the next start",
@@ -169,6 +199,7 @@ class WriteBack:
             logger.warning("write-back of %s deferred: %s: %s; it stays spooled", upload.where, type(error).__name__, error)
             return "deferred"
         self.spool.keep_failed(manifest)
+        self._refusals[manifest] = f"{type(error).__name__}: {error}"
         logger.error("write-back of %s failed: %s: %s (kept in %s)", upload.where, type(error).__name__, error, self.spool.failed)
         return "failed"
 
@@ -181,9 +212,9 @@ class WriteBack:
 # the process ---------------------------------------------------------------------------------------
 
 
-def _reporter(out: Any) -> Callable[[Path, WriteBackOutcome], None]:
-    def report(manifest: Path, outcome: WriteBackOutcome) -> None:
-        out.write(json.dumps({"manifest": str(manifest), "outcome": outcome}) + "\n")
+def _reporter(out: Any) -> Callable[[Path, WriteBackOutcome, str], None]:
+    def report(manifest: Path, outcome: WriteBackOutcome, detail: str) -> None:
+        out.write(json.dumps({"manifest": str(manifest), "outcome": outcome, "detail": detail}) + "\n")
         out.flush()
     return report
 
@@ -206,7 +237,11 @@ async def serve(arguments: argparse.Namespace) -> None:
         while line := await commands.readline():
             message = json.loads(line)
             if "upload" in message:
-                writeback.queue(Path(message["upload"]))
+                writeback.queue(Path(message["upload"]), held=message.get("hold", False))
+            elif "hold" in message:
+                writeback.hold(Path(message["hold"]))
+            elif "release" in message:
+                writeback.release(Path(message["release"]))
             elif "withdraw" in message:
                 task = asyncio.ensure_future(writeback.withdraw(Path(message["withdraw"])))
                 withdrawals.add(task)

@@ -1,0 +1,92 @@
+"""The write-back worker's queue: held write-backs wait, released ones run, withdrawn ones are
+unspooled; a hold and a release in the same breath lose nothing. (Uploads are a stand-in here;
+tests/e2e/test_writeback_worker.py runs the real worker against the real store.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from backorigin.writeback.spool import ObjectUpload
+from backorigin.writeback.worker import WriteBack
+
+
+class Worker:
+    def __init__(self, spool: Path) -> None:
+        self.reports: list[tuple[str, str]] = []
+        self.writeback = WriteBack(spool, workers=1, report=lambda manifest, outcome, detail: self.reports.append((manifest.stem, outcome)))
+        self.uploaded: list[str] = []
+        self.gate = threading.Event()
+        self.writeback._upload = self._upload  # type: ignore[assignment]
+
+    def _upload(self, upload: ObjectUpload, body: Path) -> str:
+        self.gate.wait(10)
+        self.uploaded.append(upload.key)
+        return "stored"
+
+    def spool(self, key: str) -> Path:
+        body = self.writeback.spool.new_body_path()
+        body.write_bytes(b"x")
+        manifest = self.writeback.spool.add(ObjectUpload("http://s", "b", key, {}, {}, 1, "m"), body)
+        self.writeback.queue(manifest)
+        return manifest
+
+    async def until(self, count: int) -> None:
+        for _ in range(500):
+            if len(self.reports) >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"reports: {self.reports}")
+
+
+async def test_a_held_write_back_waits_for_its_release(tmp_path):
+    worker = Worker(tmp_path / "spool")
+    busy = worker.spool("busy")  # the one thread is taken by it until the gate opens
+    held = worker.spool("held")
+    worker.writeback.hold(held)
+    worker.gate.set()
+    await worker.until(1)
+    await asyncio.sleep(0.1)
+    assert worker.uploaded == ["busy"] and worker.reports == [(busy.stem, "stored")]
+    worker.writeback.release(held)
+    await worker.until(2)
+    assert worker.uploaded == ["busy", "held"] and worker.reports[1] == (held.stem, "stored")
+    await worker.writeback.drain(1)
+
+
+async def test_a_hold_and_a_release_in_one_breath_lose_nothing(tmp_path):
+    """A refused delete answered at once: its hold and release reach the worker back to back."""
+    worker = Worker(tmp_path / "spool")
+    worker.spool("busy")
+    held = worker.spool("held")
+    worker.writeback.hold(held)
+    worker.writeback.release(held)  # before any callback of the hold ran
+    worker.gate.set()
+    await worker.until(2)
+    assert sorted(worker.uploaded) == ["busy", "held"] and (held.stem, "stored") in worker.reports
+    await worker.writeback.drain(1)
+
+
+async def test_a_held_write_back_that_is_withdrawn_never_runs_and_leaves_the_spool(tmp_path):
+    worker = Worker(tmp_path / "spool")
+    worker.spool("busy")
+    held = worker.spool("held")
+    worker.writeback.hold(held)
+    await worker.writeback.withdraw(held)
+    worker.gate.set()
+    await worker.until(2)
+    assert worker.uploaded == ["busy"] and (held.stem, "deleted") in worker.reports
+    assert not held.exists() and not worker.writeback.spool.body_of(held).exists()
+    await worker.writeback.drain(1)
+
+
+async def test_an_upload_under_way_goes_on_when_held(tmp_path):
+    worker = Worker(tmp_path / "spool")
+    running = worker.spool("running")
+    await asyncio.sleep(0.05)  # the thread has taken it
+    worker.writeback.hold(running)
+    worker.gate.set()
+    await worker.until(1)
+    assert worker.reports == [(running.stem, "stored")]
+    await worker.writeback.drain(1)
