@@ -216,12 +216,16 @@ class Relay:
     """A loopback TCP relay that holds each connection `delay` seconds before passing it on
     (a slow store, so write-backs are still pending when the test needs them to be) and
     passes the upstream's answers on at `rate` bytes/s when given (a slow origin, so a fetch
-    is still under way while later misses arrive)."""
+    is still under way while later misses arrive).
+
+    `requests` is the upstream's access log: the request line of every request relayed (for
+    clients that send no request bodies, like the proxy's origin fetches)."""
 
     def __init__(self, upstream_port: int, delay: float = 0.0, rate: int | None = None) -> None:
         self.upstream_port = upstream_port
         self.delay = delay
         self.rate = rate
+        self.requests: list[str] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -245,14 +249,30 @@ class Relay:
             except OSError:
                 return  # the upstream is down: the client sees its connection closed
             with upstream:
-                threading.Thread(target=_pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=_pipe, args=(client, upstream, None, self._log_requests()), daemon=True).start()
                 _pipe(upstream, client, self.rate)
 
+    def _log_requests(self) -> Callable[[bytes], None]:
+        """A reader of one connection's request bytes that logs each request line."""
+        pending = b""
 
-def _pipe(source: socket.socket, sink: socket.socket, rate: int | None = None) -> None:
+        def read(data: bytes) -> None:
+            nonlocal pending
+            pending += data
+            while (end := pending.find(b"\r\n\r\n")) >= 0:
+                self.requests.append(pending[:pending.find(b"\r\n")].decode("latin-1"))
+                pending = pending[end + 4:]
+
+        return read
+
+
+def _pipe(source: socket.socket, sink: socket.socket, rate: int | None = None,
+          seen: Callable[[bytes], None] | None = None) -> None:
     started, sent = time.monotonic(), 0
     try:
         while data := source.recv(65536):
+            if seen:
+                seen(data)
             sink.sendall(data)
             sent += len(data)
             if rate and (ahead := sent / rate - (time.monotonic() - started)) > 0:

@@ -19,12 +19,15 @@ from tests.support import Mitmdump, Relay, http_get, mirror_rule, stored, wait_f
 
 BUCKET = "tombstone-bucket"
 SHARED = "tombstones-shared"
+VERSIONED = "tombstone-versioned"
 
 
 @pytest.fixture(scope="module")
 def tomb_rules(tmp_path_factory, store, origin):
-    store.create_buckets([BUCKET, SHARED])
-    return write_rules(tmp_path_factory.mktemp("tomb") / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/dir1/")]})
+    store.create_buckets([BUCKET, SHARED, VERSIONED])
+    store.client().put_bucket_versioning(Bucket=VERSIONED, VersioningConfiguration={"Status": "Enabled"})
+    rule = mirror_rule(1, f"{origin.base}/dir1/")
+    return write_rules(tmp_path_factory.mktemp("tomb") / "rules.json", {BUCKET: [rule], VERSIONED: [rule]})
 
 
 def proxy_for(workdir, store, rules, **options) -> Mitmdump:
@@ -43,12 +46,12 @@ def client_through(proxy: Mitmdump):
                         config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}))
 
 
-def gets_404_without_the_origin(proxy: Mitmdump, origin, key: str, unique: str) -> None:
+def gets_404_without_the_origin(proxy: Mitmdump, origin, key: str, unique: str, bucket: str = BUCKET) -> None:
     before = origin.count("GET", unique)
     for _ in range(2):
-        status, _, body = http_get(f"{proxy.url}/{BUCKET}/{key}")
+        status, _, body = http_get(f"{proxy.url}/{bucket}/{key}")
         assert status == 404 and b"<Code>NoSuchKey</Code>" in body
-        assert requests.head(f"{proxy.url}/{BUCKET}/{key}").status_code == 404
+        assert requests.head(f"{proxy.url}/{bucket}/{key}").status_code == 404
     assert origin.count("GET", unique) == before
 
 
@@ -87,6 +90,64 @@ def test_delete_objects_leaves_a_tombstone_for_each_key_it_deleted(tomb_proxy, o
         assert not answer.get("Errors")
     for key in keys:
         gets_404_without_the_origin(tomb_proxy, origin, key, unique)
+
+
+def versions_of(s3, key: str, kind: str = "Versions") -> list[str]:
+    """The key's version ids (or its delete markers')."""
+    return [v["VersionId"] for v in s3.list_object_versions(Bucket=VERSIONED, Prefix=key).get(kind, []) if v["Key"] == key]
+
+
+def mirrored_into_versioned(proxy: Mitmdump, s3, key: str) -> str:
+    """The key mirrored and written back: its one version's id."""
+    assert http_get(f"{proxy.url}/{VERSIONED}/{key}")[2] == body_for(f"/dir1/{key}")
+    wait_stored(s3, VERSIONED, key)
+    (version,) = versions_of(s3, key)
+    return version
+
+
+def test_deleting_the_only_version_sticks(tomb_proxy, origin, s3, unique):
+    key = f"ok/{unique}"
+    version = mirrored_into_versioned(tomb_proxy, s3, key)
+    assert requests.delete(f"{tomb_proxy.url}/{VERSIONED}/{key}?versionId={version}").status_code == 204
+    assert versions_of(s3, key) == [] == versions_of(s3, key, "DeleteMarkers")
+    gets_404_without_the_origin(tomb_proxy, origin, key, unique, VERSIONED)
+    assert origin.count("GET", unique) == 1
+    assert f"tombstone(s) for s3://{VERSIONED}/{key}" in tomb_proxy.log()
+
+
+def test_deleting_an_older_version_leaves_no_tombstone(tomb_proxy, origin, s3, unique):
+    key = f"ok/{unique}"
+    older = mirrored_into_versioned(tomb_proxy, s3, key)
+    assert requests.put(f"{tomb_proxy.url}/{VERSIONED}/{key}", data=b"second").status_code == 200
+    assert requests.delete(f"{tomb_proxy.url}/{VERSIONED}/{key}?versionId={older}").status_code == 204
+    assert http_get(f"{tomb_proxy.url}/{VERSIONED}/{key}")[2] == b"second"
+    assert f"tombstone(s) for s3://{VERSIONED}/{key}" not in tomb_proxy.log()
+
+
+def test_removing_a_delete_marker_brings_the_key_back_and_clears_its_tombstone(tomb_proxy, origin, s3, unique):
+    key = f"ok/{unique}"
+    mirrored_into_versioned(tomb_proxy, s3, key)
+    assert requests.delete(f"{tomb_proxy.url}/{VERSIONED}/{key}").status_code == 204  # a delete marker: a tombstone
+    gets_404_without_the_origin(tomb_proxy, origin, key, unique, VERSIONED)
+    (marker,) = versions_of(s3, key, "DeleteMarkers")
+    assert requests.delete(f"{tomb_proxy.url}/{VERSIONED}/{key}?versionId={marker}").status_code == 204
+    assert http_get(f"{tomb_proxy.url}/{VERSIONED}/{key}")[2] == body_for(f"/dir1/{key}")  # the store's copy
+    assert f"tombstone of s3://{VERSIONED}/{key} cleared" in tomb_proxy.log()
+    assert origin.count("GET", unique) == 1
+
+
+def test_delete_objects_with_version_ids(tomb_proxy, origin, s3, unique):
+    gone, kept = f"ok/{unique}-gone", f"ok/{unique}-kept"
+    only = mirrored_into_versioned(tomb_proxy, s3, gone)
+    older = mirrored_into_versioned(tomb_proxy, s3, kept)
+    assert requests.put(f"{tomb_proxy.url}/{VERSIONED}/{kept}", data=b"second").status_code == 200
+    answer = client_through(tomb_proxy).delete_objects(Bucket=VERSIONED, Delete={"Objects": [
+        {"Key": gone, "VersionId": only}, {"Key": kept, "VersionId": older}]})
+    assert not answer.get("Errors")
+    gets_404_without_the_origin(tomb_proxy, origin, gone, unique, VERSIONED)
+    assert http_get(f"{tomb_proxy.url}/{VERSIONED}/{kept}")[2] == b"second"
+    assert f"s3://{VERSIONED}/{kept}" not in tomb_proxy.log().split("tombstone(s) for")[-1]
+    assert origin.count("GET", unique) == 2
 
 
 def test_a_key_no_mirror_rule_covers_gets_no_tombstone(tomb_proxy, tmp_path):

@@ -34,7 +34,7 @@ def headers(**given: str) -> Callable[[str], str | None]:
 def arrived(tmp_path, body: bytes = BODY, extra: tuple[tuple[str, str], ...] = ()) -> Fill:
     """A fill whose whole body has arrived and been spooled, its write-back already landed."""
     fill = new_fill(tmp_path)
-    fill.begin(200, (("content-length", str(len(body))), ("content-type", "text/plain"), *extra), "http://o/k")
+    fill.begin(200, (("content-length", str(len(body))), ("content-type", "text/plain"), *extra), "http://o/k", None)
     fill.write(body)
     fill.settle(Settled(OriginResult("http://o/k", 200, size=len(body), md5="m", etag=f'"{hashlib.md5(body).hexdigest()}"'),
                         "queued"))
@@ -81,10 +81,24 @@ async def test_a_head_has_the_length_and_no_body(tmp_path):
 
 async def test_a_body_over_the_whole_limit_streams_before_it_has_arrived_without_an_etag(tmp_path):
     fill = new_fill(tmp_path)
-    fill.begin(200, (("content-length", str(len(BODY))),), "http://o/k")
+    fill.begin(200, (("content-length", str(len(BODY))),), "http://o/k", None)
     fill.write(BODY[:30])
     reply = await asyncio.wait_for(respond(fill, "GET", headers(), REF, STORE_404, 10, frozenset()), 1)
     assert reply.status == 200 and "etag" not in dict(reply.headers)
+    reading = asyncio.ensure_future(body_of(reply))
+    fill.write(BODY[30:])
+    fill.settle(Settled(OriginResult("http://o/k", 200, size=len(BODY), md5="m", etag=ETAG), "queued"))
+    assert await reading == BODY
+
+
+async def test_a_body_streamed_before_it_has_arrived_carries_the_etag_known_in_advance(tmp_path):
+    fill = new_fill(tmp_path)
+    fill.begin(200, (("content-length", str(len(BODY))),), "http://o/k", ETAG)
+    fill.write(BODY[:30])
+    reply = await asyncio.wait_for(respond(fill, "GET", headers(), REF, STORE_404, 10, frozenset()), 1)
+    assert reply.status == 200 and dict(reply.headers)["etag"] == ETAG
+    early = await asyncio.wait_for(respond(fill, "GET", headers(if_none_match=ETAG), REF, STORE_404, 10, frozenset()), 1)
+    assert early.status == 304  # a client's cached copy is judged by it too
     reading = asyncio.ensure_future(body_of(reply))
     fill.write(BODY[30:])
     fill.settle(Settled(OriginResult("http://o/k", 200, size=len(BODY), md5="m", etag=ETAG), "queued"))

@@ -64,3 +64,11 @@ def test_unknown_etag_never_matches_and_answers_say_their_range():
     assert needs_etag({"if-range": ETAG}.get) and not needs_etag({"range": "bytes=0-1"}.get)
     assert Answer(206, 2, 4, 10).content_range == "bytes 2-4/10" and Answer(416, size=10).content_range == "bytes */10"
     assert Answer(200, 0, -1, 0).length == 0
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"if-match": '"origin-3"'}, 200), ({"if-match": ETAG}, 200), ({"if-match": '"other"'}, 412),
+    ({"if-none-match": '"origin-3"'}, 304), ({"range": "bytes=0-1", "if-range": '"origin-3"'}, 206),
+])
+def test_an_s3_origins_etag_the_store_will_not_keep_still_names_the_object(headers, status):
+    assert plan(headers.get, 10, Validators(ETAG, MODIFIED, '"origin-3"')).status == status

@@ -30,7 +30,7 @@ def settle_ok(fill: Fill, body: bytes) -> None:
 
 async def test_a_reader_gets_bytes_as_they_arrive_but_the_last_one_only_once_settled(tmp_path):
     fill = new_fill(tmp_path)
-    fill.begin(200, (("content-length", "6"), ("content-type", "text/plain")), "http://o/k")
+    fill.begin(200, (("content-length", "6"), ("content-type", "text/plain")), "http://o/k", None)
     await fill.began()
     assert fill.declared == 6 and fill.upload is not None and fill.upload.headers == {"content-type": "text/plain"}
     fd = fill.open_reader()
@@ -52,7 +52,7 @@ async def test_a_reader_gets_bytes_as_they_arrive_but_the_last_one_only_once_set
 
 async def test_readers_at_other_offsets_each_get_their_own_bytes(tmp_path):
     fill = new_fill(tmp_path)
-    fill.begin(200, (), "http://o/k")
+    fill.begin(200, (), "http://o/k", None)
 
     async def read_all(first: int, last: int) -> bytes:
         fd = fill.open_reader()
@@ -76,7 +76,7 @@ async def test_readers_at_other_offsets_each_get_their_own_bytes(tmp_path):
 
 async def test_a_body_that_breaks_off_fails_its_readers(tmp_path):
     fill = new_fill(tmp_path)
-    fill.begin(200, (("content-length", "10"),), "http://o/k")
+    fill.begin(200, (("content-length", "10"),), "http://o/k", None)
     fill.write(b"01234")
     fd = fill.open_reader()
     try:
@@ -92,7 +92,7 @@ async def test_a_body_that_breaks_off_fails_its_readers(tmp_path):
 
 async def test_the_body_stays_readable_after_its_spool_file_is_gone(tmp_path):
     fill = new_fill(tmp_path)
-    fill.begin(200, (), "http://o/k")
+    fill.begin(200, (), "http://o/k", None)
     fill.write(b"body")
     settle_ok(fill, b"body")
     fill.path.unlink()  # uploaded and finished by the write-back

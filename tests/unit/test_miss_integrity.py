@@ -7,12 +7,14 @@ import gzip
 import hashlib
 import itertools
 import string
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from backorigin.miss.integrity import BodyCheck, StoreETag, plain_md5
+from backorigin.limits import PART_SIZE
+from backorigin.miss.integrity import MIN_PART, SINGLE_PUT_MAX, BodyCheck, StoreETag, multipart_parts, part_layout, plain_md5
 
 # Each property is stated in its test's docstring. Examples are drawn afresh on every run
 # (database=None: no example database is kept); a failure prints the smallest example
@@ -146,3 +148,63 @@ def test_body_check_fails_on_a_content_length_in_non_ascii_digits(length, body):
 
 def test_body_check_fails_on_a_content_length_of_5000_digits():
     assert BodyCheck(content_length="1" * 5000).failure()
+
+
+MD5 = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize("etag, parts", [
+    (f'"{MD5}-3"', 3), (f"{MD5}-10000", 10000), (f'"{MD5}"', None), ('W/"x-3"', None), (f'"{MD5}-"', None),
+    (f'"{MD5}-123456"', None), (None, None), ("", None),
+])
+def test_a_multipart_etag_says_how_many_parts(etag, parts):
+    assert multipart_parts(etag) == parts
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("etag, size, first_part, layout", [
+    # a plain MD5: one PUT gives the store's ETag the same MD5, up to the largest PUT
+    (f'"{MD5}"', 100 * MiB, None, (SINGLE_PUT_MAX + 1, f'"{MD5}"')),
+    (f'"{MD5}"', SINGLE_PUT_MAX, None, (SINGLE_PUT_MAX + 1, f'"{MD5}"')),
+    (f'"{MD5}"', SINGLE_PUT_MAX + 1, None, (PART_SIZE, None)),
+    (f'"{MD5}"', None, None, (PART_SIZE, None)),  # no length (chunked): parts may be needed
+    # the origin's parts: 8 MiB ones, the last one shorter
+    (f'"{MD5}-3"', 20 * MiB, 8 * MiB, (8 * MiB, f'"{MD5}-3"')),
+    (f'"{MD5}-2"', 10 * MiB, 5 * MiB, (5 * MiB, f'"{MD5}-2"')),
+    (f'"{MD5}-1"', 3, 3, (3, f'"{MD5}-1"')),  # one part may be small
+    (f'"{MD5}-3"', 20 * MiB, None, (PART_SIZE, None)),  # the origin did not say its first part
+    (f'"{MD5}-3"', 30 * MiB, 8 * MiB, (PART_SIZE, None)),  # parts of differing sizes: cannot be redone
+    (f'"{MD5}-3"', 16 * MiB, 8 * MiB, (PART_SIZE, None)),  # 2 parts would hold it: not 3 equal ones
+    (f'"{MD5}-3"', 6 * MiB, 2 * MiB, (PART_SIZE, None)),  # parts under S3's smallest
+    ('W/"weak"', 10, None, (PART_SIZE, None)),
+])
+def test_the_part_layout_keeps_the_origins_etag_when_it_can(etag, size, first_part, layout):
+    assert part_layout(etag, size, first_part) == layout
+    assert MIN_PART == 5 * MiB
+
+
+@given(st.binary(max_size=64), st.integers(min_value=1, max_value=16), st.lists(st.integers(1, 64), max_size=8))
+@PROPERTY
+def test_the_etag_of_an_s3_multipart_upload_is_announced_for_its_layout(body, part, cuts):
+    """Bodies uploaded as S3 does (equal parts of `part`, the last shorter) get back the announced
+    multipart ETag when their first part's size is given, whatever the chunks they arrive in
+    (S3's smallest part made 1 byte, to draw small bodies)."""
+    assume(len(body) > 0)
+    chunks = [body[i:i + part] for i in range(0, len(body), part)]
+    origin = '"' + hashlib.md5(b"".join(hashlib.md5(c).digest() for c in chunks)).hexdigest() + f'-{len(chunks)}"'
+    with mock.patch("backorigin.miss.integrity.MIN_PART", 1):
+        part_size, announced = part_layout(origin, len(body), min(part, len(body)))
+    etag = StoreETag(part_size)
+    for piece in split(body, cuts):
+        etag.update(piece)
+    assert announced == origin == etag.value()
+
+
+def split(body: bytes, cuts: list[int]) -> list[bytes]:
+    pieces, at = [], 0
+    for cut in cuts:
+        pieces.append(body[at:at + cut])
+        at += cut
+    return [*pieces, body[at:]]

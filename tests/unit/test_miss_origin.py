@@ -4,12 +4,14 @@ sends there; the largest body it takes; nothing kept from one fetch to the next.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 
 import httpx
 import pytest
 from mitmproxy.test import tutils
 
+from backorigin.limits import PART_SIZE
 from backorigin.miss.origin import Failure, OriginClient, OriginResult, is_public, should_switch
 from backorigin.rules.targets import build_request
 from tests.support import rule_of
@@ -29,9 +31,10 @@ class Sink:
     def __init__(self) -> None:
         self.body = b""
         self.started = False
+        self.etag: str | None = None
 
-    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str) -> None:
-        self.started = True
+    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str, etag: str | None) -> None:
+        self.started, self.etag = True, etag
 
     def write(self, chunk: bytes) -> None:
         self.body += chunk
@@ -65,10 +68,10 @@ def moved(location: str) -> tuple[int, dict[str, str], bytes]:
     return 302, {"location": location}, b""
 
 
-async def fetch(origin: Origin, request, client: OriginClient | None = None) -> OriginResult:
+async def fetch(origin: Origin, request, client: OriginClient | None = None, sink: Sink | None = None) -> OriginResult:
     client = client or origin.client()
     try:
-        return await client.fetch(request, Sink())
+        return await client.fetch(request, sink or Sink())
     finally:
         await client.aclose()
 
@@ -155,6 +158,45 @@ async def test_nothing_is_kept_from_one_fetch_to_the_next():
     finally:
         await client.aclose()
     assert "cookie" not in origin.seen[1].headers
+
+
+def s3_etag(parts: list[bytes]) -> str:
+    return '"' + hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f'-{len(parts)}"'
+
+
+async def test_an_s3_origins_multipart_etag_is_kept_by_uploading_its_parts_as_it_did(monkeypatch):
+    monkeypatch.setattr("backorigin.miss.integrity.MIN_PART", 1)  # small parts, to keep the body small
+    body, etag = b"abcdefgh", s3_etag([b"abc", b"def", b"gh"])
+    origin = Origin({"https://origin.test/k": (200, {"etag": etag, "content-length": "8"}, body),
+                     "https://origin.test/k?partNumber=1": (206, {"content-length": "3", "x-amz-mp-parts-count": "3"}, b"")})
+    sink = Sink()
+    result = await fetch(origin, asked({**MIRROR, "MirrorAuth": AUTH}), sink=sink)
+    assert result.ok and (result.etag, result.part_size) == (etag, 3)
+    assert sink.etag == etag and sink.body == body  # announced before the body
+    head = origin.seen[1]
+    assert head.method == "HEAD" and head.url.params["partNumber"] == "1"
+    assert "AWS4-HMAC-SHA256" in head.headers["authorization"] and head.headers["x-secret"] == "s"  # asked as the GET was
+
+
+@pytest.mark.parametrize("head", [(200, {"content-length": "8"}, b""), (400, {}, b""), (403, {}, b"")])
+async def test_an_origin_that_does_not_say_its_parts_gets_the_default_layout_and_no_announced_etag(head):
+    etag = s3_etag([b"abc", b"def", b"gh"])
+    origin = Origin({"https://origin.test/k": (200, {"etag": etag, "content-length": "8"}, b"abcdefgh"),
+                     "https://origin.test/k?partNumber=1": head})
+    sink = Sink()
+    result = await fetch(origin, asked(), sink=sink)
+    assert result.ok and result.part_size == PART_SIZE and sink.etag is None
+    assert result.etag == f'"{hashlib.md5(b"abcdefgh").hexdigest()}"'  # what the store will say, announced once whole
+
+
+async def test_a_plain_md5_etag_is_announced_and_kept_with_one_put():
+    body = b"x" * 100
+    md5 = f'"{hashlib.md5(body).hexdigest()}"'
+    origin = Origin({"https://origin.test/k": (200, {"etag": md5, "content-length": "100"}, body)})
+    sink = Sink()
+    result = await fetch(origin, asked(), sink=sink)
+    assert sink.etag == md5 == result.etag and result.part_size > 5 * 1024**3
+    assert len(origin.seen) == 1  # no parts to ask about
 
 
 @pytest.mark.parametrize("address, public", [

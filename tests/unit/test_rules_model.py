@@ -307,11 +307,19 @@ def test_a_rules_file_as_oss_sdks_serialise_it_behaves_the_same():
     (True, True), (False, False), ("true", True), ("false", False), ("True", True), ("FALSE", False), (" true ", True),
 ])
 def test_booleans_are_read_as_json_or_as_oss_sdks_write_them(written, value):
-    rule = one_rule({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorCheckMd5": written,
+    rule = one_rule({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorAllowHeadObject": written,
                      "MirrorPassQueryString": written, "MirrorHeaders": {"PassAll": written}})
-    assert rule.Redirect.MirrorCheckMd5 is value
+    assert rule.Redirect.MirrorAllowHeadObject is value
     assert rule.Redirect.MirrorPassQueryString is value
     assert rule.Redirect.MirrorHeaders.PassAll is value
+
+
+@pytest.mark.parametrize("written", [False, "false", " FALSE "])
+def test_mirror_check_md5_false_is_refused_saying_what_backorigin_does(written):
+    with pytest.raises(RulesError, match=r'rules.json: bucket "photos": RuleNumber 3: field Redirect.MirrorCheckMd5: false is '
+                                         r"not supported: backorigin always checks the origin's Content-MD5 .* set it to true"):
+        one_rule({"RedirectType": "Mirror", "MirrorURL": "http://o/", "MirrorCheckMd5": written})
+    assert one_rule({"RedirectType": "Mirror", "MirrorURL": "http://o/"}).Redirect.MirrorCheckMd5 is True
 
 
 @pytest.mark.parametrize("number, status, code", [(7, 404, 301), ("7", "404", "301"), (" 7 ", " 404 ", " 301 "), ("07", "0404", "0301")])

@@ -13,6 +13,7 @@ from backorigin.s3.addressing import (
     is_store_parameter,
     keys_in,
     object_ref,
+    objects_in,
     target,
     virtual_host_bucket,
     write_kind,
@@ -59,6 +60,9 @@ def test_subresources_are_not_plain_object_calls():
     ("GET", "/b/k", None), ("HEAD", "/b/k", None), ("DELETE", "/b/k", WriteKind.DELETE),
     ("DELETE", "/b/k?tagging", None), ("POST", "/b?delete", WriteKind.DELETE_MANY), ("PUT", "/b/k", WriteKind.CREATE),
     ("PUT", "/b/k?acl", None), ("POST", "/b/k?uploadId=1", WriteKind.CREATE), ("POST", "/b/k?uploads", None),
+    ("DELETE", "/b/k?versionId=null", WriteKind.DELETE_VERSION),
+    ("DELETE", "/b/k?versionId=v1&x-id=DeleteObject", WriteKind.DELETE_VERSION),
+    ("DELETE", "/b/k?versionId=v1&tagging", None),
 ])
 def test_what_a_write_does_to_objects(method, path, kind):
     assert write_kind(request(path, method)) is kind
@@ -69,6 +73,12 @@ def test_keys_of_a_delete_objects_request_and_answer():
     assert keys_in(asked, "Object") == ["a", "b c"]
     assert keys_in(b"<DeleteResult><Error><Key>b c</Key></Error></DeleteResult>", "Error") == ["b c"]
     assert keys_in(b"not xml", "Object") == []
+
+
+def test_versions_of_a_delete_objects_request():
+    asked = (b"<Delete><Object><Key>a</Key><VersionId>v1</VersionId></Object><Object><Key>b</Key></Object>"
+             b"<Object><VersionId>orphan</VersionId></Object></Delete>")
+    assert objects_in(asked, "Object") == [("a", "v1"), ("b", None)]
 
 
 @pytest.mark.parametrize("name, store_only", [

@@ -3,7 +3,9 @@ tombstones live).
 
 The store authorises: nothing a delete does takes effect before the store has answered it 2xx.
 A DeleteObject or DeleteObjects through the proxy, for a key a Mirror rule covers, then leaves a
-tombstone, a fill under way is never stored and the key's write-backs are withdrawn; a PUT,
+tombstone, a fill under way is never stored and the key's write-backs are withdrawn. A delete of a
+version (versioned buckets) does the same when it left the key without a current object (the
+proxy asks the store), and otherwise clears the key's tombstone (the store has it again); a PUT,
 CopyObject or CompleteMultipartUpload of the key clears its tombstone. While a delete is on its way
 nothing is hidden or cancelled: the key's write-backs are held (they do not start), then dropped
 (2xx) or released (anything else), so a delete never lands before a write-back of the same key. A
@@ -17,6 +19,7 @@ import asyncio
 import logging
 from typing import Optional
 
+import botocore.exceptions
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
@@ -25,8 +28,8 @@ from backorigin.deletes.tombstones import Tombstones, TombstonesError, is_tombst
 from backorigin.miss.addon import Mirroring
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
-from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, keys_in, write_kind
-from backorigin.s3.clients import shared_s3_client
+from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, keys_in, objects_in, write_kind
+from backorigin.s3.clients import describe_error, shared_s3_client, store_has
 from backorigin.s3.store import reverse_target
 from backorigin.writeback.spool import ObjectKey
 
@@ -95,9 +98,9 @@ class Deletes:
             return
         endpoint = self.context.endpoint(flow.request)
         writeback = self.mirroring.mirror.writeback
-        for ref in refs:
+        for ref, _ in refs:
             writeback.hold((endpoint, ref.bucket, ref.key))
-        flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key] for ref in refs]
+        flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key, versioned] for ref, versioned in refs]
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """The store's answer to a write: the keys a delete deleted get tombstones, lose their fill
@@ -106,13 +109,15 @@ class Deletes:
         response = flow.response
         if not self.stick or not self.context.acts(flow) or response is None:
             return
-        held = [(str(e), str(b), str(k)) for e, b, k in flow.metadata.pop(DELETING_KEY, [])]
+        deleting = flow.metadata.pop(DELETING_KEY, [])
+        held = [(str(e), str(b), str(k)) for e, b, k, _ in deleting]
         succeeded = 200 <= response.status_code < 300
         kind = write_kind(flow.request)
         try:
             if held and succeeded:
                 refused = set(keys_in(response.raw_content or b"", "Error")) if kind is WriteKind.DELETE_MANY else set()
-                await self._deleted([key for key in held if key[2] not in refused])
+                done = [(key, bool(versioned)) for key, (*_, versioned) in zip(held, deleting, strict=True) if key[2] not in refused]
+                await self._deleted([key for key, versioned in done if not versioned or not await self._still_there(key)])
         finally:
             self._release(held)
         written = self.context.object(flow) if succeeded and kind is WriteKind.CREATE else None
@@ -122,7 +127,23 @@ class Deletes:
 
     def error(self, flow: http.HTTPFlow) -> None:
         """No answer from the store (the client or the store went away): the delete did nothing we know of."""
-        self._release([(str(e), str(b), str(k)) for e, b, k in flow.metadata.pop(DELETING_KEY, [])])
+        self._release([(str(e), str(b), str(k)) for e, b, k, _ in flow.metadata.pop(DELETING_KEY, [])])
+
+    async def _still_there(self, key: ObjectKey) -> bool:
+        """After a version's delete: whether the key still has a current object in the store (then any
+        tombstone it had goes: the store answers its GETs). A store that cannot be asked counts as
+        gone: a tombstone too many hides a key, one too few lets the origin's copy come back."""
+        endpoint, bucket, name = key
+        try:
+            there = await asyncio.to_thread(store_has, shared_s3_client(endpoint), bucket, name)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            logger.warning("s3://%s/%s: a version was deleted and the store cannot say what is left (%s): tombstone",
+                           bucket, name, describe_error(e))
+            return False
+        if there and await is_tombstoned(self.tombstones, bucket, name):
+            await asyncio.to_thread(self.tombstones.discard, bucket, name)
+            logger.info("tombstone of s3://%s/%s cleared: a version's delete left it in the store", bucket, name)
+        return there
 
     async def _deleted(self, keys: list[ObjectKey]) -> None:
         mirror = self.mirroring.mirror
@@ -139,13 +160,23 @@ class Deletes:
         for key in keys:
             writeback.release(key)
 
-    def _deleted_by(self, flow: http.HTTPFlow) -> list[ObjectRef]:
-        """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete."""
+    def _deleted_by(self, flow: http.HTTPFlow) -> list[tuple[ObjectRef, bool]]:
+        """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete, each
+        with whether only a version of it is deleted (a key named with and without a version: not)."""
         kind = write_kind(flow.request)
-        if kind is WriteKind.DELETE:
-            refs = [ref] if (ref := self.context.object(flow)) else []
-        elif kind is WriteKind.DELETE_MANY and (bucket := bucket_of(flow.request, self.context.vhost_domains)):
-            refs = [ObjectRef(bucket, key) for key in keys_in(flow.request.raw_content or b"", "Object")]
+        bucket: str | None
+        if kind in (WriteKind.DELETE, WriteKind.DELETE_VERSION):
+            ref = self.context.object(flow)
+            bucket, found = (ref.bucket, [(ref.key, kind is WriteKind.DELETE_VERSION)]) if ref else (None, [])
+        elif kind is WriteKind.DELETE_MANY:
+            bucket = bucket_of(flow.request, self.context.vhost_domains)
+            found = [(key, version is not None) for key, version in objects_in(flow.request.raw_content or b"", "Object")]
         else:
             return []
-        return [ref for ref in refs if covered_by_mirror(self.context.rulebook, ref)]
+        if bucket is None:
+            return []
+        versioned: dict[str, bool] = {}
+        for key, of_version in found:
+            versioned[key] = versioned.get(key, True) and of_version
+        refs = [(ObjectRef(bucket, key), only_version) for key, only_version in versioned.items()]
+        return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]

@@ -37,12 +37,14 @@ async def respond(
 ) -> Reply:
     """The client's answer. It waits for the whole body (so a broken origin is a clean 424
     and the ETag is known) for a HEAD, a body up to `whole_limit` or of unknown length, and
-    ETag conditionals; a larger GET is streamed as it arrives, without an ETag. A HEAD also
-    waits (a while) for the object to land in the store."""
+    ETag conditionals unless the ETag is known in advance (Fill.announced); a larger GET is
+    streamed as it arrives, with that ETag or none. A HEAD also waits (a while) for the object to
+    land in the store."""
     await fill.began()
     if fill.upload is None:  # the origin gave no body to store
         return _without_body((await fill.wait_settled()).result, ref, store_404, transparent_codes)
-    waits = method == "HEAD" or fill.declared is None or fill.declared <= whole_limit or needs_etag(header)
+    waits = (method == "HEAD" or fill.declared is None or fill.declared <= whole_limit
+             or (needs_etag(header) and fill.announced is None))
     if waits:
         settled = await fill.wait_settled()
         if not settled.result.ok:

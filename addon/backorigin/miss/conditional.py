@@ -21,6 +21,9 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class Validators:
     etag: str | None  # quoted; None while not yet known (a large object still arriving)
     last_modified: str  # an HTTP date
+    # An S3 origin's multipart ETag the store cannot reproduce (integrity.part_layout): the same
+    # bytes, as a listing of the origin showed them, so a client's If-Match with it still holds.
+    origin_etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,22 +74,22 @@ def needs_etag(header: Callable[[str], str | None]) -> bool:
 
 def plan(header: Callable[[str], str | None], size: int, validators: Validators) -> Answer:
     """The answer to a GET (or HEAD: the same status and headers) of a `size`-byte object."""
-    etag, modified = validators.etag, _date(validators.last_modified)
+    etags, modified = (validators.etag, validators.origin_etag), _date(validators.last_modified)
     if_match = header("if-match")
     if if_match is not None:
-        if not _etag_matches(if_match, etag):
+        if not _etag_matches(if_match, *etags):
             return Answer(412, size=size)
     elif (since := _date(header("if-unmodified-since"))) and modified and modified > since:
         return Answer(412, size=size)
     if_none_match = header("if-none-match")
     if if_none_match is not None:
-        if _etag_matches(if_none_match, etag):
+        if _etag_matches(if_none_match, *etags):
             return Answer(304, size=size)
     elif (since := _date(header("if-modified-since"))) and modified and modified <= since:
         return Answer(304, size=size)
     whole = Answer(200, 0, size - 1, size)
     range_header = header("range")
-    if not range_header or not _range_still_applies(header("if-range"), etag, modified):
+    if not range_header or not _range_still_applies(header("if-range"), etags, modified):
         return whole
     try:
         wanted = byte_range(range_header, size)
@@ -95,20 +98,20 @@ def plan(header: Callable[[str], str | None], size: int, validators: Validators)
     return Answer(206, wanted[0], wanted[1], size) if wanted else whole
 
 
-def _etag_matches(header: str, etag: str | None) -> bool:
+def _etag_matches(header: str, *etags: str | None) -> bool:
     """Strong comparison against a list of entity tags, or * (any existing object)."""
     tags = [t.strip() for t in header.split(",")]
     if "*" in tags:
         return True
-    bare = (etag or "").strip('"')
-    return bool(bare) and any(t.removeprefix("W/").strip('"') == bare for t in tags)
+    bare = {e.strip('"') for e in etags if e and e.strip('"')}
+    return any(t.removeprefix("W/").strip('"') in bare for t in tags)
 
 
-def _range_still_applies(if_range: str | None, etag: str | None, modified: datetime | None) -> bool:
+def _range_still_applies(if_range: str | None, etags: tuple[str | None, ...], modified: datetime | None) -> bool:
     if not if_range:
         return True
     if if_range.strip().startswith(('"', "W/")):
-        return _etag_matches(if_range, etag)
+        return _etag_matches(if_range, *etags)
     since = _date(if_range)
     return bool(since and modified and modified <= since)
 

@@ -22,7 +22,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 from backorigin.miss.conditional import Validators
-from backorigin.miss.integrity import decimal
+from backorigin.miss.integrity import decimal, multipart_parts
 from backorigin.miss.origin import OriginResult, SinkFailed
 from backorigin.writeback.spool import ObjectKey, ObjectUpload
 
@@ -60,6 +60,8 @@ class Fill:
         self.landed = asyncio.Event()  # the write-back has ended (stored, or found there, or failed)
         self.manifest: Path | None = None  # its write-back's manifest, once spooled
         self.deleted = False  # deleted through the proxy while it was arriving: never spooled
+        self.announced: str | None = None  # the ETag known before the body (the origin's, when the store will keep it)
+        self.origin_etag: str | None = None  # an S3 origin's ETag the store will not keep (conditional.Validators)
 
     @classmethod
     def spooled(cls, key: ObjectKey, path: Path, upload: ObjectUpload) -> Fill:
@@ -71,7 +73,7 @@ class Fill:
         fill.settled = Settled(OriginResult(upload.metadata.get("backorigin-origin-url", ""), 200, size=upload.size,
                                             md5=upload.md5, etag=upload.etag), "queued")
         fill._grew, fill._began, fill.landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        fill.manifest, fill.deleted = None, False
+        fill.manifest, fill.deleted, fill.announced, fill.origin_etag = None, False, upload.etag, None
         fill._began.set()
         fill._grew.set()
         return fill
@@ -82,9 +84,12 @@ class Fill:
     def started(self) -> bool:
         return self._began.is_set()
 
-    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str) -> None:
+    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str, etag: str | None) -> None:
         self.declared = decimal(next((v for k, v in headers if k.lower() == "content-length"), None))
         self.upload = self._describe(url, headers, formatdate(usegmt=True))
+        self.announced = etag
+        origin_etag = next((v for k, v in headers if k.lower() == "etag"), None)
+        self.origin_etag = origin_etag if multipart_parts(origin_etag) and origin_etag != etag else None
         self._began.set()
 
     def write(self, chunk: bytes) -> None:
@@ -111,7 +116,7 @@ class Fill:
         self.settled = settled
         if self.upload is not None and settled.result.ok:
             r = settled.result
-            self.upload = replace(self.upload, size=r.size, md5=r.md5, etag=r.etag)
+            self.upload = replace(self.upload, size=r.size, md5=r.md5, etag=r.etag, part_size=r.part_size)
         self._began.set()
         self._wake()
 
@@ -140,9 +145,10 @@ class Fill:
 
     @property
     def validators(self) -> Validators:
+        """The ETag once the body is whole (or, before, the one known in advance) and the Last-Modified."""
         assert self.upload is not None
-        etag = self.upload.etag if self.settled is not None and self.settled.result.ok else None
-        return Validators(etag, self.upload.last_modified)
+        etag = self.upload.etag if self.settled is not None and self.settled.result.ok else self.announced
+        return Validators(etag, self.upload.last_modified, self.origin_etag)
 
     def open_reader(self) -> int:
         """A descriptor of the body for one reader (close it when done)."""

@@ -16,6 +16,9 @@ from typing import Any
 from backorigin.limits import PART_SIZE
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+_MULTIPART_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})-([0-9]{1,5})"?$')
+SINGLE_PUT_MAX = 5 * 1024**3  # S3's largest PutObject
+MIN_PART = 5 * 1024**2  # S3's smallest part, but the last
 # ASCII digits only (str.isdigit() also accepts '²'), and at most 18 of them: no length or
 # number in a rule comes near that, and int() refuses strings past 4300 digits anyway.
 _DECIMAL = re.compile(r"^\s*([0-9]{1,18})\s*$")
@@ -36,6 +39,26 @@ def plain_md5(etag: str | None) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def multipart_parts(etag: str | None) -> int | None:
+    """How many parts an S3 multipart ETag ("<md5 of the parts' md5s>-N") says the object has."""
+    match = _MULTIPART_ETAG.match((etag or "").strip())
+    return int(match.group(2)) if match else None
+
+
+def part_layout(etag: str | None, size: int | None, first_part: int | None) -> tuple[int, str | None]:
+    """The part size to store a body with so that the store gives it the origin's ETag, and that
+    ETag (then announced before the body has arrived): a single PUT for an origin's plain MD5 ETag
+    (up to S3's largest PUT), the origin's own parts for its multipart ETag (equal parts of the first
+    part's size, which S3 needs to be at least MIN_PART). Otherwise today's layout (single PUT below
+    PART_SIZE, PART_SIZE parts above) and no ETag known before the body."""
+    if plain_md5(etag) and size is not None and size <= SINGLE_PUT_MAX:
+        return SINGLE_PUT_MAX + 1, f'"{plain_md5(etag)}"'
+    parts = multipart_parts(etag)
+    if parts and size and first_part and (parts == 1 or first_part >= MIN_PART) and (parts - 1) * first_part < size <= parts * first_part:
+        return first_part, '"' + (etag or "").strip().strip('"') + '"'
+    return PART_SIZE, None
+
+
 @dataclass
 class BodyCheck:
     content_length: str | None = None
@@ -47,9 +70,11 @@ class BodyCheck:
     _gzip_error: str = ""
 
     @classmethod
-    def for_headers(cls, headers: Mapping[str, str]) -> BodyCheck:
+    def for_headers(cls, headers: Mapping[str, str], part_size: int = PART_SIZE) -> BodyCheck:
+        """Checks for a body with these headers, its ETag computed as parts of `part_size` (see part_layout)."""
         encoding = (headers.get("content-encoding") or "").strip().lower()
-        check = cls(headers.get("content-length"), headers.get("content-md5"), headers.get("etag"), encoding == "gzip")
+        check = cls(headers.get("content-length"), headers.get("content-md5"), headers.get("etag"), encoding == "gzip",
+                    StoreETag(part_size))
         if check.gzip:
             check._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         return check

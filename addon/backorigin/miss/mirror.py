@@ -180,7 +180,10 @@ class Mirror:
             fill.path.unlink(missing_ok=True)  # readers keep their own descriptors
             return f"none ({why})"
         assert fill.upload is not None  # a 200 began the fill
-        upload = replace(fill.upload, size=result.size, md5=result.md5, etag=result.etag)
+        if fill.announced and fill.announced != result.etag:  # the origin's parts were not all of one size
+            logger.warning("s3://%s/%s: clients were told ETag %s; stored as parts of %d bytes it will be %s",
+                           fill.upload.bucket, fill.upload.key, fill.announced, result.part_size, result.etag)
+        upload = replace(fill.upload, size=result.size, md5=result.md5, etag=result.etag, part_size=result.part_size)
         fill.manifest = self.writeback.submit(upload, fill.path)
         fill.path = self.writeback.spool.body_of(fill.manifest)
         return "queued"

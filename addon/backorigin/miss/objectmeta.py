@@ -25,7 +25,8 @@ def describe(endpoint: str, ref: ObjectRef, rule: RoutingRule, result: OriginRes
     """The object a mirror stores for the origin's answer: where, the storable headers and the
     metadata; its size and digests once the whole body is in (`result`'s, when it has them)."""
     return ObjectUpload(endpoint, ref.bucket, ref.key, result.storable_headers,
-                        user_metadata(result, rule.Redirect, announced_at), result.size, result.md5, result.etag)
+                        user_metadata(result, rule.Redirect, announced_at), result.size, result.md5, result.etag,
+                        result.part_size)
 
 
 def oss_tag(origin_url: str) -> str:

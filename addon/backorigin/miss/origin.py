@@ -25,8 +25,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from backorigin.limits import MAX_OBJECT_SIZE, WHOLE_ANSWER_LIMIT
-from backorigin.miss.integrity import BodyCheck, decimal
+from backorigin.limits import MAX_OBJECT_SIZE, PART_SIZE, WHOLE_ANSWER_LIMIT
+from backorigin.miss.integrity import BodyCheck, decimal, multipart_parts, part_layout
 from backorigin.options import parse_size
 from backorigin.rules.model import LOOP_HEADER, OriginCredentials
 from backorigin.rules.targets import OriginRequest
@@ -93,7 +93,8 @@ class OriginResult:
     final_url: str = ""  # where the body came from, after redirects
     size: int = 0
     md5: str = ""  # base64 MD5 of the body, computed as it arrived
-    etag: str = ""  # the ETag the store will give the body (integrity.StoreETag)
+    etag: str = ""  # the ETag the store will give the body (integrity.StoreETag), uploaded in parts of:
+    part_size: int = PART_SIZE
 
     @classmethod
     def failed(cls, url: str, failure: Failure, detail: str) -> OriginResult:
@@ -136,6 +137,10 @@ def _credentials(auth: OriginCredentials) -> Credentials:
     return Credentials(auth.AccessKeyId, auth.AccessKeySecret.get_secret_value())
 
 
+def _signed(method: str, url: str, headers: dict[str, str], auth: OriginCredentials | None) -> dict[str, str]:
+    return sigv4_headers(method, url, headers, auth) if auth else headers
+
+
 def sigv4_headers(method: str, url: str, headers: dict[str, str], auth: OriginCredentials) -> dict[str, str]:
     """Headers signed with AWS SigV4 (botocore's signer), for a private S3 bucket as origin."""
     signed = AWSRequest(method=method, url=url, headers=headers)
@@ -159,8 +164,9 @@ class BodySink(Protocol):
     """Where a 200 body goes as it arrives (see fill.Fill): `begin` once the final answer's
     headers are in, then `write` for every raw chunk."""
 
-    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str) -> None:
-        """`url` is the one asked (MirrorURL or MirrorURLSlave + key), before any redirect."""
+    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str, etag: str | None) -> None:
+        """`url` is the one asked (MirrorURL or MirrorURLSlave + key), before any redirect; `etag` the
+        one the stored object will have, when it is known before the body (the origin's)."""
 
     def write(self, chunk: bytes) -> None: ...
 
@@ -217,7 +223,7 @@ class OriginClient:
         checked_at, healthy = self._probes.get(probe_url, (0.0, False))
         if time.monotonic() - checked_at > PROBE_TTL:
             try:
-                async with asyncio.timeout(self.timeouts.total), self._send(probe_url, {LOOP_HEADER: "probe"}) as answer:
+                async with asyncio.timeout(self.timeouts.total), self._send("GET", probe_url, {LOOP_HEADER: "probe"}) as answer:
                     healthy = answer.status_code == 200
             except (TimeoutError, httpx.HTTPError):
                 healthy = False
@@ -251,10 +257,9 @@ class OriginClient:
             headers = {**dict(request.headers), LOOP_HEADER: "1"} if own else {LOOP_HEADER: "1"}
             if own and parts.netloc != urlsplit(first_url).netloc:
                 headers.pop("host", None)  # a Host meant for one origin never follows to another
-            if own and request.auth:
-                headers = sigv4_headers("GET", url, headers, request.auth)
+            auth = request.auth if own else None
             pinned = None if host in request.hosts or host in self.allowed_hosts else await _public_address(parts)
-            async with self._send(url, headers, pinned) as response:
+            async with self._send("GET", url, _signed("GET", url, headers, auth), pinned) as response:
                 location = response.headers.get("location", "")
                 if response.status_code in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
@@ -263,12 +268,29 @@ class OriginClient:
                     if urlsplit(url).scheme not in ("http", "https"):
                         return OriginResult.failed(first_url, Failure.REDIRECT, f"redirect to non-HTTP {url!r}")
                     continue
-                return await self._read(request, first_url, url, response, sink, deadline)
+                first_part = None
+                if response.status_code == 200 and own and multipart_parts(response.headers.get("etag")):
+                    first_part = await self._first_part(url, headers, auth)
+                return await self._read(request, first_url, url, response, sink, deadline, first_part)
         return OriginResult.failed(first_url, Failure.REDIRECT, f"more than {MAX_REDIRECTS} redirects")
 
+    async def _first_part(self, url: str, headers: dict[str, str], auth: OriginCredentials | None) -> int | None:
+        """The size of an S3 object's first part (HEAD ?partNumber=1), so a write-back can upload it
+        as the origin did and the store gives it the origin's multipart ETag; None when the origin
+        does not say (not S3, or it refuses)."""
+        asked = f"{url}{'&' if urlsplit(url).query else '?'}partNumber=1"
+        try:
+            async with self._send("HEAD", asked, _signed("HEAD", asked, headers, auth)) as answer:
+                length = decimal(answer.headers.get("content-length"))
+                return length if answer.status_code == 206 or (answer.status_code == 200 and "x-amz-mp-parts-count" in answer.headers) \
+                    else None
+        except httpx.HTTPError as e:
+            logger.info("cannot learn the parts of %s: %s", url, e)
+            return None
+
     @asynccontextmanager
-    async def _send(self, url: str, headers: dict[str, str], pinned: str | None = None) -> AsyncIterator[httpx.Response]:
-        """A GET of `url`; at the address `pinned` when given (the one that was checked), with the
+    async def _send(self, method: str, url: str, headers: dict[str, str], pinned: str | None = None) -> AsyncIterator[httpx.Response]:
+        """`method` `url`; at the address `pinned` when given (the one that was checked), with the
         URL's host name as Host and TLS server name."""
         extensions: dict[str, Any] = {"timeout": self.timeouts.per_operation()}
         target = httpx.URL(url)
@@ -276,7 +298,7 @@ class OriginClient:
             headers = {"host": target.netloc.decode("ascii"), **headers}
             extensions["sni_hostname"] = target.host
             target = target.copy_with(host=pinned)
-        response = await self._transport.handle_async_request(httpx.Request("GET", target, headers=headers, extensions=extensions))
+        response = await self._transport.handle_async_request(httpx.Request(method, target, headers=headers, extensions=extensions))
         try:
             yield response
         finally:
@@ -284,21 +306,24 @@ class OriginClient:
 
     async def _read(
         self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, sink: BodySink,
-        deadline: asyncio.Timeout,
+        deadline: asyncio.Timeout, first_part: int | None = None,
     ) -> OriginResult:
         """Read a final answer, checking the raw body as it arrives (integrity.BodyCheck): a
-        200 goes to the sink; a transparent code's body is kept; other answers are not read."""
+        200 goes to the sink, with the ETag it will have when the origin's can be kept (see
+        integrity.part_layout); a transparent code's body is kept; other answers are not read."""
         headers = tuple(response.headers.multi_items())
         status = response.status_code
         found = partial(OriginResult, url, status, headers, final_url=final_url)
         if status != 200 and status not in request.transparent_codes:
             return found()
-        check = BodyCheck.for_headers(response.headers)
-        declared = decimal(check.content_length) or 0
+        declared = decimal(response.headers.get("content-length")) or 0
         if status == 200 and declared > self.max_size:
             return OriginResult.failed(url, Failure.TOO_LARGE, f"Content-Length {declared} is over backorigin_max_object_size")
+        part_size, announced = part_layout(response.headers.get("etag"), declared if "content-length" in response.headers else None,
+                                           first_part)
+        check = BodyCheck.for_headers(response.headers, part_size)
         if status == 200:
-            sink.begin(status, headers, url)
+            sink.begin(status, headers, url, announced)
         kept: list[bytes] = []
         long_body = False
         try:
@@ -324,7 +349,7 @@ class OriginClient:
             return OriginResult.failed(url, Failure.INTEGRITY, failure)
         not_storable = f"the origin answered {status}" if status != 200 else check.mismatch()
         return found(body=b"".join(kept), not_storable=not_storable, size=check.size, md5=check.md5_base64,
-                     etag=check.digests.value())
+                     etag=check.digests.value(), part_size=part_size)
 
 
 async def _public_address(parts: SplitResult) -> str:

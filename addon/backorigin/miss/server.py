@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import h11
+from mitmproxy.net.http import status_codes
 
 from backorigin.miss.fill import FillBroken
 from backorigin.s3.replies import Reply
@@ -86,7 +87,8 @@ class MissServer:
         headers = [(k.encode("latin-1"), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers]
         if reply.stream is None and reply.status not in (204, 304) and not reply.has_length():
             headers.append((b"content-length", str(len(reply.body)).encode()))
-        send(connection, writer, h11.Response(status_code=reply.status, headers=headers))
+        reason = status_codes.RESPONSES.get(reply.status, "").encode()
+        send(connection, writer, h11.Response(status_code=reply.status, headers=headers, reason=reason))
         if request.method != b"HEAD":
             if reply.stream is not None:
                 async with contextlib.aclosing(reply.stream) as chunks:

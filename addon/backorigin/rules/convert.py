@@ -19,6 +19,7 @@ from backorigin.rules.files import parse_rules, read_json
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
+    MD5_ALWAYS_CHECKED,
     MIRROR_ONLY_FIELDS,
     REDIRECT_ONLY_FIELDS,
     UNSUPPORTED_OSS_FIELDS,
@@ -195,6 +196,9 @@ def _without_inert_fields(rule: dict[str, Any], label: str, warnings: list[str])
     for name, why in inert.items():
         warnings.append(f"{label}: Redirect.{name} dropped: {why}, and OSS ignores it here")
     kept = {name: value for name, value in redirect.items() if name not in inert}
+    if kept.get("MirrorCheckMd5") is False:
+        del kept["MirrorCheckMd5"]
+        warnings.append(f"{label}: Redirect.MirrorCheckMd5 false dropped: {MD5_ALWAYS_CHECKED}")
     if redirect["RedirectType"] != "Mirror":
         kept.setdefault("HttpRedirectCode", THEIR_DEFAULT_REDIRECT_CODE)
     return {**rule, "Redirect": kept}

@@ -210,6 +210,8 @@ UNSUPPORTED_OSS_FIELDS = {
     "LuaConfig": "OSS runs Lua scripts on its own servers; there is no equivalent here",
 }
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+MD5_ALWAYS_CHECKED = ("backorigin always checks the origin's Content-MD5 (and an ETag that is an MD5) and never stores "
+                      "a body that fails the check")
 MIRROR_ONLY_FIELDS = frozenset(
     {"MirrorURL", "MirrorURLSlave", "MirrorURLProbe", "MirrorSwitchAllErrors", "MirrorPassQueryString",
      "MirrorFollowRedirect", "MirrorCheckMd5", "MirrorHeaders", "MirrorAllowHeadObject",
@@ -269,7 +271,7 @@ class RuleAction(_Model):
     MirrorSwitchAllErrors: OssBool = False
     MirrorPassQueryString: OssBool | None = None
     MirrorFollowRedirect: OssBool = True
-    MirrorCheckMd5: OssBool = False
+    MirrorCheckMd5: OssBool = True  # false is refused: see _md5_is_checked
     MirrorHeaders: HeaderPolicy = Field(default_factory=HeaderPolicy)
     MirrorAllowHeadObject: OssBool = False
     MirrorPassOriginalSlashes: OssBool = False
@@ -279,6 +281,13 @@ class RuleAction(_Model):
     MirrorSaveOssMeta: OssBool = False
     MirrorAuth: OriginCredentials | None = None
     MirrorHost: HostText | None = None
+
+    @field_validator("MirrorCheckMd5")
+    @classmethod
+    def _md5_is_checked(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(f"false is not supported: {MD5_ALWAYS_CHECKED}; remove the field or set it to true")
+        return value
 
     @model_validator(mode="after")
     def _fields_fit_the_type(self) -> RuleAction:

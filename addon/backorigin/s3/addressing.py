@@ -95,6 +95,7 @@ def is_plain_object_call(request: http.Request) -> bool:
 
 class WriteKind(Enum):
     DELETE = "delete"  # DeleteObject
+    DELETE_VERSION = "delete-version"  # DeleteObject ?versionId=: may or may not leave the key without an object
     DELETE_MANY = "delete-many"  # DeleteObjects
     CREATE = "create"  # PutObject, CopyObject, CompleteMultipartUpload
 
@@ -105,7 +106,10 @@ def write_kind(request: http.Request) -> WriteKind | None:
     if method == "GET" or method == "HEAD":  # the hit path: nothing more to look at
         return None
     if method == "DELETE":
-        return WriteKind.DELETE if is_plain_object_call(request) else None
+        if is_plain_object_call(request):
+            return WriteKind.DELETE
+        names = {name for name in request.query.keys() if not is_store_parameter(name)}
+        return WriteKind.DELETE_VERSION if names == {"versionId"} else None
     if method == "POST" and "?" in request.path:
         names = set(request.query.keys())
         if names == {"delete"}:
@@ -119,12 +123,22 @@ def write_kind(request: http.Request) -> WriteKind | None:
 
 def keys_in(xml: bytes, element: str) -> list[str]:
     """The <Key> of every `element` in a DeleteObjects request or answer (<Object>, <Deleted>, <Error>)."""
+    return [key for key, _ in objects_in(xml, element)]
+
+
+def objects_in(xml: bytes, element: str) -> list[tuple[str, str | None]]:
+    """(<Key>, <VersionId> or None) of every `element` in a DeleteObjects request or answer."""
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError:
         return []
-    return [key.text or "" for node in root.iter() if _local(node.tag) == element
-            for key in node if _local(key.tag) == "Key"]
+    found = []
+    for node in root.iter():
+        if _local(node.tag) == element:
+            fields = {_local(child.tag): child.text or "" for child in node}
+            if "Key" in fields:
+                found.append((fields["Key"], fields.get("VersionId")))
+    return found
 
 
 def _local(tag: str) -> str:

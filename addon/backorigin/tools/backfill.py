@@ -9,7 +9,7 @@ create-only upload (writeback's PutObject arguments and upload_in_parts), so an 
 appears meanwhile is never overwritten. Keys with a tombstone are skipped.
 
 Bodies go to a temporary file in the state folder as they arrive, and from there to the store
-(one PUT below integrity.PART_SIZE, parts above), so memory stays bounded at any size.
+(one PUT or parts, as integrity.part_layout says), so memory stays bounded at any size.
 
 The state folder keeps a journal: one JSON line per finished key, written as soon as the key
 is finished. A run reads it first and skips every key it names (except failed ones, which are
@@ -173,7 +173,7 @@ class FileSink:
     def started(self) -> bool:
         return self._began
 
-    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str) -> None:
+    def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str, etag: str | None) -> None:
         self._began = True
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.announced_at = formatdate(usegmt=True)

@@ -18,6 +18,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from backorigin.limits import PART_SIZE
+
 logger = logging.getLogger(__name__)
 
 # S3 user metadata a mirrored object is stored with (see miss.objectmeta)
@@ -54,6 +56,7 @@ class ObjectUpload:
     size: int
     md5: str  # base64, as Content-MD5 wants it
     etag: str = ""  # the ETag the store will give it (integrity.StoreETag), announced to clients
+    part_size: int = PART_SIZE  # one PUT below it, parts of it above (integrity.part_layout)
 
     @property
     def last_modified(self) -> str:

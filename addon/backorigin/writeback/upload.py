@@ -1,25 +1,26 @@
 """The upload of one spooled object, create-only, shared by the write-back worker and the sweep
-(`backorigin backfill`): one PutObject below the part size, a multipart upload above it (one part
-in memory at a time), each checked by the store (Content-MD5) and made create-only with
-`If-None-Match: *`, so an object that appeared meanwhile is never overwritten.
+(`backorigin backfill`): one PutObject below the part size, a multipart upload above it (each part
+read from the file as it is sent, never held whole: an origin's parts can be gigabytes), each
+checked by the store (Content-MD5) and made create-only with `If-None-Match: *`, so an object that
+appeared meanwhile is never overwritten.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import botocore.exceptions
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential_jitter
 from tenacity.stop import stop_base
 
-from backorigin.limits import PART_SIZE
 from backorigin.s3.clients import code_of, is_transient
 from backorigin.writeback.spool import ObjectUpload
 
@@ -31,7 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def upload_object(client: Any, upload: ObjectUpload, body_path: Path) -> Literal["stored", "exists"]:
     """Store the body at `body_path` as `upload` says; "exists" when the key is already there."""
     try:
-        if upload.size < PART_SIZE:  # one PUT, which the store checks against Content-MD5
+        if upload.size < upload.part_size:  # one PUT, which the store checks against Content-MD5
             with open(body_path, "rb") as body:
                 etag = client.put_object(**upload.put_arguments(body)).get("ETag", "")
         else:
@@ -51,22 +52,20 @@ def upload_object(client: Any, upload: ObjectUpload, body_path: Path) -> Literal
 
 
 def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
-    """Multipart upload, one part in memory at a time, each part checked by the store
-    (Content-MD5); completed with If-None-Match: * so it stays create-only."""
+    """Multipart upload in parts of `upload.part_size`, each read from the file as it is sent and
+    checked by the store (Content-MD5); completed with If-None-Match: * so it stays create-only."""
     started = client.create_multipart_upload(**upload.object_arguments())
     upload_id = started["UploadId"]
     try:
         parts = []
         with open(body_path, "rb") as body:
-            number = 1
-            while chunk := body.read(PART_SIZE):
-                md5 = base64.b64encode(hashlib.md5(chunk).digest()).decode()
+            for number, start in enumerate(range(0, upload.size, upload.part_size), start=1):
+                part = FilePart(body, start, min(upload.part_size, upload.size - start))
                 answer = client.upload_part(
                     Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
-                    PartNumber=number, Body=chunk, ContentMD5=md5,
+                    PartNumber=number, Body=part, ContentMD5=part.md5_base64(),
                 )
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-                number += 1
         client.complete_multipart_upload(
             Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
             MultipartUpload={"Parts": parts}, IfNoneMatch="*",
@@ -77,6 +76,53 @@ def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             pass  # the store is unreachable; stores expire abandoned uploads themselves
         raise
+
+
+class FilePart(io.RawIOBase):
+    """`length` bytes of an open file from `start`, as a seekable stream of its own: botocore reads
+    it to sign and send, and seeks back to retry."""
+
+    _CHUNK = 1024 * 1024
+
+    def __init__(self, file: BinaryIO, start: int, length: int) -> None:
+        self._file, self._start, self._length, self._at = file, start, length, 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._length}[whence]
+        self._at = min(max(base + offset, 0), self._length)
+        return self._at
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = self._length - self._at if size is None or size < 0 else min(size, self._length - self._at)
+        self._file.seek(self._start + self._at)
+        data = self._file.read(wanted)
+        self._at += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def md5_base64(self) -> str:
+        digest = hashlib.md5()
+        self.seek(0)
+        while chunk := self.read(self._CHUNK):
+            digest.update(chunk)
+        self.seek(0)
+        return base64.b64encode(digest.digest()).decode()
 
 
 class _StopWhen(stop_base):
