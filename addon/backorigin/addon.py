@@ -29,7 +29,7 @@ from backorigin.listing.addon import MergedListing
 from backorigin.miss import objectmeta
 from backorigin.miss.addon import Mirroring
 from backorigin.miss.delivery import MissDelivery
-from backorigin.miss.probe import StoreProbe
+from backorigin.miss.probe import StoreProbe, answer_from_store
 from backorigin.options import check_choice
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
@@ -117,18 +117,8 @@ class BackOrigin:
             self.probe.client.verify = upstream_verification(options)
 
     def _check_rules(self, book: RuleBook) -> None:
-        """backorigin_403_is_miss answers anyone the store denies (AccessDenied) with the origin's
-        object: with a MirrorAuth rule that is a private origin's object, so it must be meant."""
-        if not self._403_is_miss or self._private_origins_ok:
-            return
-        private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}' for bucket, rules in book.buckets.items()
-                   for rule in rules if rule.Redirect.MirrorAuth is not None]
-        if private:
-            raise RulesError(
-                f"{book.source}: {'; '.join(private)}: field Redirect.MirrorAuth: with backorigin_403_is_miss, anyone the "
-                "store denies would get this private origin's objects; set backorigin_403_is_miss_private_origins=true "
-                "if that is meant"
-            )
+        if self._403_is_miss and not self._private_origins_ok:
+            plan.refuse_private_origins(book)
 
     # hooks -----------------------------------------------------------------------------------
 
@@ -209,7 +199,8 @@ class BackOrigin:
 
     async def _ask_store_first(self, flow: http.HTTPFlow, ref: ObjectRef) -> None:
         """Send the client's request to the store ourselves; on a miss that a rule mirrors,
-        deliver the mirror's answer (or answer a redirect rule right here)."""
+        deliver the mirror's answer (or answer a redirect rule right here); otherwise the store's
+        answer is the client's (miss.probe), unless it is too large to have been read."""
         mirror = self.mirroring.mirror
         endpoint = self.context.endpoint(flow.request)
         known = (endpoint, ref.bucket, ref.key)
@@ -220,19 +211,25 @@ class BackOrigin:
             return
         if plan.shows_object(answer.status):
             mirror.known.add(known)
+            answer_from_store(flow, answer)
             return
         status = plan.rules_status(flow.request.method, answer.status, answer.body)
         if plan.may_hide_a_miss(answer.status, answer.body, self._403_is_miss):
             status = await self.probe.denied_status(endpoint, ref)
-        if status is None or known in mirror.known:  # stored while we asked: the store answers
+        if known in mirror.known:  # stored while we asked: the store answers again
+            return
+        if status is None:
+            answer_from_store(flow, answer)
             return
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.MIRROR:
             miss = mirror.start(endpoint, ref, after.rule, after.origin)  # type: ignore[arg-type]
             if miss is not None:  # None: stored meanwhile, the request goes to the store
                 await self.delivery.deliver(flow, mirror, miss, answer if answer.status == 404 else StoreAnswer(404, ()))
-        else:
-            self._act_without_origin(flow, ref, after, status)
+            return
+        if after.act is not Act.REDIRECT:
+            answer_from_store(flow, answer)
+        self._act_without_origin(flow, ref, after, status)
 
     async def _plan(self, flow: http.HTTPFlow, ref: ObjectRef, status: int, answer: StoreAnswer) -> GetPlan:
         deleted = status == 404 and await self.deletes.is_deleted(ref)

@@ -19,6 +19,10 @@ WHOLE_ANSWER_LIMIT = "64m"
 # hop through the loopback miss server: the part size of the S3 transfer managers (s3transfer, the
 # AWS CLI), so their ranged part GETs of larger objects fit too. Never more than the whole limit.
 IN_HOOK_ANSWER_LIMIT = 8 * MiB
+# The store's answer to the probe (the client's own GET or HEAD, sent before mitmproxy would) goes to
+# the client from memory up to this size; a larger body is asked again by mitmproxy, which streams it
+# (stream_large_bodies' default, so the proxy holds no more than mitmproxy would).
+PROBE_ANSWER_LIMIT = 1 * MiB
 # Write-backs of this size and more go up in parts of this size; the store's ETag depends on it.
 PART_SIZE = 16 * MiB
 # The most of a store's error answer that is read (to tell NoSuchKey from NoSuchBucket, say).

@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 from mitmproxy import http
 
+from backorigin.limits import PROBE_ANSWER_LIMIT
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import shared_s3_client, store_has
 from backorigin.s3.store import StoreAnswer, StoreClient
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 EXISTS_TTL = 600.0  # seconds a "the store has it" answer is trusted (a stale one is caught late, in the response hook)
 EXISTS_CACHE_SIZE = 50_000
-_ONE_BYTE = ((b"range", b"bytes=0-0"),)
 
 
 class ExistenceCache:
@@ -59,11 +59,10 @@ class StoreProbe:
         await self.client.aclose()
 
     async def ask(self, request: http.Request, via: str | None = None) -> StoreAnswer | None:
-        """The store's answer to the client's request (one byte of a GET without a Range of its
-        own); None (logged) when the store cannot be reached: mitmproxy then sends the request
-        and reports what it gets."""
-        one_byte = request.method == "GET" and "range" not in request.headers
-        return await self.client.ask(request, via, _ONE_BYTE if one_byte else ())
+        """The store's answer to the client's request, complete when its body is at most
+        PROBE_ANSWER_LIMIT; None (logged) when the store cannot be reached: mitmproxy then sends the
+        request and reports what it gets."""
+        return await self.client.ask(request, via, PROBE_ANSWER_LIMIT)
 
     @staticmethod
     async def denied_status(endpoint: str, ref: ObjectRef) -> int:
@@ -75,3 +74,10 @@ class StoreProbe:
             logger.warning("cannot ask the store about s3://%s/%s: %s", ref.bucket, ref.key, e)
             return 403
         return 403 if present else 404
+
+
+def answer_from_store(flow: http.HTTPFlow, answer: StoreAnswer) -> None:
+    """The store's answer to the probe is the client's, when it was read whole; otherwise
+    mitmproxy asks the store again and streams the answer."""
+    if answer.complete:
+        flow.response = answer.response()

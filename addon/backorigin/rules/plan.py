@@ -17,7 +17,7 @@ from typing import Any
 from mitmproxy import http
 
 from backorigin.decision import Outcome
-from backorigin.rules.model import RoutingRule, RuleBook
+from backorigin.rules.model import RoutingRule, RuleBook, RulesError
 from backorigin.rules.targets import OriginRequest, UnsafeKey, build_request
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import error_code_of
@@ -69,6 +69,19 @@ def plan_get(
     except UnsafeKey as e:
         return GetPlan(Act.KEEP_404, rule, outcome=Outcome.UNSAFE_KEY, detail=str(e))
     return GetPlan(Act.MIRROR, rule, origin)
+
+
+def refuse_private_origins(book: RuleBook) -> None:
+    """backorigin_403_is_miss answers anyone the store denies (AccessDenied) with the origin's
+    object: with a MirrorAuth rule that is a private origin's object, so it must be meant."""
+    private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}' for bucket, rules in book.buckets.items()
+               for rule in rules if rule.Redirect.MirrorAuth is not None]
+    if private:
+        raise RulesError(
+            f"{book.source}: {'; '.join(private)}: field Redirect.MirrorAuth: with backorigin_403_is_miss, anyone the "
+            "store denies would get this private origin's objects; set backorigin_403_is_miss_private_origins=true "
+            "if that is meant"
+        )
 
 
 def covered_by_mirror(book: RuleBook, ref: ObjectRef) -> bool:

@@ -7,12 +7,14 @@ valid because nothing it covers changes).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from mitmproxy import ctx, http
+from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, UpstreamMode
 
 from backorigin.limits import STORE_ERROR_BODY_LIMIT
@@ -73,17 +75,33 @@ def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:
     return scheme, flow.request.host_header or flow.request.pretty_host
 
 
+def _length(value: str | None) -> int | None:
+    """A Content-Length of ASCII digits (at most 18 of them), else None."""
+    return int(value) if value and value.isascii() and value.isdigit() and len(value) <= 18 else None
+
+
 @dataclass(frozen=True)
 class StoreAnswer:
-    """The store's answer to a GET or HEAD: status, headers, and the body of an error (up to
-    STORE_ERROR_BODY_LIMIT, enough to tell NoSuchKey from NoSuchBucket)."""
+    """The store's answer to a GET or HEAD: status, headers (decoded as mitmproxy decodes them, so
+    they go out byte for byte), and its body when `complete`; otherwise the start of an error's body
+    (up to STORE_ERROR_BODY_LIMIT, enough to tell NoSuchKey from NoSuchBucket) or nothing."""
 
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
+    complete: bool = False  # `body` is the whole body: the answer can go to the client as it is
+    reason: str = ""
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name), None)
+
+    def response(self) -> http.Response:
+        """The answer for the client, exactly as the store gave it (a HEAD's Content-Length included)."""
+        assert self.complete
+        now = time.time()
+        headers = Headers([(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for k, v in self.headers])
+        return http.Response(b"HTTP/1.1", self.status, self.reason.encode("latin-1", "replace"), headers, self.body, None,
+                             now, now)
 
 
 class StoreClient:
@@ -106,14 +124,13 @@ class StoreClient:
                                                              limits=httpx.Limits(max_connections=None))
         return self._transports[via]
 
-    async def ask(self, request: http.Request, via: str | None = None,
-                  extra: Sequence[tuple[bytes, bytes]] = ()) -> StoreAnswer | None:
+    async def ask(self, request: http.Request, via: str | None = None, keep_up_to: int = 0) -> StoreAnswer | None:
         """The store's answer to `request` as the client sent it, without its body (a GET or HEAD
-        has none), plus `extra` headers the signature does not cover; through the proxy `via` in
-        upstream mode. None (logged) when the store cannot be reached or the request cannot be sent
-        as it is (a path that is not ASCII): mitmproxy then sends it and reports the store's answer."""
+        has none); through the proxy `via` in upstream mode. A body up to `keep_up_to` bytes is read
+        whole (the answer is then `complete`); a larger one is left unread, and the connection
+        dropped. None (logged) when the store cannot be reached or the request cannot be sent as it
+        is (a path that is not ASCII): mitmproxy then sends it and reports the store's answer."""
         headers = [(k, v) for k, v in request.headers.fields if k.lower() not in _NOT_FORWARDED]
-        headers += extra
         try:
             url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port,
                             raw_path=request.path.encode("utf-8", "surrogateescape"))
@@ -123,13 +140,23 @@ class StoreClient:
             logger.warning("cannot ask the store about %r: %s: %s", request.pretty_url, type(e).__name__, e)
             return None
         try:
-            body = b""
-            if answer.status_code >= 400:
+            status = answer.status_code
+            bodiless = request.method == "HEAD" or status in (204, 304)
+            # an error's start is read in any case: its code decides whether it is a miss
+            read_up_to = 0 if bodiless else max(keep_up_to, STORE_ERROR_BODY_LIMIT) if status >= 400 else keep_up_to
+            declared = _length(answer.headers.get("content-length"))
+            body = bytearray()
+            ended = bodiless or declared == 0
+            if not ended and (status >= 400 or declared is None or declared <= read_up_to):
                 async for chunk in answer.aiter_raw():
                     body += chunk
-                    if len(body) > STORE_ERROR_BODY_LIMIT:
+                    if len(body) > read_up_to:
                         break
-            return StoreAnswer(answer.status_code, tuple(answer.headers.multi_items()), body)
+                else:
+                    ended = True
+            received = tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for k, v in answer.headers.raw)
+            reason = answer.extensions.get("reason_phrase", b"").decode("latin-1")
+            return StoreAnswer(status, received, bytes(body), ended and len(body) <= keep_up_to, reason)
         except httpx.HTTPError as e:
             logger.warning("cannot ask the store about %r: %s: %s", request.pretty_url, type(e).__name__, e)
             return None
