@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -30,6 +29,7 @@ from tests.modes_support import (
     PlainMitmdump,
     TransparentLink,
     make_test_ca,
+    make_tls_store,
     why_no_mount_namespace,
     why_no_namespaces,
 )
@@ -329,26 +329,10 @@ def test_ca(tmp_path_factory):
     return make_test_ca(tmp_path_factory.mktemp("test-ca"))
 
 
-@dataclass
-class TlsStore(EmbeddedStore):
-    https_port: int = 0  # also in extra_args, as -s3.port.https
-
-    @property
-    def https_endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
-
-
 @pytest.fixture(scope="module")
 def tls_store(tmp_path_factory, test_ca, stores):
-    """A store with an HTTPS port too (readiness is checked on its plain port; the proxy and
-    the write-backs only ever use HTTPS)."""
-    https_port = free_ports(1)[0]
-    store = TlsStore(
-        tmp_path_factory.mktemp("tls-store"), free_ports(1, with_grpc=True)[0],
-        extra_args=(f"-s3.port.https={https_port}", f"-s3.cert.file={test_ca.server_cert}",
-                    f"-s3.key.file={test_ca.server_key}"),
-        https_port=https_port,
-    )
+    """A store with an HTTPS port too; the proxy and the write-backs only ever use HTTPS."""
+    store = make_tls_store(tmp_path_factory.mktemp("tls-store"), test_ca)
     start_store(stores, store)
     s3_client(store.https_endpoint, verify=str(test_ca.ca_cert)).create_bucket(Bucket="tls-bucket")
     return store
