@@ -374,6 +374,36 @@ def test_https_store(tls_proxy, tls_store, test_ca, origin, unique):
     assert f"write-back stored s3://tls-bucket/{key}" in tls_proxy.log()
 
 
+def test_https_store_behind_a_reverse_proxy_that_keeps_the_clients_host(tmp_path, tls_store, tls_rules, test_ca, origin,
+                                                                         unique):
+    """keep_host_header=true (SigV4 clients need it; `backorigin run` sets it): a client that
+    reaches the proxy by a name of the proxy's own (proxy.test, over HTTPS) has mitmproxy send
+    that name to the store too (SNI), which the store's certificate does not cover; the addon
+    sends the store its own name, as mitmproxy does without keep_host_header."""
+    ca = str(test_ca.ca_cert)
+    proxy = ModeMitmdump(f"reverse:{tls_store.https_endpoint}", tls_rules, tmp_path,
+                         {"ssl_verify_upstream_trusted_ca": ca, "keep_host_header": "true"}, env={"AWS_CA_BUNDLE": ca}).start()
+    key = f"ok/{unique}"
+    body = tmp_path / "body"
+
+    def get() -> str:
+        done = subprocess.run(
+            ["curl", "-sS", "--resolve", f"proxy.test:{proxy.port}:127.0.0.1", "--cacert", str(proxy.client_ca),
+             "-o", str(body), "-w", "%{http_code} %header{server}", f"https://proxy.test:{proxy.port}/tls-bucket/{key}"],
+            capture_output=True, text=True, timeout=30)
+        assert done.stdout.startswith("200 "), done.stdout + done.stderr + body.read_text(errors="replace")
+        assert body.read_bytes() == body_for(f"/dir1/{key}")
+        return done.stdout
+
+    try:
+        get()  # a miss: the addon asks the store itself and answers
+        wait_stored(s3_client(tls_store.https_endpoint, verify=ca), "tls-bucket", key)
+        assert "SeaweedFS" in get()  # a hit: mitmproxy's own connection to the store
+    finally:
+        assert proxy.stop() == 0
+    assert len(origin.requests_for(unique)) == 1
+
+
 def stored_encodings(client, keys: list[str]) -> list[str | None]:
     for key in keys:
         wait_stored(client, "tls-bucket", key)
