@@ -20,7 +20,17 @@ from botocore.config import Config
 from backorigin.tools.embedded_store import free_ports
 from tests.modes_support import VENV_BIN, BackoriginRun, make_test_ca, make_tls_store
 from tests.origin_server import body_for, sized_body
-from tests.support import BACKORIGIN, REPO, http_get, mirror_rule, stored, wait_stored, wait_until_listening, write_rules
+from tests.support import (
+    BACKORIGIN,
+    REPO,
+    http_get,
+    mirror_rule,
+    stored,
+    wait_for,
+    wait_stored,
+    wait_until_listening,
+    write_rules,
+)
 
 
 def test_run_serves_a_miss_in_front_of_the_store(tmp_path, store, origin, rules_file, unique):
@@ -98,6 +108,7 @@ def test_run_regular_mode_serves_the_aws_cli_over_https_proxy(tmp_path, https_st
     cli_home = tmp_path / "cli-home"
     try:
         assert proxy.client_ca == home / ".mitmproxy" / "mitmproxy-ca-cert.pem"
+        wait_for(proxy.client_ca.exists, within=10)  # mitmproxy writes it just after it starts listening
         done = subprocess.run(
             [str(VENV_BIN / "aws"), "--endpoint-url", store.https_endpoint, "s3", "cp", f"s3://{HTTPS_BUCKET}/{key}", str(out)],
             env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(cli_home), "AWS_DEFAULT_REGION": "us-east-1",
@@ -111,9 +122,15 @@ def test_run_regular_mode_serves_the_aws_cli_over_https_proxy(tmp_path, https_st
             assert sha256_of(iter(lambda: written.read(2**20), b"")) == sha256_of(sized_body(size))
         assert origin.count("GET", unique) == 1 and origin.count("HEAD", unique) == 0
         s3 = boto3.client("s3", endpoint_url=store.https_endpoint, region_name="us-east-1", verify=str(ca.ca_cert),
-                          aws_access_key_id=KEYS[0], aws_secret_access_key=KEYS[1],
-                          config=Config(s3={"addressing_style": "path"}))
+                          aws_access_key_id=KEYS[0], aws_secret_access_key=KEYS[1])
         assert wait_stored(s3, HTTPS_BUCKET, key, within=30)["ContentLength"] == size  # a signed write-back, over HTTPS
+        # the README's boto3 client for this mode: the proxy in Config(proxies=...), its CA in verify=
+        through_proxy = boto3.client("s3", endpoint_url=store.https_endpoint, region_name="us-east-1",
+                                     aws_access_key_id=KEYS[0], aws_secret_access_key=KEYS[1],
+                                     verify=str(proxy.client_ca), config=Config(proxies={"https": proxy.url}))
+        small = f"ok/{unique}"
+        assert through_proxy.get_object(Bucket=HTTPS_BUCKET, Key=small)["Body"].read() == body_for(f"/dir1/{small}")
+        assert origin.count("GET", small) == 1
     finally:
         assert proxy.stop() == 0
     log = proxy.log()  # the CLI's requests, decrypted by the proxy (mitmdump shortens the URLs)

@@ -1,5 +1,5 @@
-"""Proxy modes and store set-ups, each with the documented mitmdump command, a real client
-and a real SeaweedFS:
+"""Proxy modes and store set-ups, each with the documented command (mitmdump, or backorigin
+run where the README's mode section shows it), a real client and a real SeaweedFS:
 
 - regular (explicit proxy), upstream (through a second, plain mitmdump) and transparent
   mode (a network namespace, a veth pair and a NAT REDIRECT rule; root only);
@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.modes_support import (
     VENV_BIN,
+    BackoriginRun,
     ModeMitmdump,
     PlainMitmdump,
     TransparentLink,
@@ -107,7 +108,9 @@ def test_regular_mode_mirrors_and_writes_back(tmp_path, store, s3, origin, rules
 
 
 def test_upstream_mode_reaches_the_store_through_another_proxy(tmp_path, store, s3, origin, rules_file, upstream, unique):
-    proxy = ModeMitmdump(f"upstream:{upstream.url}", rules_file, tmp_path).start()
+    """The README's command: backorigin run --mode upstream:URL."""
+    proxy = BackoriginRun(f"upstream:{upstream.url}", rules_file, tmp_path,
+                          args=["--mode", f"upstream:{upstream.url}", "--set", f"confdir={tmp_path / 'confdir'}"]).start()
     key = f"ok/{unique}"
     try:
         response = requests.get(f"{store.endpoint}/mirror-bucket/{key}", proxies={"http": proxy.url})
@@ -162,7 +165,8 @@ def test_transparent_mode_in_a_network_namespace(tmp_path, store, s3, origin, ru
     link = TransparentLink(store_port=store.s3_port, proxy_port=free_ports(1)[0])
     key = f"ok/{unique}"
     with link.established():
-        proxy = ModeMitmdump("transparent", rules_file, tmp_path, port=link.proxy_port, listen_host=link.host_addr).start()
+        proxy = BackoriginRun("transparent", rules_file, tmp_path, port=link.proxy_port, listen_host=link.host_addr,
+                              args=["--mode", "transparent", "--set", f"confdir={tmp_path / 'confdir'}"]).start()
         try:
             def get() -> dict:
                 url = f"http://{link.host_addr}:{store.s3_port}/mirror-bucket/{key}"
@@ -179,6 +183,13 @@ def test_transparent_mode_in_a_network_namespace(tmp_path, store, s3, origin, ru
             second = get()
             assert second["status"] == 200 and second["headers"]["server"].startswith("SeaweedFS")
             assert len(origin.requests_for(unique)) == 1
+            # the AWS CLI as the README's trial runs it: its usual endpoint, no proxy settings
+            cli_key = f"ok/{unique}-cli"
+            done = link.run_in_namespace(
+                "env", f"HOME={tmp_path}", f"AWS_ENDPOINT_URL=http://{link.host_addr}:{store.s3_port}",
+                str(VENV_BIN / "aws"), "--no-sign-request", "s3", "cp", f"s3://mirror-bucket/{cli_key}", "-")
+            assert done.returncode == 0 and done.stdout == body_for(f"/dir1/{cli_key}").decode(), done.stderr
+            wait_stored(s3, "mirror-bucket", cli_key)
         finally:
             assert proxy.stop() == 0
     assert f"GET http://{link.host_addr}:{store.s3_port}/mirror-bucket/{key}" in proxy.log()
