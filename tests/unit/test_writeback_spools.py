@@ -75,6 +75,7 @@ def test_a_claimed_spool_is_refused_to_anyone_else(tmp_path):
 def test_claims_nest_within_a_process_and_the_last_release_lets_go(tmp_path):
     spool = tmp_path / "spool"
     claim(spool, "a")
+    assert (spool.stat().st_mode & 0o777, (spool / OWNER).stat().st_mode & 0o777) == (0o700, 0o600)  # as the spool's files
     claim(spool, "a")  # a script reload: the new addon claims before the old one has let go
     release(spool)
     with open(spool / OWNER) as other:

@@ -60,8 +60,8 @@ def claim(spool: Path, description: str) -> None:
         fd, count = _claimed[spool]
         _claimed[spool] = (fd, count + 1)
         return
-    spool.mkdir(parents=True, exist_ok=True)
-    fd = os.open(spool / OWNER, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(spool / OWNER, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
