@@ -114,7 +114,7 @@ def main() -> None:
         elapsed = time.monotonic() - started
         end_rss, peak_rss = rss_mib(proxy.process.pid)
         stop_status = proxy.stop(timeout=600)  # drains every pending write-back
-        spool = work / "proxy" / "confdir" / "backorigin-spool"
+        spool = proxy.spool
         lost = sorted(key for key in outcome["mirrored"] if not _stored_correctly(s3, key))
         total = sum(outcome["results"].values())
         samples = outcome["rss_samples"]

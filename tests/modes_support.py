@@ -1,6 +1,7 @@
-"""Helpers for tests/e2e/test_modes.py: mitmdump variants (listen address, environment, a
-private /etc/hosts), a plain mitmdump as an upstream proxy, a throw-away test CA, and a
-network namespace with a NAT REDIRECT rule for transparent mode.
+"""Helpers for tests/e2e/test_modes.py and test_cli.py: mitmdump variants (listen address,
+environment, a private /etc/hosts), `backorigin run` as a user types it, a plain mitmdump as an
+upstream proxy, a throw-away test CA and a store that speaks HTTPS with it, and a network
+namespace with a NAT REDIRECT rule for transparent mode.
 
 Everything stays on this machine: loopback, or a veth pair between the host and a
 namespace this module creates and removes itself.
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import MITMDUMP, Mitmdump
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
+from tests.support import BACKORIGIN, MITMDUMP, Mitmdump
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -51,6 +53,23 @@ class ModeMitmdump(Mitmdump):
                 "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(self.hosts_file), *command,
             ]
         return command
+
+
+@dataclass
+class BackoriginRun(ModeMitmdump):
+    """`backorigin run --rules FILE --listen HOST:PORT ARGS...`, the installed command, with the
+    environment given (HOME there makes mitmproxy's default confdir HOME/.mitmproxy). `mode` is
+    the mitmproxy mode it amounts to, for the name of its default spool."""
+
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def confdir(self) -> Path:
+        return Path(self.env.get("HOME", Path.home())) / ".mitmproxy"
+
+    def command(self) -> list[str]:
+        command = [BACKORIGIN, "run", "--rules", str(self.rules), "--listen", f"{self.listen_host}:{self.port}", *self.args]
+        return ["env", *(f"{k}={v}" for k, v in self.env.items()), *command] if self.env else command
 
 
 @dataclass
@@ -120,6 +139,26 @@ def make_test_ca(directory: Path) -> TestCA:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     files.server_key.chmod(0o600)
     return files
+
+
+@dataclass
+class TlsStore(EmbeddedStore):
+    https_port: int = 0  # also in extra_args, as -s3.port.https
+
+    @property
+    def https_endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+
+def make_tls_store(directory: Path, ca: TestCA, access_key: str | None = None, secret_key: str | None = None) -> TlsStore:
+    """A store (not started) with an HTTPS port too, its certificate signed by `ca` (readiness is
+    checked on its plain port)."""
+    https_port = free_ports(1)[0]
+    return TlsStore(
+        directory, free_ports(1, with_grpc=True)[0], access_key, secret_key,
+        extra_args=(f"-s3.port.https={https_port}", f"-s3.cert.file={ca.server_cert}", f"-s3.key.file={ca.server_key}"),
+        https_port=https_port,
+    )
 
 
 # root-only set-ups ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from backorigin.tools import cli
 from backorigin.tools.embedded_store import free_ports
+from backorigin.writeback.spools import default_spool
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -123,9 +124,20 @@ class Mitmdump:
         return self.process.pid
 
     @property
+    def confdir(self) -> Path:
+        return Path(self.options.get("confdir", self.workdir / "confdir"))
+
+    @property
     def client_ca(self) -> Path:
         """mitmproxy's CA certificate, made at start-up in its confdir: what its HTTPS clients trust."""
-        return Path(self.options.get("confdir", self.workdir / "confdir")) / "mitmproxy-ca-cert.pem"
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def spool(self) -> Path:
+        """Where its write-backs wait: backorigin_spool_dir, else the proxy's own default spool."""
+        if "backorigin_spool_dir" in self.options:
+            return Path(self.options["backorigin_spool_dir"])
+        return default_spool(self.confdir, [self.mode], getattr(self, "listen_host", "127.0.0.1"), self.port)
 
     @property
     def log_path(self) -> Path:

@@ -38,7 +38,7 @@ from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, is_plain_object_call
-from backorigin.s3.store import StoreAnswer, client_facing, upstream_proxy, upstream_verification
+from backorigin.s3.store import StoreAnswer, StoreServerName, client_facing, upstream_proxy, upstream_verification
 from backorigin.ui.commands import Commands
 from backorigin.ui.contentview import DecisionView
 from backorigin.ui.ledger import Ledger
@@ -66,6 +66,7 @@ class BackOrigin:
         self.addons = [
             self.rules_file, self.mirroring, self.deletes, self.listing, self.delivery, self.metrics,
             Ledger(self.recorder), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(),
+            StoreServerName(),
         ]
         self._mirror_heads = True
         self._403_is_miss = False

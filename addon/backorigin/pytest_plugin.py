@@ -248,6 +248,7 @@ def backorigin(tmp_path: Path) -> Iterator[BackOriginHarness]:
     from mitmproxy.test import taddons
 
     from backorigin.addon import BackOrigin
+    from backorigin.writeback.spools import release
 
     owns_loop = not _loop_running()  # taddons.context makes its own event loop then
     addon = BackOrigin()
@@ -256,10 +257,12 @@ def backorigin(tmp_path: Path) -> Iterator[BackOriginHarness]:
         tctx.master.addons.add(addon)
         tctx.configure(addon, backorigin_spool_dir=str(tmp_path / "backorigin-spool"), backorigin_dry_run=True)
         yield BackOriginHarness(tctx, addon, tmp_path)
-        if owns_loop:  # drain (write-backs, when a test turned the dry run off) and close
+        if owns_loop:  # drain (write-backs, when a test turned the dry run off) and close; lets go of the spool
             loop = tctx.master.event_loop
             loop.run_until_complete(_done(addon))
             loop.close()
+        else:
+            release(addon.mirroring.mirror.writeback.spool.directory)
 
 
 @pytest.fixture

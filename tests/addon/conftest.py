@@ -11,6 +11,7 @@ from backorigin.addon import BackOrigin
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import error_body
 from backorigin.tools.embedded_store import free_ports
+from backorigin.writeback.spools import release
 
 NOBODY = free_ports(1)[0]  # a loopback port nothing listens on: the store probe cannot ask
 
@@ -38,3 +39,4 @@ def tctx(addon, rules_file, tmp_path):
         context.configure(addon, backorigin_rules=str(rules_file), backorigin_spool_dir=str(tmp_path / "spool"),
                           backorigin_origin_timeout="5", backorigin_shutdown_timeout="0.1")
         yield context
+    release(tmp_path / "spool")

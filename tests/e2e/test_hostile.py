@@ -121,14 +121,19 @@ def test_a_delete_the_store_accepts_wins_over_a_pending_write_back(slow_writebac
     assert stored(s3, BUCKET, key) is None and origin.count("GET", unique) == 1
 
 
-def test_spool_files_are_the_proxys_alone(slow_writeback_proxy, unique):
-    proxy = slow_writeback_proxy
-    client(proxy.url).get_object(Bucket=BUCKET, Key=f"ok/{unique}")["Body"].read()
-    spool = proxy.workdir / "confdir" / "backorigin-spool"
-    files = [p for p in spool.iterdir() if p.is_file()]
-    assert files, "a write-back is pending (the store's link holds it)"
-    assert (spool.stat().st_mode & 0o777) == 0o700 and ((spool / "failed").stat().st_mode & 0o777) == 0o700
-    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o600)}
+def test_spool_files_are_the_proxys_alone(tmp_path, store, rules_file, unique):
+    """A store the write-back cannot reach keeps the write-back pending, its files in the spool."""
+    proxy = Mitmdump(f"reverse:{store.endpoint}", rules_file, tmp_path,
+                     {"backorigin_s3_endpoint": f"http://127.0.0.1:{free_ports(1)[0]}", "backorigin_shutdown_timeout": "1"}).start()
+    try:
+        assert http_get(f"{proxy.url}/mirror-bucket/ok/{unique}")[0] == 200
+        spool = proxy.spool
+        files = [p for p in spool.iterdir() if p.is_file() and p.name != "owner"]
+        assert files, "the write-back is pending: its body and manifest are in the spool"
+        assert (spool.stat().st_mode & 0o777) == 0o700 and ((spool / "failed").stat().st_mode & 0o777) == 0o700
+        assert {oct(p.stat().st_mode & 0o777) for p in [*files, spool / "owner"]} == {oct(0o600)}
+    finally:
+        proxy.stop()
 
 
 # no request costs more than mitmproxy itself would --------------------------------------------
@@ -293,7 +298,7 @@ def test_large_hits_and_a_large_put_pass_at_bounded_memory(tmp_path, store, s3, 
 def test_an_origin_body_over_the_largest_size_ends_its_fetch(tmp_path, store, s3, rules_file, unique):
     proxy = Mitmdump(f"reverse:{store.endpoint}", rules_file, tmp_path,
                      {"backorigin_max_object_size": "8m", "backorigin_origin_timeout": "30"}).start()
-    spool = tmp_path / "confdir" / "backorigin-spool"
+    spool = proxy.spool
     try:
         endless, announced = f"endless/{unique}", f"sized/{16 * MiB}/{unique}"
         for key in (endless, announced):
@@ -330,7 +335,7 @@ def test_a_full_disk_ends_the_fill_cleanly_and_the_key_is_answered_once_space_re
             out.write(b"\0" * (free.f_bavail * free.f_frsize - MiB))  # one MiB left
         status, _, body = http_get(f"{proxy.url}/mirror-bucket/{key}")
         assert status == 424 and b"could not keep the object on its disk" in body
-        assert sorted(p.name for p in spool.iterdir() if p.is_file()) == []  # nothing half-written left
+        assert sorted(p.name for p in spool.iterdir() if p.is_file()) == ["owner"]  # nothing half-written left
         ballast.unlink()
         status, _, body = http_get(f"{proxy.url}/mirror-bucket/{key}")  # the key does not hang: it is fetched afresh
         assert status == 200 and len(body) == 4 * MiB
@@ -413,7 +418,7 @@ def test_403_as_a_miss_with_a_private_origin_must_be_meant(tmp_path, store, orig
 def test_an_object_the_store_refuses_for_good_is_served_without_writing_it_back_again(proxy, origin, unique):
     key = f"ok/{unique}-" + "k" * 1100  # SeaweedFS: KeyTooLongError
     url = f"{proxy.url}/mirror-bucket/{key}"
-    failed = proxy.workdir / "confdir" / "backorigin-spool" / "failed"
+    failed = proxy.spool / "failed"
 
     def kept() -> list[Path]:
         return [m for m in failed.glob("*.json") if unique in m.read_text()]

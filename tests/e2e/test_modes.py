@@ -1,5 +1,5 @@
-"""Proxy modes and store set-ups, each with the documented mitmdump command, a real client
-and a real SeaweedFS:
+"""Proxy modes and store set-ups, each with the documented command (mitmdump, or backorigin
+run where the README's mode section shows it), a real client and a real SeaweedFS:
 
 - regular (explicit proxy), upstream (through a second, plain mitmdump) and transparent
   mode (a network namespace, a veth pair and a NAT REDIRECT rule; root only);
@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -26,10 +25,12 @@ from botocore.exceptions import ClientError
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.modes_support import (
     VENV_BIN,
+    BackoriginRun,
     ModeMitmdump,
     PlainMitmdump,
     TransparentLink,
     make_test_ca,
+    make_tls_store,
     why_no_mount_namespace,
     why_no_namespaces,
 )
@@ -107,7 +108,9 @@ def test_regular_mode_mirrors_and_writes_back(tmp_path, store, s3, origin, rules
 
 
 def test_upstream_mode_reaches_the_store_through_another_proxy(tmp_path, store, s3, origin, rules_file, upstream, unique):
-    proxy = ModeMitmdump(f"upstream:{upstream.url}", rules_file, tmp_path).start()
+    """The README's command: backorigin run --mode upstream:URL."""
+    proxy = BackoriginRun(f"upstream:{upstream.url}", rules_file, tmp_path,
+                          args=["--mode", f"upstream:{upstream.url}", "--set", f"confdir={tmp_path / 'confdir'}"]).start()
     key = f"ok/{unique}"
     try:
         response = requests.get(f"{store.endpoint}/mirror-bucket/{key}", proxies={"http": proxy.url})
@@ -162,7 +165,8 @@ def test_transparent_mode_in_a_network_namespace(tmp_path, store, s3, origin, ru
     link = TransparentLink(store_port=store.s3_port, proxy_port=free_ports(1)[0])
     key = f"ok/{unique}"
     with link.established():
-        proxy = ModeMitmdump("transparent", rules_file, tmp_path, port=link.proxy_port, listen_host=link.host_addr).start()
+        proxy = BackoriginRun("transparent", rules_file, tmp_path, port=link.proxy_port, listen_host=link.host_addr,
+                              args=["--mode", "transparent", "--set", f"confdir={tmp_path / 'confdir'}"]).start()
         try:
             def get() -> dict:
                 url = f"http://{link.host_addr}:{store.s3_port}/mirror-bucket/{key}"
@@ -179,6 +183,13 @@ def test_transparent_mode_in_a_network_namespace(tmp_path, store, s3, origin, ru
             second = get()
             assert second["status"] == 200 and second["headers"]["server"].startswith("SeaweedFS")
             assert len(origin.requests_for(unique)) == 1
+            # the AWS CLI as the README's trial runs it: its usual endpoint, no proxy settings
+            cli_key = f"ok/{unique}-cli"
+            done = link.run_in_namespace(
+                "env", f"HOME={tmp_path}", f"AWS_ENDPOINT_URL=http://{link.host_addr}:{store.s3_port}",
+                str(VENV_BIN / "aws"), "--no-sign-request", "s3", "cp", f"s3://mirror-bucket/{cli_key}", "-")
+            assert done.returncode == 0 and done.stdout == body_for(f"/dir1/{cli_key}").decode(), done.stderr
+            wait_stored(s3, "mirror-bucket", cli_key)
         finally:
             assert proxy.stop() == 0
     assert f"GET http://{link.host_addr}:{store.s3_port}/mirror-bucket/{key}" in proxy.log()
@@ -329,26 +340,10 @@ def test_ca(tmp_path_factory):
     return make_test_ca(tmp_path_factory.mktemp("test-ca"))
 
 
-@dataclass
-class TlsStore(EmbeddedStore):
-    https_port: int = 0  # also in extra_args, as -s3.port.https
-
-    @property
-    def https_endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
-
-
 @pytest.fixture(scope="module")
 def tls_store(tmp_path_factory, test_ca, stores):
-    """A store with an HTTPS port too (readiness is checked on its plain port; the proxy and
-    the write-backs only ever use HTTPS)."""
-    https_port = free_ports(1)[0]
-    store = TlsStore(
-        tmp_path_factory.mktemp("tls-store"), free_ports(1, with_grpc=True)[0],
-        extra_args=(f"-s3.port.https={https_port}", f"-s3.cert.file={test_ca.server_cert}",
-                    f"-s3.key.file={test_ca.server_key}"),
-        https_port=https_port,
-    )
+    """A store with an HTTPS port too; the proxy and the write-backs only ever use HTTPS."""
+    store = make_tls_store(tmp_path_factory.mktemp("tls-store"), test_ca)
     start_store(stores, store)
     s3_client(store.https_endpoint, verify=str(test_ca.ca_cert)).create_bucket(Bucket="tls-bucket")
     return store
@@ -388,6 +383,36 @@ def test_https_store(tls_proxy, tls_store, test_ca, origin, unique):
     assert second.content == first.content
     assert len(origin.requests_for(unique)) == 1
     assert f"write-back stored s3://tls-bucket/{key}" in tls_proxy.log()
+
+
+def test_https_store_behind_a_reverse_proxy_that_keeps_the_clients_host(tmp_path, tls_store, tls_rules, test_ca, origin,
+                                                                         unique):
+    """keep_host_header=true (SigV4 clients need it; `backorigin run` sets it): a client that
+    reaches the proxy by a name of the proxy's own (proxy.test, over HTTPS) has mitmproxy send
+    that name to the store too (SNI), which the store's certificate does not cover; the addon
+    sends the store its own name, as mitmproxy does without keep_host_header."""
+    ca = str(test_ca.ca_cert)
+    proxy = ModeMitmdump(f"reverse:{tls_store.https_endpoint}", tls_rules, tmp_path,
+                         {"ssl_verify_upstream_trusted_ca": ca, "keep_host_header": "true"}, env={"AWS_CA_BUNDLE": ca}).start()
+    key = f"ok/{unique}"
+    body = tmp_path / "body"
+
+    def get() -> str:
+        done = subprocess.run(
+            ["curl", "-sS", "--resolve", f"proxy.test:{proxy.port}:127.0.0.1", "--cacert", str(proxy.client_ca),
+             "-o", str(body), "-w", "%{http_code} %header{server}", f"https://proxy.test:{proxy.port}/tls-bucket/{key}"],
+            capture_output=True, text=True, timeout=30)
+        assert done.stdout.startswith("200 "), done.stdout + done.stderr + body.read_text(errors="replace")
+        assert body.read_bytes() == body_for(f"/dir1/{key}")
+        return done.stdout
+
+    try:
+        get()  # a miss: the addon asks the store itself and answers
+        wait_stored(s3_client(tls_store.https_endpoint, verify=ca), "tls-bucket", key)
+        assert "SeaweedFS" in get()  # a hit: mitmproxy's own connection to the store
+    finally:
+        assert proxy.stop() == 0
+    assert len(origin.requests_for(unique)) == 1
 
 
 def stored_encodings(client, keys: list[str]) -> list[str | None]:

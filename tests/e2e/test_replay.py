@@ -19,6 +19,7 @@ from backorigin.pytest_plugin import (
     read_flows,
 )
 from backorigin.tools.embedded_store import free_ports
+from backorigin.writeback.spools import OWNER, default_spool
 from tests.data.record_trial import BUCKET, HIT_BODY, OTHER
 from tests.origin_server import body_for
 from tests.replay_support import PATHS, TRIAL, expected_redecisions, new_rules
@@ -96,8 +97,8 @@ def test_mitmdump_replay_redecides_recorded_404s_without_side_effects(tmp_path, 
             before_flow.response.status_code, before_flow.response.headers.fields, before_flow.response.raw_content)
     assert origin.requests_for("/replay-new/") == []
     assert objects(s3) == before
-    spool = tmp_path / "confdir" / "backorigin-spool"
-    assert [p for p in spool.rglob("*") if p.is_file()] == []
+    spool = default_spool(tmp_path / "confdir", ["regular"])  # mitmdump -n: regular mode, no listen address given
+    assert [p for p in spool.rglob("*") if p.is_file()] == [spool / OWNER]  # nothing spooled (OWNER: whose spool it was)
 
 
 def test_mitmdump_replay_redecides_flows_the_recording_acted_on(tmp_path, store, origin, trial_buckets):

@@ -196,7 +196,7 @@ def test_delete_while_the_write_back_is_queued_or_uploading(tmp_path, store, s3,
         proxy.stop()
         relay.close()
     assert stored(s3, BUCKET, uploading) is None and stored(s3, BUCKET, queued) is None
-    assert list((tmp_path / "confdir" / "backorigin-spool").glob("*.json")) == []
+    assert list(proxy.spool.glob("*.json")) == []
 
 
 # where tombstones live -----------------------------------------------------------------------

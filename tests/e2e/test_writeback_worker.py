@@ -70,7 +70,7 @@ def test_kill_9_of_the_worker_mid_upload_loses_nothing(tmp_path, store, s3, orig
         assert proxy.stop() == 0
         slow_store.close()
     assert not running(second)
-    assert list((tmp_path / "confdir" / "backorigin-spool").glob("*.json")) == []
+    assert list(proxy.spool.glob("*.json")) == []
 
 
 def test_the_worker_stops_when_the_proxy_is_killed(tmp_path, store, s3, worker_rules, unique):

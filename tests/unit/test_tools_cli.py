@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.tools.run import WEB_COLUMNS, mitmproxy_command
+from backorigin.tools.run import WEB_COLUMNS, mitmproxy_command, notes
 from tests.support import run_cli
 
 
@@ -46,3 +46,80 @@ def test_web_ui_gets_one_web_columns_option_per_column(tmp_path):
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
     assert [s for s in sets if s.startswith("web_columns=")] == [f"web_columns={c}" for c in WEB_COLUMNS]
     assert "web_columns=comment" in sets and "keep_host_header=true" in sets
+
+
+# backorigin run --mode ---------------------------------------------------------------------
+
+
+def sets_of(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
+
+
+def command_for(mode: str = "reverse", store: str | None = "http://s:1", options=(), extra=()) -> list[str]:
+    return mitmproxy_command("dump", store, Path("r.json"), "127.0.0.1:8080", list(options), list(extra), mode)
+
+
+def test_reverse_mode_keeps_the_clients_host_for_signed_clients():
+    command = command_for()
+    assert command[command.index("--mode") + 1] == "reverse:http://s:1"
+    assert "keep_host_header=true" in sets_of(command)
+
+
+def test_reverse_mode_keep_host_header_can_be_turned_off_and_is_then_given_once():
+    sets = sets_of(command_for(options=["keep_host_header=false"]))
+    assert [s for s in sets if s.startswith("keep_host_header=")] == ["keep_host_header=false"]
+    sets = sets_of(command_for(extra=["--", "--set", "keep_host_header=false"]))  # after --: mitmproxy's own
+    assert [s for s in sets if s.startswith("keep_host_header=")] == ["keep_host_header=false"]
+
+
+@pytest.mark.parametrize("mode, spec", [
+    ("regular", "regular"),
+    ("transparent", "transparent"),
+    ("upstream:http://proxy.internal:3128", "upstream:http://proxy.internal:3128"),
+    ("upstream:https://proxy.internal:3128/", "upstream:https://proxy.internal:3128"),
+])
+def test_the_other_modes_need_no_store_and_leave_host_alone(mode, spec):
+    command = command_for(mode, store=None)
+    assert command[command.index("--mode") + 1] == spec
+    assert not any(s.startswith(("keep_host_header=", "backorigin_s3_endpoint=")) for s in sets_of(command))
+
+
+def test_a_store_in_the_other_modes_is_where_write_backs_go():
+    command = command_for("regular", store="https://store.internal:9000/")
+    assert command[command.index("--mode") + 1] == "regular"
+    assert "backorigin_s3_endpoint=https://store.internal:9000" in sets_of(command)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "reverse"], "--mode reverse (the default) needs --store URL"),
+    ([], "--mode reverse (the default) needs --store URL"),
+    (["--mode", "reverse:http://s:1"], "name the store with --store URL and leave --mode reverse bare"),
+    (["--mode", "socks5"], "expected one of reverse, regular, transparent, upstream:URL"),
+    (["--mode", "upstream"], "--mode upstream:URL needs the proxy to go through"),
+    (["--mode", "upstream:ftp://p:21"], "--mode upstream:URL 'ftp://p:21': expected http://HOST[:PORT]"),
+    (["--mode", "regular:x"], "regular mode takes no URL"),
+    (["--store", "127.0.0.1:8333"], "--store '127.0.0.1:8333': expected http://HOST[:PORT] or https://HOST[:PORT]"),
+    (["--store", "http://s:1/bucket"], "only scheme, host and port"),
+    (["--store", "http://s:99999"], "--store 'http://s:99999': Port out of range"),
+    (["--mode", "regular", "--store", "http://s:1", "--set", "backorigin_s3_endpoint=http://t:2"],
+     "--store and --set backorigin_s3_endpoint both say where write-backs go"),
+    (["--store", "http://s:1", "--set", "mode=regular"], "--set mode=... : give it with --mode"),
+    (["--store", "http://s:1", "--set", "listen_port=1"], "--set listen_port=... : give it with --listen"),
+    (["--store", "http://s:1", "--", "--mode", "regular"], "--mode after --: give it with --mode"),
+    (["--store", "http://s:1", "--", "-p", "1"], "-p after --: give it with --listen"),
+    (["--store", "http://s:1", "--set", "novalue"], "--set 'novalue' is not NAME=VALUE"),
+    (["--store", "http://s:1", "--listen", "8080"], "--listen '8080' is not HOST:PORT"),
+])
+def test_run_refuses_what_cannot_work_before_mitmproxy_starts(args, message):
+    done = run_cli("run", *args)  # every one returns before the rules file is read or mitmproxy exec'd
+    assert done.returncode == 2
+    assert done.stderr.startswith("backorigin run: ") and message in done.stderr, done.stderr
+
+
+def test_run_says_what_it_does_not_set_up():
+    assert notes("reverse", [], "127.0.0.1:8080") == []
+    (regular,) = notes("regular", ["confdir=/etc/bo"], "127.0.0.1:8080")
+    assert "HTTPS_PROXY (and HTTP_PROXY) to http://127.0.0.1:8080" in regular
+    assert "trust /etc/bo/mitmproxy-ca-cert.pem (AWS_CA_BUNDLE)" in regular
+    (transparent,) = notes("transparent", [], "10.200.0.1:8081")
+    assert "~/.mitmproxy/mitmproxy-ca-cert.pem" in transparent and "iptables or nft REDIRECT" in transparent

@@ -4,9 +4,10 @@ start (resuming the spool) and shutdown (draining the write-backs)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
@@ -15,7 +16,10 @@ from backorigin.limits import MAX_OBJECT_SIZE, SPOOL_MIN_FREE, WHOLE_ANSWER_LIMI
 from backorigin.miss.mirror import Mirror
 from backorigin.miss.origin import OriginClient, Timeouts
 from backorigin.options import parse_seconds, parse_size
+from backorigin.writeback.spools import SpoolInUse, claim, default_spool, describe, left_behind, proxy_name, release
 from backorigin.writeback.supervisor import WriteBackSupervisor
+
+logger = logging.getLogger(__name__)
 
 _TIMEOUT_OPTIONS = {
     "backorigin_origin_connect_timeout": "connect",
@@ -61,7 +65,9 @@ class Mirroring:
         )
         loader.add_option(
             "backorigin_spool_dir", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
-            "Directory where pending write-backs wait (they survive restarts). Default: CONFDIR/backorigin-spool.",
+            "Directory where pending write-backs (and, by default, tombstones) wait; they survive restarts. Default: one "
+            "per proxy, CONFDIR/backorigin-spools/MODE-HOST-PORT (the listen address). A running proxy holds its "
+            "spool: a second proxy given the same one is refused.",
         )
         loader.add_option(
             "backorigin_spool_min_free", str, SPOOL_MIN_FREE,
@@ -91,10 +97,17 @@ class Mirroring:
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name}: must be at least 1")
         configured = hasattr(self, "mirror")
-        if not configured or {"backorigin_spool_dir", "confdir"} & updated:
-            spool = Path(options.backorigin_spool_dir or Path(options.confdir).expanduser() / "backorigin-spool")
-            if configured and self.mirror.writeback.spool.directory != spool:
+        if configured and {"backorigin_spool_dir", "confdir"} & updated:
+            if spool_of(options) != self.mirror.writeback.spool.directory:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
+        if not configured:  # the listen address names the default spool once: moving it takes a restart
+            spool = spool_of(options)
+            try:
+                claim(spool, proxy_name(options.mode, options.listen_host, options.listen_port))
+            except SpoolInUse as e:
+                raise exceptions.OptionsError(
+                    f"backorigin_spool_dir: {e}; give each proxy its own spool (another listen address, or "
+                    f"--set backorigin_spool_dir=DIR)") from None
             writeback = WriteBackSupervisor(spool, fsync=options.backorigin_spool_fsync)
             self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
         writeback = self.mirror.writeback
@@ -109,8 +122,21 @@ class Mirroring:
     def running(self) -> None:
         """Start the write-back worker; it resumes what a previous run left spooled, and each
         such object is served from the spool until it lands."""
+        spool = self.mirror.writeback.spool.directory
+        logger.info("write-back spool: %s", spool)
+        for left in left_behind(Path(ctx.options.confdir), spool):
+            logger.log(logging.WARNING if left.pending else logging.INFO, "%s", describe(left))
         self.mirror.resume()
 
     async def aclose(self) -> None:
-        """Cancel fetches under way, drain the write-backs (up to backorigin_shutdown_timeout)."""
+        """Cancel fetches under way, drain the write-backs (up to backorigin_shutdown_timeout),
+        then let go of the spool."""
         await self.mirror.shutdown(parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout))
+        release(self.mirror.writeback.spool.directory)
+
+
+def spool_of(options: Any) -> Path:
+    """backorigin_spool_dir, else this proxy's own spool (see writeback.spools)."""
+    if options.backorigin_spool_dir:
+        return Path(options.backorigin_spool_dir).expanduser()
+    return default_spool(options.confdir, options.mode, options.listen_host, options.listen_port)

@@ -16,6 +16,7 @@ import httpx
 from mitmproxy import ctx, http
 from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, UpstreamMode
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from backorigin.limits import STORE_ERROR_BODY_LIMIT
 from backorigin.s3.addressing import virtual_host_bucket
@@ -45,6 +46,20 @@ def reverse_target(options: Any) -> str | None:
             host, port = mode.address
             return f"{mode.scheme}://{host}:{port}"
     return None
+
+
+class StoreServerName:
+    """A child addon. In reverse mode with keep_host_header (SigV4 clients need it), mitmproxy
+    sends an HTTPS store the name the client used for the proxy (SNI) and checks the store's
+    certificate against it: a client that reaches the proxy by a name of its own would get 502
+    "hostname mismatch" on every request mitmproxy forwards. The store is sent its own name, as
+    mitmproxy does without keep_host_header; the Host header is left as the client sent it."""
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        mode = data.client.proxy_mode
+        if (isinstance(mode, ReverseMode) and mode.scheme == "https" and data.server.address == mode.address
+                and getattr(ctx.options, "keep_host_header", False)):
+            data.server.sni = mode.address[0]
 
 
 def upstream_verification(options: Any) -> bool | str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RulesError
-from backorigin.tools.run import run_proxy
+from backorigin.tools.run import RunError, run_proxy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except RulesError as e:
         print(e, file=sys.stderr)
+        return 2
+    except RunError as e:
+        print(f"backorigin {args.command}: {e}", file=sys.stderr)
         return 2
 
 
@@ -33,16 +36,26 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the proxy (mitmdump or mitmweb with the addon) in front of a store",
-                              description="Run mitmdump or mitmweb in reverse-proxy mode in front of STORE with the "
-                                          "backorigin addon loaded. Any mitmproxy or backorigin option goes through "
-                                          "--set NAME=VALUE; arguments after -- go to mitmproxy unchanged.")
-    run.add_argument("--store", required=True, metavar="URL", help="the S3 store, e.g. http://127.0.0.1:8333")
+    run = commands.add_parser(
+        "run", help="run the proxy (mitmdump or mitmweb with the addon) in front of a store",
+        description="Run mitmdump or mitmweb with the backorigin addon loaded, as a reverse proxy in front of "
+                    "--store (the default), or as an explicit proxy (regular, upstream:URL) or a transparent one "
+                    "for clients that keep addressing the store. Any mitmproxy or backorigin option goes through "
+                    "--set NAME=VALUE; arguments after -- go to mitmproxy unchanged. The README has a section per mode.")
+    run.add_argument("--mode", default="reverse", metavar="MODE",
+                     help="reverse (default: clients use the proxy as their endpoint; needs --store; sets "
+                          "keep_host_header=true unless you --set it), regular (clients set HTTP_PROXY/HTTPS_PROXY), "
+                          "transparent (the OS redirects the clients' connections; run sets up no redirection), or "
+                          "upstream:URL (regular, through another proxy at URL)")
+    run.add_argument("--store", default=None, metavar="URL",
+                     help="the S3 store, e.g. http://127.0.0.1:8333; required in reverse mode; in the other modes "
+                          "clients name the store in their URLs, and --store (optional) is where write-backs go "
+                          "(backorigin_s3_endpoint)")
     run.add_argument("--rules", type=Path, default=Path("rules.json"), metavar="FILE", help="the rules file (default: rules.json)")
     run.add_argument("--ui", choices=("dump", "web"), default="dump", help="mitmdump (default) or mitmweb")
     run.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="where clients connect (default: 127.0.0.1:8080)")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
-                     help="a mitmproxy or backorigin option, e.g. --set keep_host_header=true (repeatable)")
+                     help="a mitmproxy or backorigin option, e.g. --set backorigin_metrics_port=9464 (repeatable)")
     run.add_argument("extra", nargs=argparse.REMAINDER, help="-- then arguments for mitmproxy as they are")
     run.set_defaults(handler=run_proxy)
 

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from backorigin.decision import Stats
 from backorigin.miss.addon import Mirroring
 from backorigin.miss.origin import OriginResult
+from backorigin.writeback.spools import OWNER
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ def origin_error_kind(result: OriginResult) -> str | None:
 
 
 def spool_bytes(directory: Path) -> int:
+    """Bytes of the pending write-backs (bodies, manifests, downloads), not the owner's lock file."""
     total = 0
     for entry in os.scandir(directory):
-        if entry.is_file(follow_symlinks=False):
+        if entry.is_file(follow_symlinks=False) and entry.name != OWNER:
             total += entry.stat().st_size
     return total
 
