@@ -68,7 +68,7 @@ ORIGIN_FILES = {
     "huge": ("huge.bin", 1 * GiB),
 }
 OUT = Path(__file__).resolve().parent / "out"
-SCENARIOS = ("hit", "coldhit", "miss", "singleflight", "lag", "memory", "scaleout")
+SCENARIOS = ("hit", "coldhit", "miss", "singleflight", "lag", "memory", "largehit", "scaleout")
 HIT_OBJECTS = ("small", "medium", "large")  # existing objects: <prefix>/hit
 EXTRA_SCRIPTS: list[str] = []  # --with-script: experiments loaded after the addon
 
@@ -421,8 +421,9 @@ def scenario_coldhit(stack: Stack, report: Report, keys: int = COLD_KEYS) -> Non
     names = [key for method, connections in cases for index, who in enumerate(COLD_ORDER)
              for part in slice_keys(method, connections, index, who) for key in part]
     log(f"cold hits: storing {len(names)} objects of {COLD_SIZE // KiB} KiB")
+    began = time.monotonic()
     seed_objects(stack, names, COLD_SIZE)
-    raw: dict[str, object] = {}
+    raw: dict[str, object] = {"seed_s": round(time.monotonic() - began, 1)}
     try:
         plain.start(stack.processes)
         addon.start(stack.processes)
@@ -956,6 +957,142 @@ def scenario_memory(stack: Stack, report: Report) -> None:
                f"{eight['landed_s']} s" if eight["landed_s"] is not None else f"not within {HUGE_WITHIN:g} s")
 
 
+# Large hits: one stored 1 GiB object read whole by 8 clients at once (issue 21)
+
+LARGE_CLIENTS = 8
+LARGE_HASHING = 1  # clients that also sha256 the body (all check status and length): hashing
+# 8 GiB would take a whole core beside the store, and the clients rather than the proxy would set the pace
+
+
+def _stored_huge(stack: Stack, report: Report) -> str:
+    """A stored copy of the origin's 1 GiB body: the memory scenario's, when it landed whole,
+    else one uploaded straight to the store now (multipart, 16 MiB parts)."""
+    from boto3.s3.transfer import TransferConfig
+
+    memory = report.raw.get("memory_1gib", {})
+    for name in ("eight", "single"):
+        run = memory.get(name)
+        if run and run["stored_bytes"] == GiB and not run["wrong"]:
+            return f"huge/{name}"
+    stack.huge_body()
+    key = "huge/stored"
+    log("large hits: uploading the 1 GiB object to the store")
+    config = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=4)
+    stack.store.client().upload_file(str(stack.tmp / "origin-files" / ORIGIN_FILES["huge"][0]), BUCKET, key, Config=config)
+    return key
+
+
+async def _readers(port: int, path: str, clients: int, hashing: int, within: float) -> list[Download]:
+    """`clients` connections opened first, then one GET each of `path` at once; the first
+    `hashing` of them also hash the body."""
+    async with asyncio.timeout(30):
+        connections = await asyncio.gather(*(loadgen.Connection(port).open() for _ in range(clients)))
+    try:
+        return list(await asyncio.gather(*(_download(c, path, within, hash_body=i < hashing)
+                                           for i, c in enumerate(connections))))
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+class LargeHits(TypedDict):
+    rss_at_rest_mib: int
+    vmhwm_mib: int
+    sampled_rss_peak_mib: int
+    rss_series_s_mib: list[tuple[float, int]]
+    seconds: float  # GETs sent -> the last client's last byte
+    mib_per_s: float  # all clients' bytes ÷ seconds
+    proxy_cpu_s: float
+    bench_cpu_s: float  # the clients (and the rest of the bench) on their core
+    store_cpu_s: float  # SeaweedFS, beside them
+    wrong: list[str]
+    downloads: list[dict[str, Any]]
+
+
+def _large_hits(stack: Stack, proxy: Mitmdump, path: str, expected_sha256: str) -> LargeHits:
+    proxy.start(stack.processes)
+    try:
+        if proxy.rules is not None:
+            set_affinity(proxy.worker_pid(), stack.cpus.rest)
+        at_rest = proxy.memory()["VmRSS"]
+        sampler = RssSampler(proxy.pid)
+        sampler.start()
+        try:
+            store_pid = stack.store.process.pid if stack.store.process else None
+            store_before = cpu_seconds(store_pid) if store_pid else 0.0
+            cpu_before, bench_before = cpu_seconds(proxy.pid), time.process_time()
+            downloads = asyncio.run(_readers(proxy.port, path, LARGE_CLIENTS, LARGE_HASHING, HUGE_WITHIN))
+            proxy_cpu, bench_cpu = cpu_seconds(proxy.pid) - cpu_before, time.process_time() - bench_before
+            store_cpu = cpu_seconds(store_pid) - store_before if store_pid else math.nan
+        finally:
+            sampler.stop()
+        memory = proxy.memory()
+    finally:
+        stack.processes.stop(proxy.process)
+    wrong = [f"client {i + 1}: " + (d.failure or f"status {d.status}, {d.size} bytes"
+                                     + (f", sha256 {d.sha256[:12]}…" if d.sha256 else ""))
+             for i, d in enumerate(downloads)
+             if d.failure or d.status != 200 or d.size != GiB or (d.sha256 and d.sha256 != expected_sha256)]
+    seconds = max(d.total_s for d in downloads)
+    return {
+        "rss_at_rest_mib": round(at_rest / 1024), "vmhwm_mib": round(memory["VmHWM"] / 1024),
+        "sampled_rss_peak_mib": round(sampler.peak_kib / 1024), "rss_series_s_mib": sampler.series,
+        "seconds": round(seconds, 2), "mib_per_s": round(sum(d.size for d in downloads) / MiB / seconds, 1),
+        "proxy_cpu_s": round(proxy_cpu, 2), "bench_cpu_s": round(bench_cpu, 2),
+        "store_cpu_s": round(store_cpu, 2), "wrong": wrong,
+        "downloads": [{**asdict(d), "sha256_ok": d.sha256 == expected_sha256 if d.sha256 else None} for d in downloads],
+    }
+
+
+def scenario_largehit(stack: Stack, report: Report) -> None:
+    """9: one stored 1 GiB object, 8 clients GET it at once, through a fresh plain mitmdump
+    (stream_large_bodies=1m) and then a fresh mitmdump+addon (default settings): each one's
+    VmHWM and the throughput, addon ÷ plain."""
+    began = time.monotonic()
+    expected = stack.huge_body()
+    key = _stored_huge(stack, report)
+    path = f"/{BUCKET}/{key}"
+    warm = asyncio.run(_readers(stack.store.s3_port, path, 1, 0, HUGE_WITHIN))[0]  # the store's caches, for both alike
+    if warm.status != 200 or warm.size != GiB:
+        raise RuntimeError(f"large hits: the store answered {warm.status} with {warm.size} bytes for {key}")
+    set_up = time.monotonic() - began  # the body written and stored (unless the memory scenario did), one read
+    plain_port, addon_port = listen_ports(2)
+    proxies = {
+        "plain": Mitmdump("large-plain", stack.store.endpoint, plain_port, stack.tmp, stack.tmp / "confdir-large-plain",
+                          options={"stream_large_bodies": "1m"}, cpus=stack.cpus.proxy, ca_from=stack.confdir),
+        "addon": Mitmdump("large-addon", stack.store.endpoint, addon_port, stack.tmp, stack.tmp / "confdir-large-addon",
+                          stack.rules, cpus=stack.cpus.proxy, ca_from=stack.confdir, extra_scripts=tuple(EXTRA_SCRIPTS)),
+    }
+    runs: dict[str, LargeHits] = {}
+    for who, proxy in proxies.items():
+        log(f"large hits: {LARGE_CLIENTS} clients read 1 GiB each through {who} ...")
+        run = runs[who] = _large_hits(stack, proxy, path, expected)
+        log(f"large hits via {who}: {run['seconds']} s, {run['mib_per_s']} MiB/s, VmHWM {run['vmhwm_mib']} MiB "
+            f"(at rest {run['rss_at_rest_mib']} MiB); CPU: proxy {run['proxy_cpu_s']} s, store {run['store_cpu_s']} s, "
+            f"clients {run['bench_cpu_s']} s")
+    report.raw["large_hits"] = {"key": key, "sha256": expected, "set_up_s": round(set_up, 1),
+                                "warm_read_s": round(warm.total_s, 2), **runs}
+    plain, addon = runs["plain"], runs["addon"]
+    wrong = [f"{who}: {w}" for who, run in runs.items() for w in run["wrong"]]
+    failed = "; ".join(wrong[:4]) if wrong else ""
+    figure = (f"one stored 1 GiB object, {LARGE_CLIENTS} clients GET it at once (each reads the whole body, checks "
+              f"status and length, {LARGE_HASHING} also sha256): ")
+    rss_ratio = addon["vmhwm_mib"] / plain["vmhwm_mib"]
+    report.add("9", "large hits", figure + "peak RSS (VmHWM) of mitmdump+addon ÷ plain mitmdump with "
+               "stream_large_bodies=1m (MiB; at rest before)",
+               f"{rss_ratio:.2f} ({addon['vmhwm_mib']} ÷ {plain['vmhwm_mib']} MiB; {addon['rss_at_rest_mib']} ÷ "
+               f"{plain['rss_at_rest_mib']} MiB)", "≤ 2.00", rss_ratio <= 2.0 and not wrong, failed=failed)
+
+    def busy(run: LargeHits) -> str:
+        return f"{run['proxy_cpu_s'] / run['seconds']:.0%}"
+
+    ratio = addon["mib_per_s"] / plain["mib_per_s"]
+    report.add("9", "large hits", f"the same: throughput addon ÷ plain mitmdump ({LARGE_CLIENTS} GiB ÷ time to the "
+               "last byte; in brackets MiB/s and the proxy's CPU use while reading)",
+               f"{ratio:.2f} ({addon['mib_per_s']:.0f} ÷ {plain['mib_per_s']:.0f} MiB/s; {busy(addon)} / {busy(plain)})",
+               "≥ 0.90", ratio >= 0.9 and not wrong)
+
+
 TOMBSTONES_BUCKET = "bench-tombstones"
 
 
@@ -1104,6 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
             "singleflight": lambda: scenario_singleflight(stack, report),
             "lag": lambda: scenario_lag(stack, report, args.seconds),
             "memory": lambda: scenario_memory(stack, report),
+            "largehit": lambda: scenario_largehit(stack, report),
             "scaleout": lambda: scenario_scaleout(stack, report, args.seconds),
         }
         # the profile runs before the scale-out, which unpins everything and leaves the first
