@@ -3,10 +3,10 @@
 Starts everything on 127.0.0.1 in a private temp directory: SeaweedFS (backorigin.tools.embedded_store),
 a static nginx origin, plain mitmdump and mitmdump with the addon (the README's command), nginx
 as a reference proxy, later a counting nginx relay in front of the store (cold hits) and a second
-addon instance behind an nginx `stream` balancer. Each
-scenario runs for a fixed, short time with wrk or the asyncio client in bench/loadgen.py, and
-every figure is a ratio or percentile measured side by side in this run. Prints one table
-(also written to bench/out/results.md, raw numbers to bench/out/results.json).
+addon instance behind an nginx `stream` balancer. Each scenario runs for a fixed, short time or a
+fixed number of requests with wrk or the asyncio client in bench/loadgen.py, and every figure is a
+ratio or percentile measured side by side in this run. Prints one table (also written to
+bench/out/results.md, raw numbers to bench/out/results.json), with issue 21's target beside each row.
 """
 
 from __future__ import annotations
