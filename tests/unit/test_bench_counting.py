@@ -5,8 +5,9 @@ target beside every row, by scenario number. Nothing here is timed."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
-from bench.run import NO_TARGET, Report
+from bench.run import NO_TARGET, GiB, Report, _stored_huge
 from bench.services import StoreLog, StoreRequest, counting_relay_config
 
 
@@ -48,3 +49,10 @@ def test_every_row_has_a_target_and_rows_are_ordered_by_scenario() -> None:
     assert [line.split(" | ")[1] for line in lines] == ["reference", "cold hits", "large hits"]
     assert lines[0].endswith(f"| {NO_TARGET} |  |")
     assert lines[1].endswith("| 1.00 | **MISSED** |") and lines[2].endswith("| ≥ 0.90 | met |")
+
+
+def test_large_hits_read_the_memory_scenarios_object_when_it_landed_whole() -> None:
+    report = Report()
+    report.raw["memory_1gib"] = {"eight": {"stored_bytes": GiB - 1, "wrong": []},
+                                 "single": {"stored_bytes": GiB, "wrong": []}}
+    assert _stored_huge(cast(Any, None), report) == "huge/single"  # the store is not asked: no upload
