@@ -356,6 +356,80 @@ http {{
 """
 
 
+STORE_LOG = "store-requests.log"  # in the counting relay's workdir
+
+
+def counting_relay_config(port: int, store_port: int) -> str:
+    """nginx in front of the store that passes every request through unchanged (method, target,
+    headers, Host; bodies streamed both ways) and logs one line per request: what the proxies in
+    front of it asked of the store. `$upstream_status` lists one status per attempt, so a retry
+    on a dropped keep-alive connection counts as the second store request it is."""
+    return f"""
+http {{
+{HTTP_COMMON}
+    log_format store '$request_method $request_uri $status "$upstream_status" "$http_range"';
+    upstream store {{ server 127.0.0.1:{store_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        access_log @TMP@/{STORE_LOG} store;
+        client_max_body_size 0;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $http_host;
+        proxy_buffering off;
+        proxy_request_buffering off;
+        location / {{ proxy_pass http://store; }}
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """One line of the counting relay's log."""
+
+    method: str
+    target: str
+    status: int
+    attempts: int  # requests the relay sent the store for it (more than 1 only after a retry)
+    range: str
+
+    @staticmethod
+    def parse(line: str) -> StoreRequest | None:
+        parts = line.split('"')  # METHOD TARGET STATUS "UPSTREAM STATUSES" "RANGE"
+        try:
+            method, target, status = parts[0].split()
+            upstream, range_ = parts[1], parts[3]
+        except (IndexError, ValueError):
+            return None
+        statuses = [s for s in upstream.replace(":", ",").split(",") if s.strip() and s.strip() != "-"]
+        return StoreRequest(method, target, int(status) if status.isdigit() else 0, len(statuses),
+                            "" if range_ == "-" else range_)
+
+
+class StoreLog:
+    """The counting relay's log, read from a mark: the store requests made since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mark = 0
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def mark(self) -> None:
+        self._mark = self.size()
+
+    def since_mark(self) -> list[StoreRequest]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self._mark)
+            text = f.read().decode("latin-1")
+        found = (StoreRequest.parse(line) for line in text.splitlines())
+        return [request for request in found if request is not None]
+
+
 def balancer_config(listeners: dict[int, list[int]]) -> str:
     """nginx stream: each listening port balances TCP connections over its backends."""
     blocks = []
