@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Optional
 
 from mitmproxy import ctx, exceptions, http
@@ -123,24 +123,28 @@ class BackOrigin:
 
     # hooks -----------------------------------------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Refuse our own origin fetches coming back in (a loop); let redirect rules without a
         status condition decide before the store is asked (OSS: "hide objects with a prefix"),
         unless an earlier rule needs the store's answer; and ask the store about GETs and HEADs
-        that a rule may mirror, so that a miss is decided here and its answer can stream."""
+        that a rule may mirror, so that a miss is decided here and its answer can stream. Only
+        that asking is awaited: every other request costs no coroutine."""
+        if flow.request.method not in ("GET", "HEAD"):
+            return None
         if flow.live and LOOP_HEADER in flow.request.headers and flow.response is None:
-            self._refuse_loop(flow)
-            return
+            self._record(flow, refuse_loop(flow, self.context.object(flow) or ObjectRef("", "")))
+            return None
         if not flow.live:
             set_aside_recorded(flow)
         ref = self._candidate(flow)
         if ref is None:
-            return
+            return None
         before = plan_get(self.context.rulebook, ref, flow.request, None, mirror_heads=self._mirror_heads)
         if before.act is Act.REDIRECT:
             self._redirect(flow, ref, before)
         elif before.act is Act.ASK_STORE and self.context.acts(flow) and flow.response is None:
-            await self._ask_store_first(flow, ref)
+            return self._ask_store_first(flow, ref)
+        return None
 
     def running(self) -> None:
         """Bodies of any size pass through at bounded memory: mitmproxy streams those above
@@ -149,22 +153,31 @@ class BackOrigin:
             ctx.options.update(stream_large_bodies=STREAM_LARGE_BODIES)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """A hit shows the metadata its mirror stored (x-oss-tag, Last-Modified...), set before its
-        headers go out (a streamed body's response hook comes after them)."""
+        """An object a mirror stored shows its metadata (x-oss-tag, Last-Modified...), set before
+        its headers go out (a streamed body's response hook comes after them)."""
         response = flow.response
-        if (response is not None and 200 <= response.status_code < 300 and not self.delivery.owns(flow)
-                and not flow.metadata.get(METADATA_KEY) and self._candidate(flow) is not None):
+        if (response is not None and 200 <= response.status_code < 300 and flow.request.method in ("GET", "HEAD")
+                and not self.delivery.owns(flow) and not flow.metadata.get(METADATA_KEY)):
             objectmeta.restore_on_download(response)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        """Hits (counted), and 404s the request hook did not see coming (a replay, a dry run, an
-        object deleted from the store behind our back, a store that could not be asked)."""
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Hits (counted, without a coroutine), and 404s the request hook did not see coming (a
+        replay, a dry run, an object deleted from the store behind our back, a store that could not
+        be asked)."""
         response = flow.response
         if response is None or self.delivery.owns(flow) or (self.context.acts(flow) and flow.metadata.get(METADATA_KEY)):
-            return
+            return None
         ref = self._candidate(flow)
         if ref is None:
-            return
+            return None
+        book, status = self.context.rulebook, response.status_code
+        if 200 <= status < 300 and self.context.acts(flow) and not book.may_act_on(ref.bucket, status):
+            if flow.request.method == "GET" and plan.covered_by_mirror(book, ref):
+                self.recorder.stats.served["store"] += 1
+            return None
+        return self._after_store(flow, response, ref)
+
+    async def _after_store(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef) -> None:
         status = await self._store_status(flow, response, ref)
         if status is None:
             return
@@ -210,14 +223,13 @@ class BackOrigin:
         answer = await self.probe.ask(flow.request, upstream_proxy(flow))
         if answer is None:
             return
-        if plan.shows_object(answer.status):
+        stored = plan.shows_object(answer.status)
+        if stored:
             mirror.known.add(known)
-            answer_from_store(flow, answer)
-            return
         status = plan.rules_status(flow.request.method, answer.status, answer.body)
         if plan.may_hide_a_miss(answer.status, answer.body, self._403_is_miss):
             status = await self.probe.denied_status(endpoint, ref)
-        if known in mirror.known:  # stored while we asked: the store answers again
+        if not stored and known in mirror.known:  # stored while we asked: the store answers again
             return
         if status is None:
             answer_from_store(flow, answer)
@@ -271,16 +283,6 @@ class BackOrigin:
         ref = self.context.object(flow)
         return ref if ref is not None and self.context.rulebook.rules_for(ref.bucket) else None
 
-    def _refuse_loop(self, flow: http.HTTPFlow) -> None:
-        logger.warning(
-            "loop: %s came back into the proxy from our own origin fetch; a MirrorURL points at a "
-            "domain that now resolves to this proxy or the store. Use the origin's IP address or "
-            "another domain for it (with MirrorHost for the Host header).", flow.request.pretty_url,
-        )
-        looped = self.context.object(flow) or ObjectRef("", "")
-        flow.response = replies.to_response(flow.request, replies.mirror_failed(looped, "loop: the origin URL leads back into the proxy"))
-        self._record(flow, Decision(looped.bucket, looped.key, Action.LOOP, outcome=Outcome.LOOP))
-
     def _redirect(self, flow: http.HTTPFlow, ref: ObjectRef, decided: GetPlan, store_status: int | None = None) -> None:
         rule = decided.rule
         assert rule is not None
@@ -296,3 +298,14 @@ class BackOrigin:
 
     def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
         self.recorder.record(flow, decision, acted=self.context.acts(flow))
+
+
+def refuse_loop(flow: http.HTTPFlow, looped: ObjectRef) -> Decision:
+    """Our own origin fetch came back into the proxy: answer 424 and say why."""
+    logger.warning(
+        "loop: %s came back into the proxy from our own origin fetch; a MirrorURL points at a "
+        "domain that now resolves to this proxy or the store. Use the origin's IP address or "
+        "another domain for it (with MirrorHost for the Host header).", flow.request.pretty_url,
+    )
+    flow.response = replies.to_response(flow.request, replies.mirror_failed(looped, "loop: the origin URL leads back into the proxy"))
+    return Decision(looped.bucket, looped.key, Action.LOOP, outcome=Outcome.LOOP)

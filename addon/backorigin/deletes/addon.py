@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Optional
 
 import botocore.exceptions
@@ -36,7 +37,8 @@ from backorigin.writeback.spool import ObjectKey
 logger = logging.getLogger(__name__)
 
 DELETES = ("stick", "resurrect")
-DELETING_KEY = "backorigin_deleting"  # a delete's objects, held from its request hook to its response hook
+DELETING_KEY = "backorigin_deleting"
+_READS = ("GET", "HEAD")  # a delete's objects, held from its request hook to its response hook
 
 
 class Deletes:
@@ -91,7 +93,7 @@ class Deletes:
 
     def request(self, flow: http.HTTPFlow) -> None:
         """A delete on its way to the store: hold the key's write-backs, nothing more."""
-        if not self.stick or not self.context.acts(flow) or flow.response is not None:
+        if flow.request.method in _READS or not self.stick or not self.context.acts(flow) or flow.response is not None:
             return
         refs = self._deleted_by(flow)
         if not refs:
@@ -102,13 +104,15 @@ class Deletes:
             writeback.hold((endpoint, ref.bucket, ref.key))
         flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key, versioned] for ref, versioned in refs]
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """The store's answer to a write: the keys a delete deleted get tombstones, lose their fill
         and write-backs; the others' write-backs are released. A PUT, copy or completed multipart
-        upload of a key clears its tombstone."""
-        response = flow.response
-        if not self.stick or not self.context.acts(flow) or response is None:
-            return
+        upload of a key clears its tombstone. Reads cost no coroutine."""
+        if flow.request.method in _READS or not self.stick or not self.context.acts(flow) or flow.response is None:
+            return None
+        return self._answered(flow, flow.response)
+
+    async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         deleting = flow.metadata.pop(DELETING_KEY, [])
         held = [(str(e), str(b), str(k)) for e, b, k, _ in deleting]
         succeeded = 200 <= response.status_code < 300

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import botocore.exceptions
@@ -61,10 +61,14 @@ class MergedListing:
         if {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.store.verify = upstream_verification(ctx.options)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A listing through the proxy, merged when its bucket has merged rules; anything else costs no coroutine."""
         context = self.context
-        if not self.enabled or context is None or not context.acts(flow) or flow.response is not None:
-            return
+        if not self.enabled or flow.request.method != "GET" or context is None or not context.acts(flow) or flow.response is not None:
+            return None
+        return self._list(flow, context)
+
+    async def _list(self, flow: http.HTTPFlow, context: Context) -> None:
         listing = await self.answer(flow.request, context.rulebook, context.endpoint(flow.request), upstream_proxy(flow),
                                     self.tombstoned, context.vhost_domains)
         if listing is not None:

@@ -389,6 +389,10 @@ class RuleBook:
     def rules_for(self, bucket: str) -> tuple[RoutingRule, ...]:
         return self.buckets.get(bucket, ())
 
+    def may_act_on(self, bucket: str, status: int) -> bool:
+        """Whether a rule of the bucket may act once the store answered `status` (see decide_after_store)."""
+        return any(rule.status_condition in (None, status) for rule in self.rules_for(bucket))
+
     def first_request_match(
         self, bucket: str, key: str, method: str, header: Callable[[str], str | None], mirror_heads: bool = False
     ) -> RoutingRule | None:
