@@ -69,6 +69,9 @@ class ScriptedOrigin:
         self.received: list[Received] = []
         self.gate = threading.Event()
         self.slow_seconds = 3.0
+        self.in_flight = 0  # GETs being answered now, and the most at once
+        self.most_in_flight = 0
+        self._counting = threading.Lock()
         handler = type("Handler", (_Handler,), {"origin": self})
         self.server = _QuietServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
@@ -100,13 +103,21 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self.origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
+        origin = self.origin
+        origin.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}))
         path = urlsplit(self.path).path
         parts = path.split("/")
         # the first segment after /<dir>/ that names a scenario (so rules may add prefixes)
         named = [p for p in parts[2:] if hasattr(self, "scenario_" + p.replace("-", "_"))]
-        scenario = self.origin.forced or (named[0] if named else "ok")
-        getattr(self, "scenario_" + scenario.replace("-", "_"))(path)
+        scenario = origin.forced or (named[0] if named else "ok")
+        with origin._counting:
+            origin.in_flight += 1
+            origin.most_in_flight = max(origin.most_in_flight, origin.in_flight)
+        try:
+            getattr(self, "scenario_" + scenario.replace("-", "_"))(path)
+        finally:
+            with origin._counting:
+                origin.in_flight -= 1
 
     def do_HEAD(self) -> None:
         """The headers a GET of an ok path would have, no body."""

@@ -30,6 +30,7 @@ from backorigin.miss import objectmeta
 from backorigin.miss.addon import Mirroring
 from backorigin.miss.delivery import MissDelivery
 from backorigin.miss.probe import StoreProbe, answer_from_store
+from backorigin.miss.protect import OriginProtection
 from backorigin.options import check_choice
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
@@ -59,12 +60,13 @@ class BackOrigin:
         self.recorder = Recorder()
         self.probe = StoreProbe()
         self.mirroring = Mirroring()
+        self.protection = OriginProtection(self.mirroring)
         self.deletes = Deletes(self.context, self.mirroring)
         self.listing = MergedListing(self.context, self.deletes.under)
         self.delivery = MissDelivery(self.recorder)
         self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones))
         self.addons = [
-            self.rules_file, self.mirroring, self.deletes, self.listing, self.delivery, self.metrics,
+            self.rules_file, self.mirroring, self.protection, self.deletes, self.listing, self.delivery, self.metrics,
             Ledger(self.recorder), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(),
             StoreServerName(),
         ]

@@ -31,6 +31,7 @@ class Outcome(StrEnum):
     ORIGIN_REDIRECT = "origin-redirect"  # MirrorFollowRedirect false: the origin's 3xx went to the client
     TRANSPARENT = "transparent"  # a TransparentMirrorResponseCodes answer went to the client
     MIRROR_FAILED = "mirror-failed"  # 424 MirrorFailed
+    SLOWED_DOWN = "slowed-down"  # 503 SlowDown: the origin's fetches and their queue were all taken
     UNSAFE_KEY = "unsafe-key"  # a key that cannot be appended to MirrorURL: the store's 404
     DELETED = "deleted"  # deleted through the proxy (a tombstone): the store's 404
     DELETE_MARKER = "delete-marker"  # a versioned bucket's delete marker: the store's 404

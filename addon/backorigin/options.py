@@ -9,14 +9,18 @@ from mitmproxy import exceptions
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
-def parse_seconds(option: str, text: str) -> float:
-    """Seconds given as text ("10", "0.5"): mitmproxy's --set cannot parse floats."""
+def parse_seconds(option: str, text: str, zero_is_off: bool = False) -> float:
+    """Seconds given as text ("10", "0.5"): mitmproxy's --set cannot parse floats. With
+    `zero_is_off`, 0 is allowed too (it turns the feature off)."""
     try:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
+    if zero_is_off and seconds == 0:
+        return 0.0
     if not 0 < seconds < float("inf"):
-        raise exceptions.OptionsError(f"{option}: {text!r} is not a positive number of seconds")
+        raise exceptions.OptionsError(
+            f"{option}: {text!r} is not a positive number of seconds{' (or 0: off)' if zero_is_off else ''}")
     return seconds
 
 

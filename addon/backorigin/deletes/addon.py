@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Optional
 
 import botocore.exceptions
@@ -37,8 +37,11 @@ from backorigin.writeback.spool import ObjectKey
 logger = logging.getLogger(__name__)
 
 DELETES = ("stick", "resurrect")
-DELETING_KEY = "backorigin_deleting"
-_READS = ("GET", "HEAD")  # a delete's objects, held from its request hook to its response hook
+DELETING_KEY = "backorigin_deleting"  # a delete's objects, held from its request hook to its response hook
+_READS = ("GET", "HEAD")
+# A DeleteObjects body is kept up to this size to read its keys: S3 takes 1,000 keys of up to 1,024
+# bytes, which XML escaping can make 5 times longer; a larger body is not a delete the store accepts.
+DELETE_MANY_LIMIT = 8 * 1024 * 1024
 
 
 class Deletes:
@@ -91,11 +94,21 @@ class Deletes:
 
     # hooks -------------------------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A DeleteObjects body passes through `DeleteManyBody`, which reads its keys as it goes,
+        whatever its size and stream_large_bodies."""
+        if flow.request.method == "POST" and self.stick and self.context.acts(flow) and write_kind(flow.request) is WriteKind.DELETE_MANY:
+            flow.request.stream = DeleteManyBody(lambda body: self._hold(flow, body), flow.request.headers.get("content-length"))
+
     def request(self, flow: http.HTTPFlow) -> None:
-        """A delete on its way to the store: hold the key's write-backs, nothing more."""
-        if flow.request.method in _READS or not self.stick or not self.context.acts(flow) or flow.response is not None:
+        """A delete on its way to the store: hold the key's write-backs, nothing more (a
+        DeleteObjects was held by its DeleteManyBody)."""
+        if flow.request.method != "DELETE" or not self.stick or not self.context.acts(flow) or flow.response is not None:
             return
-        refs = self._deleted_by(flow)
+        self._hold(flow, b"")
+
+    def _hold(self, flow: http.HTTPFlow, body: bytes) -> None:
+        refs = self._deleted_by(flow, body)
         if not refs:
             return
         endpoint = self.context.endpoint(flow.request)
@@ -108,9 +121,25 @@ class Deletes:
         """The store's answer to a write: the keys a delete deleted get tombstones, lose their fill
         and write-backs; the others' write-backs are released. A PUT, copy or completed multipart
         upload of a key clears its tombstone. Reads cost no coroutine."""
-        if flow.request.method in _READS or not self.stick or not self.context.acts(flow) or flow.response is None:
+        if flow.request.method in _READS or not self.context.acts(flow) or flow.response is None:
             return None
-        return self._answered(flow, flow.response)
+        if 200 <= flow.response.status_code < 300:
+            self._forget_origin_404s(flow)
+        return self._answered(flow, flow.response) if self.stick else None
+
+    def _forget_origin_404s(self, flow: http.HTTPFlow) -> None:
+        """A key written or deleted through the proxy asks the origin afresh on its next miss."""
+        if write_kind(flow.request) is WriteKind.DELETE_MANY:
+            keys = [(str(b), str(k)) for _, b, k, _ in flow.metadata.get(DELETING_KEY, [])]
+        else:
+            keys = [(ref.bucket, ref.key)] if write_kind(flow.request) is not None and (ref := self.context.object(flow)) else []
+        for bucket, key in keys:
+            self.mirroring.mirror.guard.not_found.forget(bucket, key)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The answer to a DeleteObjects that held keys is read as it passes (its <Error> keys)."""
+        if flow.request.method == "POST" and flow.response is not None and DELETING_KEY in flow.metadata:
+            flow.response.stream = DeleteManyBody(lambda body: None, flow.response.headers.get("content-length"))
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         deleting = flow.metadata.pop(DELETING_KEY, [])
@@ -119,7 +148,8 @@ class Deletes:
         kind = write_kind(flow.request)
         try:
             if held and succeeded:
-                refused = set(keys_in(response.raw_content or b"", "Error")) if kind is WriteKind.DELETE_MANY else set()
+                answered = response.stream.body if isinstance(response.stream, DeleteManyBody) else response.raw_content
+                refused = set(keys_in(bytes(answered or b""), "Error")) if kind is WriteKind.DELETE_MANY else set()
                 done = [(key, bool(versioned)) for key, (*_, versioned) in zip(held, deleting, strict=True) if key[2] not in refused]
                 await self._deleted([key for key, versioned in done if not versioned or not await self._still_there(key)])
         finally:
@@ -164,7 +194,7 @@ class Deletes:
         for key in keys:
             writeback.release(key)
 
-    def _deleted_by(self, flow: http.HTTPFlow) -> list[tuple[ObjectRef, bool]]:
+    def _deleted_by(self, flow: http.HTTPFlow, body: bytes) -> list[tuple[ObjectRef, bool]]:
         """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete, each
         with whether only a version of it is deleted (a key named with and without a version: not)."""
         kind = write_kind(flow.request)
@@ -174,7 +204,7 @@ class Deletes:
             bucket, found = (ref.bucket, [(ref.key, kind is WriteKind.DELETE_VERSION)]) if ref else (None, [])
         elif kind is WriteKind.DELETE_MANY:
             bucket = bucket_of(flow.request, self.context.vhost_domains)
-            found = [(key, version is not None) for key, version in objects_in(flow.request.raw_content or b"", "Object")]
+            found = [(key, version is not None) for key, version in objects_in(body, "Object")]
         else:
             return []
         if bucket is None:
@@ -184,3 +214,26 @@ class Deletes:
             versioned[key] = versioned.get(key, True) and of_version
         refs = [(ObjectRef(bucket, key), only_version) for key, only_version in versioned.items()]
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
+
+
+class DeleteManyBody:
+    """mitmproxy's stream function for a DeleteObjects body: each chunk passes on as it is, a copy
+    is kept (up to DELETE_MANY_LIMIT), and `whole(body)` runs before the body's last byte is passed
+    on, so the keys' write-backs are held before the store can have the whole request."""
+
+    def __init__(self, whole: Callable[[bytes], None], content_length: str | None) -> None:
+        self.whole = whole
+        self.length = int(content_length) if content_length and content_length.isascii() and content_length.isdigit() else None
+        self.body: bytearray | None = bytearray()
+        self.done = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.body is not None:
+            self.body += chunk
+            if len(self.body) > DELETE_MANY_LIMIT:
+                self.body = None  # not a delete the store accepts: nothing to hold
+        ended = chunk == b"" or (self.length is not None and self.body is not None and len(self.body) >= self.length)
+        if ended and not self.done and self.body is not None:
+            self.done = True
+            self.whole(bytes(self.body))
+        return chunk

@@ -19,9 +19,9 @@ from backorigin.decision import Outcome
 from backorigin.miss import objectmeta
 from backorigin.miss.conditional import Answer, needs_etag, plan
 from backorigin.miss.fill import Fill, FillBroken
-from backorigin.miss.origin import OriginResult
+from backorigin.miss.origin import Failure, OriginResult
 from backorigin.s3.addressing import ObjectRef
-from backorigin.s3.replies import Headers, Reply, mirror_failed, redirect, s3_error
+from backorigin.s3.replies import Headers, Reply, mirror_failed, redirect, s3_error, slow_down
 from backorigin.s3.store import StoreAnswer
 
 READ_CHUNK = 1024 * 1024
@@ -99,14 +99,19 @@ async def _body(fill: Fill, answer: Answer) -> AsyncGenerator[bytes, None]:
 
 def _without_body(result: OriginResult, ref: ObjectRef, store_404: StoreAnswer, transparent_codes: frozenset[int]) -> Reply:
     """What a miss answers when the origin had no object to give: its 404 is the store's
-    404; a transparent code passes through; an unfollowed redirect goes to the client;
-    anything else is 424 MirrorFailed."""
+    404; a transparent code passes through; an unfollowed redirect goes to the client; an origin
+    too busy to ask (miss.guard) is 503 SlowDown, which S3 clients retry; anything else is 424
+    MirrorFailed."""
     if result.status == 404:
         headers = [(k, v) for k, v in store_404.headers if k.lower() not in HOP_BY_HOP]
         return Reply(store_404.status, headers, store_404.body, outcome=Outcome.ORIGIN_404, origin_status=404)
     if result.status in transparent_codes:
         return Reply(result.status, list(result.storable_headers.items()), result.body, outcome=Outcome.TRANSPARENT,
                      origin_status=result.status)
+    if result.failure is Failure.BUSY:
+        reply = slow_down(ref)
+        reply.outcome = Outcome.SLOWED_DOWN
+        return reply
     if result.location:
         reply = redirect(result.status or 302, result.location)
     else:

@@ -1,9 +1,10 @@
 """Mirror back-to-origin: one fill per missed object, answered from the fill, stored from the spool.
 
-`Mirror` owns the origin client, the fills in flight, the write-back and the store-existence
-cache. `start` begins (or joins) the one origin GET of an object; `reply` answers one client
-from it (miss.answer); when the fetch ends, a good body is spooled (body, then manifest)
-before any answer completes, and handed to the write-back. A fill stays registered until
+`Mirror` owns the origin client, the fills in flight, the write-back, the store-existence cache
+and the origins' guard (miss.guard: 404s remembered, fetches at once, circuits). `start` begins
+(or joins) the one origin GET of an object; `reply` answers one client from it (miss.answer);
+when the fetch ends, a good body is spooled (body, then manifest) before any answer completes,
+and handed to the write-back. A fill stays registered until
 its write-back has landed, so every miss until then is served from the spool.
 """
 
@@ -21,6 +22,7 @@ from backorigin.limits import IN_HOOK_ANSWER_LIMIT
 from backorigin.miss import objectmeta
 from backorigin.miss.answer import respond
 from backorigin.miss.fill import Fill, Fills, Settled
+from backorigin.miss.guard import Full, OriginGuard
 from backorigin.miss.origin import Failure, OriginClient, OriginResult
 from backorigin.miss.probe import ExistenceCache
 from backorigin.rules.model import RoutingRule
@@ -33,6 +35,8 @@ from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
 REFUSED_KEPT = 10_000  # objects the store refused for good, remembered (the oldest are forgotten)
+# failures that count towards opening an origin's circuit, besides its 5xx answers
+BREAKING = frozenset({Failure.NETWORK, Failure.TIMEOUT, Failure.INTEGRITY})
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Miss:
     fill: Fill
     started: bool  # this miss started the origin fetch (others joined it)
     reply: Reply | None = None
+    note: str = ""  # what the decision says when nothing else does
 
     def decision(self, outcome: Outcome | None = None, detail: str = "") -> Decision:
         settled = self.fill.settled
@@ -56,7 +61,7 @@ class Miss:
             origin_status=reply.origin_status if reply else None,
             bytes=settled.result.size if settled and self.started else 0,
             writeback=settled.writeback if settled and settled.result.ok else "",
-            detail=detail or (reply.detail if reply else "") or ("" if self.started else "joined the fetch under way"),
+            detail=detail or (reply.detail if reply else "") or self.note or ("" if self.started else "joined the fetch under way"),
             store_status=404,
         )
 
@@ -71,6 +76,8 @@ class Mirror:
         self.refused: OrderedDict[ObjectKey, str] = OrderedDict()  # objects the store refused for good, and why
         self.min_free = 0  # bytes the spool's disk keeps free (backorigin_spool_min_free)
         self._fetches: set[asyncio.Task] = set()
+        self.guard = OriginGuard()  # the origins' 404s, concurrency limits and circuits
+        origin.observe = self._observed
         writeback.landed = self._landed
         # told of every origin fetch and how long it took (addon.metrics)
         self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
@@ -93,6 +100,10 @@ class Mirror:
             logger.info("another client joins the origin fetch under way for %s (or its spooled body)", ref.key)
             return Miss(ref, rule, request, fill, started=False)
         fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(endpoint, ref, rule))
+        if (ref.bucket, rule.RuleNumber, ref.key) in self.guard.not_found:
+            self.guard.counts["not_found_hits"] += 1
+            fill.settle(Settled(OriginResult(request.url, 404), "none (no object)"))
+            return Miss(ref, rule, request, fill, started=False, note="the origin's 404, remembered (backorigin_origin_404_ttl)")
         if not proxy_pass:
             self.fills.add(fill)
         task = asyncio.ensure_future(self._fetch(fill, ref, rule, request, not_storing))
@@ -136,7 +147,9 @@ class Mirror:
         writeback = "none (no object)"
         try:
             try:
-                result = await self.origin.fetch(request, fill)
+                result = await self._guarded(request, fill)
+                if result.status == 404:
+                    self.guard.not_found.add(ref.bucket, rule.RuleNumber, ref.key)
             except Exception as e:  # never leave readers waiting
                 logger.exception("fetch of %s failed", request.url)
                 result = OriginResult.failed(request.url, Failure.NETWORK, f"{type(e).__name__}: {e}")
@@ -154,6 +167,33 @@ class Mirror:
             fill.settle(Settled(result, writeback))
             if writeback != "queued":  # nothing will land: the next miss asks the origin again
                 self.fills.drop(fill)
+
+    async def _guarded(self, request: OriginRequest, fill: Fill) -> OriginResult:
+        """The fetch, unless the origin's circuit is open (then the secondary origin, or a failure
+        at once) or its fetches and queue are all taken (miss.guard)."""
+        guard = self.guard
+        breaker = guard.breaker_for(request.url)
+        if not breaker.allow():
+            if not (request.fallback_url and guard.breaker_for(request.fallback_url).allow()):
+                guard.counts["failed_fast"] += 1
+                return OriginResult.failed(request.url, Failure.CIRCUIT_OPEN, f"the circuit of {breaker.host} is open")
+            request = replace(request, url=request.fallback_url, fallback_url=None, probe_url=None)
+            breaker = guard.breaker_for(request.url)
+        slots = guard.slots_for(request.url)
+        if slots.running >= slots.limit:
+            guard.counts["queued"] += 1
+        try:
+            async with slots:
+                return await self.origin.fetch(request, fill)
+        except Full as e:
+            guard.counts["refused"] += 1
+            return OriginResult.failed(request.url, Failure.BUSY, f"{breaker.host}: {e}")
+        finally:
+            breaker.release()
+
+    def _observed(self, url: str, result: OriginResult) -> None:
+        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit."""
+        self.guard.breaker_for(url).record(result.failure in BREAKING or (result.status or 0) >= 500)
 
     def _spool(self, fill: Fill, result: OriginResult, not_storing: str) -> str:
         """Spool a good body with its manifest (the promise to store it), or give it up."""

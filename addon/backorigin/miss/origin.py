@@ -12,7 +12,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -60,6 +60,8 @@ class Failure(StrEnum):
     REDIRECT = "redirect"
     TOO_LARGE = "too-large"
     SPOOL = "spool"
+    CIRCUIT_OPEN = "circuit-open"  # miss.guard: the origin kept failing, it is left alone for a while
+    BUSY = "busy"  # miss.guard: its fetches and queue were all taken (503 SlowDown, not 424)
 
     @property
     def reason(self) -> str:
@@ -73,6 +75,8 @@ _REASONS = {
     Failure.REDIRECT: "the origin redirected where the proxy does not follow",
     Failure.TOO_LARGE: "the object is larger than this proxy mirrors",
     Failure.SPOOL: "the proxy could not keep the object on its disk",
+    Failure.CIRCUIT_OPEN: "the origin kept failing; the proxy is not asking it for a while",
+    Failure.BUSY: "the origin is busy with other fetches",
 }
 
 
@@ -201,6 +205,7 @@ class OriginClient:
         self.max_size = parse_size("backorigin_max_object_size", MAX_OBJECT_SIZE)
         self.allowed_hosts: frozenset[str] = frozenset()
         self._probes: dict[str, tuple[float, bool]] = {}
+        self.observe: Callable[[str, OriginResult], None] = lambda url, result: None  # every URL's result (miss.guard)
         # a transport, not a client: no cookie jar, no proxy variables of this machine
         self._transport = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
 
@@ -212,11 +217,16 @@ class OriginClient:
         is one that switches (see should_switch) before any of its body was passed on."""
         if request.fallback_url and request.probe_url and not await self._healthy(request.probe_url):
             logger.info("probe %s failed; asking %s", request.probe_url, request.fallback_url)
-            return await self._fetch_url(request, request.fallback_url, sink)
-        result = await self._fetch_url(request, request.url, sink)
+            return await self._observed(request, request.fallback_url, sink)
+        result = await self._observed(request, request.url, sink)
         if request.fallback_url and not sink.started and should_switch(result, request.switch_all_errors):
             logger.info("%s answered %s; asking %s", request.url, result.status or result.detail, request.fallback_url)
-            return await self._fetch_url(request, request.fallback_url, sink)
+            return await self._observed(request, request.fallback_url, sink)
+        return result
+
+    async def _observed(self, request: OriginRequest, url: str, sink: BodySink) -> OriginResult:
+        result = await self._fetch_url(request, url, sink)
+        self.observe(url, result)
         return result
 
     async def _healthy(self, probe_url: str) -> bool:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 
+from cachetools import TTLCache
 from mitmproxy import http
 
 from backorigin.limits import PROBE_ANSWER_LIMIT
@@ -30,22 +31,17 @@ EXISTS_CACHE_SIZE = 50_000
 
 
 class ExistenceCache:
-    """Objects the store recently said it has; misses are never cached (they are about to change)."""
+    """Objects the store recently said it has (cachetools' TTLCache: each kept `ttl` seconds, the
+    least recently seen forgotten past `size`); misses are never cached (they are about to change)."""
 
-    def __init__(self, ttl: float = EXISTS_TTL, size: int = EXISTS_CACHE_SIZE) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._seen: OrderedDict[ObjectKey, float] = OrderedDict()
+    def __init__(self, ttl: float = EXISTS_TTL, size: int = EXISTS_CACHE_SIZE, now: Callable[[], float] = time.monotonic) -> None:
+        self._seen: TTLCache[ObjectKey, bool] = TTLCache(size, ttl, timer=now)
 
     def __contains__(self, key: ObjectKey) -> bool:
-        seen = self._seen.get(key)
-        return seen is not None and time.monotonic() - seen < self.ttl
+        return key in self._seen
 
     def add(self, key: ObjectKey) -> None:
-        self._seen[key] = time.monotonic()
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.size:
-            self._seen.popitem(last=False)
+        self._seen[key] = True
 
     def discard(self, key: ObjectKey) -> None:
         self._seen.pop(key, None)

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from backorigin.decision import Stats
 from backorigin.miss.addon import Mirroring
+from backorigin.miss.guard import Circuit, OriginGuard
 from backorigin.miss.origin import OriginResult
 from backorigin.writeback.spools import OWNER
 
@@ -63,6 +64,7 @@ class AddonState:
     spool_dir: Callable[[], Path]
     tombstones: Callable[[], int]
     spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
+    guard: Callable[[], OriginGuard]  # the origins' 404s, limits and circuits (miss.guard)
 
 
 @dataclass(eq=False)  # registries key collectors by identity
@@ -103,6 +105,38 @@ class AddonCollector(Collector):
                                 value=self.state.spool_failed())
         yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
                                 value=self.state.tombstones())
+        yield from guard_metrics(self.state.guard())
+
+
+CIRCUIT_VALUES = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
+
+
+def guard_metrics(guard: OriginGuard) -> Iterator[Metric]:
+    """What miss.guard did: origin 404s answered from memory, fetches that waited or were refused,
+    each origin host's fetches and circuit."""
+    counts = guard.counts
+    yield CounterMetricFamily("backorigin_origin_404_remembered_hits", "Misses answered with an origin 404 remembered "
+                              "(backorigin_origin_404_ttl), without asking the origin", value=counts["not_found_hits"])
+    yield GaugeMetricFamily("backorigin_origin_404_remembered", "Origin 404s remembered now", value=len(guard.not_found))
+    yield CounterMetricFamily("backorigin_origin_fetches_queued", "Origin fetches that waited for a free slot "
+                              "(backorigin_origin_concurrency)", value=counts["queued"])
+    yield CounterMetricFamily("backorigin_origin_fetches_refused", "Misses answered 503 SlowDown: the origin host's "
+                              "fetches and queue were all taken", value=counts["refused"])
+    yield CounterMetricFamily("backorigin_origin_failed_fast", "Misses that failed at once: the origin host's circuit "
+                              "was open", value=counts["failed_fast"])
+    running = GaugeMetricFamily("backorigin_origin_fetches_running", "Origin fetches under way, by origin host", labels=["host"])
+    waiting = GaugeMetricFamily("backorigin_origin_fetches_waiting", "Misses waiting for an origin fetch slot, by origin host",
+                                labels=["host"])
+    for host, slots in sorted(guard.slots.items()):
+        running.add_metric([host], slots.running)
+        waiting.add_metric([host], slots.waiting)
+    yield running
+    yield waiting
+    circuits = GaugeMetricFamily("backorigin_origin_circuit", "Each origin host's circuit: 0 closed, 1 half-open, 2 open",
+                                 labels=["host"])
+    for host, breaker in sorted(guard.breakers.items()):
+        circuits.add_metric([host], CIRCUIT_VALUES[breaker.state])
+    yield circuits
 
 
 @dataclass(eq=False)
@@ -179,7 +213,7 @@ class MetricsEndpoint:
         writeback = mirror.writeback
         collector = AddonCollector(AddonState(
             self.stats, lambda: dict(writeback.outcomes), lambda: writeback.pending,
-            lambda: writeback.spool.directory, self.tombstones, writeback.spool.failed_count,
+            lambda: writeback.spool.directory, self.tombstones, writeback.spool.failed_count, lambda: mirror.guard,
         ))
         metrics.add(collector)
 
