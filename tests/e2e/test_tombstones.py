@@ -92,6 +92,15 @@ def test_delete_objects_leaves_a_tombstone_for_each_key_it_deleted(tomb_proxy, o
         gets_404_without_the_origin(tomb_proxy, origin, key, unique)
 
 
+def test_delete_objects_larger_than_stream_large_bodies_leaves_its_tombstones(tomb_proxy, origin, unique):
+    """1,000 keys of about 1,000 bytes: a 1.1 MiB body, which mitmproxy streams (stream_large_bodies 1m)."""
+    keys = [f"ok/{unique}-{i:04d}-" + "k" * 960 for i in range(1000)]
+    answer = client_through(tomb_proxy).delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
+    assert not answer.get("Errors") and len(answer["Deleted"]) == 1000
+    for key in (keys[0], keys[500], keys[-1]):
+        gets_404_without_the_origin(tomb_proxy, origin, key, unique)
+
+
 def versions_of(s3, key: str, kind: str = "Versions") -> list[str]:
     """The key's version ids (or its delete markers')."""
     return [v["VersionId"] for v in s3.list_object_versions(Bucket=VERSIONED, Prefix=key).get(kind, []) if v["Key"] == key]

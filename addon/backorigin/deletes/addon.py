@@ -137,9 +137,15 @@ class Deletes:
             self.mirroring.mirror.guard.not_found.forget(bucket, key)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """The answer to a DeleteObjects that held keys is read as it passes (its <Error> keys)."""
-        if flow.request.method == "POST" and flow.response is not None and DELETING_KEY in flow.metadata:
-            flow.response.stream = DeleteManyBody(lambda body: None, flow.response.headers.get("content-length"))
+        """The answer to a DeleteObjects that held keys is read as it passes (its <Error> keys). It
+        goes out chunked, so that the client has all of it only after the response hook has written
+        the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
+        response = flow.response
+        if flow.request.method == "POST" and response is not None and DELETING_KEY in flow.metadata:
+            response.stream = DeleteManyBody(lambda body: None, response.headers.get("content-length"))
+            if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
+                del response.headers["content-length"]
+                response.headers["transfer-encoding"] = "chunked"
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         deleting = flow.metadata.pop(DELETING_KEY, [])
