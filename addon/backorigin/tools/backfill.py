@@ -45,36 +45,18 @@ from backorigin.miss.origin import OriginClient, Timeouts
 from backorigin.rules.model import RuleBook
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import describe_error, store_has
-from backorigin.tools.sweep import (
-    Finished,
-    Progress,
-    Report,
-    SweepError,
-    plan_key,
-    prepare,
-    run_and_report,
-    sweep,
-)
+from backorigin.tools.report import Finished, Report
+from backorigin.tools.shards import Shard
+from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
 from backorigin.ui.metrics import BackfillCollector, Metrics
 from backorigin.writeback.upload import retrying, upload_object
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_STATE = Path(".backfill")
 JOURNAL = "journal.jsonl"
 DOWNLOADS = "downloads"
 FSYNC_EVERY = 1.0  # seconds between fsyncs of the journal (each line reaches the OS at once)
-
-# The result of one key, as the journal and the report name it, and the report's wording.
-RESULTS = {
-    "copied": "copied",
-    "already-present": "already present",
-    "origin-404": "origin 404",
-    "tombstoned": "tombstoned",
-    "proxy-pass": "not stored (proxy pass)",
-    "failed": "failed",
-}
-
-
 
 # rates -------------------------------------------------------------------------------------
 
@@ -342,16 +324,25 @@ def serve_metrics(port: int, progress: Progress, report: Report) -> Metrics:
     return metrics
 
 
+def state_folder(given: Path | None, shard: Shard | None) -> Path:
+    """--state, else .backfill, or .backfill/shard-K-of-N for a shard: each shard its own journal."""
+    if given is not None:
+        return given
+    return DEFAULT_STATE / shard.folder if shard is not None else DEFAULT_STATE
+
+
 def run_command(args: Any) -> int:
     """`backorigin backfill`: exit 0 when no key failed, 1 when some did, 2 when it cannot
     start, 130 when interrupted (run the same command again to continue)."""
     try:
-        book, tombstones, listed = prepare(args)
-        journal = Journal(args.state, args.bucket)
+        prepared = prepare(args)
+        state = state_folder(args.state, prepared.shard)
+        journal = Journal(state, args.bucket)
     except SweepError as e:
         print(f"backorigin backfill: {e}", file=sys.stderr)
         return 2
-    report = Report("backfill", args.bucket, args.store, keys=len(listed), labels=dict(RESULTS))
+    listed = prepared.listed
+    report = Report("backfill", args.bucket, args.store, keys=len(listed), shard=prepared.shard)
     todo: list[str] = []
     for item in listed:
         earlier = journal.done(item.key)
@@ -367,8 +358,8 @@ def run_command(args: Any) -> int:
               f"{len(todo)} to go", file=sys.stderr)
     progress = Progress(len(listed), total_bytes, report.resumed, "backfill")
     metrics = serve_metrics(args.metrics_port, progress, report) if args.metrics_port else None
-    settings = Settings(book, args.store, args.bucket, args.state, args.concurrency, args.max_rps, args.max_bandwidth,
-                        tombstones)
+    settings = Settings(prepared.book, args.store, args.bucket, state, args.concurrency, args.max_rps, args.max_bandwidth,
+                        prepared.tombstones)
     status = run_and_report(Backfill(settings, progress, journal, report).run(todo), report, progress, args.report,
                             [journal.close, *([metrics.close] if metrics else [])])
     if status == 130:
