@@ -114,6 +114,19 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--concurrency", type=_positive_int, default=16, metavar="N", help="keys checked at once (default: 16)")
     verify.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
     verify.set_defaults(handler=lambda a: _verify(a))
+
+    report = commands.add_parser("report", help="work with the JSON reports of backfill and verify (report merge)")
+    report_commands = report.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
+    merge = report_commands.add_parser(
+        "merge", help="add up the reports of every shard of one backfill or verify into one report",
+        description="Add up the --report files of the N shards (--shard K/N) of one backfill or verify: keys, "
+                    "counts, bytes and problems, as one process over every key would have counted them, printed as "
+                    "text. Refused when the reports are of different commands, buckets or stores, or a shard is "
+                    "missing or given twice. Exit status 0 when the merged report is ok, 1 when it is not (a key failed or "
+                    "is a problem, or a shard was interrupted), 2 when the reports cannot be merged.")
+    merge.add_argument("reports", type=Path, nargs="+", metavar="REPORT", help="the JSON report of each shard")
+    merge.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the merged report as JSON to FILE")
+    merge.set_defaults(handler=lambda a: _merge_reports(a))
     return top
 
 
@@ -134,7 +147,7 @@ def _key_source_arguments(command: argparse.ArgumentParser) -> None:
                          help="only the keys of shard K of N (K from 0 to N-1, as a Kubernetes Indexed Job's "
                               "JOB_COMPLETION_INDEX): a stable hash of the key, so N processes on N machines share the "
                               "work without overlap; default: JOB_COMPLETION_INDEX/JOB_COMPLETIONS when both are set, "
-                              "else every key. Each shard writes its own --report")
+                              "else every key. Each shard writes its own --report; `backorigin report merge` adds them up")
     command.add_argument("--tombstones", default=None, metavar="DIR_OR_S3URL",
                          help="the proxies' tombstones, whose keys are skipped: the proxy's spool folder's tombstones "
                               "folder (SPOOL/tombstones), or the s3://BUCKET/PREFIX/ the proxies use "
@@ -181,6 +194,12 @@ def _verify(args: argparse.Namespace) -> int:
     from backorigin.tools.verify import run_command
 
     return run_command(args)
+
+
+def _merge_reports(args: argparse.Namespace) -> int:
+    from backorigin.tools.report import run_merge
+
+    return run_merge(args.reports, args.out)
 
 
 def _demo(args: argparse.Namespace) -> int:
