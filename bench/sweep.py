@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, interleaved (median reported)")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--shards", type=int, default=0, help="also N shards at once with this tree's code (0: not)")
+    parser.add_argument("--shards", type=int, default=4, help="also N shards at once with this tree's code (0: not)")
     parser.add_argument("--profile", action="store_true", help="one more run of each variant under py-spy")
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)

@@ -47,7 +47,7 @@ from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import describe_error, store_has
 from backorigin.tools.report import Finished, Report
 from backorigin.tools.shards import Shard
-from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
+from backorigin.tools.sweep import PoolPerWorker, Progress, SweepError, plan_key, prepare, run_and_report, sweep
 from backorigin.ui.metrics import BackfillCollector, Metrics
 from backorigin.writeback.upload import retrying, upload_object
 
@@ -118,15 +118,13 @@ class PacedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, requests: Pacer | None, body_bytes: Pacer | None,
                  inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._inner = inner or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
+        self._inner = inner or PoolPerWorker()
         self.requests = requests
         self.body_bytes = body_bytes
-        self.sent = 0  # requests sent to origins
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.requests is not None:
             await self.requests.take()
-        self.sent += 1
         response = await self._inner.handle_async_request(request)
         if self.body_bytes is not None:
             assert isinstance(response.stream, httpx.AsyncByteStream)

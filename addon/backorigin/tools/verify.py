@@ -25,7 +25,7 @@ from backorigin.rules.model import LOOP_HEADER, RuleBook
 from backorigin.rules.targets import OriginRequest
 from backorigin.s3.clients import describe_error, status_of
 from backorigin.tools.report import Finished, Report
-from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
+from backorigin.tools.sweep import PoolPerWorker, Progress, SweepError, plan_key, prepare, run_and_report, sweep
 
 
 def compare(store_size: int, store_etag: str | None, origin: httpx.Response) -> str:
@@ -45,7 +45,7 @@ class Verify:
         self.book, self.store, self.bucket, self.tombstones = book, store, bucket, tombstones
         self.progress = progress
         self.report = report
-        self.http = httpx.AsyncClient(trust_env=False, timeout=timeout, limits=httpx.Limits(max_connections=None))
+        self.http = httpx.AsyncClient(trust_env=False, timeout=timeout, transport=PoolPerWorker())
 
     async def run(self, keys: list[str], concurrency: int) -> None:
         try:
