@@ -5,7 +5,8 @@ against an earlier commit's, side by side in one run, and N shards at once again
 
 An embedded SeaweedFS is the store and a second one, with SigV4 on, the S3 origin holding
 `--keys` small objects (tests/sweep_support.py). Every run copies all of them into a fresh
-bucket with `--origin-listing`, as a process of its own (`python -m backorigin`, the variant's
+bucket with `--origin-listing`, then sweeps that bucket again with a fresh state folder (every
+key already there, the last pass of a migration), each as a process of its own (`python -m backorigin`, the variant's
 code first on PYTHONPATH); its CPU is that process's user + system time (wait4). A run over an
 empty key list measures the start-up (imports, clients), which "CPU per key" leaves out.
 `--profile` records one more run of each variant with py-spy (raw stacks in bench/out/).
@@ -41,6 +42,7 @@ class Run:
     system: float  # of which system
     keys: int
     copied: int
+    present: int = 0
 
 
 def variant_code(revision: str, folder: Path) -> Path:
@@ -108,20 +110,22 @@ class Bench:
         write_rules(self.rules, {bucket: [s3_origin_rule(self.origin)] for bucket in self.buckets})
         return name
 
-    def backfill(self, name: str, code: Path, shards: int = 1, profile: Path | None = None) -> Run:
-        bucket = self.bucket(name)
+    def backfill(self, name: str, code: Path, shards: int = 1, profile: Path | None = None, bucket: str | None = None) -> Run:
+        """A backfill into a fresh bucket (or into `bucket` again, with a fresh state: every key already there)."""
+        bucket = bucket or self.bucket(name)
         argvs = []
         for index in range(shards):
             work = self.folder / f"{name}-{index}"
-            shard = ["--shard", f"{index}/{shards}"] if shards > 1 else []
-            argvs.append(backfill_argv(self.rules, self.store, bucket, work, self.concurrency, "--origin-listing", *shard))
+            shard = ["--shard", f"{index}/{shards}"] if shards > 1 else []  # the same concurrency in all
+            argvs.append(backfill_argv(self.rules, self.store, bucket, work, self.concurrency // shards, "--origin-listing", *shard))
         if profile is not None:
             # --gil: samples of the thread holding the GIL, Python's CPU (py-spy's idle filter misses pool threads here)
             spy = [ensure_py_spy(), "record", "--rate", "250", "--gil", "--full-filenames", "--format", "raw", "--output", str(profile)]
             argvs = [[*spy, "--", *argv] for argv in argvs]
         seconds, cpu, system = run_processes(argvs, code)
         reports = [json.loads((self.folder / f"{name}-{index}" / "report.json").read_text()) for index in range(shards)]
-        return Run(seconds, cpu, system, sum(r["keys"] for r in reports), sum(r["counts"]["copied"] for r in reports))
+        return Run(seconds, cpu, system, sum(r["keys"] for r in reports), sum(r["counts"]["copied"] for r in reports),
+                   sum(r["counts"]["already-present"] for r in reports))
 
     def start_up(self, name: str, code: Path) -> float:
         """CPU seconds of a backfill over no key at all."""
@@ -162,14 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         with Bench(folder, args.keys, args.concurrency) as bench:
             start_up = {name: bench.start_up(f"{name}-empty", code) for name, code in variants.items()}
             runs: dict[str, list[Run]] = {name: [] for name in variants}
+            runs.update({f"{name}, every key already there": [] for name in variants})
             for round_number in range(args.rounds):
                 for name, code in variants.items():
                     run = bench.backfill(f"{name}-{round_number}", code)
-                    assert run.copied == args.keys, run
+                    again = bench.backfill(f"{name}-{round_number}-again", code, bucket=f"{name}-{round_number}")
+                    assert run.copied == args.keys and again.present == args.keys, (run, again)
                     runs[name].append(run)
+                    runs[f"{name}, every key already there"].append(again)
                     print(f"{name} round {round_number}: {run.keys / run.seconds:.0f} keys/s, "
-                          f"{1000 * run.cpu / run.keys:.2f} ms CPU/key ({1000 * run.system / run.keys:.2f} system)", file=sys.stderr)
-            table = {name: describe(found, start_up[name]) for name, found in runs.items()}
+                          f"{1000 * run.cpu / run.keys:.2f} ms CPU/key ({1000 * run.system / run.keys:.2f} system); "
+                          f"again: {again.keys / again.seconds:.0f} keys/s", file=sys.stderr)
+            table = {name: describe(found, start_up[name.split(",")[0]]) for name, found in runs.items()}
             if args.shards > 1:
                 sharded = [bench.backfill(f"shards-{n}", variants["after"], args.shards) for n in range(args.rounds)]
                 assert all(run.copied == args.keys for run in sharded), sharded

@@ -1,14 +1,17 @@
 """A private S3 bucket as the sweep's origin (a second SeaweedFS with SigV4 on) holding
-`count` small keys, shared by the end-to-end sweep tests and the sweep benchmark."""
+`count` small keys, shared by the end-to-end sweep tests and the sweep benchmark; and a fake
+boto3 listing for the unit tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.support import mirror_rule
 
+ORIGIN_KEYS = 2000  # the end-to-end tests' S3 origin (tests/e2e/conftest.py)
 ORIGIN_BUCKET = "origin-bucket"
 ORIGIN_PREFIX = "data/"
 AUTH = {"AuthType": "S3V4", "Region": "us-east-1", "AccessKeyId": "backfillkey", "AccessKeySecret": "backfillsecret"}
@@ -45,3 +48,26 @@ def stop_quickly(store: EmbeddedStore) -> None:
 def s3_origin_rule(origin: EmbeddedStore) -> dict:
     """The Mirror rule that makes the S3 origin's data/KEY the bucket's KEY."""
     return mirror_rule(1, f"{origin.endpoint}/{ORIGIN_BUCKET}/{ORIGIN_PREFIX}", MirrorAuth=AUTH)
+
+
+class FakeListing:
+    """A boto3 client's paginator over one listing, counting the pages asked for; with `refusal`,
+    a listing that raises it."""
+
+    def __init__(self, keys: list[str], refusal: Exception | None = None) -> None:
+        self.keys = keys
+        self.refusal = refusal
+        self.pages = 0
+        self.prefixes: list[str] = []
+
+    def get_paginator(self, name: str) -> FakeListing:
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str) -> Iterator[dict]:
+        self.prefixes.append(Prefix)
+        if self.refusal is not None:
+            raise self.refusal
+        matching = [key for key in self.keys if key.startswith(Prefix)]
+        for start in range(0, len(matching), 1000):
+            self.pages += 1
+            yield {"Contents": [{"Key": key, "Size": 1} for key in matching[start:start + 1000]]}

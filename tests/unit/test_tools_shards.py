@@ -17,6 +17,7 @@ from backorigin.tools.backfill import state_folder
 from backorigin.tools.shards import Shard, ShardError, parse_shard, shard_from_environment, shard_of
 from backorigin.tools.sweep import SweepError, keys_from_origin_listing, read_source, settle_shard
 from tests.support import book_of, mirror_rule
+from tests.sweep_support import FakeListing
 
 
 def test_the_shard_of_a_key_is_pinned():
@@ -98,23 +99,6 @@ def test_a_key_list_and_a_ledger_keep_the_shards_keys(tmp_path):
         assert sorted(key for shard in shards for key in shard) == keys
         assert all(shard_of(key, 3) == k for k, shard in enumerate(shards) for key in shard)
         assert [item.key for item in read_source(source(**named), book, None)] == keys
-
-
-class FakeListing:
-    """A boto3 client's paginator over one listing, counting the pages asked for."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = keys
-        self.pages = 0
-
-    def get_paginator(self, name: str) -> FakeListing:
-        return self
-
-    def paginate(self, Bucket: str, Prefix: str):
-        matching = [key for key in self.keys if key.startswith(Prefix)]
-        for start in range(0, len(matching), 1000):
-            self.pages += 1
-            yield {"Contents": [{"Key": key, "Size": 1} for key in matching[start:start + 1000]]}
 
 
 def test_each_shard_lists_the_origin_and_keeps_its_own_keys():
