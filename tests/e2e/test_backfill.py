@@ -1,6 +1,6 @@
 """`backorigin backfill` and `backorigin verify` against real components: the session's
 SeaweedFS store, the scripted HTTP origin, and a second SeaweedFS with SigV4 on as an S3
-origin holding 2,000 keys."""
+origin holding 2,000 keys (conftest's s3_origin)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,11 @@ from backorigin.tools import cli
 from backorigin.tools.embedded_store import free_ports
 from tests.origin_server import body_for, sized_body
 from tests.support import BACKORIGIN, mirror_rule, wait_for, write_rules
-from tests.sweep_support import origin_body, s3_origin_rule, start_s3_origin, stop_quickly
+from tests.sweep_support import ORIGIN_KEYS, origin_body, s3_origin_rule
 
 HTTP_BUCKET = "backfill-http"
 S3_BUCKET = "backfill-s3"
-ORIGIN_KEYS = 2000
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def s3_origin(tmp_path_factory):
-    """A private S3 bucket as the origin: data/k0000 ... data/k1999."""
-    origin = start_s3_origin(tmp_path_factory.mktemp("backfill-origin"), ORIGIN_KEYS)
-    yield origin
-    stop_quickly(origin)
 
 
 @pytest.fixture(scope="module")
