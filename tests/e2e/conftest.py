@@ -7,6 +7,7 @@ import pytest
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.support import Mitmdump
+from tests.sweep_support import ORIGIN_KEYS, start_s3_origin, stop_quickly
 
 BUCKETS = ("mirror-bucket", "suffix-bucket", "headers-bucket", "plain-bucket")
 
@@ -18,6 +19,14 @@ def store(tmp_path_factory):
     store.create_buckets(list(BUCKETS))
     yield store
     store.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_origin(tmp_path_factory):
+    """A private S3 bucket as the sweep's origin: data/k0000 ... data/k1999 (tests/sweep_support.py)."""
+    origin = start_s3_origin(tmp_path_factory.mktemp("sweep-origin"), ORIGIN_KEYS)
+    yield origin
+    stop_quickly(origin)
 
 
 @pytest.fixture(scope="session")

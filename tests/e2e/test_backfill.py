@@ -1,6 +1,6 @@
 """`backorigin backfill` and `backorigin verify` against real components: the session's
 SeaweedFS store, the scripted HTTP origin, and a second SeaweedFS with SigV4 on as an S3
-origin holding 2,000 keys."""
+origin holding 2,000 keys (conftest's s3_origin)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,36 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backorigin.deletes.tombstones import LocalTombstones
 from backorigin.tools import cli
-from backorigin.tools.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import free_ports
 from tests.origin_server import body_for, sized_body
 from tests.support import BACKORIGIN, mirror_rule, wait_for, write_rules
+from tests.sweep_support import ORIGIN_KEYS, origin_body, s3_origin_rule
 
 HTTP_BUCKET = "backfill-http"
 S3_BUCKET = "backfill-s3"
-ORIGIN_KEYS = 2000
 MIB = 1024 * 1024
-AUTH = {"AuthType": "S3V4", "Region": "us-east-1", "AccessKeyId": "backfillkey", "AccessKeySecret": "backfillsecret"}
-
-
-def origin_body(number: int) -> bytes:
-    return f"origin object {number}\n".encode() * (number % 7 + 1)
-
-
-@pytest.fixture(scope="module")
-def s3_origin(tmp_path_factory):
-    """A private S3 bucket as the origin: data/k0000 ... data/k1999, put by a thread pool."""
-    origin = EmbeddedStore(tmp_path_factory.mktemp("backfill-origin"), free_ports(1, with_grpc=True)[0],
-                           AUTH["AccessKeyId"], AUTH["AccessKeySecret"])
-    origin.start()
-    origin.create_buckets(["origin-bucket"])
-    client = origin.client()
-    with ThreadPoolExecutor(10) as pool:  # boto3 pools 10 connections
-        list(pool.map(lambda n: client.put_object(Bucket="origin-bucket", Key=f"data/k{n:04d}", Body=origin_body(n),
-                                                  ContentType="text/plain"), range(ORIGIN_KEYS)))
-    yield origin
-    assert origin.process is not None
-    origin.process.kill()  # a throwaway: no need to wait for a graceful stop
-    origin.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +38,7 @@ def rules(tmp_path_factory, store, origin, s3_origin):
             mirror_rule(1, f"{origin.base}/dir1/", "pp/", MirrorProxyPass=True),
             mirror_rule(2, f"{origin.base}/dir1/"),
         ],
-        S3_BUCKET: [mirror_rule(1, f"{s3_origin.endpoint}/origin-bucket/data/", MirrorAuth=AUTH)],
+        S3_BUCKET: [s3_origin_rule(s3_origin)],
     })
 
 

@@ -44,37 +44,19 @@ from backorigin.miss import objectmeta
 from backorigin.miss.origin import OriginClient, Timeouts
 from backorigin.rules.model import RuleBook
 from backorigin.s3.addressing import ObjectRef
-from backorigin.s3.clients import describe_error, store_has
-from backorigin.tools.sweep import (
-    Finished,
-    Progress,
-    Report,
-    SweepError,
-    plan_key,
-    prepare,
-    run_and_report,
-    sweep,
-)
+from backorigin.s3.clients import describe_error, make_s3_client, store_has
+from backorigin.tools.report import Finished, Report
+from backorigin.tools.shards import Shard
+from backorigin.tools.sweep import PoolPerWorker, Progress, SweepError, plan_key, prepare, run_and_report, sweep
 from backorigin.ui.metrics import BackfillCollector, Metrics
 from backorigin.writeback.upload import retrying, upload_object
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_STATE = Path(".backfill")
 JOURNAL = "journal.jsonl"
 DOWNLOADS = "downloads"
 FSYNC_EVERY = 1.0  # seconds between fsyncs of the journal (each line reaches the OS at once)
-
-# The result of one key, as the journal and the report name it, and the report's wording.
-RESULTS = {
-    "copied": "copied",
-    "already-present": "already present",
-    "origin-404": "origin 404",
-    "tombstoned": "tombstoned",
-    "proxy-pass": "not stored (proxy pass)",
-    "failed": "failed",
-}
-
-
 
 # rates -------------------------------------------------------------------------------------
 
@@ -136,15 +118,13 @@ class PacedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, requests: Pacer | None, body_bytes: Pacer | None,
                  inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._inner = inner or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
+        self._inner = inner or PoolPerWorker()
         self.requests = requests
         self.body_bytes = body_bytes
-        self.sent = 0  # requests sent to origins
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.requests is not None:
             await self.requests.take()
-        self.sent += 1
         response = await self._inner.handle_async_request(request)
         if self.body_bytes is not None:
             assert isinstance(response.stream, httpx.AsyncByteStream)
@@ -261,6 +241,9 @@ class Settings:
     tombstones: Tombstones | None = None
     # a stalled origin is caught by the read timeout; a whole body may take long under --max-bandwidth
     timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10, read=60, total=86400, copy=86400))
+    # --origin-listing: the keys a listing of the store had at the start; the store is not asked
+    # key by key (a key stored since then is found by the create-only upload). None: ask it.
+    in_store: frozenset[str] | None = None
 
 
 class Backfill:
@@ -296,10 +279,16 @@ class Backfill:
         if finished.result == "failed":
             logger.warning("%s: failed: %s", key, finished.reason)
 
+    async def stored(self, store: Any, key: str) -> bool:
+        """Whether the store has the key: the store's listing says, or else a HEAD."""
+        if self.settings.in_store is not None:
+            return key in self.settings.in_store
+        return await asyncio.to_thread(store_has, store, self.settings.bucket, key)
+
     async def copy(self, store: Any, key: str) -> Finished:
         s = self.settings
         try:
-            if await asyncio.to_thread(store_has, store, s.bucket, key):
+            if await self.stored(store, key):
                 return Finished(key, "already-present")
             planned = await plan_key(s.book, s.store, s.bucket, key, s.tombstones)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
@@ -342,16 +331,44 @@ def serve_metrics(port: int, progress: Progress, report: Report) -> Metrics:
     return metrics
 
 
+def listed_in_store(store: Any, bucket: str, book: RuleBook, wanted: set[str]) -> frozenset[str] | None:
+    """With --origin-listing: those of `wanted` that a listing of the store's bucket under the
+    Mirror rules' prefixes returns (ListObjectsV2, a request per 1,000 keys instead of a HEAD per
+    key); None when the store refuses to be listed: then it is asked key by key."""
+    prefixes = sorted({rule.Condition.KeyPrefixEquals for rule in book.rules_for(bucket) if rule.Redirect.is_mirror})
+    prefixes = [prefix for prefix in prefixes if not any(prefix.startswith(other) for other in prefixes if other != prefix)]
+    print(f"listing s3://{bucket} in the store...", file=sys.stderr)
+    found: set[str] = set()
+    try:
+        pages = store.get_paginator("list_objects_v2")
+        for prefix in prefixes:
+            for page in pages.paginate(Bucket=bucket, Prefix=prefix):
+                found.update(entry["Key"] for entry in page.get("Contents", []) if entry["Key"] in wanted)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        print(f"cannot list s3://{bucket} in the store ({describe_error(e)}): asking it key by key", file=sys.stderr)
+        return None
+    return frozenset(found)
+
+
+def state_folder(given: Path | None, shard: Shard | None) -> Path:
+    """--state, else .backfill, or .backfill/shard-K-of-N for a shard: each shard its own journal."""
+    if given is not None:
+        return given
+    return DEFAULT_STATE / shard.folder if shard is not None else DEFAULT_STATE
+
+
 def run_command(args: Any) -> int:
     """`backorigin backfill`: exit 0 when no key failed, 1 when some did, 2 when it cannot
     start, 130 when interrupted (run the same command again to continue)."""
     try:
-        book, tombstones, listed = prepare(args)
-        journal = Journal(args.state, args.bucket)
+        prepared = prepare(args)
+        state = state_folder(args.state, prepared.shard)
+        journal = Journal(state, args.bucket)
     except SweepError as e:
         print(f"backorigin backfill: {e}", file=sys.stderr)
         return 2
-    report = Report("backfill", args.bucket, args.store, keys=len(listed), labels=dict(RESULTS))
+    listed = prepared.listed
+    report = Report("backfill", args.bucket, args.store, keys=len(listed), shard=prepared.shard)
     todo: list[str] = []
     for item in listed:
         earlier = journal.done(item.key)
@@ -367,8 +384,9 @@ def run_command(args: Any) -> int:
               f"{len(todo)} to go", file=sys.stderr)
     progress = Progress(len(listed), total_bytes, report.resumed, "backfill")
     metrics = serve_metrics(args.metrics_port, progress, report) if args.metrics_port else None
-    settings = Settings(book, args.store, args.bucket, args.state, args.concurrency, args.max_rps, args.max_bandwidth,
-                        tombstones)
+    in_store = listed_in_store(make_s3_client(args.store), args.bucket, prepared.book, set(todo)) if args.origin_listing else None
+    settings = Settings(prepared.book, args.store, args.bucket, state, args.concurrency, args.max_rps, args.max_bandwidth,
+                        prepared.tombstones, in_store=in_store)
     status = run_and_report(Backfill(settings, progress, journal, report).run(todo), report, progress, args.report,
                             [journal.close, *([metrics.close] if metrics else [])])
     if status == 130:

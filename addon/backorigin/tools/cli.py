@@ -15,6 +15,7 @@ from pathlib import Path
 from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RulesError
 from backorigin.tools.run import RunError, run_proxy
+from backorigin.tools.shards import Shard, ShardError, parse_shard
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,8 +110,9 @@ def parser() -> argparse.ArgumentParser:
                           help="at most R requests a second to the origins, redirects included (default: no limit)")
     backfill.add_argument("--max-bandwidth", type=_byte_rate, default=None, metavar="RATE",
                           help="at most RATE bytes a second read from the origins, e.g. 50m, 512k (default: no limit)")
-    backfill.add_argument("--state", type=Path, default=Path(".backfill"), metavar="DIR",
-                          help="folder for the journal of finished keys and the bodies in flight (default: .backfill)")
+    backfill.add_argument("--state", type=Path, default=None, metavar="DIR",
+                          help="folder for the journal of finished keys and the bodies in flight (default: .backfill, "
+                               "and .backfill/shard-K-of-N for a shard); one sweep at a time per folder")
     backfill.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
     backfill.add_argument("--metrics-port", type=_positive_int, default=None, metavar="PORT",
                           help="serve progress as Prometheus metrics on 127.0.0.1:PORT/metrics (as backorigin_metrics_port)")
@@ -125,6 +127,19 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--concurrency", type=_positive_int, default=16, metavar="N", help="keys checked at once (default: 16)")
     verify.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
     verify.set_defaults(handler=lambda a: _verify(a))
+
+    report = commands.add_parser("report", help="work with the JSON reports of backfill and verify (report merge)")
+    report_commands = report.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
+    merge = report_commands.add_parser(
+        "merge", help="add up the reports of every shard of one backfill or verify into one report",
+        description="Add up the --report files of the N shards (--shard K/N) of one backfill or verify: keys, "
+                    "counts, bytes and problems, as one process over every key would have counted them, printed as "
+                    "text. Refused when the reports are of different commands, buckets or stores, or a shard is "
+                    "missing or given twice. Exit status 0 when the merged report is ok, 1 when it is not (a key failed or "
+                    "is a problem, or a shard was interrupted), 2 when the reports cannot be merged.")
+    merge.add_argument("reports", type=Path, nargs="+", metavar="REPORT", help="the JSON report of each shard")
+    merge.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the merged report as JSON to FILE")
+    merge.set_defaults(handler=lambda a: _merge_reports(a))
     return top
 
 
@@ -141,6 +156,11 @@ def _key_source_arguments(command: argparse.ArgumentParser) -> None:
     source.add_argument("--origin-listing", action="store_true",
                         help="list the S3 origin of each Mirror rule (MirrorURL http(s)://HOST[:PORT]/BUCKET/[PREFIX/], "
                              "MirrorAuth or public) with ListObjectsV2; rules that rewrite keys are refused")
+    command.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                         help="only the keys of shard K of N (K from 0 to N-1, as a Kubernetes Indexed Job's "
+                              "JOB_COMPLETION_INDEX): a stable hash of the key, so N processes on N machines share the "
+                              "work without overlap; default: JOB_COMPLETION_INDEX/JOB_COMPLETIONS when both are set, "
+                              "else every key. Each shard writes its own --report; `backorigin report merge` adds them up")
     command.add_argument("--tombstones", default=None, metavar="DIR_OR_S3URL",
                          help="the proxies' tombstones, whose keys are skipped: the proxy's spool folder's tombstones "
                               "folder (SPOOL/tombstones), or the s3://BUCKET/PREFIX/ the proxies use "
@@ -152,6 +172,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
     return value
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ShardError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_float(text: str) -> float:
@@ -180,6 +207,12 @@ def _verify(args: argparse.Namespace) -> int:
     from backorigin.tools.verify import run_command
 
     return run_command(args)
+
+
+def _merge_reports(args: argparse.Namespace) -> int:
+    from backorigin.tools.report import run_merge
+
+    return run_merge(args.reports, args.out)
 
 
 def _demo(args: argparse.Namespace) -> int:

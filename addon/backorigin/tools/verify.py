@@ -24,27 +24,10 @@ from backorigin.miss.origin import OriginResult, should_switch, sigv4_headers
 from backorigin.rules.model import LOOP_HEADER, RuleBook
 from backorigin.rules.targets import OriginRequest
 from backorigin.s3.clients import describe_error, status_of
-from backorigin.tools.sweep import (
-    Finished,
-    Progress,
-    Report,
-    SweepError,
-    plan_key,
-    prepare,
-    run_and_report,
-    sweep,
-)
+from backorigin.tools.report import Finished, Report
+from backorigin.tools.sweep import PoolPerWorker, Progress, SweepError, plan_key, prepare, run_and_report, sweep
 
-RESULTS = {
-    "ok": "present and matching",
-    "missing": "missing in the store",
-    "differs": "differs from the origin",
-    "unchecked": "could not be checked",
-    "origin-404": "absent at the origin too",
-    "tombstoned": "tombstoned",
-    "proxy-pass": "never stored (proxy pass)",
-}
-PROBLEMS = frozenset({"missing", "differs", "unchecked"})
+
 def compare(store_size: int, store_etag: str | None, origin: httpx.Response) -> str:
     """Why the store's object differs from the origin's answer to a HEAD ("" when it does not)."""
     length = origin.headers.get("content-length")
@@ -62,7 +45,7 @@ class Verify:
         self.book, self.store, self.bucket, self.tombstones = book, store, bucket, tombstones
         self.progress = progress
         self.report = report
-        self.http = httpx.AsyncClient(trust_env=False, timeout=timeout, limits=httpx.Limits(max_connections=None))
+        self.http = httpx.AsyncClient(trust_env=False, timeout=timeout, transport=PoolPerWorker())
 
     async def run(self, keys: list[str], concurrency: int) -> None:
         try:
@@ -127,12 +110,12 @@ def run_command(args: Any) -> int:
     """`backorigin verify`: 0 when every key is in the store and matches, 1 when not, 2 when it
     cannot start, 130 when interrupted."""
     try:
-        book, tombstones, listed = prepare(args)
+        prepared = prepare(args)
     except SweepError as e:
         print(f"backorigin verify: {e}", file=sys.stderr)
         return 2
-    keys = [item.key for item in listed]
-    report = Report("verify", args.bucket, args.store, keys=len(keys), labels=dict(RESULTS), failing=PROBLEMS)
+    keys = [item.key for item in prepared.listed]
+    report = Report("verify", args.bucket, args.store, keys=len(keys), shard=prepared.shard)
     progress = Progress(len(keys), None, 0, "verify")
-    checker = Verify(book, args.store, args.bucket, tombstones, progress, report)
+    checker = Verify(prepared.book, args.store, args.bucket, prepared.tombstones, progress, report)
     return run_and_report(checker.run(keys, args.concurrency), report, progress, args.report)
