@@ -47,6 +47,7 @@ from tests.support import REPO, mirror_rule, mitmdump_command, wait_until_listen
 OUT = REPO / "bench" / "out" / "s3tests"
 MODES = ("direct", "plain", "no-rules", "origin-all", "origin-404")
 BUCKET_PREFIX = "bo-"
+KEPT = ("mitmdump.log", "weed.log", "flows.mitm", "rules.json", "s3tests.conf")  # copied from the run's temp dir to OUT
 
 # the keys of s3tests.conf.SAMPLE; SeaweedFS gets an Admin identity for each
 IDENTITIES = {
@@ -224,6 +225,8 @@ def run_pytest(checkout: Path, conf: Path, junit: Path, log_path: Path, tests: l
 def run(mode: str, checkout: Path, buckets: int, tests: list[str], record: bool, timeout: float) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     name = mode if not tests else f"{mode}-subset"
+    for suffix in (".xml", ".ids", ".json", "-pytest.log", *(f"-{kept}" for kept in KEPT)):
+        (OUT / f"{name}{suffix}").unlink(missing_ok=True)  # nothing of an earlier run passes for this one's
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"s3tests-{mode}-") as tmp:
         work = Path(tmp)
@@ -257,7 +260,7 @@ def run(mode: str, checkout: Path, buckets: int, tests: list[str], record: bool,
                     origin_requests = server.requests
         finally:
             store.stop()
-            for kept in ("mitmdump.log", "weed.log", "flows.mitm", "rules.json", "s3tests.conf"):
+            for kept in KEPT:
                 if (work / kept).exists():
                     shutil.copy(work / kept, OUT / f"{name}-{kept}")
     seconds = time.monotonic() - started
