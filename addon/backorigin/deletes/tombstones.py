@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -76,8 +77,9 @@ class LocalTombstones:
 
     def add(self, bucket: str, key: str) -> None:
         path = self._path(bucket, key)
-        partial = path.with_suffix(".partial")
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        # a partial file of this write's own: deletes of one key may write its tombstone at once
+        fd, partial = tempfile.mkstemp(dir=self.directory, prefix=path.stem + ".", suffix=".partial")
+        with os.fdopen(fd, "w") as out:  # mkstemp makes it 0600
             out.write(json.dumps({"bucket": bucket, "key": key, "time": round(time.time(), 3)}))
         os.replace(partial, path)
         with self._lock:
