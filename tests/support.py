@@ -15,14 +15,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from botocore.exceptions import ClientError
 
 from backorigin.tools import cli
-from backorigin.tools.embedded_store import free_ports
+from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from backorigin.writeback.spools import default_spool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -309,3 +309,15 @@ def book_of(bucket: str, rules: list[dict]):
     from backorigin.rules.files import parse_rules
 
     return parse_rules(json.dumps({"Buckets": [{"Name": bucket, "RoutingRules": rules}]}), "t")
+
+
+@contextlib.contextmanager
+def running_store(directory: Path, buckets: Sequence[str], keys: tuple[str, str] | tuple[()] = ()) -> Iterator[EmbeddedStore]:
+    """A SeaweedFS of its own with these buckets; with `keys` it enforces SigV4, as most real stores do."""
+    store = EmbeddedStore(directory, free_ports(1, with_grpc=True)[0], *keys)
+    store.start()
+    try:
+        store.create_buckets(list(buckets))
+        yield store
+    finally:
+        store.stop()

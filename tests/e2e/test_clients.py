@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.clients import (
     CLIENTS,
     Client,
@@ -28,7 +27,7 @@ from tests.clients import (
 )
 from tests.modes_support import ModeMitmdump
 from tests.origin_server import ScriptedOrigin, sized_body
-from tests.support import mirror_rule, stored, wait_for, write_rules
+from tests.support import mirror_rule, running_store, stored, wait_for, write_rules
 
 BUCKET = "clients-bucket"
 KEYS = ("clientskey", "clientssecret")  # the store's only identity: clients and write-backs both sign
@@ -40,11 +39,8 @@ SANITY_SIZES = {"1KiB": 1 << 10, "30MiB": 30 * MiB}  # one GET, and s3transfer's
 @pytest.fixture(scope="module")
 def signed_store(tmp_path_factory):
     """A store that enforces SigV4, as most real ones do."""
-    store = EmbeddedStore(tmp_path_factory.mktemp("clients-store"), free_ports(1, with_grpc=True)[0], *KEYS)
-    store.start()
-    store.create_buckets([BUCKET])
-    yield store
-    store.stop()
+    with running_store(tmp_path_factory.mktemp("clients-store"), [BUCKET], KEYS) as store:
+        yield store
 
 
 @pytest.fixture(scope="module")

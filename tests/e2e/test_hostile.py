@@ -27,10 +27,10 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from backorigin.tools.embedded_store import EmbeddedStore, free_ports
+from backorigin.tools.embedded_store import free_ports
 from tests.modes_support import ModeMitmdump, PlainMitmdump
 from tests.origin_server import body_for, elsewhere
-from tests.support import Mitmdump, Relay, http_get, mirror_rule, stored, wait_for, wait_stored, write_rules
+from tests.support import Mitmdump, Relay, http_get, mirror_rule, running_store, stored, wait_for, wait_stored, write_rules
 
 KEYS = ("hostilekey", "hostilesecret")
 BUCKET = "hostile-bucket"
@@ -52,11 +52,9 @@ def peak_rss(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def signed_store(tmp_path_factory):
-    store = EmbeddedStore(tmp_path_factory.mktemp("hostile-store"), free_ports(1, with_grpc=True)[0], *KEYS)
-    store.start()
-    store.create_buckets([BUCKET])
-    yield store
-    store.stop()
+    """A store that enforces SigV4, as most real ones do."""
+    with running_store(tmp_path_factory.mktemp("hostile-store"), [BUCKET], KEYS) as store:
+        yield store
 
 
 @pytest.fixture(scope="module")

@@ -89,13 +89,19 @@ def test_failures_in_a_row_open_the_circuit_then_one_fetch_tests_it_after_the_co
     assert circuit.state is Circuit.CLOSED and circuit.allow()
 
 
-def test_a_failed_test_opens_the_circuit_again_for_another_cooldown():
-    clock = Clock()
+def under_test(clock: Clock) -> Breaker:
+    """A circuit opened by three failures, its cool-down over, its one test fetch let through."""
     circuit = breaker(clock)
     for _ in range(3):
         circuit.record(failed=True)
     clock.t += 11
     assert circuit.allow()
+    return circuit
+
+
+def test_a_failed_test_opens_the_circuit_again_for_another_cooldown():
+    clock = Clock()
+    circuit = under_test(clock)
     circuit.record(failed=True)
     assert circuit.state is Circuit.OPEN and not circuit.allow()
     clock.t += 11
@@ -103,12 +109,7 @@ def test_a_failed_test_opens_the_circuit_again_for_another_cooldown():
 
 
 def test_a_test_that_records_nothing_counts_as_failed():
-    clock = Clock()
-    circuit = breaker(clock)
-    for _ in range(3):
-        circuit.record(failed=True)
-    clock.t += 11
-    assert circuit.allow()
+    circuit = under_test(Clock())
     circuit.release()  # the fetch raised or was cancelled
     assert circuit.state is Circuit.OPEN
     circuit.release()  # nothing under test: nothing happens

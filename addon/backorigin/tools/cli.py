@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RulesError
 from backorigin.tools.run import RunError, run_proxy
-from backorigin.tools.shards import Shard, ShardError, parse_shard
+from backorigin.tools.shards import parse_shard
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,17 +105,17 @@ def parser() -> argparse.ArgumentParser:
                     "store the origin's body create-only. Resumable: after Ctrl-C or kill -9, the same command "
                     "continues from the journal in --state. Exit status 0 only when no key failed.")
     _key_source_arguments(backfill)
-    backfill.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+    backfill.add_argument("--concurrency", type=_argument(_positive_int), default=8, metavar="N",
                           help="objects copied at once (default: 8)")
-    backfill.add_argument("--max-rps", type=_positive_float, default=None, metavar="R",
+    backfill.add_argument("--max-rps", type=_argument(_positive_float), default=None, metavar="R",
                           help="at most R requests a second to the origins, redirects included (default: no limit)")
-    backfill.add_argument("--max-bandwidth", type=_byte_rate, default=None, metavar="RATE",
+    backfill.add_argument("--max-bandwidth", type=_argument(_byte_rate), default=None, metavar="RATE",
                           help="at most RATE bytes a second read from the origins, e.g. 50m, 512k (default: no limit)")
     backfill.add_argument("--state", type=Path, default=None, metavar="DIR",
                           help="folder for the journal of finished keys and the bodies in flight (default: .backfill, "
                                "and .backfill/shard-K-of-N for a shard); one sweep at a time per folder")
     backfill.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
-    backfill.add_argument("--metrics-port", type=_positive_int, default=None, metavar="PORT",
+    backfill.add_argument("--metrics-port", type=_argument(_positive_int), default=None, metavar="PORT",
                           help="serve progress as Prometheus metrics on 127.0.0.1:PORT/metrics (as backorigin_metrics_port)")
     backfill.set_defaults(handler=lambda a: _backfill(a))
 
@@ -124,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
                     "A key is reported when the store lacks it while the origin has it, or when the sizes differ, or "
                     "the ETags where both are plain MD5 ETags. Exit status 0 means every key is there and matches.")
     _key_source_arguments(verify)
-    verify.add_argument("--concurrency", type=_positive_int, default=16, metavar="N", help="keys checked at once (default: 16)")
+    verify.add_argument("--concurrency", type=_argument(_positive_int), default=16, metavar="N", help="keys checked at once (default: 16)")
     verify.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
     verify.set_defaults(handler=lambda a: _verify(a))
 
@@ -156,7 +157,7 @@ def _key_source_arguments(command: argparse.ArgumentParser) -> None:
     source.add_argument("--origin-listing", action="store_true",
                         help="list the S3 origin of each Mirror rule (MirrorURL http(s)://HOST[:PORT]/BUCKET/[PREFIX/], "
                              "MirrorAuth or public) with ListObjectsV2; rules that rewrite keys are refused")
-    command.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+    command.add_argument("--shard", type=_argument(parse_shard), default=None, metavar="K/N",
                          help="only the keys of shard K of N (K from 0 to N-1, as a Kubernetes Indexed Job's "
                               "JOB_COMPLETION_INDEX): a stable hash of the key, so N processes on N machines share the "
                               "work without overlap; default: JOB_COMPLETION_INDEX/JOB_COMPLETIONS when both are set, "
@@ -167,34 +168,39 @@ def _key_source_arguments(command: argparse.ArgumentParser) -> None:
                               "(backorigin_tombstones) (default: none)")
 
 
+T = TypeVar("T")
+
+
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """argparse's type= for `parse`: the ValueError it raises is the usage error argparse prints."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
-
-
-def _shard(text: str) -> Shard:
-    try:
-        return parse_shard(text)
-    except ShardError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} must be 1 or more")
+    return int(text)
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
     if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+        raise ValueError(f"{text!r} must be a positive number")
     return value
 
 
 def _byte_rate(text: str) -> int:
     from backorigin.tools.backfill import parse_rate
 
-    try:
-        return parse_rate(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return parse_rate(text)
 
 
 def _backfill(args: argparse.Namespace) -> int:
