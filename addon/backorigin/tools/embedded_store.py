@@ -46,15 +46,21 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+HANDED_OUT: set[int] = set()
+
+
 def free_ports(count: int, with_grpc: bool = False) -> list[int]:
     """`count` distinct free loopback ports (and their +10000 gRPC twins if asked), all below
-    the kernel's ephemeral range (32768 and up), where outgoing connections take theirs."""
+    the kernel's ephemeral range (32768 and up), where outgoing connections take theirs.
+    A port is never handed out twice by one process: one chosen but not yet bound (a metrics
+    port named before its proxy starts) still looks free."""
     chosen: list[int] = []
     while len(chosen) < count:
         port = random.randint(10000, 32000 - GRPC_OFFSET) if with_grpc else random.randint(10000, 32000)
         twins = [port, port + GRPC_OFFSET] if with_grpc else [port]
-        if port not in chosen and all(port_is_free(p) for p in twins):
+        if not HANDED_OUT.intersection(twins) and all(port_is_free(p) for p in twins):
             chosen.append(port)
+            HANDED_OUT.update(twins)
     return chosen
 
 
