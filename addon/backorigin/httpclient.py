@@ -4,8 +4,8 @@ BENCHMARKS.md "Which HTTP client").
 
 What goes on the wire is what the caller wrote: the request target byte for byte (no dot segment
 removed, no byte dropped: a target that cannot be sent as it is raises `NotSendable`), the
-headers in their order, case and number, Host where the caller put it, and nothing added (no
-User-Agent, Accept, Accept-Encoding, no cookie). Bodies are read raw (gzip left alone).
+headers in their order, case and number (`wire_headers` refuses what aiohttp would merge), Host
+where the caller put it, and nothing added (no User-Agent, Accept, Accept-Encoding, no cookie). Bodies are read raw (gzip left alone).
 Connections are pooled without a cap, by address, TLS settings, proxy and TLS server name.
 """
 
@@ -35,6 +35,7 @@ MAX_HEADERS = 256
 KEEPALIVE = 10.0  # seconds an idle connection is kept (aiohttp retries a GET or HEAD once on one the server closed)
 _SKIPPED = ("User-Agent", "Accept", "Accept-Encoding")  # what aiohttp would add of its own
 _PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))  # a request target's bytes
+_TARGET_BYTES = frozenset(_PRINTABLE)
 
 
 class NotSendable(aiohttp.ClientError, ValueError):
@@ -56,7 +57,7 @@ class _ExactRequest(aiohttp.ClientRequest):
 
 def exact_url(scheme: str, host: str, port: int, target: str) -> yarl.URL:
     """scheme://host:port`target`, the target (path and query) sent byte for byte."""
-    if not target.startswith("/") or target.strip(_PRINTABLE) or "#" in target:
+    if not target.startswith("/") or not _TARGET_BYTES.issuperset(target) or "#" in target:
         raise NotSendable(f"a request target aiohttp would not send as it is: {target!r}")
     authority = f"[{host}]" if ":" in host else host
     url = yarl.URL(f"{scheme}://{authority}:{port}{target}", encoded=True)
