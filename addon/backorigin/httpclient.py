@@ -32,7 +32,7 @@ from backorigin.limits import KiB
 MAX_LINE_SIZE = 16 * KiB  # the status line
 MAX_FIELD_SIZE = 16 * KiB  # one header line
 MAX_HEADERS = 256
-KEEPALIVE = 10.0  # seconds an idle connection is kept (aiohttp retries a GET or HEAD once on one the server closed)
+KEEPALIVE = 10.0  # seconds an idle connection is kept
 _SKIPPED = ("User-Agent", "Accept", "Accept-Encoding")  # what aiohttp would add of its own
 _PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))  # a request target's bytes
 _TARGET_BYTES = frozenset(_PRINTABLE)
@@ -40,6 +40,24 @@ _TARGET_BYTES = frozenset(_PRINTABLE)
 
 class NotSendable(aiohttp.ClientError, ValueError):
     """A request that cannot go on the wire exactly as it was given."""
+
+
+class ConnectionBroke(aiohttp.ClientConnectionError):
+    """The connection broke before the answer's head (reset, or closed by the server): the
+    request was sent once, not again."""
+
+
+async def _sent_once(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """A client middleware: aiohttp sends a GET or HEAD a second time when its connection breaks
+    before the answer, on a new connection as on a kept-alive one. Here it is sent once (as httpx
+    did): a failing origin is asked once per fetch (its circuit breaker counts fetches), and a
+    failed store check is left to mitmproxy."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise  # could not connect: nothing was sent (aiohttp does not try again either)
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+        raise ConnectionBroke(f"{type(e).__name__}: {e}") from e
 
 
 class _ExactRequest(aiohttp.ClientRequest):
@@ -157,7 +175,7 @@ class Session:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE),
                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False, skip_auto_headers=_SKIPPED,
-                request_class=_ExactRequest, requote_redirect_url=False, raise_for_status=False,
+                request_class=_ExactRequest, middlewares=(_sent_once,), requote_redirect_url=False, raise_for_status=False,
                 max_line_size=MAX_LINE_SIZE, max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS)
         return self._session
 

@@ -220,6 +220,18 @@ async def test_a_body_over_the_largest_size_ends_the_fetch(origin):
     assert result.failure is Failure.TOO_LARGE and "backorigin_max_object_size" in result.detail
 
 
+async def test_an_origin_that_hangs_up_before_answering_is_asked_once(origin):
+    """aiohttp on its own sends a GET again when the connection breaks before the answer (the
+    circuit breaker counts one failure per fetch, and the origin would get two requests)."""
+    async def hang_up(seen, writer) -> None:
+        pass  # the connection is closed without an answer
+
+    origin.answers[origin.url("/k")] = hang_up
+    result = await fetch(origin, asked(origin.mirror()))
+    assert result.failure is Failure.NETWORK and "ServerDisconnectedError" in result.detail
+    assert len(origin.seen) == 1
+
+
 async def test_nothing_is_kept_from_one_fetch_to_the_next(origin):
     origin.answers[origin.url("/k")] = (200, {"set-cookie": "session=abc"}, b"body")
     client = origin.client()

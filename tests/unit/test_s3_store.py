@@ -81,6 +81,15 @@ async def test_a_connection_whose_answer_was_read_to_its_end_is_kept_and_one_lef
     assert [seen.connection for seen in store.seen] == [1, 1, 1, 2]  # not the half-read connection
 
 
+async def test_a_store_that_hangs_up_before_answering_is_asked_once(store, client):
+    async def hang_up(seen, writer) -> None:
+        pass
+
+    store.answers["http://store.test:9000/b/k"] = hang_up
+    assert await client.ask(request(store.port, "/b/k")) is None  # mitmproxy asks it then
+    assert len(store.seen) == 1
+
+
 async def test_an_errors_start_is_read_and_the_rest_left(store, client):
     store.answers["http://store.test:9000/b/k"] = (404, {"transfer-encoding": "chunked"}, b"<Error>" + b"x" * STORE_ERROR_BODY_LIMIT)
     answer = await client.ask(request(store.port, "/b/k"), keep_up_to=1000)
