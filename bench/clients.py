@@ -898,7 +898,7 @@ async def checklist(client: Candidate, servers: Servers) -> dict[str, str]:
 
 
 PACING = {  # the supported place for backfill's --max-rps / --max-bandwidth (tools/backfill.PacedTransport now)
-    HttpxTransport.name: "a transport wrapper (httpx.AsyncBaseTransport), as backfill.PacedTransport now",
+    HttpxTransport.name: "a transport wrapper (httpx.AsyncBaseTransport), as backfill.PacedTransport was",
     HttpcorePool.name: "a wrapper of the pool (httpcore.AsyncConnectionInterface); or in OriginClient",
     Aiohttp.name: "ClientSession(middlewares=...) (awaited per request) or TraceConfig; bytes: in the read loop",
     H11Pool.name: "none needed: the client is ours; pace in OriginClient._send/_read (a Pacer argument)",

@@ -16,8 +16,10 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 CATEGORIES = (
     ("addon/ (this project)", ("/addon/",)),
     ("mitmproxy", ("/mitmproxy/", "/mitmproxy_rs/")),
-    ("httpx/httpcore/anyio (origin client)", ("/httpx/", "/httpcore/", "/anyio/", "/sniffio/")),
-    ("h11 (HTTP/1 parsing: mitmproxy and httpx)", ("/h11/",)),
+    ("aiohttp/yarl/multidict (store check and origin fetch)", ("/aiohttp/", "/yarl/", "/multidict/", "/aiohappyeyeballs/",
+                                                               "/propcache/")),
+    ("httpx/httpcore/anyio (before aiohttp)", ("/httpx/", "/httpcore/", "/anyio/", "/sniffio/")),
+    ("h11 (HTTP/1 parsing: mitmproxy, the miss server)", ("/h11/",)),
     ("boto3/botocore/urllib3 (write-back)", ("/boto3/", "/botocore/", "/urllib3/", "/s3transfer/", "/tenacity/")),
     ("asyncio", ("/asyncio/",)),
     ("other stdlib", ("/lib/python3",)),
@@ -30,8 +32,7 @@ UNDER = {
     "mitmproxy's add_log event: one sync dispatch to every addon per log record":
         lambda f, p: f.startswith("AddonManager.trigger (") or f.startswith("LegacyLogEvents."),
     "botocore/urllib3 (write-back PutObject)": lambda f, p: "/botocore/" in p or "/urllib3/" in p,
-    "httpx/httpcore (origin fetch; h11 is left out, mitmproxy parses with it too)":
-        lambda f, p: "/httpcore/" in p or "/httpx/" in p,
+    "aiohttp (store check and origin fetch)": lambda f, p: "/aiohttp/" in p,
     "addon/ code (and everything it calls)": lambda f, p: "/addon/" in p,
 }
 

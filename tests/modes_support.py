@@ -93,8 +93,8 @@ class TestCA:
     server_key: Path
 
 
-def make_test_ca(directory: Path) -> TestCA:
-    """A one-day CA and a server certificate for 127.0.0.1/localhost (cryptography, which
+def make_test_ca(directory: Path, names: tuple[str, ...] = ("localhost",)) -> TestCA:
+    """A one-day CA and a server certificate for 127.0.0.1 and `names` (cryptography, which
     mitmproxy depends on anyway)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -126,7 +126,7 @@ def make_test_ca(directory: Path) -> TestCA:
             public_key=server_key.public_key(), serial_number=x509.random_serial_number(),
             not_valid_before=not_before, not_valid_after=not_after)
         .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), *map(x509.DNSName, names)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

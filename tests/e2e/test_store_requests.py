@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from backorigin.limits import PROBE_ANSWER_LIMIT
 from tests.clients import Target, boto3_client
-from tests.support import Mitmdump, Relay, mirror_rule, write_rules
+from tests.support import Mitmdump, Relay, http_get, mirror_rule, write_rules
 
 BUCKET = "probe-bucket"
 
@@ -88,3 +88,17 @@ def test_a_body_over_the_limit_is_asked_again_and_streamed_whole(logged, s3, uni
         assert hashlib.sha256(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()).digest() == hashlib.sha256(body).digest()
         assert hashlib.sha256(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()).digest() == hashlib.sha256(body).digest()
     assert _requests_for(relay, key) == ["GET", "GET", "GET"]  # cold: the probe, then mitmproxy; warm: mitmproxy only
+
+
+def test_a_key_with_dot_segments_is_asked_about_as_it_is(logged, store, s3, unique):
+    """The probe's path goes to the store byte for byte: httpx removed "." and ".." segments even
+    from a raw path, so the store was asked about another key, and its answer, now the client's,
+    could be another object's bytes."""
+    proxy, relay = logged
+    s3.put_object(Bucket=BUCKET, Key=f"dots/{unique}/d", Body=b"another object")
+    dotted = f"/{BUCKET}/dots/{unique}/./c/../d"
+    direct = http_get(f"{store.endpoint}{dotted}")  # SeaweedFS: 400 InvalidRequest, naming the key it was asked about
+    through = http_get(f"{proxy.url}{dotted}")
+    assert through[0] == direct[0] and b"another object" not in through[2]
+    assert f"<Key>dots/{unique}/./c/../d</Key>".encode() in through[2]
+    assert [line.split(" ")[:2] for line in relay.requests if f"/dots/{unique}/" in line][0] == ["GET", dotted]

@@ -17,14 +17,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import SplitResult, urljoin, urlsplit
 
-import httpx
+import aiohttp
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from backorigin import httpclient
 from backorigin.limits import MAX_OBJECT_SIZE, PART_SIZE, WHOLE_ANSWER_LIMIT
 from backorigin.miss.integrity import BodyCheck, decimal, multipart_parts, part_layout
 from backorigin.options import parse_size
@@ -160,8 +161,9 @@ class Timeouts:
     copy: float = 3600.0  # a whole fetch of a larger body, which its clients get as it arrives
     whole_limit: int = parse_size("backorigin_max_inline", WHOLE_ANSWER_LIMIT)  # see backorigin.limits
 
-    def per_operation(self) -> dict[str, float]:
-        return {"connect": self.connect, "read": self.read, "write": self.read, "pool": self.connect}
+    def per_operation(self) -> aiohttp.ClientTimeout:
+        """Each request's own: `connect` to open a connection, `read` between two reads."""
+        return httpclient.timeout(self.connect, self.read)
 
 
 class BodySink(Protocol):
@@ -180,6 +182,16 @@ class BodySink(Protocol):
         ...
 
 
+class Pacing(Protocol):
+    """Paces what the client asks of origins (the backfill's --max-rps and --max-bandwidth)."""
+
+    async def request(self) -> None:
+        """Before every request sent to an origin: redirects, the secondary origin, probes and HEADs included."""
+
+    async def body(self, size: int) -> None:
+        """After every chunk of an answer's body read."""
+
+
 class RedirectRefused(Exception):
     """A redirect the fetch does not follow; the message says why."""
 
@@ -188,8 +200,23 @@ class SinkFailed(Exception):
     """The sink could not keep the body (a full disk): the fetch ends, nothing is stored."""
 
 
+class Answer:
+    """An origin's answer as the fetch reads it: status; headers decoded as httpx did (`fields`, in
+    order, names in lowercase; `headers`, by name, a repeated one's values joined); the raw body."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.status = response.status
+        self.fields = tuple((name.lower(), value) for name, value in httpclient.decoded_headers(response.raw_headers))
+        self.headers = httpclient.joined(self.fields)
+        self._response = response
+
+    def body(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive, raw (not decompressed)."""
+        return self._response.content.iter_any()
+
+
 class OriginClient:
-    """One pooled HTTP transport for all origins; follows redirects itself, and only where the
+    """One connection pool (httpclient) for all origins; follows redirects itself, and only where the
     rule points: to the rule's own hosts (MirrorURL's and MirrorURLSlave's, on any scheme or port),
     to `allowed_hosts`, or to a host whose every address is public, which is then connected to at
     the address that was checked. The rule's headers and MirrorAuth go only to its own hosts, and
@@ -198,19 +225,20 @@ class OriginClient:
     A 200 body is handed to a `BodySink` chunk by chunk, never held here, up to `max_size` bytes;
     a transparent code's answer is answered whole, so it is kept up to the whole-answer limit. A
     body up to that limit must arrive within the total timeout, a larger one within the copy
-    timeout. `transport`: httpx's transport (the sweep paces its requests there)."""
+    timeout. `verify`: TLS verification (certifi's CA store, or a CA file); `pacing`: see Pacing."""
 
-    def __init__(self, timeouts: Timeouts | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, timeouts: Timeouts | None = None, pacing: Pacing | None = None, verify: bool | str = True) -> None:
         self.timeouts = timeouts or Timeouts()
         self.max_size = parse_size("backorigin_max_object_size", MAX_OBJECT_SIZE)
         self.allowed_hosts: frozenset[str] = frozenset()
+        self.verify = verify
+        self._pacing = pacing
         self._probes: dict[str, tuple[float, bool]] = {}
         self.observe: Callable[[str, OriginResult], None] = lambda url, result: None  # every URL's result (miss.guard)
-        # a transport, not a client: no cookie jar, no proxy variables of this machine
-        self._transport = transport or httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
+        self._session = httpclient.Session()  # no cookie jar, no proxy variables of this machine
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._session.aclose()
 
     async def fetch(self, request: OriginRequest, sink: BodySink) -> OriginResult:
         """Primary origin, or MirrorURLSlave when the probe fails or the primary's answer
@@ -234,8 +262,8 @@ class OriginClient:
         if time.monotonic() - checked_at > PROBE_TTL:
             try:
                 async with asyncio.timeout(self.timeouts.total), self._send("GET", probe_url, {LOOP_HEADER: "probe"}) as answer:
-                    healthy = answer.status_code == 200
-            except (TimeoutError, httpx.HTTPError):
+                    healthy = answer.status == 200
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 healthy = False
             self._probes[probe_url] = (time.monotonic(), healthy)
         return healthy
@@ -245,16 +273,16 @@ class OriginClient:
         try:
             async with asyncio.timeout(limit) as deadline:
                 return await self._follow(request, url, sink, deadline)
-        except TimeoutError:
+        except TimeoutError as e:
+            if isinstance(e, aiohttp.ServerTimeoutError):  # a connect or read timeout of one request
+                return OriginResult.failed(url, Failure.TIMEOUT, f"{type(e).__name__}: {e}")
             return OriginResult.failed(url, Failure.TIMEOUT, f"no complete answer within {limit:g}s")
         except RedirectRefused as e:
             logger.warning("%s: %s", url, e)
             return OriginResult.failed(url, Failure.REDIRECT, str(e))
         except SinkFailed as e:
             return OriginResult.failed(url, Failure.SPOOL, str(e))
-        except httpx.TimeoutException as e:
-            return OriginResult.failed(url, Failure.TIMEOUT, f"{type(e).__name__}: {e}")
-        except (httpx.HTTPError, OSError) as e:
+        except (aiohttp.ClientError, OSError) as e:
             return OriginResult.failed(url, Failure.NETWORK, f"{type(e).__name__}: {e}")
 
     async def _follow(self, request: OriginRequest, first_url: str, sink: BodySink, deadline: asyncio.Timeout) -> OriginResult:
@@ -271,15 +299,15 @@ class OriginClient:
             pinned = None if host in request.hosts or host in self.allowed_hosts else await _public_address(parts)
             async with self._send("GET", url, _signed("GET", url, headers, auth), pinned) as response:
                 location = response.headers.get("location", "")
-                if response.status_code in REDIRECT_STATUSES and location:
+                if response.status in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
-                        return OriginResult(first_url, response.status_code, location=location)
+                        return OriginResult(first_url, response.status, location=location)
                     url = urljoin(url, location)
                     if urlsplit(url).scheme not in ("http", "https"):
                         return OriginResult.failed(first_url, Failure.REDIRECT, f"redirect to non-HTTP {url!r}")
                     continue
                 first_part = None
-                if response.status_code == 200 and own and multipart_parts(response.headers.get("etag")):
+                if response.status == 200 and own and multipart_parts(response.headers.get("etag")):
                     first_part = await self._first_part(url, headers, auth)
                 return await self._read(request, first_url, url, response, sink, deadline, first_part)
         return OriginResult.failed(first_url, Failure.REDIRECT, f"more than {MAX_REDIRECTS} redirects")
@@ -292,37 +320,44 @@ class OriginClient:
         try:
             async with self._send("HEAD", asked, _signed("HEAD", asked, headers, auth)) as answer:
                 length = decimal(answer.headers.get("content-length"))
-                return length if answer.status_code == 206 or (answer.status_code == 200 and "x-amz-mp-parts-count" in answer.headers) \
-                    else None
-        except httpx.HTTPError as e:
+                return length if answer.status == 206 or (answer.status == 200 and "x-amz-mp-parts-count" in answer.headers) else None
+        except aiohttp.ClientError as e:
             logger.info("cannot learn the parts of %s: %s", url, e)
             return None
 
     @asynccontextmanager
-    async def _send(self, method: str, url: str, headers: dict[str, str], pinned: str | None = None) -> AsyncIterator[httpx.Response]:
+    async def _send(self, method: str, url: str, headers: dict[str, str], pinned: str | None = None) -> AsyncIterator[Answer]:
         """`method` `url`; at the address `pinned` when given (the one that was checked), with the
-        URL's host name as Host and TLS server name."""
-        extensions: dict[str, Any] = {"timeout": self.timeouts.per_operation()}
-        target = httpx.URL(url)
+        URL's host name as Host and TLS server name (connections are pooled by that name too)."""
+        target = httpclient.absolute_url(url)
+        server_name = None
         if pinned is not None:
-            headers = {"host": target.netloc.decode("ascii"), **headers}
-            extensions["sni_hostname"] = target.host
-            target = target.copy_with(host=pinned)
-        response = await self._transport.handle_async_request(httpx.Request(method, target, headers=headers, extensions=extensions))
+            assert target.raw_host is not None and target.port is not None
+            headers = {"host": target.host_port_subcomponent or target.raw_host, **headers}
+            server_name = target.raw_host
+            target = httpclient.exact_url(target.scheme, pinned, target.port, target.raw_path_qs)
+        if self._pacing is not None:
+            await self._pacing.request()
         try:
-            yield response
+            response = await self._session.get().request(
+                method, target, headers=list(headers.items()), allow_redirects=False, timeout=self.timeouts.per_operation(),
+                ssl=httpclient.tls(self.verify), server_hostname=server_name)
+        except UnicodeError as e:  # a header aiohttp cannot write
+            raise httpclient.NotSendable(f"{type(e).__name__}: {e}") from None
+        try:
+            yield Answer(response)
         finally:
-            await response.aclose()
+            response.close()  # unless read to its end (then aiohttp has pooled it): the connection is dropped
 
     async def _read(
-        self, request: OriginRequest, url: str, final_url: str, response: httpx.Response, sink: BodySink,
+        self, request: OriginRequest, url: str, final_url: str, response: Answer, sink: BodySink,
         deadline: asyncio.Timeout, first_part: int | None = None,
     ) -> OriginResult:
         """Read a final answer, checking the raw body as it arrives (integrity.BodyCheck): a
         200 goes to the sink, with the ETag it will have when the origin's can be kept (see
         integrity.part_layout); a transparent code's body is kept; other answers are not read."""
-        headers = tuple(response.headers.multi_items())
-        status = response.status_code
+        headers = response.fields
+        status = response.status
         found = partial(OriginResult, url, status, headers, final_url=final_url)
         if status != 200 and status not in request.transparent_codes:
             return found()
@@ -337,7 +372,9 @@ class OriginClient:
         kept: list[bytes] = []
         long_body = False
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.body():
+                if self._pacing is not None:
+                    await self._pacing.body(len(chunk))
                 check.update(chunk)
                 if not long_body and max(check.size, declared) > self.timeouts.whole_limit:
                     long_body = True  # a large body gets the copy timeout, counted from here
@@ -350,9 +387,9 @@ class OriginClient:
                     sink.write(chunk)
                 else:
                     kept.append(chunk)
-        except httpx.TimeoutException as e:
+        except aiohttp.ServerTimeoutError as e:
             return OriginResult.failed(url, Failure.TIMEOUT, f"the body stalled: {type(e).__name__}: {e}")
-        except httpx.HTTPError as e:  # the answer had begun: it was cut short
+        except aiohttp.ClientError as e:  # the answer had begun: it was cut short
             return OriginResult.failed(url, Failure.INTEGRITY, f"the body broke off: {type(e).__name__}: {e}")
         failure = check.failure()
         if failure:

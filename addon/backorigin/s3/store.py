@@ -12,18 +12,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from mitmproxy import ctx, http
 from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, UpstreamMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from backorigin import httpclient
 from backorigin.limits import STORE_ERROR_BODY_LIMIT
 from backorigin.s3.addressing import virtual_host_bucket
 
 logger = logging.getLogger(__name__)
 
-_TIMEOUT = {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 30.0}
+_TIMEOUT = httpclient.timeout(connect=5.0, read=30.0)
 # Framing of a body the proxy does not send: a request sent without its body announces none.
 _NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect"})
 
@@ -120,24 +121,16 @@ class StoreAnswer:
 
 
 class StoreClient:
-    """Pooled HTTP transports to the store: direct, or through mitmproxy's upstream proxy. A
-    transport, not a client: nothing (no cookie) is kept from one client's request to another's,
-    and no work grows faster than the request it sends."""
+    """Pooled connections to the store (httpclient: aiohttp), direct or through mitmproxy's upstream
+    proxy. Nothing (no cookie) is kept from one client's request to another's, and no work grows
+    faster than the request it sends. `verify` (see upstream_verification) may change at any time."""
 
     def __init__(self, verify: bool | str = True) -> None:
         self.verify = verify
-        self._transports: dict[str | None, httpx.AsyncHTTPTransport] = {}
+        self._session = httpclient.Session()
 
     async def aclose(self) -> None:
-        for transport in self._transports.values():
-            await transport.aclose()
-        self._transports.clear()
-
-    def _transport(self, via: str | None) -> httpx.AsyncHTTPTransport:
-        if via not in self._transports:
-            self._transports[via] = httpx.AsyncHTTPTransport(verify=self.verify, proxy=via,
-                                                             limits=httpx.Limits(max_connections=None))
-        return self._transports[via]
+        await self._session.aclose()
 
     async def ask(self, request: http.Request, via: str | None = None, keep_up_to: int = 0) -> StoreAnswer | None:
         """The store's answer to `request` as the client sent it, without its body (a GET or HEAD
@@ -145,35 +138,39 @@ class StoreClient:
         whole (the answer is then `complete`); a larger one is left unread, and the connection
         dropped. None (logged) when the store cannot be reached or the request cannot be sent as it
         is (a path that is not ASCII): mitmproxy then sends it and reports the store's answer."""
-        headers = [(k, v) for k, v in request.headers.fields if k.lower() not in _NOT_FORWARDED]
         try:
-            url = httpx.URL(scheme=request.scheme, host=request.host, port=request.port,
-                            raw_path=request.path.encode("utf-8", "surrogateescape"))
-            asked = httpx.Request(request.method, url, headers=headers, extensions={"timeout": _TIMEOUT})
-            answer = await self._transport(via).handle_async_request(asked)
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
+            url = httpclient.exact_url(request.scheme, request.host, request.port, request.path)
+            headers = httpclient.wire_headers((k, v) for k, v in request.headers.fields if k.lower() not in _NOT_FORWARDED)
+            answer = await self._session.get().request(request.method, url, headers=headers, allow_redirects=False, timeout=_TIMEOUT,
+                                                       ssl=httpclient.tls(self.verify), proxy=via)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             logger.warning("cannot ask the store about %r: %s: %s", request.pretty_url, type(e).__name__, e)
             return None
+        ended = False
         try:
-            status = answer.status_code
+            status = answer.status
             bodiless = request.method == "HEAD" or status in (204, 304)
             # an error's start is read in any case: its code decides whether it is a miss
             read_up_to = 0 if bodiless else max(keep_up_to, STORE_ERROR_BODY_LIMIT) if status >= 400 else keep_up_to
-            declared = _length(answer.headers.get("content-length"))
+            declared = _length(", ".join(answer.headers.getall("content-length", ())))  # a repeated one is no length
             body = bytearray()
             ended = bodiless or declared == 0
             if not ended and (status >= 400 or declared is None or declared <= read_up_to):
-                async for chunk in answer.aiter_raw():
+                async for chunk in answer.content.iter_any():
                     body += chunk
                     if len(body) > read_up_to:
                         break
                 else:
                     ended = True
-            received = tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for k, v in answer.headers.raw)
-            reason = answer.extensions.get("reason_phrase", b"").decode("latin-1")
+            received = tuple((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for k, v in answer.raw_headers)
+            # aiohttp decodes the reason as UTF-8 (surrogateescape); mitmproxy as Latin-1
+            reason = (answer.reason or "").encode("utf-8", "surrogateescape").decode("latin-1")
             return StoreAnswer(status, received, bytes(body), ended and len(body) <= keep_up_to, reason)
-        except httpx.HTTPError as e:
+        except (aiohttp.ClientError, TimeoutError) as e:
             logger.warning("cannot ask the store about %r: %s: %s", request.pretty_url, type(e).__name__, e)
             return None
         finally:
-            await answer.aclose()
+            if ended:
+                answer.release()  # read to its end: the connection goes back to the pool
+            else:
+                answer.close()  # a body left unread (or broken): the connection is dropped

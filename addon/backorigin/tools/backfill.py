@@ -17,8 +17,8 @@ tried again), so after Ctrl-C or kill -9 the same command continues where the la
 stopped: only the keys that were in flight are fetched again.
 
 `--max-rps` paces every request sent to an origin (redirects, the secondary origin and probes
-included) and `--max-bandwidth` the bytes read from origins, both with a token bucket in an
-httpx transport under the origin client.
+included) and `--max-bandwidth` the bytes read from origins, both with a token bucket (the
+origin client's Pacing: OriginPacing).
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, TextIO
 
 import botocore.exceptions
-import httpx
 
 from backorigin.deletes.tombstones import Tombstones, is_tombstoned
 from backorigin.miss import objectmeta
@@ -47,7 +46,7 @@ from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import describe_error, make_s3_client, store_has
 from backorigin.tools.report import Finished, Report
 from backorigin.tools.shards import Shard
-from backorigin.tools.sweep import PoolPerWorker, Progress, SweepError, plan_key, prepare, run_and_report, sweep
+from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
 from backorigin.ui.metrics import BackfillCollector, Metrics
 from backorigin.writeback.upload import retrying, upload_object
 
@@ -99,40 +98,21 @@ class Pacer:
             await asyncio.sleep(delay)
 
 
-class _PacedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, pacer: Pacer) -> None:
-        self._inner = inner
-        self._pacer = pacer
+class OriginPacing:
+    """The origin client's pacing (origin.Pacing): a request pacer (--max-rps) and a byte pacer
+    (--max-bandwidth)."""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            await self._pacer.take(len(chunk))
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class PacedTransport(httpx.AsyncBaseTransport):
-    """httpx's transport with a request pacer (--max-rps) and a byte pacer (--max-bandwidth)."""
-
-    def __init__(self, requests: Pacer | None, body_bytes: Pacer | None,
-                 inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._inner = inner or PoolPerWorker()
+    def __init__(self, requests: Pacer | None, body_bytes: Pacer | None) -> None:
         self.requests = requests
         self.body_bytes = body_bytes
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def request(self) -> None:
         if self.requests is not None:
             await self.requests.take()
-        response = await self._inner.handle_async_request(request)
-        if self.body_bytes is not None:
-            assert isinstance(response.stream, httpx.AsyncByteStream)
-            response.stream = _PacedStream(response.stream, self.body_bytes)
-        return response
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    async def body(self, size: int) -> None:
+        if self.body_bytes is not None:
+            await self.body_bytes.take(size)
 
 
 # one key -------------------------------------------------------------------------------------
@@ -256,9 +236,9 @@ class Backfill:
         self.downloads.mkdir(parents=True, exist_ok=True)
         for leftover in self.downloads.iterdir():  # bodies of keys in flight at a kill: fetched again
             leftover.unlink(missing_ok=True)
-        self.transport = PacedTransport(Pacer(settings.max_rps) if settings.max_rps else None,
-                                        Pacer(settings.max_bandwidth) if settings.max_bandwidth else None)
-        self.origin = OriginClient(settings.timeouts, self.transport)
+        self.pacing = OriginPacing(Pacer(settings.max_rps) if settings.max_rps else None,
+                                   Pacer(settings.max_bandwidth) if settings.max_bandwidth else None)
+        self.origin = OriginClient(settings.timeouts, self.pacing)
         self._serial = 0
 
     async def run(self, keys: Iterable[str]) -> None:
