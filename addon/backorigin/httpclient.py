@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -43,21 +44,39 @@ class NotSendable(aiohttp.ClientError, ValueError):
 
 
 class ConnectionBroke(aiohttp.ClientConnectionError):
-    """The connection broke before the answer's head (reset, or closed by the server): the
-    request was sent once, not again."""
+    """The connection broke before the answer's head (reset, or closed by the server)."""
+
+
+# Whether the connection a request went out on was a kept-alive one from the pool: set by the
+# session's trace (run in the request's task), read by `_sent_once` in that same task.
+_REUSED: ContextVar[bool] = ContextVar("backorigin_connection_reused", default=False)
+
+
+async def _note_reused(session: aiohttp.ClientSession, context: Any, params: Any) -> None:
+    _REUSED.set(True)
 
 
 async def _sent_once(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-    """A client middleware: aiohttp sends a GET or HEAD a second time when its connection breaks
-    before the answer, on a new connection as on a kept-alive one. Here it is sent once (as httpx
-    did): a failing origin is asked once per fetch (its circuit breaker counts fetches), and a
-    failed store check is left to mitmproxy."""
-    try:
-        return await handler(request)
-    except aiohttp.ClientConnectorError:
-        raise  # could not connect: nothing was sent (aiohttp does not try again either)
-    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
-        raise ConnectionBroke(f"{type(e).__name__}: {e}") from e
+    """A client middleware. aiohttp sends a GET or HEAD again whenever its connection breaks
+    before the answer, on a new connection as on a kept-alive one: a resetting origin would get
+    two requests per fetch (its circuit breaker counts fetches). Here a request is sent again
+    only when it went out on a kept-alive connection the server had closed meanwhile (RFC 9112
+    section 9.3.1), once; a fresh connection that breaks is a failure."""
+    for attempt in (1, 2):
+        _REUSED.set(False)
+        try:
+            return await handler(request)
+        except aiohttp.ClientConnectorError:
+            raise  # could not connect: nothing was sent
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+            if attempt == 1 and _REUSED.get():
+                continue
+            raise ConnectionBroke(f"{type(e).__name__}: {e}") from e
+    raise AssertionError("unreachable")
+
+
+_REUSE_TRACE = aiohttp.TraceConfig()
+_REUSE_TRACE.on_connection_reuseconn.append(_note_reused)
 
 
 class _ExactRequest(aiohttp.ClientRequest):
@@ -175,7 +194,8 @@ class Session:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE),
                 cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False, skip_auto_headers=_SKIPPED,
-                request_class=_ExactRequest, middlewares=(_sent_once,), requote_redirect_url=False, raise_for_status=False,
+                request_class=_ExactRequest, middlewares=(_sent_once,), trace_configs=[_REUSE_TRACE],
+                requote_redirect_url=False, raise_for_status=False,
                 max_line_size=MAX_LINE_SIZE, max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS)
         return self._session
 

@@ -232,6 +232,24 @@ async def test_an_origin_that_hangs_up_before_answering_is_asked_once(origin):
     assert len(origin.seen) == 1
 
 
+async def test_a_kept_alive_connection_the_origin_closed_meanwhile_is_not_a_failure(origin):
+    """The origin closes each connection shortly after its answer (as an idle timeout would): the
+    next fetch, already sent on that pooled connection, is sent again on a new one."""
+    async def answer_and_hang_up(seen, writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the close comes after the client took the connection again
+
+    origin.answers[origin.url("/k")] = answer_and_hang_up
+    client = origin.client()
+    try:
+        results = [await client.fetch(asked(origin.mirror()), Sink()) for _ in range(3)]
+    finally:
+        await client.aclose()
+    assert [r.failure for r in results] == [None] * 3
+    assert len(origin.seen) == 3 and origin.connections == 3
+
+
 async def test_nothing_is_kept_from_one_fetch_to_the_next(origin):
     origin.answers[origin.url("/k")] = (200, {"set-cookie": "session=abc"}, b"body")
     client = origin.client()
