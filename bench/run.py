@@ -72,6 +72,7 @@ OUT = Path(__file__).resolve().parent / "out"
 SCENARIOS = ("hit", "coldhit", "miss", "singleflight", "lag", "memory", "largehit", "scaleout")
 HIT_OBJECTS = ("small", "medium", "large")  # existing objects: <prefix>/hit
 EXTRA_SCRIPTS: list[str] = []  # --with-script: experiments loaded after the addon
+EMPTY_SCRIPT = Path(__file__).resolve().parent / "experiments" / "empty_script.py"  # the hit scenario's control
 
 
 NO_TARGET = "none (context)"  # rows that issue 21's list of targets has no line for
@@ -150,6 +151,7 @@ class Stack:
     reference_port: int
     plain: Mitmdump
     addon: Mitmdump
+    script: Mitmdump  # plain mitmdump running an empty -s script: the hit scenario's control
     rules: Path
     confdir: Path
     cpus: CpuPlan
@@ -242,7 +244,7 @@ def start_stack(tmp: Path, processes: Processes, cpus: CpuPlan) -> Stack:
     store.start(log_path=tmp / "weed.log")
     try:
         store.create_buckets([BUCKET])
-        origin_port, reference_port, plain_port, addon_port = listen_ports(4)
+        origin_port, reference_port, plain_port, addon_port, script_port = listen_ports(5)
         origin = Nginx("origin", tmp / "nginx-origin", origin_config(
             origin_port, tmp / "origin-files", {prefix: name for prefix, (name, _) in ORIGIN_FILES.items()}
         )).start(processes, [origin_port])
@@ -252,6 +254,8 @@ def start_stack(tmp: Path, processes: Processes, cpus: CpuPlan) -> Stack:
         rules = write_rules(tmp / "rules.json", origin_port)
         confdir = tmp / "confdir-plain"  # the first process makes the CA; the others copy it
         plain = Mitmdump("plain", store.endpoint, plain_port, tmp, confdir, cpus=cpus.proxy).start(processes)
+        script = Mitmdump("script", store.endpoint, script_port, tmp, tmp / "confdir-script", cpus=cpus.proxy, ca_from=confdir,
+                          extra_scripts=(str(EMPTY_SCRIPT),)).start(processes)
         addon = Mitmdump("addon", store.endpoint, addon_port, tmp, tmp / "confdir-addon", rules,
                          cpus=cpus.proxy, ca_from=confdir, extra_scripts=tuple(EXTRA_SCRIPTS)).start(processes)
         # the addon's write-back worker is a process of its own: it runs beside the store, not on
@@ -262,7 +266,7 @@ def start_stack(tmp: Path, processes: Processes, cpus: CpuPlan) -> Stack:
         raise
     log(f"origin nginx :{origin_port}, reference nginx :{reference_port}, "
         f"plain mitmdump :{plain_port}, mitmdump+addon :{addon_port}")
-    return Stack(tmp, processes, store, origin, origin_port, reference, reference_port, plain, addon, rules, confdir, cpus)
+    return Stack(tmp, processes, store, origin, origin_port, reference, reference_port, plain, addon, script, rules, confdir, cpus)
 
 
 async def _get(port: int, path: str, method: str = "GET") -> loadgen.Answer:
@@ -299,24 +303,26 @@ def cpu_seconds(pid: int) -> float:
 
 
 def scenario_hit(stack: Stack, report: Report, seconds: float) -> None:
-    """1 (and 7): GETs of existing objects; addon ÷ plain mitmdump and nginx ÷ plain, side by side.
+    """1 (and 7): GETs of existing objects; addon ÷ plain mitmdump and nginx ÷ plain, side by side,
+    with a control: plain mitmdump running an empty `-s` script (what mitmproxy charges for any script).
 
     Runs alternate plain/addon (ABBAABBA) in short slices, so that drift and other load on
     the machine fall on both sides alike. Besides throughput, the proxy's own CPU time per
     request is read from /proc: its ratio is what throughput would be if the proxy alone
     limited it, and it is far less sensitive to other processes on the machine."""
     slice_ = max(2, round(seconds * 0.4))
-    targets = {"plain": stack.plain.port, "addon": stack.addon.port, "nginx": stack.reference_port}
-    pids = {"plain": stack.plain.pid, "addon": stack.addon.pid}
+    targets = {"plain": stack.plain.port, "addon": stack.addon.port, "script": stack.script.port, "nginx": stack.reference_port}
+    pids = {"plain": stack.plain.pid, "addon": stack.addon.pid, "script": stack.script.pid}
     for port in targets.values():  # warm-up: connections, caches
         wrk(f"http://127.0.0.1:{port}/{BUCKET}/small/hit", 64, 1)
     raw: dict[str, object] = {}
     for prefix, size_name in (("small", "1 KiB"), ("medium", "1 MiB")):
         size = ORIGIN_FILES[prefix][1]
         for connections in (8, 64):
-            runs: dict[str, list[WrkResult]] = {"plain": [], "addon": [], "nginx": []}
-            cpu: dict[str, float] = {"plain": 0.0, "addon": 0.0}
-            for who in ("plain", "addon", "addon", "plain", "plain", "addon", "addon", "plain", "nginx"):
+            runs: dict[str, list[WrkResult]] = {"plain": [], "addon": [], "script": [], "nginx": []}
+            cpu: dict[str, float] = {"plain": 0.0, "addon": 0.0, "script": 0.0}
+            for who in ("plain", "addon", "script", "script", "addon", "plain", "plain", "addon", "script", "script", "addon",
+                        "plain", "nginx"):
                 before = cpu_seconds(pids[who]) if who in pids else 0.0
                 result = wrk(f"http://127.0.0.1:{targets[who]}/{BUCKET}/{prefix}/hit", connections, slice_)
                 if who in pids:
@@ -334,14 +340,20 @@ def scenario_hit(stack: Stack, report: Report, seconds: float) -> None:
             raw[key] = {"rps": {k: round(v, 1) for k, v in rps.items()},
                         "cpu_us_per_request": {k: round(v * 1e6) for k, v in cpu_per_request.items()},
                         "addon_over_plain": round(ratio, 4), "cpu_ratio": round(cpu_ratio, 4),
+                        "script_over_plain": round(rps["script"] / rps["plain"], 4),
+                        "script_cpu_ratio": round(cpu_per_request["plain"] / cpu_per_request["script"], 4),
                         "nginx_over_plain": round(rps["nginx"] / rps["plain"], 2),
                         "runs": {who: [wrk_raw(r) for r in rs] for who, rs in runs.items()}}
             report.add("1", "hit path", f"{size_name} warm GET, {connections} conns: throughput addon ÷ plain mitmdump "
                        f"(in brackets: CPU per request, plain ÷ addon)", f"{ratio:.3f} ({cpu_ratio:.3f})",
                        "≥ 0.95", ratio >= 0.95)
+            report.add("1", "hit path", f"{size_name} warm GET, {connections} conns: control, plain mitmdump running an empty "
+                       f"-s script ÷ plain mitmdump (in brackets: CPU per request, plain ÷ script)",
+                       f"{rps['script'] / rps['plain']:.3f} ({cpu_per_request['plain'] / cpu_per_request['script']:.3f})")
             report.raw.setdefault("reference_hit", {})[key] = round(rps["nginx"] / rps["plain"], 2)
             log(f"hit {size_name} c{connections}: plain {rps['plain']:.0f}/s {cpu_per_request['plain'] * 1e6:.0f} µs CPU/req, "
-                f"addon {rps['addon']:.0f}/s {cpu_per_request['addon'] * 1e6:.0f} µs CPU/req, nginx {rps['nginx']:.0f}/s")
+                f"addon {rps['addon']:.0f}/s {cpu_per_request['addon'] * 1e6:.0f} µs CPU/req, "
+                f"empty script {rps['script']:.0f}/s {cpu_per_request['script'] * 1e6:.0f} µs CPU/req, nginx {rps['nginx']:.0f}/s")
     report.raw["hit"] = raw
 
 
@@ -1153,23 +1165,26 @@ def scenario_scaleout(stack: Stack, report: Report, seconds: float) -> None:
 
 
 def profile(stack: Stack, report: Report, seconds: float) -> None:
-    """py-spy on mitmdump+addon under the hit and the miss load; raw stacks and a summary in bench/out/."""
+    """py-spy on mitmdump+addon under the hit and the miss load, and on plain mitmdump under the hit
+    load; raw stacks and a summary in bench/out/."""
     from bench.profile import summarise
 
     py_spy = ensure_py_spy()
     OUT.mkdir(exist_ok=True)
     duration = max(4, round(seconds))
     summaries = {}
-    for name, url, connections, prefix in (
-        ("hit-1k", f"http://127.0.0.1:{stack.addon.port}/{BUCKET}/small/hit", 64, None),
-        ("hit-1m", f"http://127.0.0.1:{stack.addon.port}/{BUCKET}/medium/hit", 64, None),
-        ("miss-1k", f"http://127.0.0.1:{stack.addon.port}/", 8, f"/{BUCKET}/small/prof-"),
-        ("miss-8m", f"http://127.0.0.1:{stack.addon.port}/", 1, f"/{BUCKET}/large/prof-"),
+    for name, proxy, path, connections, prefix in (
+        ("hit-1k", stack.addon, f"/{BUCKET}/small/hit", 64, None),
+        ("plain-hit-1k", stack.plain, f"/{BUCKET}/small/hit", 64, None),  # what mitmproxy alone spends on the same hit
+        ("hit-1m", stack.addon, f"/{BUCKET}/medium/hit", 64, None),
+        ("miss-1k", stack.addon, "/", 8, f"/{BUCKET}/small/prof-"),
+        ("miss-8m", stack.addon, "/", 1, f"/{BUCKET}/large/prof-"),
     ):
+        url = f"http://127.0.0.1:{proxy.port}{path}"
         output = OUT / f"profile-{name}.txt"
         with open(OUT / f"profile-{name}.log", "wb") as py_spy_log:
             recorder = stack.processes.start(
-                "py-spy", [py_spy, "record", "--pid", str(stack.addon.pid), "--rate", "250", "--duration", str(duration + 1),
+                "py-spy", [py_spy, "record", "--pid", str(proxy.pid), "--rate", "250", "--duration", str(duration + 1),
                            "--format", "raw", "--threads", "--gil", "--full-filenames", "--nonblocking", "--output", str(output)],
                 stdout=py_spy_log, stderr=subprocess.STDOUT,
             )

@@ -480,7 +480,7 @@ class Mitmdump:
         return write_back_worker(self.pid)
 
     def command(self) -> list[str]:
-        scripts = [arg for extra in self.extra_scripts for arg in ("-s", extra)] if self.rules is not None else []
+        scripts = [arg for extra in self.extra_scripts for arg in ("-s", extra)]
         return mitmdump_command(f"reverse:{self.store}", self.port, self.rules,
                                 {"confdir": str(self.confdir), "flow_detail": "0", **self.options}, scripts)
 

@@ -125,6 +125,33 @@ async def test_a_redirect_to_a_private_address_is_refused_and_not_asked(origin, 
     assert [r.url for r in origin.seen] == [origin.url("/k")]
 
 
+async def test_a_head_is_asked_as_the_get_would_be_and_reads_no_body(origin):
+    """`backorigin verify`'s HEAD: the rule's headers and the redirect to the rule's own host on
+    its other port, then MirrorURLSlave when the primary's answer switches."""
+    origin.answers[origin.url("/k")] = moved(origin.url("/moved/k", origin.other_port))
+    origin.answers[origin.url("/moved/k", origin.other_port)] = (500, {}, b"")
+    origin.answers[origin.url("/second/k")] = (200, {"etag": '"abc"', "content-length": "5"}, b"")
+    client = origin.client()
+    try:
+        result = await client.head(asked(origin.mirror(MirrorURLSlave=origin.url("/second/"))))
+    finally:
+        await client.aclose()
+    assert [(r.method, r.url) for r in origin.seen] == [
+        ("HEAD", origin.url("/k")), ("HEAD", origin.url("/moved/k", origin.other_port)), ("HEAD", origin.url("/second/k"))]
+    assert all(r.header("x-secret") == "s" for r in origin.seen)
+    assert result.status == 200 and result.header("etag") == '"abc"' and result.header("content-length") == "5"
+
+
+async def test_a_head_redirected_to_a_private_address_is_refused_and_not_asked(origin):
+    origin.answers[origin.url("/k")] = moved("http://169.254.169.254/latest/")
+    client = origin.client()
+    try:
+        result = await client.head(asked(origin.mirror()))
+    finally:
+        await client.aclose()
+    assert result.failure is Failure.REDIRECT and [r.url for r in origin.seen] == [origin.url("/k")]
+
+
 @pytest.fixture
 def public_loopback(monkeypatch):
     """127.0.0.3 counts as a public address (the stand-in for a CDN's); no other loopback one does."""

@@ -246,13 +246,22 @@ class OriginClient:
         if request.fallback_url and request.probe_url and not await self._healthy(request.probe_url):
             logger.info("probe %s failed; asking %s", request.probe_url, request.fallback_url)
             return await self._observed(request, request.fallback_url, sink)
+        return await self._with_fallback(request, sink)
+
+    async def head(self, request: OriginRequest) -> OriginResult:
+        """A HEAD where `fetch` would GET (the same headers, signature, redirects and fallback);
+        its answer's status and headers, no body (`backorigin verify`)."""
+        return await self._with_fallback(request, None)
+
+    async def _with_fallback(self, request: OriginRequest, sink: BodySink | None) -> OriginResult:
         result = await self._observed(request, request.url, sink)
-        if request.fallback_url and not sink.started and should_switch(result, request.switch_all_errors):
+        if request.fallback_url and not (sink and sink.started) and should_switch(result, request.switch_all_errors):
             logger.info("%s answered %s; asking %s", request.url, result.status or result.detail, request.fallback_url)
             return await self._observed(request, request.fallback_url, sink)
         return result
 
-    async def _observed(self, request: OriginRequest, url: str, sink: BodySink) -> OriginResult:
+    async def _observed(self, request: OriginRequest, url: str, sink: BodySink | None) -> OriginResult:
+        """`sink` None: a HEAD."""
         result = await self._fetch_url(request, url, sink)
         self.observe(url, result)
         return result
@@ -268,7 +277,7 @@ class OriginClient:
             self._probes[probe_url] = (time.monotonic(), healthy)
         return healthy
 
-    async def _fetch_url(self, request: OriginRequest, url: str, sink: BodySink) -> OriginResult:
+    async def _fetch_url(self, request: OriginRequest, url: str, sink: BodySink | None) -> OriginResult:
         limit = self.timeouts.total
         try:
             async with asyncio.timeout(limit) as deadline:
@@ -285,7 +294,8 @@ class OriginClient:
         except (aiohttp.ClientError, OSError) as e:
             return OriginResult.failed(url, Failure.NETWORK, f"{type(e).__name__}: {e}")
 
-    async def _follow(self, request: OriginRequest, first_url: str, sink: BodySink, deadline: asyncio.Timeout) -> OriginResult:
+    async def _follow(self, request: OriginRequest, first_url: str, sink: BodySink | None, deadline: asyncio.Timeout) -> OriginResult:
+        method = "GET" if sink is not None else "HEAD"
         url = first_url
         secure = urlsplit(first_url).scheme == "https"
         for _ in range(MAX_REDIRECTS + 1):
@@ -297,7 +307,7 @@ class OriginClient:
                 headers.pop("host", None)  # a Host meant for one origin never follows to another
             auth = request.auth if own else None
             pinned = None if host in request.hosts or host in self.allowed_hosts else await _public_address(parts)
-            async with self._send("GET", url, _signed("GET", url, headers, auth), pinned) as response:
+            async with self._send(method, url, _signed(method, url, headers, auth), pinned) as response:
                 location = response.headers.get("location", "")
                 if response.status in REDIRECT_STATUSES and location:
                     if not request.follow_redirects:
@@ -306,6 +316,8 @@ class OriginClient:
                     if urlsplit(url).scheme not in ("http", "https"):
                         return OriginResult.failed(first_url, Failure.REDIRECT, f"redirect to non-HTTP {url!r}")
                     continue
+                if sink is None:
+                    return OriginResult(first_url, response.status, response.fields, final_url=url)
                 first_part = None
                 if response.status == 200 and own and multipart_parts(response.headers.get("etag")):
                     first_part = await self._first_part(url, headers, auth)

@@ -18,7 +18,6 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 import botocore.exceptions
-import httpx
 from mitmproxy import http
 
 from backorigin.deletes.tombstones import Tombstones, TombstonesError, is_tombstoned, open_tombstones
@@ -250,28 +249,6 @@ async def sweep(keys: Iterable[str], store: str, concurrency: int, progress: Pro
         for task in workers:
             task.cancel()
         await asyncio.gather(ticker, *workers, return_exceptions=True)
-
-
-class PoolPerWorker(httpx.AsyncBaseTransport):
-    """httpx's transport with a connection pool of its own for each of the sweep's workers (each
-    asyncio task). httpcore's pool looks at every connection it holds at each request and at the
-    end of each answer (a poll() of every idle socket), so with one pool for 32 workers an origin
-    GET cost 4.0 ms of CPU here, with a pool per worker (one connection, mostly) 1.7 ms."""
-
-    def __init__(self) -> None:
-        self._pools: dict[asyncio.Task[Any] | None, httpx.AsyncHTTPTransport] = {}
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        worker = asyncio.current_task()
-        pool = self._pools.get(worker)
-        if pool is None:
-            pool = self._pools[worker] = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
-        return await pool.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            await pool.aclose()
 
 
 async def store_clients(store: str, concurrency: int) -> list[Any]:

@@ -1,8 +1,8 @@
 """`backorigin verify`: is every object of a migration in the store, the same as at the origin?
 
 For each key of the same sources as `backorigin backfill`, HEAD the store, then HEAD the
-origin at the URL the bucket's rule builds for the key (MirrorURLSlave when the primary's
-answer would switch, SigV4 with MirrorAuth, as a GET through the proxy). A key is a problem
+origin at the URL the bucket's rule builds for the key, with the proxy's own origin client (the
+headers, SigV4 with MirrorAuth, redirect policy and MirrorURLSlave of a miss's GET). A key is a problem
 when the store lacks it while the origin has it, or when the two sizes differ, or the two
 ETags where both are plain MD5 ETags (an origin or store ETag of a multipart upload or of
 another kind is not comparable). Exit status 0 means every key is there and matches: the
@@ -16,24 +16,22 @@ import sys
 from typing import Any
 
 import botocore.exceptions
-import httpx
 
 from backorigin.deletes.tombstones import Tombstones
 from backorigin.miss.integrity import plain_md5
-from backorigin.miss.origin import OriginResult, should_switch, sigv4_headers
-from backorigin.rules.model import LOOP_HEADER, RuleBook
-from backorigin.rules.targets import OriginRequest
+from backorigin.miss.origin import OriginClient, OriginResult, Timeouts
+from backorigin.rules.model import RuleBook
 from backorigin.s3.clients import describe_error, status_of
 from backorigin.tools.report import Finished, Report
-from backorigin.tools.sweep import PoolPerWorker, Progress, SweepError, plan_key, prepare, run_and_report, sweep
+from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
 
 
-def compare(store_size: int, store_etag: str | None, origin: httpx.Response) -> str:
+def compare(store_size: int, store_etag: str | None, origin: OriginResult) -> str:
     """Why the store's object differs from the origin's answer to a HEAD ("" when it does not)."""
-    length = origin.headers.get("content-length")
+    length = origin.header("content-length")
     if length is not None and length.isdigit() and int(length) != store_size:
         return f"size: store {store_size} bytes, origin {length}"
-    ours, theirs = plain_md5(store_etag), plain_md5(origin.headers.get("etag"))
+    ours, theirs = plain_md5(store_etag), plain_md5(origin.header("etag"))
     if ours and theirs and ours != theirs:
         return f"ETag: store {ours}, origin {theirs}"
     return ""
@@ -45,13 +43,13 @@ class Verify:
         self.book, self.store, self.bucket, self.tombstones = book, store, bucket, tombstones
         self.progress = progress
         self.report = report
-        self.http = httpx.AsyncClient(trust_env=False, timeout=timeout, transport=PoolPerWorker())
+        self.origin = OriginClient(Timeouts(connect=timeout, read=timeout, total=timeout))
 
     async def run(self, keys: list[str], concurrency: int) -> None:
         try:
             await sweep(keys, self.store, concurrency, self.progress, self._one)
         finally:
-            await self.http.aclose()
+            await self.origin.aclose()
 
     async def _one(self, store: Any, key: str) -> None:
         try:
@@ -76,34 +74,21 @@ class Verify:
             if head is not None:  # in the store; no rule to compare it with
                 return Finished(key, "ok", planned.why)
             return Finished(key, "missing", planned.why)
-        try:
-            answer = await self.origin_head(origin)
-        except httpx.HTTPError as e:
-            return Finished(key, "unchecked" if head is not None else "missing", f"{origin.url}: {type(e).__name__}: {e}")
+        answer = await self.origin.head(origin)
+        if answer.failure is not None:
+            return Finished(key, "unchecked" if head is not None else "missing", f"{answer.url}: {answer.detail}")
+        where = answer.final_url or answer.url
         if head is None:
-            if answer.status_code == 404:
-                return Finished(key, "origin-404", f"{answer.url} answered 404")
-            return Finished(key, "missing", f"not in the store; the origin answered {answer.status_code} at {answer.url}")
+            if answer.status == 404:
+                return Finished(key, "origin-404", f"{where} answered 404")
+            return Finished(key, "missing", f"not in the store; the origin answered {answer.status} at {where}")
         self.progress.add_bytes(int(head.get("ContentLength", 0)))
-        if answer.status_code == 404:
+        if answer.status == 404:
             return Finished(key, "ok", "the origin no longer has it")
-        if answer.status_code != 200:
-            return Finished(key, "unchecked", f"the origin answered {answer.status_code} to HEAD {answer.url}")
+        if answer.status != 200:
+            return Finished(key, "unchecked", f"the origin answered {answer.status} to HEAD {where}")
         why = compare(int(head.get("ContentLength", 0)), head.get("ETag"), answer)
         return Finished(key, "differs", why) if why else Finished(key, "ok")
-
-    async def origin_head(self, request: OriginRequest) -> httpx.Response:
-        """HEAD at the rule's URL, then at MirrorURLSlave when the primary's answer would switch."""
-        answer = await self._head(request, request.url)
-        if request.fallback_url and should_switch(OriginResult(str(answer.url), answer.status_code), request.switch_all_errors):
-            return await self._head(request, request.fallback_url)
-        return answer
-
-    async def _head(self, request: OriginRequest, url: str) -> httpx.Response:
-        headers = {**dict(request.headers), LOOP_HEADER: "verify"}
-        if request.auth:
-            headers = sigv4_headers("HEAD", url, headers, request.auth)
-        return await self.http.head(url, headers=headers, follow_redirects=request.follow_redirects)
 
 
 def run_command(args: Any) -> int:
