@@ -224,7 +224,10 @@ def test_ctrl_c_reports_what_is_unfinished_and_the_same_command_continues(rules,
     state, report = tmp_path / "state", tmp_path / "report.json"
     argv = [BACKORIGIN, *command(rules, store, HTTP_BUCKET, state, "--keys", str(write_keys(tmp_path / "keys.txt", keys)),
                                  "--report", str(report))]
-    first = subprocess.Popen([*argv, "--max-rps", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal: a suite started in the background by a shell without job control
+    # runs with SIGINT ignored, which a child would inherit (and rightly keep)
+    first = subprocess.Popen([*argv, "--max-rps", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (
             (state / "journal.jsonl").exists() and (state / "journal.jsonl").read_text().count("\n") >= 5):
