@@ -107,11 +107,43 @@ def _insecure() -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True)
+class Opened:
+    """An answer as a candidate opened it: `headers()` decodes them only when asked (a streamed
+    body never needs them); `chunks` the raw body as it arrives."""
+
+    status: int
+    headers: Callable[[], Headers]
+    chunks: AsyncIterator[bytes]
+
+
+class Reading:
+    """`whole` and `stream` for every candidate that can open an answer (`_open`)."""
+
+    def _open(self, ask: Ask) -> Any:  # an async context manager of Opened
+        raise NotImplementedError
+
+    async def whole(self, ask: Ask, limit: int) -> tuple[int, Headers, bytes]:
+        async with self._open(ask) as answer:
+            body = b""
+            async for chunk in answer.chunks:
+                body += chunk
+                if len(body) > limit:
+                    break
+            return answer.status, answer.headers(), body
+
+    async def stream(self, ask: Ask, sink: Sink) -> int:
+        async with self._open(ask) as answer:
+            async for chunk in answer.chunks:
+                sink(chunk)
+            return answer.status
+
+
 # ---------------------------------------------------------------------------------------
 # (a) httpx's transport, as store.py and origin.py use it
 
 
-class HttpxTransport:
+class HttpxTransport(Reading):
     name = "httpx transport"
 
     def __init__(self) -> None:
@@ -125,7 +157,7 @@ class HttpxTransport:
         return self._transports[key]
 
     @asynccontextmanager
-    async def _send(self, ask: Ask) -> AsyncIterator[httpx.Response]:
+    async def _open(self, ask: Ask) -> AsyncIterator[Opened]:
         extensions: dict[str, Any] = {"timeout": _timeouts(ask)}
         if ask.sni:
             extensions["sni_hostname"] = ask.sni
@@ -133,24 +165,9 @@ class HttpxTransport:
         response = await self._transport(ask).handle_async_request(
             httpx.Request(ask.method, url, headers=list(ask.headers), extensions=extensions))
         try:
-            yield response
+            yield Opened(response.status_code, lambda: tuple(response.headers.multi_items()), response.aiter_raw())
         finally:
             await response.aclose()
-
-    async def whole(self, ask: Ask, limit: int) -> tuple[int, Headers, bytes]:
-        async with self._send(ask) as response:
-            body = b""
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) > limit:
-                    break
-            return response.status_code, tuple(response.headers.multi_items()), body
-
-    async def stream(self, ask: Ask, sink: Sink) -> int:
-        async with self._send(ask) as response:
-            async for chunk in response.aiter_raw():
-                sink(chunk)
-            return response.status_code
 
     async def aclose(self) -> None:
         for transport in self._transports.values():
@@ -161,7 +178,7 @@ class HttpxTransport:
 # (b) httpcore's pool, used directly
 
 
-class HttpcorePool:
+class HttpcorePool(Reading):
     name = "httpcore pool"
 
     def __init__(self) -> None:
@@ -180,7 +197,7 @@ class HttpcorePool:
         return self._pools[key]
 
     @asynccontextmanager
-    async def _send(self, ask: Ask) -> AsyncIterator[httpcore.Response]:
+    async def _open(self, ask: Ask) -> AsyncIterator[Opened]:
         extensions: dict[str, Any] = {"timeout": _timeouts(ask)}
         if ask.sni:
             extensions["sni_hostname"] = ask.sni
@@ -188,24 +205,10 @@ class HttpcorePool:
         response = await self._pool(ask).handle_async_request(
             httpcore.Request(ask.method.encode(), url, headers=list(ask.headers), extensions=extensions))
         try:
-            yield response
+            yield Opened(response.status, lambda: tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers),
+                         response.aiter_stream())
         finally:
             await response.aclose()
-
-    async def whole(self, ask: Ask, limit: int) -> tuple[int, Headers, bytes]:
-        async with self._send(ask) as response:
-            body = b""
-            async for chunk in response.aiter_stream():
-                body += chunk
-                if len(body) > limit:
-                    break
-            return response.status, tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers), body
-
-    async def stream(self, ask: Ask, sink: Sink) -> int:
-        async with self._send(ask) as response:
-            async for chunk in response.aiter_stream():
-                sink(chunk)
-            return response.status
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
@@ -216,7 +219,7 @@ class HttpcorePool:
 # (c) aiohttp
 
 
-class Aiohttp:
+class Aiohttp(Reading):
     name = "aiohttp"
 
     def __init__(self) -> None:
@@ -242,20 +245,10 @@ class Aiohttp:
             ask.method, yarl.URL(ask.url, encoded=True), headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in ask.headers],
             allow_redirects=False, timeout=self._timeouts[key], ssl=ask.verify, server_hostname=ask.sni, proxy=ask.proxy)
 
-    async def whole(self, ask: Ask, limit: int) -> tuple[int, Headers, bytes]:
+    @asynccontextmanager
+    async def _open(self, ask: Ask) -> AsyncIterator[Opened]:
         async with self._request(ask) as response:
-            body = b""
-            async for chunk in response.content.iter_any():
-                body += chunk
-                if len(body) > limit:
-                    break
-            return response.status, tuple(response.headers.items()), body
-
-    async def stream(self, ask: Ask, sink: Sink) -> int:
-        async with self._request(ask) as response:
-            async for chunk in response.content.iter_any():
-                sink(chunk)
-            return int(response.status)
+            yield Opened(int(response.status), lambda: tuple(response.headers.items()), response.content.iter_any())
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -312,7 +305,7 @@ class H11Answer:
             connection.writer.close()
 
 
-class H11Pool:
+class H11Pool(Reading):
     """Keep-alive connections per (scheme, address, port, TLS name, verification, proxy); no cookie
     jar, no redirects, no decompression: the request goes as described, the body comes as it is."""
 
@@ -377,20 +370,10 @@ class H11Pool:
         finally:
             answer.release()
 
-    async def whole(self, ask: Ask, limit: int) -> tuple[int, Headers, bytes]:
+    @asynccontextmanager
+    async def _open(self, ask: Ask) -> AsyncIterator[Opened]:
         async with self.request(ask) as answer:
-            body = b""
-            async for chunk in answer.chunks():
-                body += chunk
-                if len(body) > limit:
-                    break
-            return answer.status, answer.headers, body
-
-    async def stream(self, ask: Ask, sink: Sink) -> int:
-        async with self.request(ask) as answer:
-            async for chunk in answer.chunks():
-                sink(chunk)
-            return answer.status
+            yield Opened(answer.status, lambda: answer.headers, answer.chunks())
 
     async def aclose(self) -> None:
         for connections in self.idle.values():
