@@ -45,7 +45,7 @@ import h11
 import httpcore
 import httpx
 
-from bench.services import CpuPlan, Nginx, Processes, listen_ports, log, nginx_binary
+from bench.services import NGINX_BASICS, CpuPlan, Nginx, Processes, listen_ports, log, nginx_binary
 
 KiB, MiB = 1 << 10, 1 << 20
 ERROR_BODY_LIMIT = 1024  # as backorigin.limits.STORE_ERROR_BODY_LIMIT: enough of an error body
@@ -490,15 +490,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
 def nginx_config(http_port: int, https_port: int, root: Path, certificate: Path, key: Path) -> str:
     body = NOT_FOUND_XML.replace("'", "\\'")
     return f"""
-http {{
-    access_log off;
-    client_body_temp_path @TMP@/client_body;
-    proxy_temp_path @TMP@/proxy_temp;
-    fastcgi_temp_path @TMP@/fastcgi_temp;
-    uwsgi_temp_path @TMP@/uwsgi_temp;
-    scgi_temp_path @TMP@/scgi_temp;
-    default_type application/octet-stream;
-    sendfile on;
+http {{{NGINX_BASICS}
     tcp_nodelay on;
     keepalive_timeout 600s;
     keepalive_requests 1000000;

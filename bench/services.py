@@ -292,7 +292,7 @@ class Nginx:
         return self
 
 
-HTTP_COMMON = """
+NGINX_BASICS = """
     access_log off;
     client_body_temp_path @TMP@/client_body;
     proxy_temp_path @TMP@/proxy_temp;
@@ -300,7 +300,8 @@ HTTP_COMMON = """
     uwsgi_temp_path @TMP@/uwsgi_temp;
     scgi_temp_path @TMP@/scgi_temp;
     default_type application/octet-stream;
-    sendfile on;
+    sendfile on;"""  # every bench nginx's: no log, temp files in its own folder
+HTTP_COMMON = NGINX_BASICS + """
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_timeout 75s;
