@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Optional
 
 import botocore.exceptions
@@ -29,19 +29,17 @@ from backorigin.deletes.tombstones import Tombstones, TombstonesError, is_tombst
 from backorigin.miss.addon import Mirroring
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
-from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, keys_in, objects_in, write_kind
+from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, write_kind
 from backorigin.s3.clients import describe_error, shared_s3_client, store_has
 from backorigin.s3.store import reverse_target
 from backorigin.writeback.spool import ObjectKey
+from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
 
 DELETES = ("stick", "resurrect")
-DELETING_KEY = "backorigin_deleting"  # a delete's objects, held from its request hook to its response hook
+DELETING_KEY = "backorigin_deleting"  # a DeleteObject's object, held from its request hook to its response hook
 _READS = ("GET", "HEAD")
-# A DeleteObjects body is kept up to this size to read its keys: S3 takes 1,000 keys of up to 1,024
-# bytes, which XML escaping can make 5 times longer; a larger body is not a delete the store accepts.
-DELETE_MANY_LIMIT = 8 * 1024 * 1024
 
 
 class Deletes:
@@ -95,20 +93,20 @@ class Deletes:
     # hooks -------------------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A DeleteObjects body passes through `DeleteManyBody`, which reads its keys as it goes,
-        whatever its size and stream_large_bodies."""
+        """A DeleteObjects body passes on to the store as it arrives, read on the way (bounded,
+        without DTDs or entities, chunk by chunk: `ReadingBody`); its keys count only once the
+        store has said yes."""
         if flow.request.method == "POST" and self.stick and self.context.acts(flow) and write_kind(flow.request) is WriteKind.DELETE_MANY:
-            flow.request.stream = DeleteManyBody(lambda body: self._hold(flow, body), flow.request.headers.get("content-length"))
+            flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})))
 
     def request(self, flow: http.HTTPFlow) -> None:
-        """A delete on its way to the store: hold the key's write-backs, nothing more (a
-        DeleteObjects was held by its DeleteManyBody)."""
+        """A DeleteObject on its way to the store: hold the key's write-backs, nothing more."""
         if flow.request.method != "DELETE" or not self.stick or not self.context.acts(flow) or flow.response is not None:
             return
-        self._hold(flow, b"")
+        self._hold(flow)
 
-    def _hold(self, flow: http.HTTPFlow, body: bytes) -> None:
-        refs = self._deleted_by(flow, body)
+    def _hold(self, flow: http.HTTPFlow) -> None:
+        refs = self._deleted_by(flow, [])
         if not refs:
             return
         endpoint = self.context.endpoint(flow.request)
@@ -130,19 +128,19 @@ class Deletes:
     def _forget_origin_404s(self, flow: http.HTTPFlow) -> None:
         """A key written or deleted through the proxy asks the origin afresh on its next miss."""
         if write_kind(flow.request) is WriteKind.DELETE_MANY:
-            keys = [(str(b), str(k)) for _, b, k, _ in flow.metadata.get(DELETING_KEY, [])]
+            keys = [(ref.bucket, ref.key) for ref, _ in self._deleted_by(flow, self._many_deleted(flow))]
         else:
             keys = [(ref.bucket, ref.key)] if write_kind(flow.request) is not None and (ref := self.context.object(flow)) else []
         for bucket, key in keys:
             self.mirroring.mirror.guard.not_found.forget(bucket, key)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """The answer to a DeleteObjects that held keys is read as it passes (its <Error> keys). It
+        """The answer to a DeleteObjects is read as it passes (its <Deleted> and <Error> keys). It
         goes out chunked, so that the client has all of it only after the response hook has written
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
         response = flow.response
-        if flow.request.method == "POST" and response is not None and DELETING_KEY in flow.metadata:
-            response.stream = DeleteManyBody(lambda body: None, response.headers.get("content-length"))
+        if flow.request.method == "POST" and response is not None and isinstance(flow.request.stream, ReadingBody):
+            response.stream = ReadingBody(ObjectsReader(frozenset({"Deleted", "Error"})))
             if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
                 del response.headers["content-length"]
                 response.headers["transfer-encoding"] = "chunked"
@@ -153,10 +151,12 @@ class Deletes:
         succeeded = 200 <= response.status_code < 300
         kind = write_kind(flow.request)
         try:
-            if held and succeeded:
-                answered = response.stream.body if isinstance(response.stream, DeleteManyBody) else response.raw_content
-                refused = set(keys_in(bytes(answered or b""), "Error")) if kind is WriteKind.DELETE_MANY else set()
-                done = [(key, bool(versioned)) for key, (*_, versioned) in zip(held, deleting, strict=True) if key[2] not in refused]
+            if succeeded and kind is WriteKind.DELETE_MANY:
+                endpoint = self.context.endpoint(flow.request)
+                found = self._deleted_by(flow, self._many_deleted(flow))
+                deleting = [[endpoint, ref.bucket, ref.key, versioned] for ref, versioned in found]
+            if deleting and succeeded:
+                done = [((str(e), str(b), str(k)), bool(versioned)) for e, b, k, versioned in deleting]
                 await self._deleted([key for key, versioned in done if not versioned or not await self._still_there(key)])
         finally:
             self._release(held)
@@ -200,9 +200,25 @@ class Deletes:
         for key in keys:
             writeback.release(key)
 
-    def _deleted_by(self, flow: http.HTTPFlow, body: bytes) -> list[tuple[ObjectRef, bool]]:
-        """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete, each
-        with whether only a version of it is deleted (a key named with and without a version: not)."""
+    @staticmethod
+    def _many_deleted(flow: http.HTTPFlow) -> list[tuple[str, str | None]]:
+        """What a DeleteObjects the store answered 2xx deleted: the objects it asked for, less those
+        the store's answer lists as errors; when its body could not be read (too large, too many
+        keys, not plain XML), the store's own list of what it deleted."""
+        asked, answered = flow.request.stream, flow.response.stream if flow.response else None
+        if not isinstance(asked, ReadingBody) or not isinstance(answered, ReadingBody) or answered.reader.failed:
+            return []
+        if asked.reader.failed:
+            logger.warning("DeleteObjects of %s: its body was not read (%s); the store's list of what it deleted is used",
+                           flow.request.pretty_url, asked.reader.failed)
+            return [(key, version) for element, key, version in answered.reader.objects if element == "Deleted"]
+        refused = set(answered.reader.keys("Error"))
+        return [(key, version) for _, key, version in asked.reader.objects if key not in refused]
+
+    def _deleted_by(self, flow: http.HTTPFlow, objects: list[tuple[str, str | None]]) -> list[tuple[ObjectRef, bool]]:
+        """The objects under Mirror rules that a DeleteObject, or the DeleteObjects of `objects`,
+        deletes, each with whether only a version of it is deleted (a key named with and without a
+        version: not)."""
         kind = write_kind(flow.request)
         bucket: str | None
         if kind in (WriteKind.DELETE, WriteKind.DELETE_VERSION):
@@ -210,7 +226,7 @@ class Deletes:
             bucket, found = (ref.bucket, [(ref.key, kind is WriteKind.DELETE_VERSION)]) if ref else (None, [])
         elif kind is WriteKind.DELETE_MANY:
             bucket = bucket_of(flow.request, self.context.vhost_domains)
-            found = [(key, version is not None) for key, version in objects_in(body, "Object")]
+            found = [(key, version is not None) for key, version in objects]
         else:
             return []
         if bucket is None:
@@ -222,24 +238,16 @@ class Deletes:
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
 
 
-class DeleteManyBody:
-    """mitmproxy's stream function for a DeleteObjects body: each chunk passes on as it is, a copy
-    is kept (up to DELETE_MANY_LIMIT), and `whole(body)` runs before the body's last byte is passed
-    on, so the keys' write-backs are held before the store can have the whole request."""
+class ReadingBody:
+    """mitmproxy's stream function for a DeleteObjects body or its answer: each chunk passes on as
+    it is, and is fed to `reader` on the way (bounded, linear in the chunk)."""
 
-    def __init__(self, whole: Callable[[bytes], None], content_length: str | None) -> None:
-        self.whole = whole
-        self.length = int(content_length) if content_length and content_length.isascii() and content_length.isdigit() else None
-        self.body: bytearray | None = bytearray()
-        self.done = False
+    def __init__(self, reader: ObjectsReader) -> None:
+        self.reader = reader
 
     def __call__(self, chunk: bytes) -> bytes:
-        if self.body is not None:
-            self.body += chunk
-            if len(self.body) > DELETE_MANY_LIMIT:
-                self.body = None  # not a delete the store accepts: nothing to hold
-        ended = chunk == b"" or (self.length is not None and self.body is not None and len(self.body) >= self.length)
-        if ended and not self.done and self.body is not None:
-            self.done = True
-            self.whole(bytes(self.body))
+        if chunk:
+            self.reader.feed(chunk)
+        else:
+            self.reader.finish()
         return chunk

@@ -25,6 +25,7 @@ from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.plan import Act, plan_get
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.clients import refuse_xml_bombs
 
 
 def origin_side(rule: RoutingRule, book: RuleBook, bucket: str, lister: Lister, request: http.Request,
@@ -101,7 +102,8 @@ def detect_order(client: Any, bucket: str) -> Order:
 
 def origin_s3_client(endpoint: str, rule: RoutingRule) -> Any:
     """A boto3 client for a rule's S3 origin: signed with MirrorAuth (SigV4), else unsigned. Like the
-    origin fetches, it reads no credentials, config or proxy variables of this machine."""
+    origin fetches, it reads no credentials, config or proxy variables of this machine, and its
+    answers are read without DTDs or entities (s3.clients.refuse_xml_bombs)."""
     auth = rule.Redirect.MirrorAuth
     session = botocore.session.Session()
     session.set_config_variable("config_file", os.devnull)
@@ -110,11 +112,11 @@ def origin_s3_client(endpoint: str, rule: RoutingRule) -> Any:
         s3={"addressing_style": "path"}, retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5,
         read_timeout=30, signature_version="s3v4" if auth else UNSIGNED, proxies={},
     )
-    return boto3.session.Session(botocore_session=session).client(
+    return refuse_xml_bombs(boto3.session.Session(botocore_session=session).client(
         "s3", endpoint_url=endpoint, region_name=auth.Region if auth else "us-east-1", config=config,
         aws_access_key_id=auth.AccessKeyId if auth else None,
         aws_secret_access_key=auth.AccessKeySecret.get_secret_value() if auth else None,
-    )
+    ))
 
 
 def not_s3(error: Exception) -> bool:

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import unquote
-from xml.etree import ElementTree
 
 from mitmproxy import http
 
@@ -119,27 +118,3 @@ def write_kind(request: http.Request) -> WriteKind | None:
     if method == "PUT" and is_plain_object_call(request):
         return WriteKind.CREATE
     return None
-
-
-def keys_in(xml: bytes, element: str) -> list[str]:
-    """The <Key> of every `element` in a DeleteObjects request or answer (<Object>, <Deleted>, <Error>)."""
-    return [key for key, _ in objects_in(xml, element)]
-
-
-def objects_in(xml: bytes, element: str) -> list[tuple[str, str | None]]:
-    """(<Key>, <VersionId> or None) of every `element` in a DeleteObjects request or answer."""
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return []
-    found = []
-    for node in root.iter():
-        if _local(node.tag) == element:
-            fields = {_local(child.tag): child.text or "" for child in node}
-            if "Key" in fields:
-                found.append((fields["Key"], fields.get("VersionId")))
-    return found
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]

@@ -11,8 +11,11 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.parsers
 from botocore import UNSIGNED
 from botocore.config import Config
+
+from backorigin import xmlsafe
 
 
 @functools.cache
@@ -73,3 +76,20 @@ def describe_error(error: BaseException) -> str:
         err = error.response.get("Error", {})
         return f"store: {err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": ")
     return f"{type(error).__name__}: {error}"
+
+
+def refuse_xml_bombs(client: Any) -> Any:
+    """Have `client` refuse an XML answer that declares a DTD, or is larger than a listing page can
+    be, before botocore parses it (botocore's expat would expand its entities up to a hundred times
+    the answer); the call raises botocore's ResponseParserError instead. For clients of servers
+    that are not ours (origins)."""
+
+    def check(response_dict: dict[str, Any], **_: Any) -> None:
+        body = response_dict.get("body") or b""
+        try:
+            xmlsafe.refuse_dtd(body if isinstance(body, bytes) else b"")
+        except xmlsafe.XMLRefused as e:
+            raise botocore.parsers.ResponseParserError(f"answer refused: {e}") from None
+
+    client.meta.events.register("before-parse.s3", check)
+    return client
