@@ -38,7 +38,7 @@ from backorigin.rules.plan import Act, GetPlan, plan_get
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, is_plain_object_call
+from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
 from backorigin.s3.store import StoreAnswer, StoreServerName, client_facing, upstream_proxy, upstream_verification
 from backorigin.ui.commands import Commands
 from backorigin.ui.contentview import DecisionView
@@ -193,7 +193,7 @@ class BackOrigin:
             mirror = self.mirroring.mirror
             endpoint = self.context.endpoint(flow.request)
             mirror.known.discard((endpoint, ref.bucket, ref.key))
-            miss = mirror.start(endpoint, ref, after.rule, after.origin)  # type: ignore[arg-type]
+            miss = mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
             assert miss is not None  # nothing is known to be stored: discarded above
             await self.delivery.deliver_late(flow, mirror, miss, answer)
         else:
@@ -238,7 +238,7 @@ class BackOrigin:
             return
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.MIRROR:
-            miss = mirror.start(endpoint, ref, after.rule, after.origin)  # type: ignore[arg-type]
+            miss = mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
             if miss is not None:  # None: stored meanwhile, the request goes to the store
                 await self.delivery.deliver(flow, mirror, miss, answer if answer.status == 404 else StoreAnswer(404, ()))
             return

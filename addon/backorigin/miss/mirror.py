@@ -82,12 +82,14 @@ class Mirror:
         # told of every origin fetch and how long it took (addon.metrics)
         self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
 
-    def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Miss | None:
+    def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest, signed: bool = False) -> Miss | None:
         """Join the fill of this object, or start one (a fill of its own, never stored, for
         MirrorProxyPass and for an object the store refused before). None when the object has
         landed in the store since the store said it was missing (its write-back ended while the
-        caller awaited something): the store answers, no origin GET."""
+        caller awaited something): the store answers, no origin GET. `signed`: the client's
+        request was signed (its fetch counts for the bucket's signed clients: miss.guard)."""
         key: ObjectKey = (endpoint, ref.bucket, ref.key)
+        request = replace(request, tenant=(ref.bucket, signed))
         if key in self.known:
             return None
         not_storing = "MirrorProxyPass" if rule.Redirect.MirrorProxyPass else ""
@@ -100,7 +102,7 @@ class Mirror:
             logger.info("another client joins the origin fetch under way for %s (or its spooled body)", ref.key)
             return Miss(ref, rule, request, fill, started=False)
         fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(endpoint, ref, rule))
-        if (ref.bucket, rule.RuleNumber, ref.key) in self.guard.not_found:
+        if self.guard.not_found.holds(ref.bucket, ref.key, request):
             self.guard.counts["not_found_hits"] += 1
             fill.settle(Settled(OriginResult(request.url, 404), "none (no object)"))
             return Miss(ref, rule, request, fill, started=False, note="the origin's 404, remembered (backorigin_origin_404_ttl)")
@@ -149,7 +151,7 @@ class Mirror:
             try:
                 result = await self._guarded(request, fill)
                 if result.status == 404:
-                    self.guard.not_found.add(ref.bucket, rule.RuleNumber, ref.key)
+                    self.guard.not_found.add(ref.bucket, ref.key, request)
             except Exception as e:  # never leave readers waiting
                 logger.exception("fetch of %s failed", request.url)
                 result = OriginResult.failed(request.url, Failure.NETWORK, f"{type(e).__name__}: {e}")
@@ -171,19 +173,19 @@ class Mirror:
     async def _guarded(self, request: OriginRequest, fill: Fill) -> OriginResult:
         """The fetch, unless the origin's circuit is open (then the secondary origin, or a failure
         at once) or its fetches and queue are all taken (miss.guard)."""
-        guard = self.guard
-        breaker = guard.breaker_for(request.url)
+        guard, tenant = self.guard, request.tenant
+        breaker = guard.breaker_for(request.url, tenant)
         if not breaker.allow():
-            if not (request.fallback_url and guard.breaker_for(request.fallback_url).allow()):
+            if not (request.fallback_url and guard.breaker_for(request.fallback_url, tenant).allow()):
                 guard.counts["failed_fast"] += 1
                 return OriginResult.failed(request.url, Failure.CIRCUIT_OPEN, f"the circuit of {breaker.host} is open")
             request = replace(request, url=request.fallback_url, fallback_url=None, probe_url=None)
-            breaker = guard.breaker_for(request.url)
+            breaker = guard.breaker_for(request.url, tenant)
         slots = guard.slots_for(request.url)
         if slots.running >= slots.limit:
             guard.counts["queued"] += 1
         try:
-            async with slots:
+            async with slots.slot(tenant):
                 return await self.origin.fetch(request, fill)
         except Full as e:
             guard.counts["refused"] += 1
@@ -191,9 +193,9 @@ class Mirror:
         finally:
             breaker.release()
 
-    def _observed(self, url: str, result: OriginResult) -> None:
-        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit."""
-        self.guard.breaker_for(url).record(result.failure in BREAKING or (result.status or 0) >= 500)
+    def _observed(self, request: OriginRequest, url: str, result: OriginResult) -> None:
+        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit for the tenant."""
+        self.guard.breaker_for(url, request.tenant).record(result.failure in BREAKING or (result.status or 0) >= 500)
 
     def _spool(self, fill: Fill, result: OriginResult, not_storing: str) -> str:
         """Spool a good body with its manifest (the promise to store it), or give it up."""

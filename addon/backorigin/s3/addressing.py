@@ -87,6 +87,14 @@ def bucket_of(request: http.Request, domains: Sequence[str] = ()) -> str | None:
     return found.bucket if found is not None and found.bucket else None
 
 
+def is_signed(request: http.Request) -> bool:
+    """Whether the client signed its request (an Authorization header, or a presigned URL's
+    signature). Once the store has answered it other than 403, the signature held."""
+    if "authorization" in request.headers:
+        return True
+    return "?" in request.path and any(name.lower() in ("x-amz-signature", "signature") for name in request.query.keys())
+
+
 def is_plain_object_call(request: http.Request) -> bool:
     """True unless a sub-resource parameter makes the request another API call."""
     return "?" not in request.path or not any(name in SUBRESOURCES for name in request.query.keys())

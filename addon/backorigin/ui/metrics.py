@@ -132,10 +132,10 @@ def guard_metrics(guard: OriginGuard) -> Iterator[Metric]:
         waiting.add_metric([host], slots.waiting)
     yield running
     yield waiting
-    circuits = GaugeMetricFamily("backorigin_origin_circuit", "Each origin host's circuit: 0 closed, 1 half-open, 2 open",
-                                 labels=["host"])
-    for host, breaker in sorted(guard.breakers.items()):
-        circuits.add_metric([host], CIRCUIT_VALUES[breaker.state])
+    circuits = GaugeMetricFamily("backorigin_origin_circuit", "Each origin host's circuit for each tenant (a bucket's signed "
+                                 "or anonymous clients): 0 closed, 1 half-open, 2 open", labels=["host", "bucket", "client"])
+    for (host, (bucket, signed)), breaker in sorted(guard.breakers.items()):
+        circuits.add_metric([host, bucket, "signed" if signed else "anonymous"], CIRCUIT_VALUES[breaker.state])
     yield circuits
 
 

@@ -45,6 +45,7 @@ class WriteBackSupervisor:
         self.endpoint: str | None = None
         self.tombstones: tuple[str | None, str | None] | None = None  # when deletes stick: (where, the store)
         self._pending: dict[Path, tuple[ObjectUpload, asyncio.Future[WriteBackOutcome]]] = {}
+        self._by_object: dict[ObjectKey, set[Path]] = {}  # the manifests of _pending, by object: O(1) per key
         self._deferred: set[Path] = set()
         self._held: Counter[ObjectKey] = Counter()  # deletes on their way to the store, by object
         self._stored_while_held: set[ObjectKey] = set()
@@ -95,19 +96,17 @@ class WriteBackSupervisor:
         unspooled each one that had not started, or finished uploading it; True when one was
         stored while the delete was on its way (then the proxy deletes the object again)."""
         waiting = []
-        for manifest, (upload, ended) in list(self._pending.items()):
-            if upload.object_key == key:
-                self._send({"withdraw": str(manifest)})
-                waiting.append(ended)
+        for manifest in list(self._by_object.get(key, ())):
+            self._send({"withdraw": str(manifest)})
+            waiting.append(self._pending[manifest][1])
         await asyncio.gather(*(asyncio.shield(ended) for ended in waiting))
         stored = key in self._stored_while_held or any(ended.result() == "stored" for ended in waiting)
         self._stored_while_held.discard(key)
         return stored
 
     def _send_each(self, key: ObjectKey, verb: str) -> None:
-        for manifest, (upload, _) in self._pending.items():
-            if upload.object_key == key:
-                self._send({verb: str(manifest)}, keep=False)
+        for manifest in self._by_object.get(key, ()):
+            self._send({verb: str(manifest)}, keep=False)
 
     def _upload_line(self, manifest: Path, upload: ObjectUpload) -> dict[str, Any]:
         return {"upload": str(manifest), "hold": upload.object_key in self._held}
@@ -149,6 +148,16 @@ class WriteBackSupervisor:
 
     def _track(self, manifest: Path, upload: ObjectUpload) -> None:
         self._pending[manifest] = (upload, asyncio.get_running_loop().create_future())
+        self._by_object.setdefault(upload.object_key, set()).add(manifest)
+
+    def _untrack(self, manifest: Path) -> tuple[ObjectUpload, asyncio.Future[WriteBackOutcome]] | None:
+        tracked = self._pending.pop(manifest, None)
+        if tracked is not None:
+            manifests = self._by_object[tracked[0].object_key]
+            manifests.discard(manifest)
+            if not manifests:
+                del self._by_object[tracked[0].object_key]
+        return tracked
 
     def _send(self, message: dict[str, Any], keep: bool = True) -> None:
         """A line for the worker. While none runs, a withdrawal waits for the next one; uploads
@@ -207,7 +216,7 @@ class WriteBackSupervisor:
                 self.outcomes["deferred"] += 1
             return
         self._deferred.discard(manifest)
-        tracked = self._pending.pop(manifest, None)
+        tracked = self._untrack(manifest)
         if tracked is None:
             return
         upload, ended = tracked
@@ -218,10 +227,6 @@ class WriteBackSupervisor:
         if not ended.done():
             ended.set_result(outcome)
         self.landed(upload, outcome, message.get("detail", ""))
-
-
-def _key_of(upload: ObjectUpload) -> ObjectKey:
-    return upload.endpoint, upload.bucket, upload.key
 
 
 async def _relay_log(stderr: asyncio.StreamReader) -> None:
