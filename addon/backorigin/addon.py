@@ -97,8 +97,9 @@ class BackOrigin:
         )
         loader.add_option(
             "backorigin_403_is_miss_private_origins", bool, False,
-            "With backorigin_403_is_miss, allow MirrorAuth rules: anyone the store denies then gets the private "
-            "origin's objects. Refused unless this says so.",
+            "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
+            "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
+            "Refused unless this says so.",
         )
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")

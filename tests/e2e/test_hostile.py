@@ -402,12 +402,16 @@ def test_a_bucket_mixing_s3_and_http_origins_is_listed(tmp_path, store, s3, orig
     assert "does not answer like an S3 bucket" in proxy.log() and "Traceback" not in proxy.log()
 
 
-def test_403_as_a_miss_with_a_private_origin_must_be_meant(tmp_path, store, origin):
-    rules = write_rules(tmp_path / "rules.json", {"mirror-bucket": [mirror_rule(1, f"{origin.base}/dir1/", MirrorAuth={
-        "AuthType": "S3V4", "Region": "us-east-1", "AccessKeyId": "AK", "AccessKeySecret": "SK"})]})
+@pytest.mark.parametrize("private", [
+    {"MirrorAuth": {"AuthType": "S3V4", "Region": "us-east-1", "AccessKeyId": "AK", "AccessKeySecret": "SK"}},
+    {"MirrorHeaders": {"Set": [{"Key": "x-origin-token", "Value": "s3cr3t"}]}},  # a token: as private as MirrorAuth
+])
+def test_403_as_a_miss_with_a_private_origin_must_be_meant(tmp_path, store, origin, private):
+    rules = write_rules(tmp_path / "rules.json", {"mirror-bucket": [mirror_rule(1, f"{origin.base}/dir1/", **private)]})
     refused = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path / "refused", {"backorigin_403_is_miss": "true"})
-    with pytest.raises(RuntimeError, match="backorigin_403_is_miss_private_origins"):
+    with pytest.raises(RuntimeError, match="backorigin_403_is_miss_private_origins") as why:
         refused.start()
+    assert f"field Redirect.{next(iter(private))}" in str(why.value)
     meant = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path / "meant",
                      {"backorigin_403_is_miss": "true", "backorigin_403_is_miss_private_origins": "true"}).start()
     assert meant.stop() == 0
