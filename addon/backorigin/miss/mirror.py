@@ -102,6 +102,7 @@ class Mirror:
             logger.info("another client joins the origin fetch under way for %s (or its spooled body)", ref.key)
             return Miss(ref, rule, request, fill, started=False)
         fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(endpoint, ref, rule))
+        fill.keep_free = self.min_free
         if self.guard.not_found.holds(ref.bucket, ref.key, request):
             self.guard.counts["not_found_hits"] += 1
             fill.settle(Settled(OriginResult(request.url, 404), "none (no object)"))
@@ -162,13 +163,14 @@ class Mirror:
                 writeback = self._spool(fill, result, not_storing)
             except OSError as e:  # a full disk, an I/O error: this fill ends and leaves nothing behind
                 logger.error("not stored: s3://%s/%s: the spool failed: %s", ref.bucket, ref.key, e)
-                fill.path.unlink(missing_ok=True)
                 result = OriginResult.failed(result.url, Failure.SPOOL, f"{type(e).__name__}: {e}")
                 writeback = "none (the spool failed)"
         finally:  # every fill settles, whatever happened: no reader waits, no key hangs
             fill.settle(Settled(result, writeback))
             if writeback != "queued":  # nothing will land: the next miss asks the origin again
                 self.fills.drop(fill)
+            if not result.ok:
+                fill.give_back()
 
     async def _guarded(self, request: OriginRequest, fill: Fill) -> OriginResult:
         """The fetch, unless the origin's circuit is open (then the secondary origin, or a failure
@@ -219,7 +221,8 @@ class Mirror:
             self.writeback.outcomes["low_disk"] += 1
             logger.warning("not stored this time: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
         if why:
-            fill.path.unlink(missing_ok=True)  # readers keep their own descriptors
+            if result.ok:  # readers keep their own descriptors; a failed fill gives its space back once settled
+                fill.path.unlink(missing_ok=True)
             return f"none ({why})"
         assert fill.upload is not None  # a 200 began the fill
         if fill.announced and fill.announced != result.etag:  # the origin's parts were not all of one size
