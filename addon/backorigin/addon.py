@@ -62,9 +62,9 @@ class BackOrigin:
         self.mirroring = Mirroring()
         self.protection = OriginProtection(self.mirroring)
         self.deletes = Deletes(self.context, self.mirroring)
-        self.listing = MergedListing(self.context, self.deletes.under)
+        self.listing = MergedListing(self.context, self.deletes.hide)
         self.delivery = MissDelivery(self.recorder)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones))
+        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: self.deletes.tombstones.count())
         self.addons = [
             self.rules_file, self.mirroring, self.protection, self.deletes, self.listing, self.delivery, self.metrics,
             Ledger(self.recorder), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(),

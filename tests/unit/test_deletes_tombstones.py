@@ -1,14 +1,19 @@
-"""Tombstones in a folder: several deletes of one key at once (Ceph's s3-tests delete the versions
-of one key from parallel threads) each write it whole, and nothing half-written is left."""
+"""Tombstones in a folder (deletes.journal): a journal indexed in memory by bucket and key order;
+room taken before a delete goes to the store, committed or withdrawn after; followed by another
+process; earlier versions' files imported; and nothing any request asks costs more with their number."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from backorigin.deletes.tombstones import LocalTombstones
+import pytest
+
+from backorigin.deletes.journal import LocalTombstones, NoRoom, count_in, room_for
 
 
 def test_concurrent_tombstones_of_one_key_all_succeed(tmp_path):
+    """Ceph's s3-tests delete the versions of one key from parallel threads."""
     tombstones = LocalTombstones(tmp_path / "t")
 
     def add_many(_: int) -> None:
@@ -17,6 +22,58 @@ def test_concurrent_tombstones_of_one_key_all_succeed(tmp_path):
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(add_many, range(4)))  # raises if any add did
-    assert list(tombstones) == [("bucket", "myobj")]
-    assert [p.suffix for p in (tmp_path / "t").iterdir()] == [".json"]
-    assert list(LocalTombstones(tmp_path / "t")) == [("bucket", "myobj")]  # read back from the folder
+    assert list(tombstones) == [("bucket", "myobj")] and tombstones.count() == 1
+    assert list((tmp_path / "t" / "pending").iterdir()) == []
+    assert list(LocalTombstones(tmp_path / "t")) == [("bucket", "myobj")]  # read back from the journal
+
+
+def test_an_intent_hides_nothing_until_committed_and_a_withdrawn_one_leaves_nothing(tmp_path):
+    tombstones = LocalTombstones(tmp_path / "t")
+    refused = tombstones.reserve("b", "k", room_for("b", "k", None))
+    assert ("b", "k") not in tombstones and [i.key for i, _ in tombstones.pending()] == ["k"]
+    tombstones.withdraw(refused)
+    assert tombstones.pending() == []
+    many = tombstones.reserve("b", None, room_for("b", None, 200))
+    assert [named for _, named in tombstones.pending()] == [False]
+    tombstones.commit(many, ["x", "y/z", "\udcff-undecodable"])
+    assert [("b", "x") in tombstones, ("b", "y/z") in tombstones] == [True, True] and tombstones.pending() == []
+    tombstones.discard("b", "x")
+    reread = LocalTombstones(tmp_path / "t")
+    assert list(reread) == [("b", "y/z"), ("b", "\udcff-undecodable")] and reread.count() == 2
+
+
+def test_no_room_refuses_before_anything_is_written(tmp_path):
+    tombstones = LocalTombstones(tmp_path / "t")
+    with pytest.raises(NoRoom):
+        tombstones.reserve("b", None, 1 << 62)
+    assert tombstones.pending() == []
+
+
+def test_another_process_follows_the_journal(tmp_path):
+    writer, reader = LocalTombstones(tmp_path / "t"), LocalTombstones(tmp_path / "t", fresh=True)
+    assert ("b", "k") not in reader
+    writer.add("b", "k")
+    assert ("b", "k") in reader
+    writer.discard("b", "k")
+    assert ("b", "k") not in reader and count_in(tmp_path / "t") == 0
+
+
+def test_earlier_versions_files_move_into_the_journal(tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "0123.json").write_text('{"bucket": "b", "key": "old", "time": 1}')
+    assert count_in(folder) == 1
+    assert list(LocalTombstones(folder)) == [("b", "old")] and list(folder.glob("*.json")) == []
+
+
+def test_a_key_range_and_asking_cost_the_same_with_a_million_tombstones(tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "journal").write_bytes(b"".join(b'{"op":"add","bucket":"b","key":"k%07d"}\n' % i for i in range(1_000_000)))
+    tombstones = LocalTombstones(folder)
+    assert tombstones.count() == 1_000_000
+    started = time.perf_counter()
+    for i in range(1000):
+        assert ("b", f"k{i * 997:07d}") in tombstones and ("b", f"absent{i}") not in tombstones
+        assert tombstones.keys("b", "k05", start_after=f"k05{i:05d}", page=3) == [f"k05{i + j:05d}" for j in (1, 2, 3)]
+    assert time.perf_counter() - started < 0.5

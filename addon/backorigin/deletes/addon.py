@@ -25,7 +25,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.deletes.tombstones import Tombstones, TombstonesError, is_tombstoned, open_tombstones
+from backorigin.deletes.tombstones import Tombstones, TombstonesError, hide_tombstoned, is_tombstoned, open_tombstones
+from backorigin.listing.merge import Lister, Order
 from backorigin.miss.addon import Mirroring
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
@@ -70,7 +71,8 @@ class Deletes:
         spool = self.mirroring.mirror.writeback.spool.directory
         if not hasattr(self, "tombstones") or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
             try:
-                found = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store)
+                found = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store,
+                                        fsync=options.backorigin_spool_fsync)
             except TombstonesError as e:
                 raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
             assert found is not None  # there is a default folder
@@ -84,11 +86,9 @@ class Deletes:
             return False
         return await is_tombstoned(self.tombstones, ref.bucket, ref.key)
 
-    def under(self, bucket: str, prefix: str) -> list[str]:
-        """Keys of the bucket under `prefix` that a merged listing hides (blocking: run in a thread)."""
-        if not self.stick:
-            return []
-        return [key for b, key in self.tombstones if b == bucket and key.startswith(prefix)]
+    def hide(self, bucket: str, base: str, order: Order, lister: Lister) -> Lister:
+        """An origin side's lister for a merged listing, less the keys deleted through the proxy."""
+        return hide_tombstoned(self.tombstones)(bucket, base, order, lister) if self.stick else lister
 
     # hooks -------------------------------------------------------------------------------------
 

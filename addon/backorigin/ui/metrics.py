@@ -62,7 +62,7 @@ class AddonState:
     writeback_outcomes: Callable[[], dict[str, int]]
     writebacks_pending: Callable[[], int]
     spool_dir: Callable[[], Path]
-    tombstones: Callable[[], int]
+    tombstones: Callable[[], int | None]  # kept as they change; None: shared, not counted
     spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
     guard: Callable[[], OriginGuard]  # the origins' 404s, limits and circuits (miss.guard)
 
@@ -103,8 +103,9 @@ class AddonCollector(Collector):
                                 value=spool_bytes(self.state.spool_dir()))
         yield GaugeMetricFamily("backorigin_spool_failed", "Write-backs the store refused for good, kept in spool/failed/",
                                 value=self.state.spool_failed())
-        yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
-                                value=self.state.tombstones())
+        if (tombstones := self.state.tombstones()) is not None:
+            yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
+                                    value=tombstones)
         yield from guard_metrics(self.state.guard())
 
 
@@ -184,7 +185,7 @@ class Metrics:
 class MetricsEndpoint:
     """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
 
-    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int]) -> None:
+    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int | None]) -> None:
         self.stats = stats
         self.mirroring = mirroring
         self.tombstones = tombstones

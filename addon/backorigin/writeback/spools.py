@@ -24,6 +24,8 @@ from pathlib import Path
 
 from mitmproxy.proxy.mode_specs import ProxyMode
 
+from backorigin.deletes.journal import count_in
+
 SPOOLS = "backorigin-spools"  # CONFDIR/backorigin-spools/NAME: one default spool per proxy
 LEGACY_SPOOL = "backorigin-spool"  # the one default spool every proxy shared before
 OWNER = "owner"  # SPOOL/owner: the running proxy's flock, and its pid and address for messages
@@ -105,7 +107,7 @@ def left_behind(confdir: Path, mine: Path) -> list[LeftSpool]:
         if not directory.is_dir() or directory.resolve() == mine.resolve() or _held(directory):
             continue
         pending = sum(1 for _ in directory.glob("*.json"))
-        tombstones = sum(1 for _ in (directory / "tombstones").glob("*.json"))
+        tombstones = count_in(directory / "tombstones")
         if pending or tombstones:
             found.append(LeftSpool(directory, pending, tombstones, legacy))
     return found
