@@ -61,9 +61,9 @@ class BackOrigin:
         self.probe = StoreProbe()
         self.mirroring = Mirroring()
         self.protection = OriginProtection(self.mirroring)
-        self.deletes = Deletes(self.context, self.mirroring)
-        self.listing = MergedListing(self.context, self.deletes.hide)
         self.delivery = MissDelivery(self.recorder)
+        self.deletes = Deletes(self.context, self.mirroring, self.delivery.refuse)
+        self.listing = MergedListing(self.context, self.deletes.hide)
         self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: self.deletes.tombstones.count())
         self.addons = [
             self.rules_file, self.mirroring, self.protection, self.deletes, self.listing, self.delivery, self.metrics,
@@ -207,6 +207,7 @@ class BackOrigin:
         return asyncio.ensure_future(self._shutdown())
 
     async def _shutdown(self) -> None:
+        await self.deletes.aclose()
         await self.listing.aclose()
         await self.delivery.aclose()
         await self.probe.aclose()

@@ -54,6 +54,10 @@ class Tombstones(Protocol):
 
     def withdraw(self, intent: Intent) -> None: ...
 
+    def pending(self) -> list[tuple[Intent, bool]]:
+        """Intents a crash left behind, each with whether it names its key."""
+        ...
+
     def add(self, bucket: str, key: str) -> None: ...
 
     def discard(self, bucket: str, key: str) -> None: ...
@@ -112,6 +116,9 @@ class StoreTombstones:
 
     def withdraw(self, intent: Intent) -> None:
         return None
+
+    def pending(self) -> list[tuple[Intent, bool]]:
+        return []  # nothing is written before the store said yes
 
     def add(self, bucket: str, key: str) -> None:
         try:

@@ -233,17 +233,17 @@ class Mirror:
         fill.path = self.writeback.spool.body_of(fill.manifest)
         return "queued"
 
-    async def forget(self, key: ObjectKey) -> bool:
-        """The object was deleted through the proxy (the store said yes): no fill or write-back of
-        it may recreate it. Clients already reading a fill still get their bytes. True when a
-        write-back of it was stored while the delete was on its way (the delete may have come
-        first: the caller deletes the object again)."""
+    async def forget(self, key: ObjectKey, since: float) -> bool:
+        """The object was deleted through the proxy (the store said yes to a delete sent at `since`,
+        a time.time()): no fill or write-back of it may recreate it. Clients already reading a fill
+        still get their bytes. True when a write-back of it was stored since (the delete may have
+        come first: the caller deletes the object again)."""
         self.known.discard(key)
         fill = self.fills.get(key)
         if fill is not None:
             self.fills.drop(fill)
             fill.deleted = True
-        return await self.writeback.withdraw(key)
+        return await self.writeback.withdraw(key, since)
 
     def _landed(self, upload: ObjectUpload, outcome: WriteBackOutcome, detail: str) -> None:
         key = upload.object_key

@@ -12,17 +12,21 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from cachetools import TTLCache
+
 from backorigin.writeback.spool import ObjectKey, ObjectUpload, Spool, WriteBackOutcome
 
 logger = logging.getLogger(__name__)
 
 RESTART_AFTER = 1.0  # seconds before a worker that died is started again
+STORED_KEPT, STORED_FOR = 10_000, 600.0  # write-backs stored, remembered for the deletes on their way meanwhile
 LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
               "CRITICAL": logging.CRITICAL}
 
@@ -48,7 +52,8 @@ class WriteBackSupervisor:
         self._by_object: dict[ObjectKey, set[Path]] = {}  # the manifests of _pending, by object: O(1) per key
         self._deferred: set[Path] = set()
         self._held: Counter[ObjectKey] = Counter()  # deletes on their way to the store, by object
-        self._stored_while_held: set[ObjectKey] = set()
+        # when write-backs were last heard stored, by object (a delete on its way may have come first)
+        self._stored: TTLCache[ObjectKey, float] = TTLCache(STORED_KEPT, STORED_FOR)
         self._process: asyncio.subprocess.Process | None = None
         self._unsent: list[bytes] = []  # withdrawals for a worker that is not up yet
         self._supervisor: asyncio.Task[None] | None = None
@@ -88,21 +93,19 @@ class WriteBackSupervisor:
             self._held[key] -= 1
             return
         del self._held[key]
-        self._stored_while_held.discard(key)
         self._send_each(key, "release")
 
-    async def withdraw(self, key: ObjectKey) -> bool:
-        """The object was deleted: none of its write-backs may land. Returns once the worker has
-        unspooled each one that had not started, or finished uploading it; True when one was
-        stored while the delete was on its way (then the proxy deletes the object again)."""
+    async def withdraw(self, key: ObjectKey, since: float = 0.0) -> bool:
+        """The object was deleted (by a delete sent at `since`, a time.time()): none of its
+        write-backs may land. Returns once the worker has unspooled each one that had not started,
+        or finished uploading it (a caller that must not wait runs it in the background); True when
+        one was stored since (then the proxy deletes the object again)."""
         waiting = []
         for manifest in list(self._by_object.get(key, ())):
             self._send({"withdraw": str(manifest)})
             waiting.append(self._pending[manifest][1])
         await asyncio.gather(*(asyncio.shield(ended) for ended in waiting))
-        stored = key in self._stored_while_held or any(ended.result() == "stored" for ended in waiting)
-        self._stored_while_held.discard(key)
-        return stored
+        return any(ended.result() == "stored" for ended in waiting) or self._stored.get(key, 0.0) >= since
 
     def _send_each(self, key: ObjectKey, verb: str) -> None:
         for manifest in self._by_object.get(key, ()):
@@ -220,8 +223,8 @@ class WriteBackSupervisor:
         if tracked is None:
             return
         upload, ended = tracked
-        if outcome == "stored" and upload.object_key in self._held:
-            self._stored_while_held.add(upload.object_key)
+        if outcome == "stored":
+            self._stored[upload.object_key] = time.time()
         if outcome != "gone":
             self.outcomes[outcome] += 1
         if not ended.done():
