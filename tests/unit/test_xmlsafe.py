@@ -62,3 +62,31 @@ def test_a_dtd_before_the_root_is_refused_and_only_the_prolog_is_read():
     refuse_dtd(b"<html>not xml at all")  # left to the caller's parser
     with pytest.raises(XMLRefused, match="larger"):
         refuse_dtd(b"<a/>" * 10, limit=8)
+
+
+def test_an_origin_client_refuses_a_dtd_before_botocore_reads_the_answer():
+    """botocore parses a 200's whole body first (to find an <Error> in it), entities expanded."""
+    import io
+
+    import botocore.parsers
+    import urllib3
+    from botocore.awsrequest import AWSResponse
+
+    from backorigin.listing.sources import origin_s3_client
+    from tests.support import rule_of
+
+    client = origin_s3_client("http://127.0.0.1:9", rule_of())
+    seen = []
+
+    def answer(request, **_):
+        seen.append(request.url)
+        raw = urllib3.HTTPResponse(io.BytesIO(BOMB + b"<ListBucketResult><Name>&b;</Name></ListBucketResult>"),
+                                   status=200, preload_content=False)
+        return AWSResponse(request.url, 200, {}, raw)
+
+    client.meta.events.register("before-send.s3", answer)
+    handlers = [h.__name__ for h in client.meta.events._emitter._handlers.prefix_search("before-parse.s3.ListObjectsV2")]
+    assert handlers.index("check") < handlers.index("_handle_200_error")  # botocore's parses the whole body
+    with pytest.raises(botocore.parsers.ResponseParserError, match="DOCTYPE"):
+        client.list_objects_v2(Bucket="b")
+    assert seen

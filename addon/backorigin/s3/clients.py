@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
 import botocore.parsers
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -82,7 +83,8 @@ def refuse_xml_bombs(client: Any) -> Any:
     """Have `client` refuse an XML answer that declares a DTD, or is larger than a listing page can
     be, before botocore parses it (botocore's expat would expand its entities up to a hundred times
     the answer); the call raises botocore's ResponseParserError instead. For clients of servers
-    that are not ours (origins)."""
+    that are not ours (origins). botocore's own first look at a 200's body (`_handle_200_error`,
+    which parses it whole) goes after this check."""
 
     def check(response_dict: dict[str, Any], **_: Any) -> None:
         body = response_dict.get("body") or b""
@@ -91,5 +93,8 @@ def refuse_xml_bombs(client: Any) -> Any:
         except xmlsafe.XMLRefused as e:
             raise botocore.parsers.ResponseParserError(f"answer refused: {e}") from None
 
-    client.meta.events.register("before-parse.s3", check)
+    events = client.meta.events
+    events.register_first("before-parse.s3.*", check)
+    events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
+    events.register("before-parse.s3.*", botocore.handlers._handle_200_error)
     return client
