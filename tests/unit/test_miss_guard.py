@@ -220,3 +220,12 @@ def test_the_guard_keeps_limits_per_origin_host_circuits_per_host_and_tenant_and
     assert origin_host("HTTP://Host.Example:81/p?q") == "host.example:81"
     guard.configure(GuardSettings(concurrency=5))
     assert guard.breaker_for("http://a.example:8080/", tenant) is not a and guard.slots_for("http://a.example:8080/").limit == 5
+
+
+def test_one_key_keeps_a_bounded_number_of_variants():
+    seen = NotFound(60, now=Clock())
+    for i in range(1000):
+        seen.add("b", "k", asking(f"http://o/k?v={i}"))
+    assert len(seen) == 64 and seen.holds("b", "k", asking("http://o/k?v=0")) and not seen.holds("b", "k", asking("http://o/k?v=999"))
+    seen.forget("b", "k")
+    assert len(seen) == 0

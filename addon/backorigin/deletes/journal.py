@@ -60,9 +60,10 @@ def room_for(bucket: str, key: str | None, content_length: int | None, most: int
     if key is not None:
         return len(record("add", bucket, key))
     per_key = len(bucket.encode()) + RECORD_OVERHEAD
+    most_room = most * (per_key + 2 * 1024)  # S3's keys are at most 1,024 bytes, whatever the body's size
     if content_length is None:
-        return most * (per_key + 2 * 1024)  # S3's keys are at most 1,024 bytes
-    return min(most, content_length // 28 + 1) * per_key + 2 * content_length  # <Object><Key></Key></Object>: 28
+        return most_room
+    return min(most_room, min(most, content_length // 28 + 1) * per_key + 2 * content_length)  # <Object><Key></Key></Object>: 28
 
 
 class LocalTombstones:

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 Tenant = tuple[str, bool]  # (bucket, signed): whose misses share a fair part of an origin's slots and a circuit
 NOT_FOUND_KEPT = 100_000  # origin 404s remembered at most (the oldest go first)
+VARIANTS_KEPT = 64  # 404s remembered for one key (other queries or headers): no key's forgetting costs more
 
 
 def origin_host(url: str) -> str:
@@ -83,10 +84,13 @@ class NotFound:
         self._by_key: dict[tuple[str, str], set[bytes]] = {}  # (bucket, key) -> what was asked
 
     def add(self, bucket: str, key: str, request: OriginRequest) -> None:
+        """Remember a 404 (not when the key has VARIANTS_KEPT already: that variant asks each time)."""
         if self._seen is not None:
             fingerprint = asked(request)
-            self._seen[(bucket, key, fingerprint)] = True
-            self._by_key.setdefault((bucket, key), set()).add(fingerprint)
+            kept = self._by_key.setdefault((bucket, key), set())
+            if len(kept) < VARIANTS_KEPT or fingerprint in kept:
+                self._seen[(bucket, key, fingerprint)] = True
+                kept.add(fingerprint)
 
     def holds(self, bucket: str, key: str, request: OriginRequest) -> bool:
         """Whether the origin said 404 to this very request for the key, within the TTL."""
