@@ -361,3 +361,38 @@ def test_a_delete_never_waits_for_an_upload_even_a_stuck_one(tmp_path, anonymous
             os.kill(worker, signal.SIGCONT)
         proxy.stop()
         relay.close()
+
+
+def test_a_delete_on_its_way_when_the_proxy_is_killed_is_resolved_by_asking_the_store(tmp_path, anonymous_store, own_origin,
+                                                                                       unique):
+    """kill -9 while a DELETE is on its way to the store (held 3 s there): at the next start the
+    store is asked, the key is gone, its tombstone is written, and the origin's copy does not come
+    back; nothing else is hidden. (tests/unit/test_deletes_tombstones.py: an intent hides nothing.)"""
+    store, s3 = anonymous_store, anonymous_store.client()
+    gone, kept = f"ok/{unique}-gone", f"ok/{unique}-kept"
+    for key in (gone, kept):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"in the store")
+    relay = Relay(store.s3_port, delay=3.0)
+    rules = {BUCKET: [mirror_rule(1, f"{own_origin.base}/dir1/")]}
+    spool = str(tmp_path / "spool")
+    slow = Mitmdump(f"reverse:http://127.0.0.1:{relay.port}", write_rules(tmp_path / "rules.json", rules), tmp_path / "slow",
+                    {"backorigin_spool_dir": spool, "backorigin_s3_endpoint": store.endpoint}).start()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(requests.delete, f"{slow.url}/{BUCKET}/{gone}", timeout=30)
+            wait_for(lambda: list((tmp_path / "spool" / "tombstones" / "pending").glob("*.json")), within=10)
+            assert slow.process is not None
+            slow.process.kill()  # kill -9 with the delete at the store's door
+            slow.process.wait()
+        s3.delete_object(Bucket=BUCKET, Key=gone)  # what the store did with it (the relay may deliver it too)
+        again = start(tmp_path / "again", store, rules, None, backorigin_spool_dir=spool)
+        try:
+            wait_for(lambda: "deleted while the proxy stopped" in again.log(), within=30)
+            assert http_get(f"{again.url}/{BUCKET}/{gone}")[0] == 404 and own_origin.count("GET", gone) == 0
+            assert http_get(f"{again.url}/{BUCKET}/{kept}")[2] == b"in the store"
+            assert list((tmp_path / "spool" / "tombstones" / "pending").glob("*.json")) == []
+        finally:
+            again.stop()
+    finally:
+        slow.stop()
+        relay.close()
