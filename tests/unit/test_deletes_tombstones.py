@@ -77,3 +77,17 @@ def test_a_key_range_and_asking_cost_the_same_with_a_million_tombstones(tmp_path
         assert ("b", f"k{i * 997:07d}") in tombstones and ("b", f"absent{i}") not in tombstones
         assert tombstones.keys("b", "k05", start_after=f"k05{i:05d}", page=3) == [f"k05{i + j:05d}" for j in (1, 2, 3)]
     assert time.perf_counter() - started < 0.5
+
+
+def test_deletes_on_their_way_hold_a_bounded_room(tmp_path):
+    """Slow clients sending DeleteObjects bodies cannot make the proxy hold its whole disk."""
+    from backorigin.deletes.journal import ROOM_AT_MOST
+
+    tombstones = LocalTombstones(tmp_path / "t")
+    room = room_for("b", None, 8 * 1024 * 1024)
+    held = [tombstones.reserve("b", None, room) for _ in range(ROOM_AT_MOST // room)]
+    with pytest.raises(NoRoom, match="hold"):
+        tombstones.reserve("b", None, room)
+    tombstones.withdraw(held.pop())
+    tombstones.commit(tombstones.reserve("b", None, room), ["k"])  # room again once one was answered
+    assert ("b", "k") in tombstones

@@ -33,6 +33,9 @@ JOURNAL = "journal"
 PENDING = "pending"
 RECORD_OVERHEAD = 48  # bytes of a journal record besides its bucket and key
 COMPACT_ABOVE = 10_000  # records in a journal at least, and twice the tombstones, before start-up compacts it
+# Room held at once for deletes on their way: slow clients cannot make the proxy hold more of its disk
+# than this (past it, a delete gets 503 until others have been answered)
+ROOM_AT_MOST = 64 * 1024 * 1024
 
 
 class NoRoom(OSError):
@@ -47,6 +50,7 @@ class Intent:
     key: str | None  # None: a DeleteObjects (its keys count only once the store said yes)
     path: Path | None = None  # the intent on disk (the local kind)
     header: int = 0  # bytes of the intent before the room behind it
+    room: int = 0  # bytes taken behind it
 
 
 def record(op: str, bucket: str, key: str) -> bytes:
@@ -83,6 +87,7 @@ class LocalTombstones:
         self._read_to = 0  # how far the journal has been read (fresh)
         self._inode = 0
         self._partial = b""
+        self._reserved = 0  # room held by intents, in all
         if not fresh:
             self._import_legacy()
             self._compact_if_dead(self._read_all())
@@ -126,14 +131,31 @@ class LocalTombstones:
     # deleting ----------------------------------------------------------------------------------
 
     def reserve(self, bucket: str, key: str | None, room: int) -> Intent:
-        """Take room for a delete's records (NoRoom when the disk has none)."""
+        """Take room for a delete's records (NoRoom when the disk has none, or the deletes on their
+        way hold ROOM_AT_MOST already)."""
+        room = max(room, 1)
+        with self._lock:
+            if self._reserved + room > ROOM_AT_MOST:
+                raise NoRoom(28, f"deletes on their way hold {self._reserved} bytes of {self.directory} already")
+            self._reserved += room
+        try:
+            return self._reserve(bucket, key, room)
+        except NoRoom:
+            self._give_back(room)
+            raise
+
+    def _give_back(self, room: int) -> None:
+        with self._lock:
+            self._reserved -= room
+
+    def _reserve(self, bucket: str, key: str | None, room: int) -> Intent:
         path = self.pending_dir / f"{uuid.uuid4().hex}.json"
         header = (json.dumps({"bucket": bucket, "key": key}, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _write_all(fd, header)
-                os.posix_fallocate(fd, len(header), max(room, 1))
+                os.posix_fallocate(fd, len(header), room)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -143,19 +165,21 @@ class LocalTombstones:
         except OSError as e:
             path.unlink(missing_ok=True)
             raise NoRoom(e.errno, f"no room for tombstones in {self.directory}: {e.strerror}") from None
-        return Intent(bucket, key, path, len(header))
+        return Intent(bucket, key, path, len(header), room)
 
     def commit(self, intent: Intent, keys: Sequence[str]) -> None:
         """The store said yes: the room goes back and the records are appended, durable when this
         returns (OSError when they could not be: the intent stays, resolved at the next start)."""
         assert intent.path is not None
         os.truncate(intent.path, intent.header)
+        self._give_back(intent.room)
         self._append(b"".join(record("add", intent.bucket, key) for key in keys), [(intent.bucket, key, True) for key in keys])
         intent.path.unlink(missing_ok=True)
 
     def withdraw(self, intent: Intent) -> None:
         if intent.path is not None:
             intent.path.unlink(missing_ok=True)
+            self._give_back(intent.room)
 
     def add(self, bucket: str, key: str) -> None:
         """A tombstone, at once (tools and tests; a delete through the proxy reserves, then commits)."""
