@@ -81,7 +81,8 @@ def fronted(request, stores, tmp_path_factory) -> Iterator[tuple[ModeMitmdump, s
         proxy = ModeMitmdump(
             f"reverse:{store_url}", rules, workdir, {"keep_host_header": "true", "backorigin_merged_listing": "true"},
             env={"AWS_ACCESS_KEY_ID": STORE_KEYS[0], "AWS_SECRET_ACCESS_KEY": STORE_KEYS[1], "AWS_DEFAULT_REGION": "us-east-1"},
-        ).start()
+        )
+        proxy.start()
         try:
             yield proxy, bucket
         finally:
