@@ -40,7 +40,8 @@ from backorigin.deletes.tombstones import (
     open_tombstones,
     room_for,
 )
-from backorigin.listing.merge import Lister, Order
+from backorigin.listing.merge import Lister
+from backorigin.listing.order import Order
 from backorigin.miss.addon import Mirroring
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror

@@ -28,7 +28,8 @@ from urllib.parse import quote, unquote, urlsplit
 import botocore.exceptions
 
 from backorigin.deletes.journal import Intent, LocalTombstones, NoRoom, room_for
-from backorigin.listing.merge import Lister, Order, order_key
+from backorigin.listing.merge import Lister
+from backorigin.listing.order import Order, order_key
 from backorigin.s3.clients import code_of, make_s3_client, status_of
 
 logger = logging.getLogger(__name__)
