@@ -75,7 +75,7 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         buckets[bucket.Name] = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
         if bucket.WriteThrough:
             if why := writethrough.refusal(buckets[bucket.Name]):
-                raise RulesError(f"{where}: field WriteThrough: {why}")
+                raise RulesError(f"{where}: {why}")
             write_through.add(bucket.Name)
     return RuleBook(source=source, buckets=buckets, write_through=frozenset(write_through))
 

@@ -38,20 +38,28 @@ class OriginCopy:
 
 
 def refusal(rules: Sequence[RoutingRule]) -> str | None:
-    """Why a bucket with these rules cannot have WriteThrough (None: it can)."""
+    """Why a bucket with these rules cannot have WriteThrough, naming the rule and the field to
+    change (None: it can)."""
     mirrors = [rule for rule in rules if rule.Redirect.is_mirror]
     if not mirrors:
-        return "the bucket has no Mirror rule: write-through writes to its Mirror rules' S3 origins"
+        return "field WriteThrough: the bucket has no Mirror rule; write-through writes to its Mirror rules' S3 origins"
     for rule in mirrors:
-        where = f"RuleNumber {rule.RuleNumber}"
+        action, place = rule.Redirect, f"RuleNumber {rule.RuleNumber}: field"
+        if action.ReplaceKeyWith is not None or action.EnableReplacePrefix:
+            name = "ReplaceKeyWith" if action.ReplaceKeyWith is not None else "ReplaceKeyPrefixWith"
+            return f"{place} Redirect.{name}: not with the bucket's WriteThrough: a write's key must be the origin's key"
+        if action.MirrorHost is not None:
+            return f"{place} Redirect.MirrorHost: not with the bucket's WriteThrough: its S3 endpoint is MirrorURL's host"
         try:
             OriginBucket.of(rule)
-        except NotAnS3Origin as e:
-            return f"{e}; write-through writes to S3 origins only"
-        if rule.Redirect.MirrorAuth is None:
-            return f"{where} has no Redirect.MirrorAuth: write-through signs its writes to the origin with it"
+        except NotAnS3Origin:
+            return (f"{place} Redirect.MirrorURL: the bucket's WriteThrough needs an S3 origin, "
+                    f"http(s)://HOST[:PORT]/BUCKET/[PREFIX/], not {action.MirrorURL}")
+        if action.MirrorAuth is None:
+            return f"{place} Redirect.MirrorAuth: required by the bucket's WriteThrough: its writes to the origin are signed with it"
         if rule.Condition.IncludeHeader:
-            return f"{where} has Condition.IncludeHeader: a write cannot be matched to a GET's header conditions"
+            return (f"{place} Condition.IncludeHeader: not with the bucket's WriteThrough: a write cannot be matched to a "
+                    "GET's header conditions")
     return None
 
 
