@@ -7,7 +7,9 @@ for real."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import pytest
 from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook, HttpResponseHook
@@ -113,3 +115,23 @@ async def test_a_write_that_cannot_be_journaled_is_answered_503_to_be_retried(tc
     assert error_code_of(flow.response.raw_content) == "ServiceUnavailable"
     journal.unlink()
     (tmp_path / "moved").rename(journal)
+
+
+async def test_the_answer_waits_for_its_journal_entry(tctx, wt):
+    """mitmproxy sends the answer once the response hook is done: while the entry is being written
+    (a slow disk, held here), the hook is not."""
+    journal, gate = wt.writethrough.supervisor.journal, threading.Event()
+    add = journal.add
+
+    def slow_add(*arguments):
+        gate.wait(10)
+        return add(*arguments)
+
+    journal.add = slow_add
+    flow = write("PUT", "/wt/slow-disk")
+    hook = asyncio.ensure_future(tctx.master.addons.invoke_addon(wt, HttpResponseHook(flow)))
+    await asyncio.sleep(0.3)
+    assert not hook.done() and journaled(wt) == []
+    gate.set()
+    await hook
+    assert journaled(wt) == [("create", ["slow-disk"])]
