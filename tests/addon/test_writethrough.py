@@ -135,3 +135,14 @@ async def test_the_answer_waits_for_its_journal_entry(tctx, wt):
     gate.set()
     await hook
     assert journaled(wt) == [("create", ["slow-disk"])]
+
+
+async def test_writes_answered_together_share_one_journal_entry(tctx, wt):
+    """A group commit: the writes that arrive while an entry is being written go into the next
+    one (one file and one sync for all of them), and each is answered once its entry is written."""
+    flows = [write("PUT", f"/wt/together-{number}") for number in range(8)]
+    await asyncio.gather(*(tctx.cycle(wt, flow) for flow in flows))
+    entries = journaled(wt)
+    assert sorted(key for _, keys in entries for key in keys) == sorted(f"together-{number}" for number in range(8))
+    assert len(entries) < 8
+    assert all(flow.response.status_code == 200 for flow in flows)

@@ -33,10 +33,24 @@ def test_one_sync_per_key_and_later_entries_wait_for_it():
     assert backlog.take(0) == (a, [Path("1"), Path("3")])  # written twice: one sync of its latest state
     assert backlog.take(0) == (b, [Path("2")])
     backlog.add(entry("4", a))  # written while its sync is under way
-    assert backlog.written_again(a)
+    assert backlog.arrived(a) == 1
     assert backlog.take(0) is None  # not a second sync of it at once
-    assert backlog.applied(a, [Path("1"), Path("3")]) == [Path("1"), Path("3")]
+    assert backlog.applied(a, [Path("1"), Path("3")]) == ([Path("1"), Path("3")], [Path("1"), Path("3")])
     assert backlog.take(0) == (a, [Path("4")])  # then the later write
+
+
+def test_entries_that_arrived_before_the_store_was_read_are_applied_by_that_copy():
+    backlog = Backlog()
+    a = change("a")
+    backlog.add(entry("1", a))
+    taken = backlog.take(0)
+    assert taken is not None
+    backlog.add(entry("2", a))  # arrived before the sync read the store (it counted 1)
+    backlog.add(entry("3", a))  # arrived after
+    assert backlog.applied(*taken, also=1) == ([Path("1"), Path("2")], [Path("1"), Path("2")])
+    assert backlog.take(0) == (a, [Path("3")])
+    assert backlog.applied(a, [Path("3")], also=0) == ([Path("3")], [Path("3")])
+    assert backlog.entries == 0 and backlog.take(0) is None
 
 
 def test_an_entry_is_done_once_every_key_it_names_is_applied():
@@ -47,8 +61,8 @@ def test_an_entry_is_done_once_every_key_it_names_is_applied():
     assert backlog.entries == 1
     first, second = backlog.take(0), backlog.take(0)
     assert first is not None and second is not None
-    assert backlog.applied(*first) == []
-    assert backlog.applied(*second) == [Path("many")]
+    assert backlog.applied(*first)[1] == []
+    assert backlog.applied(*second)[1] == [Path("many")]
     assert backlog.entries == 0
 
 

@@ -21,7 +21,7 @@ from backorigin.writethrough.journal import Change, Entry
 
 Lane = tuple[str, str]  # (origin endpoint, MirrorAuth AccessKeyId)
 Scope = Literal["lane", "key"]  # what a failure is about: the origin as a whole, or this key only
-LANE_WAIT_MAX = 30.0  # seconds: the longest pause of a failing origin
+LANE_WAIT_MAX = 10.0  # seconds: the longest pause of a failing origin (as the miss path's circuit cooldown)
 KEY_WAIT_MAX = 300.0  # seconds: the longest wait of a key the origin refuses alone
 
 
@@ -68,9 +68,10 @@ class Backlog:
             if change not in self._waiting:
                 self._ready.setdefault(lane_of(change), OrderedDict())[change] = None
 
-    def written_again(self, change: Change) -> bool:
-        """Whether the key has entries no sync has taken yet (read from a sync's thread: one lookup)."""
-        return change in self._entries
+    def arrived(self, change: Change) -> int:
+        """The key's entries no sync has taken (counted from a sync's thread: one read of a list
+        that only grows at its end while the key is being synced)."""
+        return len(self._entries.get(change, ()))
 
     def take(self, now: float) -> tuple[Change, list[Path]] | None:
         """The next key to sync and the entries that sync applies; None when every key with entries
@@ -89,20 +90,27 @@ class Backlog:
                 return change, taken
         return None
 
-    def applied(self, change: Change, taken: list[Path]) -> list[Path]:
-        """The sync of `change` applied `taken`: returns the entries now wholly applied (to remove)."""
+    def applied(self, change: Change, taken: list[Path], also: int = 0) -> tuple[list[Path], list[Path]]:
+        """The sync of `change` applied `taken` and the first `also` of its entries that arrived
+        meanwhile: returns every entry it applied, and the entries now wholly applied (to remove)."""
         del self._syncing[change]
         lane = lane_of(change)
         self._lane_failures.pop(lane, None)
         self._paused.pop(lane, None)
         self._key_failures.pop(change, None)
+        if also:
+            later = self._entries[change]
+            taken, self._entries[change] = taken + later[:also], later[also:]
+            if not self._entries[change]:
+                del self._entries[change]
+                self._unready(change)
         done = []
         for path in taken:
             self._remaining[path] -= 1
             if not self._remaining[path]:
                 del self._remaining[path]
                 done.append(path)
-        return done
+        return taken, done
 
     def failed(self, change: Change, taken: list[Path], now: float, scope: Scope) -> float:
         """The sync of `change` failed: its entries wait again, in its lane (paused) or alone.
@@ -120,11 +128,7 @@ class Backlog:
             return delay
         self._key_failures[change] += 1
         delay = backoff(self._key_failures[change], KEY_WAIT_MAX)
-        waiting_too = self._ready.get(lane)
-        if waiting_too is not None:
-            waiting_too.pop(change, None)  # written again while it was being synced
-            if not waiting_too:
-                del self._ready[lane]
+        self._unready(change)  # written again while it was being synced: it waits all the same
         self._tie += 1
         heapq.heappush(self._later, (now + delay, self._tie, change))
         self._waiting.add(change)
@@ -136,6 +140,14 @@ class Backlog:
         if self._later:
             times.append(self._later[0][0])
         return min(times, default=None)
+
+    def _unready(self, change: Change) -> None:
+        lane = lane_of(change)
+        ready = self._ready.get(lane)
+        if ready is not None:
+            ready.pop(change, None)
+            if not ready:
+                del self._ready[lane]
 
     def _wake(self, now: float) -> None:
         while self._later and self._later[0][0] <= now:

@@ -40,6 +40,8 @@ class WriteThroughSupervisor:
         self._pending: OrderedDict[Path, Pending] = OrderedDict()  # in the order of the writes
         self._keys: Counter[ObjectKey] = Counter()  # entries not yet applied, by key
         self._secrets: list[list[str]] = []
+        self._waiting: list[tuple[str, Sequence[Change], asyncio.Future[None]]] = []  # writes for the next entry
+        self._writer: asyncio.Task[None] | None = None
         self.process = WorkerProcess("write-through worker", self.command, self._greeting, self._heard)
 
     @property
@@ -66,13 +68,33 @@ class WriteThroughSupervisor:
         if self.process.started:
             self.process.send({"credentials": self._secrets})
 
-    async def record(self, write: str, changes: Sequence[Change]) -> Entry:
+    async def record(self, write: str, changes: Sequence[Change]) -> None:
         """Journal the write (in a thread; synced to the disk unless the option says not to), then
-        have the worker apply it. OSError when it could not be journaled: nothing was promised."""
-        entry = await asyncio.to_thread(self.journal.add, write, changes)
-        self._track(entry)
-        self.process.send({"entry": str(entry.path)})
-        return entry
+        have the worker apply it. The writes that arrive while an entry is being written share the
+        next one: one file and one sync for all of them (a group commit). OSError when it could not
+        be journaled: nothing was promised."""
+        journaled = asyncio.get_running_loop().create_future()
+        self._waiting.append((write, changes, journaled))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_entries())
+        await journaled
+
+    async def _write_entries(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            writes = "+".join(dict.fromkeys(write for write, _, _ in group))
+            try:
+                entry = await asyncio.to_thread(self.journal.add, writes, [change for _, changes, _ in group for change in changes])
+            except OSError as e:
+                for *_, journaled in group:
+                    if not journaled.done():  # its client may have gone meanwhile
+                        journaled.set_exception(e)
+                continue
+            self._track(entry)
+            self.process.send({"entry": str(entry.path)})
+            for *_, journaled in group:
+                if not journaled.done():
+                    journaled.set_result(None)
 
     def resume(self) -> int:
         """Track what a previous run left in the journal and start the worker for it."""
@@ -82,7 +104,8 @@ class WriteThroughSupervisor:
             self._track(entry)
             resumed += 1
         if resumed:
-            logger.info("write-through: resuming %d journaled write(s) from %s", resumed, self.journal.directory)
+            logger.info("write-through: resuming %d journal entries (%d key(s) not yet at the origin) from %s", resumed,
+                        len(self._keys), self.journal.directory)
             self.process.start()
         return resumed
 

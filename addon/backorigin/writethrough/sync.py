@@ -2,13 +2,15 @@
 current state. The store has the key: its body goes from the store to a file (never held in
 memory) and from the file to the origin (writeback.upload: one PUT, or a multipart upload above the
 part size, each checked with Content-MD5), with its headers and user metadata. The store has none
-(NoSuchKey: deleted, a delete marker): the origin's copy is deleted. The origin already has it as
-the store does (same size, ETag, headers and metadata): nothing is sent.
+(NoSuchKey: deleted, a delete marker): the origin's copy is deleted. A body of 1 MiB or more the
+origin already has as the store does (same size, ETag, headers and metadata) is not sent again (a
+worker restarted after kill -9 syncs its keys again).
 
 The store is asked again after the copy: when its state changed meanwhile and no later write of
 the key through this proxy will sync it again (another proxy's write, a write straight to the
 store), the copy is made again, so that whichever copy lands last at the origin, the origin ends
-as the store is.
+as the store is. Entries of the key that reached the worker before the store was read are applied
+by the copy too (their writes were in the store by then), so rewrites coalesce.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from backorigin.writethrough.journal import Change, Journal
 
 Action = Literal["put", "delete", "unchanged"]
 ROUNDS = 3  # copies of a key that keeps changing meanwhile, before it waits and is tried again
+COMPARE_FROM = 1024 * 1024  # bytes: a smaller body is copied again rather than compared first (a request either way)
 CHUNK = 1024 * 1024
 STORED_HEADERS = (*PUT_PARAMS, "expires")  # what a copy carries besides its body and user metadata
 State = tuple[str | None, ...]  # the store's object as far as a change of it shows: ETag, date, version
@@ -36,31 +39,33 @@ class KeptChanging(Exception):
     """The key changed in the store during every copy: it is tried again later."""
 
 
-def sync(change: Change, store: Any, origin: Any, journal: Journal, written_again: Callable[[], bool]) -> Action:
+def sync(change: Change, store: Any, origin: Any, journal: Journal, arrived: Callable[[], int]) -> tuple[Action, int]:
     """Make the origin's copy of `change`'s key what the store holds now (`store` and `origin` are
-    boto3 clients; `written_again`: whether this proxy has journaled another write of the key since
-    this sync began); boto3's and the file system's errors are raised."""
+    boto3 clients); boto3's and the file system's errors are raised. `arrived()` counts the entries
+    of the key that reached the worker since this sync took its own: those counted before the store
+    was read were written before (an entry follows its write's 2xx), so the copy applies them too;
+    returns the action and that count."""
     for _ in range(ROUNDS):
+        before = arrived()
         action, copied = _sync_once(change, store, origin, journal)
-        if written_again() or _state_of(store, change.bucket, change.key) == copied:
-            return action
+        # a write since the store was read: this proxy syncs the key again anyway; none: did the store change?
+        if arrived() > before or _state_of(store, change.bucket, change.key) == copied:
+            return action, before
     raise KeptChanging(f"{change.where} changed in the store during each of {ROUNDS} copies to the origin")
 
 
 def _sync_once(change: Change, store: Any, origin: Any, journal: Journal) -> tuple[Action, State | None]:
     copy = change.origin
-    theirs = _head(origin, copy.bucket, copy.key)
     try:
         ours = store.get_object(Bucket=change.bucket, Key=change.key)
     except botocore.exceptions.ClientError as e:
         if code_of(e) != "NoSuchKey":  # NoSuchBucket, AccessDenied...: not an answer about the key
             raise
-        if theirs is None:
-            return "unchanged", None
-        origin.delete_object(Bucket=copy.bucket, Key=copy.key)
+        origin.delete_object(Bucket=copy.bucket, Key=copy.key)  # a key the origin lacks too: no harm
         return "delete", None
     try:
-        if theirs is not None and _description(theirs) == _description(ours):
+        if ours["ContentLength"] >= COMPARE_FROM and (theirs := _head(origin, copy.bucket, copy.key)) is not None \
+                and _description(theirs) == _description(ours):
             return "unchanged", _state(ours)
         _copy(change, ours, origin, journal)
         return "put", _state(ours)

@@ -5,7 +5,7 @@ to the origins, started, restarted and drained by the proxy (writethrough.superv
 Each key is synced by one thread at a time (writethrough.backlog), its origin copy made what the
 store holds now (writethrough.sync); an entry is removed from the journal once every key it names
 has been synced after it was written. Failures wait and are tried again, without end: a failing
-origin is paused as a whole (exponential backoff up to 30 s), a key the origin refuses alone waits
+origin is paused as a whole (exponential backoff up to 10 s), a key the origin refuses alone waits
 alone (up to 300 s). The MirrorAuth secrets come from the proxy on stdin, never from a file.
 
   supervisor -> worker (stdin):   {"credentials": [[ENDPOINT, ACCESS_KEY_ID, SECRET], ...]}
@@ -65,7 +65,7 @@ class Applier:
         self.secrets: dict[Lane, str] = {}
         self._origins: dict[tuple[Lane, str], Any] = {}  # boto3 clients by lane and region
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writethrough")
-        self._running: set[Future[Action]] = set()
+        self._running: set[Future[tuple[Action, int]]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -115,7 +115,7 @@ class Applier:
         except NoCredentials as e:
             self._failed(change, taken, e)
             return
-        future = self._executor.submit(sync, change, store, origin, self.journal, lambda: self.backlog.written_again(change))
+        future = self._executor.submit(sync, change, store, origin, self.journal, lambda: self.backlog.arrived(change))
         self._running.add(future)
         future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._ended, change, taken, done))
 
@@ -127,7 +127,7 @@ class Applier:
             self._origins[lane, region] = foreign_s3_client(lane[0], region, (lane[1], self.secrets[lane]), attempts=1)
         return self._origins[lane, region]
 
-    def _ended(self, change: Change, taken: list[Path], future: Future[Action]) -> None:
+    def _ended(self, change: Change, taken: list[Path], future: Future[tuple[Action, int]]) -> None:
         self._running.discard(future)
         self._wake.set()
         if future.cancelled():  # a drain gave up on it: its entries stay in the journal
@@ -136,12 +136,13 @@ class Applier:
         if error is not None:
             self._failed(change, taken, error)
             return
-        action = future.result()
-        for path in self.backlog.applied(change, taken):
+        action, also = future.result()
+        applied, done = self.backlog.applied(change, taken, also)
+        for path in done:
             path.unlink(missing_ok=True)
         if action != "unchanged":
             logger.info("write-through %s %s -> %s", action, change.where, change.origin.where)
-        reply({"synced": list(change.object_key), "entries": [str(path) for path in taken], "action": action})
+        reply({"synced": list(change.object_key), "entries": [str(path) for path in applied], "action": action})
 
     def _failed(self, change: Change, taken: list[Path], error: BaseException) -> None:
         scope = scope_of(error)
