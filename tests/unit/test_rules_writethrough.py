@@ -55,9 +55,13 @@ def test_a_key_no_mirror_rule_covers_is_not_written_through():
     assert origin_copy(book(document), ObjectRef("photos", "cat.jpg")) is None
 
 
-def test_the_worker_gets_the_secrets_of_write_through_buckets_only():
-    assert secrets(book(rules())) == {("http://old:9000", "LOGKEY"): "log-secret", ("https://old:9000", "OLDKEY"): "old-secret"}
-    assert secrets(book(rules(False))) == {}
+def test_the_worker_gets_the_secrets_of_every_s3_origin_the_rules_sign_for():
+    """Writes journaled before WriteThrough was turned off are still applied: their origins' keys stay known."""
+    expected = {("http://old:9000", "LOGKEY"): "log-secret", ("https://old:9000", "OLDKEY"): "old-secret"}
+    assert secrets(book(rules())) == expected == secrets(book(rules(False)))
+    web = rules(False)
+    web["Buckets"][0]["RoutingRules"][0]["Redirect"]["MirrorURL"] = "http://www.example/"  # not an S3 bucket: never written to
+    assert secrets(book(web)) == {("https://old:9000", "OLDKEY"): "old-secret"}
 
 
 def test_explain_says_where_a_keys_writes_go(tmp_path: Path):

@@ -79,10 +79,16 @@ def origin_copy(book: RuleBook, ref: ObjectRef, written_through: bool = True) ->
 
 
 def secrets(book: RuleBook) -> dict[tuple[str, str], str]:
-    """The MirrorAuth secret of each (origin endpoint, AccessKeyId) a write-through signs with."""
+    """The MirrorAuth secret of each (S3 origin endpoint, AccessKeyId) the rules name: what the
+    write-through worker signs with, for the buckets with WriteThrough and for writes journaled
+    before a bucket's WriteThrough was turned off (they are applied all the same)."""
     found = {}
-    for bucket in book.write_through:
-        for rule in book.rules_for(bucket):
+    for rules in book.buckets.values():
+        for rule in rules:
             if rule.Redirect.is_mirror and (auth := rule.Redirect.MirrorAuth) is not None:
-                found[(OriginBucket.of(rule).endpoint, auth.AccessKeyId)] = auth.AccessKeySecret.get_secret_value()
+                try:
+                    endpoint = OriginBucket.of(rule).endpoint
+                except NotAnS3Origin:
+                    continue
+                found[(endpoint, auth.AccessKeyId)] = auth.AccessKeySecret.get_secret_value()
     return found
