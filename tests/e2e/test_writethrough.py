@@ -317,6 +317,31 @@ def test_kill_9_of_the_worker_mid_backlog_loses_nothing(tmp_path, wt_store, orig
     assert list(proxy.journal.glob("*.json")) == []
 
 
+def test_a_key_whose_delete_is_not_at_the_origin_yet_is_not_mirrored_back(tmp_path, wt_store, origin, unique):
+    """Deletes resurrect (OSS's behaviour, no tombstones) and the origin is slow to hear of the
+    delete (a relay holds each new connection 3 s): a GET meanwhile must not mirror the origin's
+    stale copy back, which the worker would then copy back to the origin."""
+    key = f"{unique}/deleted"
+    origin.client().put_object(Bucket=ORIGIN_BUCKET, Key=key, Body=b"the origin's old copy")
+    slow_origin = Relay(origin.s3_port, delay=3.0)
+    rules = write_through_rules(tmp_path / "rules.json", f"http://127.0.0.1:{slow_origin.port}", AWAY)
+    proxy = Proxy.of(tmp_path / "proxy", wt_store, rules, backorigin_deletes="resurrect").start()
+    try:
+        client = proxy.client()
+        client.delete_object(Bucket=AWAY, Key=key)
+        assert proxy.metric("backorigin_writethrough_pending") == 1
+        with pytest.raises(ClientError) as missing:
+            client.get_object(Bucket=AWAY, Key=key)
+        assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+        proxy.wait_applied()
+        with pytest.raises(ClientError):
+            client.get_object(Bucket=AWAY, Key=key)  # the origin has none now either
+        same_at_both(wt_store, origin, key, None, AWAY)
+    finally:
+        assert proxy.stop() == 0
+        slow_origin.close()
+
+
 # the rollback check ----------------------------------------------------------------------------
 
 
