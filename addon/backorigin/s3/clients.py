@@ -63,12 +63,16 @@ def foreign_s3_client(endpoint: str, region: str = "us-east-1", keys: tuple[str,
 
 def store_has(client: Any, bucket: str, key: str) -> bool:
     """HEAD the object (blocking)."""
+    return head(client, bucket, key) is not None
+
+
+def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """boto3's HEAD of the object (blocking); None when there is none (404)."""
     try:
-        client.head_object(Bucket=bucket, Key=key)
-        return True
+        return dict(client.head_object(Bucket=bucket, Key=key))
     except botocore.exceptions.ClientError as e:
         if status_of(e) == 404:
-            return False
+            return None
         raise
 
 

@@ -33,7 +33,7 @@ from backorigin.rules.plan import covering_mirror
 from backorigin.rules.targets import NotAnS3Origin
 from backorigin.rules.writethrough import origin_copy
 from backorigin.s3.addressing import ObjectRef
-from backorigin.s3.clients import describe_error, status_of
+from backorigin.s3.clients import describe_error, head, status_of
 from backorigin.tools.report import Finished, Report
 from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
 
@@ -129,8 +129,8 @@ class VerifyOrigin(Verify):
         if (copy.endpoint, rule.RuleNumber) not in self._origins:  # made here, on one thread: boto3's making is not thread-safe
             self._origins[copy.endpoint, rule.RuleNumber] = origin_s3_client(copy.endpoint, rule)
         try:
-            ours = await asyncio.to_thread(_head, store, self.bucket, key)
-            theirs = await asyncio.to_thread(_head, self._origins[copy.endpoint, rule.RuleNumber], copy.bucket, copy.key)
+            ours = await asyncio.to_thread(head, store, self.bucket, key)
+            theirs = await asyncio.to_thread(head, self._origins[copy.endpoint, rule.RuleNumber], copy.bucket, copy.key)
         except botocore.exceptions.ClientError as e:
             return Finished(key, "unchecked", describe_error(e))
         if ours is None:
@@ -144,15 +144,6 @@ class VerifyOrigin(Verify):
             return Finished(key, "missing", f"not at the origin: {copy.where}")
         why = difference(int(ours.get("ContentLength", 0)), ours.get("ETag"), int(theirs.get("ContentLength", 0)), theirs.get("ETag"))
         return Finished(key, "differs", f"{copy.where}: {why}") if why else Finished(key, "ok")
-
-
-def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        return dict(client.head_object(Bucket=bucket, Key=key))
-    except botocore.exceptions.ClientError as e:
-        if status_of(e) == 404:
-            return None
-        raise
 
 
 def run_command(args: Any) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import botocore.exceptions
 
-from backorigin.s3.clients import code_of, status_of
+from backorigin.s3.clients import code_of, head
 from backorigin.writeback.spool import PUT_PARAMS, ObjectUpload
 from backorigin.writeback.upload import upload_object
 from backorigin.writethrough.journal import Change, Journal
@@ -64,7 +64,7 @@ def _sync_once(change: Change, store: Any, origin: Any, journal: Journal) -> tup
         origin.delete_object(Bucket=copy.bucket, Key=copy.key)  # a key the origin lacks too: no harm
         return "delete", None
     try:
-        if ours["ContentLength"] >= COMPARE_FROM and (theirs := _head(origin, copy.bucket, copy.key)) is not None \
+        if ours["ContentLength"] >= COMPARE_FROM and (theirs := head(origin, copy.bucket, copy.key)) is not None \
                 and _description(theirs) == _description(ours):
             return "unchanged", _state(ours)
         _copy(change, ours, origin, journal)
@@ -93,15 +93,6 @@ def _copy(change: Change, ours: dict[str, Any], origin: Any, journal: Journal) -
         path.unlink(missing_ok=True)
 
 
-def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        return dict(client.head_object(Bucket=bucket, Key=key))
-    except botocore.exceptions.ClientError as e:
-        if status_of(e) == 404:
-            return None
-        raise
-
-
 def _description(answer: dict[str, Any]) -> tuple[Any, ...]:
     """What a copy must reproduce: size, ETag (the body), stored headers, user metadata."""
     headers = answer["ResponseMetadata"]["HTTPHeaders"]
@@ -115,5 +106,5 @@ def _state(answer: dict[str, Any]) -> State:
 
 
 def _state_of(store: Any, bucket: str, key: str) -> State | None:
-    head = _head(store, bucket, key)
-    return _state(head) if head is not None else None
+    found = head(store, bucket, key)
+    return _state(found) if found is not None else None
