@@ -8,6 +8,10 @@ reading of the request, Context; the keys a DeleteObjects did not refuse), the w
 (writethrough.journal), synced to the disk, before its answer goes out; the write-through worker
 then makes each key's origin copy what the store holds. A write that cannot be journaled (a full
 disk) is answered 503, so that the client retries it, rather than acknowledged unpromised.
+
+It comes after the deletes addon in BackOrigin.addons: mitmproxy runs one child's response hook to
+its end before the next one's, so a delete's tombstone is written, and a write-back that landed
+meanwhile deleted again, before the write is journaled and the worker reads the store.
 """
 
 from __future__ import annotations
@@ -143,10 +147,10 @@ class WriteThrough:
         self._pass_secrets()
         try:
             await self.supervisor.record(kind.value, changes)
-        except OSError as e:
-            logger.error("write-through: cannot journal %s of %s (%s): answered 503 for the client to retry; the store "
-                         "may have it and the origin not (backorigin verify --check origin)", kind.value,
-                         ", ".join(change.where for change in changes), e)
+        except Exception as e:  # OSError (a full disk), or anything else: not acknowledged unpromised
+            logger.error("write-through: cannot journal %s of %s (%s: %s): answered 503 for the client to retry; the "
+                         "store may have it and the origin not (backorigin verify --check origin)", kind.value,
+                         ", ".join(change.where for change in changes), type(e).__name__, e)
             self._refuse(flow, changes[0])
 
     def _refuse(self, flow: http.HTTPFlow, change: Change) -> None:

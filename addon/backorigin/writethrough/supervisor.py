@@ -71,8 +71,8 @@ class WriteThroughSupervisor:
     async def record(self, write: str, changes: Sequence[Change]) -> None:
         """Journal the write (in a thread; synced to the disk unless the option says not to), then
         have the worker apply it. The writes that arrive while an entry is being written share the
-        next one: one file and one sync for all of them (a group commit). OSError when it could not
-        be journaled: nothing was promised."""
+        next one: one file and one sync for all of them (a group commit). An exception (OSError: a
+        full disk) when it could not be journaled: nothing was promised."""
         journaled = asyncio.get_running_loop().create_future()
         self._waiting.append((write, changes, journaled))
         if self._writer is None or self._writer.done():
@@ -85,7 +85,7 @@ class WriteThroughSupervisor:
             writes = "+".join(dict.fromkeys(write for write, _, _ in group))
             try:
                 entry = await asyncio.to_thread(self.journal.add, writes, [change for _, changes, _ in group for change in changes])
-            except OSError as e:
+            except Exception as e:  # every write waiting hears of it, whatever it is
                 for *_, journaled in group:
                     if not journaled.done():  # its client may have gone meanwhile
                         journaled.set_exception(e)
