@@ -147,8 +147,8 @@ def main() -> int:
                 try:
                     wait_for(lambda proxy=proxy: proxy.metric("backorigin_writethrough_pending") == 0)
                     print(f"answers, fsync {fsync}: {answers(proxy, arguments.writes)}", flush=True)
+                    print(f"sustained, fsync {fsync}: {sustained(proxy, arguments.clients, arguments.seconds)}", flush=True)
                     if fsync == "true":
-                        print(f"sustained: {sustained(proxy, arguments.clients, arguments.seconds)}", flush=True)
                         print(f"catch-up: {catch_up(proxy, origin, arguments.backlog)}", flush=True)
                         print(f"large: {large(proxy, folder)}", flush=True)
                 finally:

@@ -10,10 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from backorigin.rules.writethrough import OriginCopy
 from backorigin.writethrough.backlog import KEY_WAIT_MAX, LANE_WAIT_MAX, Backlog, backoff
 from backorigin.writethrough.journal import Change, Entry, Journal
+from backorigin.writethrough.sync import KeptChanging
+from backorigin.writethrough.worker import NoCredentials, scope_of
 
 
 def change(key: str, origin: str = "http://old") -> Change:
@@ -122,3 +125,20 @@ def test_a_journal_entry_that_cannot_be_written_promises_nothing(tmp_path, monke
     with pytest.raises(OSError):
         journal.add("create", [change("k")])
     assert [path.name for path in journal.directory.iterdir()] == ["downloads"]
+
+
+@pytest.mark.parametrize(("error", "scope"), [
+    (ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"), "lane"),
+    (ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject"), "lane"),
+    (ClientError({"Error": {"Code": "NoSuchBucket"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "PutObject"), "lane"),
+    (ClientError({"Error": {"Code": "InvalidArgument"}, "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutObject"), "key"),
+    (EndpointConnectionError(endpoint_url="http://old"), "lane"),
+    (OSError(28, "No space left on device"), "lane"),
+    (NoCredentials("no MirrorAuth"), "lane"),
+    (KeptChanging("k"), "key"),
+    (ValueError("the store holds 3 bytes, 4 were sent"), "key"),
+])
+def test_what_a_failure_pauses(error, scope):
+    """The origin as a whole (down, refusing the signature, no such bucket, this machine's disk),
+    or the key alone."""
+    assert scope_of(error) == scope

@@ -32,7 +32,7 @@ from backorigin.s3.clients import code_of, describe_error, foreign_s3_client, sh
 from backorigin.writeback.process import commands, reply, run
 from backorigin.writethrough.backlog import Backlog, Lane, Scope, lane_of
 from backorigin.writethrough.journal import Change, Journal
-from backorigin.writethrough.sync import Action, KeptChanging, sync
+from backorigin.writethrough.sync import Action, sync
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,14 @@ class NoCredentials(Exception):
 
 
 def scope_of(error: BaseException) -> Scope:
-    """Whether a failure is about the key alone, or about the origin (or store) as a whole: down,
-    slow, refusing every request of this signature, or this machine's disk full."""
-    if isinstance(error, KeptChanging):
-        return "key"
+    """Whether a failure is about the origin (or the store) as a whole, down, slow, refusing every
+    request of this signature, or this machine's disk full; or about the key alone."""
     if isinstance(error, botocore.exceptions.ClientError):
         status = status_of(error)
         return "lane" if status >= 500 or status in (401, 403, 409, 429) or code_of(error) in WHOLE_SIDE_CODES else "key"
-    return "lane"
+    if isinstance(error, (botocore.exceptions.BotoCoreError, OSError, NoCredentials)):
+        return "lane"
+    return "key"  # it kept changing, or its copy did not add up
 
 
 class Applier:
