@@ -19,6 +19,7 @@ store, run on this machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -78,13 +79,27 @@ def writers(proxy: Proxy, bucket: str, clients: int, seconds: float) -> float:
     return sum(done) / seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sustained(proxy: Proxy, clients: int, seconds: float) -> str:
+    worker = write_back_worker(proxy.pid, module="backorigin.writethrough.worker")
+    proxy_cpu = cpu_seconds(proxy.pid)
     plain = writers(proxy, PLAIN, clients, seconds)
+    proxy_cpu, plain_cpu = cpu_seconds(proxy.pid), cpu_seconds(proxy.pid) - proxy_cpu
+    worker_cpu, synced = cpu_seconds(worker), proxy.metric("backorigin_writethrough_seconds_count")
     through = writers(proxy, BUCKET, clients, seconds)
+    through_cpu = cpu_seconds(proxy.pid) - proxy_cpu
     left = proxy.metric("backorigin_writethrough_pending")
     drained = timed(lambda: proxy.wait_applied(within=900))
-    return (f"{clients} clients: {plain:.0f} writes/s acknowledged without write-through, {through:.0f} with; {left:.0f} "
-            f"not yet at the origin when they stopped, all there {drained:.1f} s later; time to the origin {lag_buckets(proxy)}")
+    per_key = (cpu_seconds(worker) - worker_cpu) / max(proxy.metric("backorigin_writethrough_seconds_count") - synced, 1)
+    return (f"{clients} clients: {plain:.0f} writes/s acknowledged without write-through, {through:.0f} with; the proxy's "
+            f"CPU per write {plain_cpu / (plain * seconds) * 1000:.1f} ms without, {through_cpu / (through * seconds) * 1000:.1f} ms "
+            f"with; the worker's per key copied {per_key * 1000:.1f} ms; {left:.0f} not yet at the origin when they stopped, "
+            f"all there {drained:.1f} s later; time to the origin {lag_buckets(proxy)}")
 
 
 def lag_buckets(proxy: Proxy) -> str:
