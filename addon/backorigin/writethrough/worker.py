@@ -2,11 +2,12 @@
 reason: boto3's CPU stays out of the proxy's process and GIL) that applies the journal's entries
 to the origins, started, restarted and drained by the proxy (writethrough.supervisor).
 
-Each key is synced by one thread at a time (writethrough.backlog), its origin copy made what the
-store holds now (writethrough.sync); an entry is removed from the journal once every key it names
-has been synced after it was written. Failures wait and are tried again, without end: a failing
-origin is paused as a whole (exponential backoff up to 10 s), a key the origin refuses alone waits
-alone (up to 300 s). The MirrorAuth secrets come from the proxy on stdin, never from a file.
+Each key is synced by one thread at a time (writethrough.backlog), a journal by one worker at a
+time (an flock), its origin copy made what the store holds now (writethrough.sync); an entry is
+removed from the journal once every key it names has been synced after it was written. Failures
+wait and are tried again, without end: a failing origin is paused as a whole (exponential backoff
+up to 10 s), a key the origin refuses alone waits alone (up to 300 s). The MirrorAuth secrets come
+from the proxy on stdin, never from a file.
 
   supervisor -> worker (stdin):   {"credentials": [[ENDPOINT, ACCESS_KEY_ID, SECRET], ...]}
                                   | {"entry": PATH} | {"drain": SECONDS}
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -156,6 +159,10 @@ class Applier:
 
 async def serve(arguments: argparse.Namespace) -> None:
     journal = Journal(Path(arguments.journal), fsync=False)
+    # one worker per journal: a worker of a proxy that was just killed may not be gone yet (it
+    # leaves when its input ends), and two workers would copy one key at once
+    claim = os.open(journal.directory / "worker.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    await asyncio.to_thread(fcntl.flock, claim, fcntl.LOCK_EX)
     journal.clear_downloads()
     applier = Applier(journal, arguments.workers)
     running = asyncio.ensure_future(applier.run())
