@@ -42,7 +42,7 @@ class WriteThroughSupervisor:
         self._secrets: list[list[str]] = []
         self._waiting: list[tuple[str, Sequence[Change], asyncio.Future[None]]] = []  # writes for the next entry
         self._writer: asyncio.Task[None] | None = None
-        self.process = WorkerProcess("write-through worker", self.command, self._greeting, self._heard)
+        self.process = WorkerProcess("write-through worker", lambda: self.command(), self._greeting, self._heard)
 
     @property
     def pending(self) -> int:
