@@ -175,7 +175,7 @@ class Deletes:
     def _forget_origin_404s(self, flow: http.HTTPFlow) -> None:
         """A key written or deleted through the proxy asks the origin afresh on its next miss."""
         if write_kind(flow.request) is WriteKind.DELETE_MANY:
-            keys = [(ref.bucket, ref.key) for ref, _ in self._deleted_by(flow, self._many_deleted(flow))]
+            keys = [(ref.bucket, ref.key) for ref, _ in self._deleted_by(flow, deleted_objects(flow) or [])]
         else:
             keys = [(ref.bucket, ref.key)] if write_kind(flow.request) is not None and (ref := self.context.object(flow)) else []
         for bucket, key in keys:
@@ -187,10 +187,7 @@ class Deletes:
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
         response = flow.response
         if flow.request.method == "POST" and response is not None and flow.id in self._intents:
-            response.stream = ReadingBody(ObjectsReader(frozenset({"Deleted", "Error"})))
-            if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
-                del response.headers["content-length"]
-                response.headers["transfer-encoding"] = "chunked"
+            read_as_it_passes(response)
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         intent = self._intents.pop(flow.id, None)
@@ -216,7 +213,7 @@ class Deletes:
         deleted: list[ObjectKey] = deleted_one
         if 200 <= response.status_code < 300 and write_kind(flow.request) is WriteKind.DELETE_MANY:
             endpoint = self.context.endpoint(flow.request)
-            found = self._deleted_by(flow, self._many_deleted(flow))
+            found = self._deleted_by(flow, deleted_objects(flow) or [])
             deleted = [(endpoint, ref.bucket, ref.key) for ref, _ in found]
             versioned = {ref.key for ref, only_version in found if only_version}
         else:
@@ -316,21 +313,6 @@ class Deletes:
         for key in keys:
             writeback.release(key)
 
-    @staticmethod
-    def _many_deleted(flow: http.HTTPFlow) -> list[tuple[str, str | None]]:
-        """What a DeleteObjects the store answered 2xx deleted: the objects it asked for, less those
-        the store's answer lists as errors; when its body could not be read (too large, too many
-        keys, not plain XML), the store's own list of what it deleted."""
-        asked, answered = flow.request.stream, flow.response.stream if flow.response else None
-        if not isinstance(asked, ReadingBody) or not isinstance(answered, ReadingBody) or answered.reader.failed:
-            return []
-        if asked.reader.failed:
-            logger.warning("DeleteObjects of %s: its body was not read (%s); the store's list of what it deleted is used",
-                           flow.request.pretty_url, asked.reader.failed)
-            return [(key, version) for element, key, version in answered.reader.objects if element == "Deleted"]
-        refused = set(answered.reader.keys("Error"))
-        return [(key, version) for _, key, version in asked.reader.objects if key not in refused]
-
     def _deleted_by(self, flow: http.HTTPFlow, objects: list[tuple[str, str | None]]) -> list[tuple[ObjectRef, bool]]:
         """The objects under Mirror rules that a DeleteObject, or the DeleteObjects of `objects`,
         deletes, each with whether only a version of it is deleted (a key named with and without a
@@ -352,6 +334,34 @@ class Deletes:
             versioned[key] = versioned.get(key, True) and of_version
         refs = [(ObjectRef(bucket, key), only_version) for key, only_version in versioned.items()]
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
+
+
+def read_as_it_passes(response: http.Response) -> None:
+    """A DeleteObjects answer read as it passes (its <Deleted> and <Error> keys: `ReadingBody`),
+    unless it is already, and sent chunked, so that the client has all of it only once the response
+    hook has run: mitmproxy sends the last chunk after that hook, whatever the answer's size."""
+    if isinstance(response.stream, ReadingBody):
+        return
+    response.stream = ReadingBody(ObjectsReader(frozenset({"Deleted", "Error"})))
+    if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
+        del response.headers["content-length"]
+        response.headers["transfer-encoding"] = "chunked"
+
+
+def deleted_objects(flow: http.HTTPFlow) -> list[tuple[str, str | None]] | None:
+    """What a DeleteObjects the store answered 2xx deleted, read as it passed (`ReadingBody`): the
+    objects it asked for, less those the store's answer lists as errors; when its body could not be
+    read (too large, too many keys, not plain XML), the store's own list of what it deleted. None
+    when neither was read."""
+    asked, answered = flow.request.stream, flow.response.stream if flow.response else None
+    if not isinstance(asked, ReadingBody) or not isinstance(answered, ReadingBody) or answered.reader.failed:
+        return None
+    if asked.reader.failed:
+        logger.warning("DeleteObjects of %s: its body was not read (%s); the store's list of what it deleted is used",
+                       flow.request.pretty_url, asked.reader.failed)
+        return [(key, version) for element, key, version in answered.reader.objects if element == "Deleted"]
+    refused = set(answered.reader.keys("Error"))
+    return [(key, version) for _, key, version in asked.reader.objects if key not in refused]
 
 
 class ReadingBody:
