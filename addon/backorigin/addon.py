@@ -66,8 +66,7 @@ class BackOrigin:
         self.deletes = Deletes(self.context, self.mirroring, self.delivery.refuse)
         self.listing = MergedListing(self.context, self.deletes.hide)
         self.writethrough = WriteThrough(self.context, self.mirroring)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: self.deletes.tombstones.count(),
-                                       self.writethrough)
+        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough)
         self.addons = [
             self.rules_file, self.mirroring, self.protection, self.deletes, self.writethrough, self.listing, self.delivery, self.metrics,
             Ledger(self.recorder), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(),
@@ -210,7 +209,6 @@ class BackOrigin:
         return asyncio.ensure_future(self._shutdown())
 
     async def _shutdown(self) -> None:
-        await self.deletes.aclose()
         await self.listing.aclose()
         await self.delivery.aclose()
         await self.probe.aclose()

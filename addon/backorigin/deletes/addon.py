@@ -38,11 +38,13 @@ from backorigin.deletes.tombstones import (
     hide_tombstoned,
     is_tombstoned,
     open_tombstones,
+    resolve_pending,
     room_for,
 )
 from backorigin.listing.merge import Lister
 from backorigin.listing.order import Order
 from backorigin.miss.addon import Mirroring
+from backorigin.miss.mirror import Mirror
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
 from backorigin.s3 import replies
@@ -103,8 +105,8 @@ class Deletes:
         self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
 
     def running(self) -> None:
-        """Deletes a crash left on their way are resolved in the background (see `_resolve`)."""
-        self._in_background(self._resolve())
+        """Deletes a crash left on their way are resolved in the background (deletes.tombstones.resolve_pending)."""
+        self._in_background(resolve_pending(self.tombstones, self.store))
 
     async def is_deleted(self, ref: ObjectRef) -> bool:
         """Whether a miss of the key must not mirror: it was deleted through the proxy."""
@@ -235,7 +237,7 @@ class Deletes:
                     ObjectRef(intent.bucket, intent.key or ""), [("retry-after", "5")]))
             return
         logger.info("tombstone(s) for %s", ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in gone))
-        self._in_background(self._overtake(gone, flow.request.timestamp_start))
+        self._in_background(overtake(self.mirroring.mirror, self.tombstones, gone, flow.request.timestamp_start))
 
     def error(self, flow: http.HTTPFlow) -> None:
         """No answer from the store (the client or the store went away): the delete did nothing we know of."""
@@ -246,46 +248,14 @@ class Deletes:
 
     # after a delete ------------------------------------------------------------------------------
 
-    async def _overtake(self, keys: list[ObjectKey], since: float) -> None:
-        """The deleted keys' fills are never stored and their write-backs are withdrawn; one that
-        landed since the delete went out (it was uploading) is deleted again while its tombstone
-        stands. In the background: no client waits for an upload."""
-        mirror = self.mirroring.mirror
-        for endpoint, bucket, key in keys:
-            landed = await mirror.forget((endpoint, bucket, key), since)
-            if landed and await is_tombstoned(self.tombstones, bucket, key):
-                logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)
-                try:
-                    await asyncio.to_thread(shared_s3_client(endpoint).delete_object, Bucket=bucket, Key=key)
-                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-                    logger.error("s3://%s/%s: could not delete the write-back that overtook its delete: %s", bucket, key,
-                                 describe_error(e))
+    def count(self) -> int | None:
+        return self.tombstones.count()
 
-    async def _resolve(self) -> None:
-        """Deletes that were on their way when the proxy stopped: the store is asked whether the key
-        is still there (then the intent goes: the delete did not happen, or a write came after) or
-        not (then the tombstone is written: the delete may have happened, and no client was told
-        otherwise). A DeleteObjects' keys were never read: its intent goes."""
-        for intent, named in await asyncio.to_thread(self.tombstones.pending):
-            try:
-                if not named or self.store is None:
-                    logger.warning("a %s of s3://%s was on its way when the proxy stopped: no tombstones for it",
-                                   "DeleteObject" if named else "DeleteObjects", intent.bucket)
-                    await asyncio.to_thread(self.tombstones.withdraw, intent)
-                elif await asyncio.to_thread(store_has, shared_s3_client(self.store), intent.bucket, str(intent.key)):
-                    await asyncio.to_thread(self.tombstones.withdraw, intent)
-                else:
-                    await asyncio.to_thread(self.tombstones.commit, intent, [str(intent.key)])
-                    logger.info("tombstone for s3://%s/%s: deleted while the proxy stopped", intent.bucket, intent.key)
-            except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-                logger.warning("the delete of s3://%s/%s left on its way stays unresolved until the next start: %s",
-                               intent.bucket, intent.key, e)
-
-    async def aclose(self) -> None:
+    def done(self) -> Awaitable[object]:
         """Shutdown: what runs in the background (a withdrawal waiting for a stuck upload) stops."""
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        return asyncio.gather(*self._background, return_exceptions=True)
 
     def _in_background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -334,6 +304,21 @@ class Deletes:
             versioned[key] = versioned.get(key, True) and of_version
         refs = [(ObjectRef(bucket, key), only_version) for key, only_version in versioned.items()]
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
+
+
+async def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey], since: float) -> None:
+    """The deleted keys' fills are never stored and their write-backs are withdrawn; one that
+    landed since the delete went out (it was uploading) is deleted again while its tombstone
+    stands. In the background: no client waits for an upload."""
+    for endpoint, bucket, key in keys:
+        landed = await mirror.forget((endpoint, bucket, key), since)
+        if landed and await is_tombstoned(tombstones, bucket, key):
+            logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)
+            try:
+                await asyncio.to_thread(shared_s3_client(endpoint).delete_object, Bucket=bucket, Key=key)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                logger.error("s3://%s/%s: could not delete the write-back that overtook its delete: %s", bucket, key,
+                             describe_error(e))
 
 
 def read_as_it_passes(response: http.Response) -> None:

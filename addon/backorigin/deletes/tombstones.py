@@ -30,7 +30,7 @@ import botocore.exceptions
 from backorigin.deletes.journal import Intent, LocalTombstones, NoRoom, room_for
 from backorigin.listing.merge import Lister
 from backorigin.listing.order import Order, order_key
-from backorigin.s3.clients import code_of, make_s3_client, status_of
+from backorigin.s3.clients import code_of, make_s3_client, shared_s3_client, status_of, store_has
 
 logger = logging.getLogger(__name__)
 
@@ -230,3 +230,24 @@ class _Cursor:
             self.window, self.at = listed, 0
             if listed:
                 self.after = listed[-1]
+
+
+async def resolve_pending(tombstones: Tombstones, store: str | None) -> None:
+    """Deletes that were on their way when the proxy stopped: the store is asked whether the key
+    is still there (then the intent goes: the delete did not happen, or a write came after) or
+    not (then the tombstone is written: the delete may have happened, and no client was told
+    otherwise). A DeleteObjects' keys were never read: its intent goes."""
+    for intent, named in await asyncio.to_thread(tombstones.pending):
+        try:
+            if not named or store is None:
+                logger.warning("a %s of s3://%s was on its way when the proxy stopped: no tombstones for it",
+                               "DeleteObject" if named else "DeleteObjects", intent.bucket)
+                await asyncio.to_thread(tombstones.withdraw, intent)
+            elif await asyncio.to_thread(store_has, shared_s3_client(store), intent.bucket, str(intent.key)):
+                await asyncio.to_thread(tombstones.withdraw, intent)
+            else:
+                await asyncio.to_thread(tombstones.commit, intent, [str(intent.key)])
+                logger.info("tombstone for s3://%s/%s: deleted while the proxy stopped", intent.bucket, intent.key)
+        except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            logger.warning("the delete of s3://%s/%s left on its way stays unresolved until the next start: %s",
+                           intent.bucket, intent.key, e)
