@@ -22,7 +22,7 @@ from backorigin.deletes.tombstones import LocalTombstones
 from backorigin.tools import cli
 from backorigin.tools.embedded_store import free_ports
 from tests.origin_server import body_for, sized_body
-from tests.support import BACKORIGIN, mirror_rule, wait_for, write_rules
+from tests.support import BACKORIGIN, Mitmdump, http_get, mirror_rule, wait_for, write_rules
 from tests.sweep_support import ORIGIN_KEYS, origin_body, s3_origin_rule
 
 HTTP_BUCKET = "backfill-http"
@@ -90,7 +90,7 @@ def test_backfill_from_a_key_list_copies_what_is_missing_at_bounded_memory(rules
     report = report_of(tmp_path / "report.json")
     assert report["unfinished"] == 0
     assert report["counts"] == {"copied": 5, "already-present": 1, "origin-404": 1, "tombstoned": 1, "proxy-pass": 1,
-                                "failed": 1}
+                                "redirected": 0, "failed": 1}
     assert [(p["key"], p["result"]) for p in report["problems"]] == [(broken, "failed")]
     assert "500" in report["problems"][0]["reason"]
     assert report["bytes_copied"] == 200 * MIB + sum(len(body_for(f"/dir1/{key}")) for key in ok)
@@ -132,7 +132,11 @@ def test_backfill_from_the_miss_ledger(rules, store, s3, origin, unique, tmp_pat
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     report = tmp_path / "report.json"
-    status = cli.main(command(rules, store, HTTP_BUCKET, tmp_path / "state", "--ledger", str(ledger), "--report", str(report)))
+    # a ledger that does not say where its proxy kept tombstones (before 0.2.0): refused without --tombstones
+    assert cli.main(command(rules, store, HTTP_BUCKET, tmp_path / "state", "--ledger", str(ledger))) == 2
+    assert "line 1 does not say where its proxy kept tombstones" in capsys.readouterr().err
+    status = cli.main(command(rules, store, HTTP_BUCKET, tmp_path / "state", "--ledger", str(ledger), "--report", str(report),
+                              "--tombstones", "none"))
     assert status == 0
     assert report_of(report)["counts"]["copied"] == 2 and report_of(report)["keys"] == 2
     assert s3.get_object(Bucket=HTTP_BUCKET, Key=f"{unique}/two.txt")["Body"].read() == body_for(f"/dir1/{unique}/two.txt")
@@ -140,6 +144,47 @@ def test_backfill_from_the_miss_ledger(rules, store, s3, origin, unique, tmp_pat
     for skipped in ("gone.txt", "moved.txt", "other.txt"):
         assert origin.count("GET", f"{unique}/{skipped}") == 0
     assert "copied" in capsys.readouterr().out
+
+
+def test_a_ledger_names_its_proxys_tombstones_so_deleted_keys_stay_deleted(rules, store, s3, origin, unique, tmp_path, capsys):
+    """A proxy writes the ledger; a key it served without storing (MirrorProxyPass) is then deleted
+    through it. ledger-missing and backfill --ledger leave that key out with no --tombstones."""
+    served = write_rules(tmp_path / "proxy-rules.json", {HTTP_BUCKET: [mirror_rule(1, f"{origin.base}/dir1/", MirrorProxyPass=True)]})
+    ledger = tmp_path / "misses.jsonl"
+    proxy = Mitmdump(f"reverse:{store.endpoint}", served, tmp_path / "proxy", {"backorigin_ledger": str(ledger)}).start()
+    try:
+        for name in ("kept.txt", "deleted.txt"):
+            assert http_get(f"{proxy.url}/{HTTP_BUCKET}/{unique}/{name}")[0] == 200
+        request = urllib.request.Request(f"{proxy.url}/{HTTP_BUCKET}/{unique}/deleted.txt", method="DELETE")
+        assert urllib.request.urlopen(request, timeout=30).status == 204
+    finally:
+        assert proxy.stop() == 0
+    assert {json.loads(line)["tombstones"] for line in ledger.read_text().splitlines()} == {str(proxy.spool / "tombstones")}
+
+    capsys.readouterr()
+    assert cli.main(["ledger-missing", str(ledger), "--store", store.endpoint]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"s3://{HTTP_BUCKET}/{unique}/kept.txt\n"
+    assert err == "1 key(s) still missing; 1 deleted through the proxy left out\n"
+
+    report = tmp_path / "report.json"
+    assert cli.main(command(rules, store, HTTP_BUCKET, tmp_path / "state", "--ledger", str(ledger), "--report", str(report))) == 0
+    assert (report_of(report)["counts"]["copied"], report_of(report)["counts"]["tombstoned"]) == (1, 1)
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=HTTP_BUCKET, Key=f"{unique}/deleted.txt")
+
+
+def test_keys_under_a_redirect_rule_are_skipped_not_failed(store, origin, unique, tmp_path, capsys):
+    redirects = write_rules(tmp_path / "rules.json", {HTTP_BUCKET: [
+        {"RuleNumber": 1, "Condition": {"KeyPrefixEquals": f"{unique}/moved/"},
+         "Redirect": {"RedirectType": "External", "HostName": "elsewhere.example.com"}},
+        mirror_rule(2, f"{origin.base}/dir1/")]})
+    keys = write_keys(tmp_path / "keys.txt", [f"{unique}/moved/a.txt", f"{unique}/moved/b.txt", f"{unique}/c.txt"])
+    report = tmp_path / "report.json"
+    assert cli.main(command(redirects, store, HTTP_BUCKET, tmp_path / "state", "--keys", str(keys), "--report", str(report))) == 0
+    assert report_of(report)["counts"] | {"copied": 1, "redirected": 2} == report_of(report)["counts"]
+    assert report_of(report)["problems"] == [] and report_of(report)["ok"]
+    assert "skipped (a redirect rule)" in capsys.readouterr().out
 
 
 def test_origin_listing_of_2000_keys_then_verify(rules, store, s3, s3_origin, tmp_path, capsys):
@@ -156,7 +201,7 @@ def test_origin_listing_of_2000_keys_then_verify(rules, store, s3, s3_origin, tm
     summary = report_of(report)
     assert summary["keys"] == ORIGIN_KEYS
     assert summary["counts"] == {"copied": ORIGIN_KEYS - 3, "already-present": 1, "origin-404": 0, "tombstoned": 2,
-                                 "proxy-pass": 0, "failed": 0}
+                                 "proxy-pass": 0, "redirected": 0, "failed": 0}
     print(f"backfill of {ORIGIN_KEYS} keys from the S3 origin: {took:.1f}s")
     stored = s3.get_object(Bucket=S3_BUCKET, Key="k1999")
     assert stored["Body"].read() == origin_body(1999)
@@ -169,7 +214,8 @@ def test_origin_listing_of_2000_keys_then_verify(rules, store, s3, s3_origin, tm
     capsys.readouterr()
     assert cli.main([*verify, "--report", str(tmp_path / "verify.json")]) == 0, capsys.readouterr().out
     assert report_of(tmp_path / "verify.json")["counts"] == {
-        "ok": ORIGIN_KEYS - 2, "missing": 0, "differs": 0, "unchecked": 0, "origin-404": 0, "tombstoned": 2, "proxy-pass": 0}
+        "ok": ORIGIN_KEYS - 2, "missing": 0, "differs": 0, "unchecked": 0, "origin-404": 0, "tombstoned": 2, "proxy-pass": 0,
+        "redirected": 0}
 
     s3.delete_object(Bucket=S3_BUCKET, Key="k0500")
     s3.put_object(Bucket=S3_BUCKET, Key="k0600", Body=b"not what the origin has")

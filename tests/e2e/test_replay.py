@@ -19,7 +19,7 @@ from backorigin.pytest_plugin import (
     read_flows,
 )
 from backorigin.tools.embedded_store import free_ports
-from backorigin.writeback.spools import OWNER, default_spool
+from backorigin.writeback.spools import default_spool
 from tests.data.record_trial import BUCKET, HIT_BODY, OTHER
 from tests.origin_server import body_for
 from tests.replay_support import PATHS, TRIAL, expected_redecisions, new_rules
@@ -85,9 +85,10 @@ def test_mitmdump_replay_redecides_recorded_404s_without_side_effects(tmp_path, 
     by_path = {f.request.path: f for f in flows[:-1]}
     for path, expected in expected_redecisions(origin.base).items():
         assert_decision(by_path[path], **expected)
-        assert by_path[path].comment.startswith(f"backorigin: rule {expected['rule']} {expected['action']} replayed")
-    assert by_path[f"/{BUCKET}/missing/b.txt"].marked == ":arrows_counterclockwise:"
-    assert by_path[f"/{OTHER}/e.txt"].marked == ":arrow_right_hook:"
+        verb = "mirror" if expected["action"] == "mirror" else "redirect"
+        assert by_path[path].comment.startswith(f"replayed: would {verb} · rule {expected['rule']} · ")
+    assert by_path[f"/{BUCKET}/missing/b.txt"].marked == "M"
+    assert by_path[f"/{OTHER}/e.txt"].marked == "R"
     assert_no_decision(by_path[f"/{BUCKET}/hit.txt"])
     assert_no_decision(flows[-1])  # the hit on the mirrored object
 
@@ -98,7 +99,7 @@ def test_mitmdump_replay_redecides_recorded_404s_without_side_effects(tmp_path, 
     assert origin.requests_for("/replay-new/") == []
     assert objects(s3) == before
     spool = default_spool(tmp_path / "confdir", ["regular"])  # mitmdump -n: regular mode, no listen address given
-    assert [p for p in spool.rglob("*") if p.is_file()] == [spool / OWNER]  # nothing spooled (OWNER: whose spool it was)
+    assert not spool.exists()  # nothing spooled: a proxy that leaves nothing in its spool removes it
 
 
 def test_mitmdump_replay_redecides_flows_the_recording_acted_on(tmp_path, store, origin, trial_buckets):

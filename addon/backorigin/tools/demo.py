@@ -23,9 +23,11 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -152,9 +154,8 @@ def run_demo(rules: Path | None, state: Path, ports: DemoPorts, ui: str, origin_
     origin = serve_folder(folder, ports.origin)
     try:
         store.create_buckets(list(book.buckets))
-        print(_welcome(book, rules_path, folder, ports, ui, command), flush=True)
         with _terminal_foreground():
-            return _run_proxy(command)
+            return _run_proxy(command, _welcome(book, rules_path, folder, ports, ui, command), ports.proxy)
     finally:
         origin.shutdown()
         store.stop()
@@ -177,11 +178,16 @@ def _welcome(book: RuleBook, rules: Path, folder: Path, ports: DemoPorts, ui: st
     )
 
 
-def _run_proxy(command: Sequence[str]) -> int:
+def _run_proxy(command: Sequence[str], welcome: str, port: int) -> int:
     """The proxy in a session of its own: Ctrl-C reaches the demo only, which passes on exactly
-    one SIGINT (mitmproxy's second SIGINT kills it) and waits for the write-backs to drain."""
+    one SIGINT (mitmproxy's second SIGINT kills it) and waits for the write-backs to drain.
+    The welcome (what to try) is printed once the proxy answers on its port."""
     proxy = subprocess.Popen(command, start_new_session=True)
     try:
+        while proxy.poll() is None and not _answers(port):
+            time.sleep(0.1)
+        if proxy.poll() is None:
+            print(welcome, flush=True)
         return proxy.wait()
     except KeyboardInterrupt:
         proxy.send_signal(signal.SIGINT)
@@ -190,6 +196,14 @@ def _run_proxy(command: Sequence[str]) -> int:
                 return proxy.wait()
             except KeyboardInterrupt:  # a second Ctrl-C: the drain is under way, wait for it
                 print("demo: waiting for pending write-backs to land (backorigin_shutdown_timeout)", flush=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
