@@ -17,13 +17,15 @@ need no rewriting. What the blocks say:
   `title="FILE"` also written to FILE.
 - <!-- test: background "TEXT" --> before a console block: its one command starts in a terminal
   of its own (a pseudo-terminal, as a user's), and the page goes on once TEXT appears there.
-- <!-- test: wait "TEXT" -->: the reader waits until TEXT appears in the last terminal started.
-- <!-- test: ctrl-c --> presses Ctrl-C in the last terminal started; it must exit 0.
+- <!-- test: wait "TEXT" -->: the reader waits until TEXT appears in the last terminal started
+  that still runs.
+- <!-- test: ctrl-c --> presses Ctrl-C in the last terminal started that still runs; it must exit 0.
 - <!-- test: not run, REASON --> before a block: checked, not run (a Kubernetes cluster, root on
   the reader's machine...): YAML and JSON parse, `backorigin` command lines parse with the
   command's own parser, and any other installed command's --help knows each --flag given.
-- <!-- test: network --> anywhere on a page: the page needs the package index, so it runs without
-  a network namespace (it must not listen on documented ports).
+- <!-- test: network --> before a block: the block needs the package index (pip install), so it
+  runs outside the page's network namespace, in the page's folder with its variables (a `cd` or
+  `export` in it does not carry over).
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ class Namespace:
             time.sleep(0.05)
 
     def close(self) -> None:
+        """End every process still in the namespace (the demo's proxy and store run in sessions of
+        their own, so a terminal's process group does not hold them all), then the holder."""
+        ours = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != self.holder.pid:
+                try:
+                    if os.readlink(entry / "ns" / "net") == ours:
+                        os.kill(int(entry.name), signal.SIGKILL)
+                except OSError:
+                    pass  # gone meanwhile, or not ours to read
         self.holder.kill()
         self.holder.wait()
 
@@ -178,11 +190,10 @@ class Page:
         clone_of_working_tree(self.home / CLONE)
         self.env = {
             "HOME": str(self.home), "PATH": clean_path(), "LANG": "C.UTF-8", "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1", **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV_DISABLE_PROMPT": "1",  # no prompt: not output **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},
         }
-        networked = "<!-- test: network -->" in path.read_text(encoding="utf-8")
-        self.namespace = None if networked else Namespace()
-        self.enter = self.namespace.enter if self.namespace else []
+        self.namespace = Namespace()
+        self.enter = self.namespace.enter
         self.terminals: list[Terminal] = []
         # the page's own terminal: commands behave as at a prompt (curl shows no progress meter...)
         # an interactive shell, as at a prompt, without prompts, echo or history expansion of `!`
@@ -209,6 +220,12 @@ class Page:
                 raise AssertionError(f"`{command}` did not finish within {timeout:g}s:\n{text}")
             time.sleep(0.02)
 
+    def running_terminal(self) -> Terminal:
+        """The terminal started last among those still running: where the reader presses Ctrl-C."""
+        running = [terminal for terminal in self.terminals if terminal.process.poll() is None]
+        assert running, "no terminal of the page is running"
+        return running[-1]
+
     def cwd(self) -> str:
         return self.run("pwd")[1].strip()
 
@@ -227,9 +244,9 @@ class Page:
                 failures.append(f"`{terminal.command}` was still running at the end of the page (no Ctrl-C for it)")
                 terminal.kill()
         self.shell.kill()
-        if self.namespace is not None:
-            self.namespace.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.namespace.close()
+        if not os.environ.get("DOCS_KEEP"):  # DOCS_KEEP=1: keep the page's folders to look at
+            shutil.rmtree(self.root, ignore_errors=True)
         assert not failures, "\n".join(failures)
 
 
@@ -296,6 +313,18 @@ def evaluate_console(page: Page, source: str) -> None:
         if status != 0 and not shows_status:
             raise AssertionError(f"`{command}` exited with {status}:\n{output}")
         check_output(command, expected, output)
+
+
+def run_outside(page: Page, language: str, source: str) -> None:
+    """A block that needs the package index: its commands run outside the namespace, one shell
+    for the block, in the page's folder with the page's variables."""
+    assert language == "console", "a network block is a console block"
+    env, cwd = page.environment(), page.cwd()
+    for command, expected in console_commands(source):
+        done = subprocess.run(["bash", "-c", command], env=env, cwd=cwd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        if done.returncode != 0:
+            raise AssertionError(f"`{command}` exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+        check_output(command, expected, done.stdout + done.stderr)
 
 
 def evaluate_script(page: Page, source: str) -> None:
@@ -411,24 +440,36 @@ def directive(example: Example) -> None:
     if text.startswith("background"):
         page.next.update(background="1", ready=shlex.split(text)[1])
     elif text.startswith("wait"):
-        assert page.terminals, "nothing to wait for: no terminal started on the page"
-        page.terminals[-1].wait_for(shlex.split(text)[1])
+        page.running_terminal().wait_for(shlex.split(text)[1])
     elif text == "ctrl-c":
-        assert page.terminals, "Ctrl-C with no terminal started on the page"
-        terminal = page.terminals[-1]
+        terminal = page.running_terminal()
         status = terminal.ctrl_c()
         assert status == 0, f"`{terminal.command}` exited with {status} after Ctrl-C:\n{terminal.text()}"
     elif text.startswith("not run"):
         page.next["not run"] = text
-    elif text != "network":
+    elif text == "network":
+        page.next["network"] = text
+    else:
         raise AssertionError(f"unknown test directive: {text!r}")
 
 
 def block(example: Example) -> None:
     page = page_of(example)
+    try:
+        run_block(page, example)
+    except AssertionError as e:  # with what the other terminals show, as the reader would see them
+        shown = "".join(f"\n--- the terminal running `{t.command}`, last lines:\n{t.text()[-2500:]}"
+                        for t in page.terminals if t.process.poll() is None)
+        raise AssertionError(f"{e}{shown}") from None
+
+
+def run_block(page: Page, example: Example) -> None:
     language, title, source = example.region.lexemes["language"], example.region.lexemes["title"], str(example.parsed)
     if page.next.pop("not run", None) is not None:
         check_not_run(language, source)
+        return
+    if page.next.pop("network", None) is not None:
+        run_outside(page, language, source)
         return
     if title:
         if language in ("json", "yaml"):

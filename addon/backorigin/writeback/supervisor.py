@@ -177,9 +177,12 @@ class WriteBackSupervisor:
     async def _supervise(self) -> None:
         """Run the worker; start another when it dies (it resumes the spool)."""
         while not self._stopping:
+            # a session of its own: the terminal's Ctrl-C, meant for mitmdump, would reach the worker
+            # too, even before it can ignore it (while it still imports), and kill it mid-drain; the
+            # proxy tells it when to stop, and it stops by itself when the proxy is gone (its input ends)
             self._process = process = await asyncio.create_subprocess_exec(
                 *self.command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
             assert process.stdin is not None and process.stdout is not None and process.stderr is not None
             self._up.set()

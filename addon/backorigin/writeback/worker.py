@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")  # see _relay_log
     for library in ("botocore", "boto3", "urllib3"):
         logging.getLogger(library).setLevel(logging.WARNING)
-    # Ctrl-C in mitmdump's terminal reaches this process too: the addon decides when it stops
+    # the addon decides when it stops (it runs in a session of its own; run by hand, Ctrl-C too)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(serve(arguments))
     # An upload still under way would hold the interpreter's exit until it ends (its thread is
