@@ -190,7 +190,9 @@ class Page:
         clone_of_working_tree(self.home / CLONE)
         self.env = {
             "HOME": str(self.home), "PATH": clean_path(), "LANG": "C.UTF-8", "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV_DISABLE_PROMPT": "1",  # no prompt: not output **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "VIRTUAL_ENV_DISABLE_PROMPT": "1",  # activate's "(.venv) " prompt is not what a command prints
+            **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},  # the machine's package index settings
         }
         self.namespace = Namespace()
         self.enter = self.namespace.enter
