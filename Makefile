@@ -5,6 +5,7 @@
 #                make docs  - the documentation site (docs/, mkdocs.yml) into site/, strictly (a broken link fails)
 #                make wheel - the package as a wheel in dist/
 PYTHON ?= python3
+export NO_MKDOCS_2_WARNING := 1  # Material's notice about MkDocs 2 on every build
 VENV := .venv
 BIN := $(VENV)/bin
 

@@ -13,8 +13,8 @@ need no rewriting. What the blocks say:
   whole lines). It must exit 0, unless the next command is `echo $?`, which shows its status.
 - ```bash / ```sh: a script run whole in the page's shell; it must exit 0.
 - ```python: run with the page's `python`; with `title="FILE"` it is written to FILE instead.
-- ```json / ```yaml: parsed (a rules document is loaded as the addon loads it); with
-  `title="FILE"` also written to FILE.
+- ```json / ```yaml: parsed, and a rules document is loaded as the addon loads it; with
+  `title="FILE"` only parsed, and written to FILE for the commands that follow.
 - <!-- test: background "TEXT" --> before a console block: its one command starts in a terminal
   of its own (a pseudo-terminal, as a user's), and the page goes on once TEXT appears there.
 - <!-- test: wait "TEXT" -->: the reader waits until TEXT appears in the last terminal started
@@ -22,7 +22,7 @@ need no rewriting. What the blocks say:
 - <!-- test: ctrl-c --> presses Ctrl-C in the last terminal started that still runs; it must exit 0.
 - <!-- test: not run, REASON --> before a block: checked, not run (a Kubernetes cluster, root on
   the reader's machine...): YAML and JSON parse, `backorigin` command lines parse with the
-  command's own parser, and any other installed command's --help knows each --flag given.
+  command's own parser, and mitmdump's and mitmweb's --help know each --flag given.
 - <!-- test: network --> before a block: the block needs the package index (pip install), so it
   runs outside the page's network namespace, in the page's folder with its variables (a `cd` or
   `export` in it does not carry over).
@@ -85,17 +85,27 @@ class Namespace:
         rootless = os.geteuid() != 0
         self.holder = subprocess.Popen(["unshare", "-rn" if rootless else "-n", "sleep", "infinity"])
         self.enter = ["nsenter", "-t", str(self.holder.pid), "-n", *(["-U", "--preserve-credentials"] if rootless else [])]
-        deadline = time.monotonic() + 10
-        while subprocess.run([*self.enter, "ip", "link", "set", "lo", "up"], capture_output=True).returncode:
+        # until unshare has made the namespace, the holder is still in ours: entering it then would
+        # run the page on this machine's own network (and bring up this machine's lo)
+        ours, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 10
+        while self._namespace() in (ours, None):
             if self.holder.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("cannot make a network namespace (unshare -n); the docs' commands need one")
-            time.sleep(0.05)
+            time.sleep(0.01)
+        subprocess.run([*self.enter, "ip", "link", "set", "lo", "up"], check=True, timeout=30)
+
+    def _namespace(self) -> str | None:
+        try:
+            return os.readlink(f"/proc/{self.holder.pid}/ns/net")
+        except OSError:
+            return None
 
     def close(self) -> None:
         """End every process still in the namespace (the demo's proxy and store run in sessions of
         their own, so a terminal's process group does not hold them all), then the holder."""
-        ours = os.readlink(f"/proc/{self.holder.pid}/ns/net")
-        for entry in Path("/proc").iterdir():
+        ours = self._namespace()
+        host = ours in (None, os.readlink("/proc/self/ns/net"))  # never: __init__ waited for a namespace of its own
+        for entry in [] if host else Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != self.holder.pid:
                 try:
                     if os.readlink(entry / "ns" / "net") == ours:
@@ -209,7 +219,8 @@ class Page:
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
         """Run `command` in the page's shell; its exit status and what it printed (stdout and stderr)."""
         start = len(self.shell.text())
-        os.write(self.shell.master, f"{command}\nprintf '\\n{_MARK} %s\\n' $?\n".encode())
+        # the status is printed, then set again, so that a following `echo $?` shows the command's
+        os.write(self.shell.master, f"{command}\n__s=$?; printf '\\n{_MARK} %s\\n' $__s; (exit $__s)\n".encode())
         deadline = time.monotonic() + timeout
         while True:
             text = self.shell.text()[start:]
@@ -407,7 +418,12 @@ def _split_on(words: list[str], separators: set[str]) -> Iterator[list[str]]:
     yield current
 
 
+HELPED = {"mitmdump", "mitmweb"}  # programs whose --help lists every flag they take (iptables' does not, say)
+
+
 def check_flags(words: list[str]) -> None:
+    """`backorigin ...` parses with the command's own parser; mitmdump's and mitmweb's --help know
+    each --flag given; other programs (ip, iptables, kubectl, GNU parallel) are only split into words."""
     program = Path(words[0]).name
     if program == "backorigin":
         from backorigin.tools import cli
@@ -417,11 +433,10 @@ def check_flags(words: list[str]) -> None:
         except SystemExit as e:
             raise AssertionError(f"`{shlex.join(words)}`: backorigin's own parser refuses it") from e
         return
+    if program not in HELPED:
+        return
     flags = sorted({word.split("=", 1)[0] for word in words[1:] if word.startswith("--") and len(word) > 2})
-    found = shutil.which(words[0]) or shutil.which(program)
-    if not flags or found is None:
-        return  # not installed here (GNU parallel, kubectl): nothing more to check
-    helped = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=60)
+    helped = subprocess.run([str(REPO / ".venv" / "bin" / program), "--help"], capture_output=True, text=True, timeout=60)
     unknown = [flag for flag in flags if flag not in helped.stdout + helped.stderr]
     assert not unknown, f"`{shlex.join(words)}`: {program} --help does not know {', '.join(unknown)}"
 
@@ -473,9 +488,11 @@ def run_block(page: Page, example: Example) -> None:
     if page.next.pop("network", None) is not None:
         run_outside(page, language, source)
         return
-    if title:
-        if language in ("json", "yaml"):
-            check_data(language, source)
+    if title:  # a file the next commands use (a bad rules file on purpose, say): it only has to parse
+        if language == "json":
+            json.loads(source)
+        elif language == "yaml":
+            list(yaml.safe_load_all(source))
         write_file(page, title, source)
     elif language == "console":
         evaluate_console(page, source)

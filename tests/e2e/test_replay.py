@@ -183,15 +183,15 @@ def test_plugin_agrees_with_mitmdump(tmp_path, backorigin, backorigin_rules, sto
 
 
 def test_the_docstring_example_runs_in_a_project_of_its_own(tmp_path, origin):
-    """The plugin's own example, in a directory with no conftest: only the entry point loads
-    the fixtures."""
+    """The plugin's own example, in a directory with no conftest and no configuration: only the
+    entry point loads the fixtures, and the plugin itself runs the async test (pytest-asyncio is
+    left out with -p no:asyncio)."""
     docstring = backorigin.pytest_plugin.__doc__
     example = textwrap.dedent(docstring.split("plain tests):\n\n", 1)[1].split("\n\n`replay`", 1)[0])
     (tmp_path / "test_example.py").write_text(example)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     write_rules(tmp_path / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/example/", "missing/")]})
     shutil.copyfile(TRIAL, tmp_path / "flows.mitm")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "test_example.py"],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:asyncio", "test_example.py"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 passed" in run.stdout

@@ -27,7 +27,7 @@ from backorigin.rules.model import MAX_RULES_CEILING
 
 ADDON_SCRIPT = Path(__file__).parent.parent / "scripts" / "mitmproxy_addon.py"  # what mitmdump/mitmweb load with -s
 # mitmweb's flow list, with the comment column, where each flow says what backorigin decided
-WEB_COLUMNS = ("tls", "icon", "path", "method", "status", "size", "time", "comment")
+WEB_COLUMNS = ("tls", "icon", "method", "path", "status", "size", "time", "comment")  # the marker sits at the path's end
 MODES = ("reverse", "regular", "transparent", "upstream")
 # what `run` sets from its own arguments: given again with --set or after --, mitmproxy would
 # take two values or silently one of them
