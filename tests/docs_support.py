@@ -401,7 +401,7 @@ def _invocations(command: str) -> Iterator[list[str]]:
                 part = part[1:]
         if part and Path(part[0]).name == "parallel" and "backorigin" in part:
             yield part[:part.index("backorigin")]
-            inner = part[part.index("backorigin"):]
+            inner = [word.replace("{}", "0") for word in part[part.index("backorigin"):]]  # parallel's {}: the job's argument
             yield inner[:inner.index(":::")] if ":::" in inner else inner
         elif part:
             yield part
