@@ -260,6 +260,7 @@ class Relay:
         self.rate = rate
         self.request_rate = request_rate
         self.requests: list[str] = []
+        self.accepted = 0  # connections taken so far (each is held `delay` seconds)
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -273,6 +274,7 @@ class Relay:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:

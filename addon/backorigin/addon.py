@@ -38,7 +38,7 @@ from backorigin.rules.plan import Act, GetPlan, plan_get
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, is_plain_object_call
+from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
 from backorigin.s3.store import StoreAnswer, StoreServerName, client_facing, upstream_proxy, upstream_verification
 from backorigin.ui.commands import Commands
 from backorigin.ui.contentview import DecisionView
@@ -62,12 +62,11 @@ class BackOrigin:
         self.probe = StoreProbe()
         self.mirroring = Mirroring()
         self.protection = OriginProtection(self.mirroring)
-        self.deletes = Deletes(self.context, self.mirroring)
-        self.listing = MergedListing(self.context, self.deletes.under)
         self.delivery = MissDelivery(self.recorder)
+        self.deletes = Deletes(self.context, self.mirroring, self.delivery.refuse)
+        self.listing = MergedListing(self.context, self.deletes.hide)
         self.writethrough = WriteThrough(self.context, self.mirroring)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones),
-                                       self.writethrough)
+        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough)
         self.addons = [
             self.rules_file, self.mirroring, self.protection, self.deletes, self.writethrough, self.listing, self.delivery, self.metrics,
             Ledger(self.recorder, lambda: self.deletes.location), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes),
@@ -102,8 +101,9 @@ class BackOrigin:
         )
         loader.add_option(
             "backorigin_403_is_miss_private_origins", bool, False,
-            "With backorigin_403_is_miss, allow MirrorAuth rules: anyone the store denies then gets the private "
-            "origin's objects. Refused unless this says so.",
+            "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
+            "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
+            "Refused unless this says so.",
         )
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
@@ -197,7 +197,7 @@ class BackOrigin:
             mirror = self.mirroring.mirror
             endpoint = self.context.endpoint(flow.request)
             mirror.known.discard((endpoint, ref.bucket, ref.key))
-            miss = mirror.start(endpoint, ref, after.rule, after.origin)  # type: ignore[arg-type]
+            miss = mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
             assert miss is not None  # nothing is known to be stored: discarded above
             await self.delivery.deliver_late(flow, mirror, miss, answer)
         else:
@@ -242,7 +242,7 @@ class BackOrigin:
             return
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.MIRROR:
-            miss = mirror.start(endpoint, ref, after.rule, after.origin)  # type: ignore[arg-type]
+            miss = mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
             if miss is not None:  # None: stored meanwhile, the request goes to the store
                 await self.delivery.deliver(flow, mirror, miss, answer if answer.status == 404 else StoreAnswer(404, ()))
             return

@@ -11,10 +11,10 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
-from xml.parsers import expat
 
 from pydantic import BaseModel
 
+from backorigin import xmlsafe
 from backorigin.rules.files import parse_rules, read_json
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
@@ -39,6 +39,8 @@ T = TypeVar("T")
 # always written out in both directions.
 THEIR_DEFAULT_REDIRECT_CODE = 301
 OSS_REDIRECT_CODES = frozenset({301, 302, 307})
+# at most MAX_RULES_CEILING rules of a few KiB each: a document far larger is not a website configuration
+WEBSITE_CONFIGURATION_LIMIT = 1024 * 1024
 
 WEBSITE_ONLY = "backorigin serves no index or error pages (static-website hosting); configure them on the store"
 DROPPED_WEBSITE_PARTS = {
@@ -89,26 +91,15 @@ def oss_xml_to_rules(text: str, bucket: str) -> Converted[dict[str, Any]]:
 
 
 def _parse_xml(text: str) -> ET.Element:
-    _refuse_declarations(text)
+    """A WebsiteConfiguration never needs a DTD, and entity declarations can expand without bound:
+    both are refused (backorigin.xmlsafe), as is a document larger than any OSS would take."""
     try:
-        return ET.fromstring(text)
-    except ET.ParseError as e:
-        raise ConversionError(f"not well-formed XML: {e}") from None
-
-
-def _refuse_declarations(text: str) -> None:
-    """A WebsiteConfiguration never needs a DTD, and entity declarations can expand without bound."""
-
-    def refuse(*_: Any) -> None:
-        raise ConversionError("DOCTYPE and ENTITY declarations are refused in a WebsiteConfiguration")
-
-    scanner = expat.ParserCreate()
-    scanner.StartDoctypeDeclHandler = refuse
-    scanner.EntityDeclHandler = refuse
-    try:
-        scanner.Parse(text, True)
-    except expat.ExpatError:
-        pass  # ElementTree reports malformed XML with its position
+        return xmlsafe.parse(text, WEBSITE_CONFIGURATION_LIMIT)
+    except xmlsafe.XMLRefused as e:
+        why = str(e)
+        if why.startswith("DOCTYPE"):
+            why = "DOCTYPE and ENTITY declarations are refused in a WebsiteConfiguration"
+        raise ConversionError(why) from None
 
 
 def _local(tag: str) -> str:

@@ -39,6 +39,7 @@ class OriginRequest:
     switch_all_errors: bool = False
     transparent_codes: frozenset[int] = frozenset()
     auth: OriginCredentials | None = None
+    tenant: tuple[str, bool] = ("", False)  # (bucket, signed): whose miss it is (miss.guard shares per tenant)
 
 
 def origin_url(mirror_url: str, key: str, query: str = "") -> str:

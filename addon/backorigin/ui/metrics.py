@@ -65,7 +65,7 @@ class AddonState:
     writeback_outcomes: Callable[[], dict[str, int]]
     writebacks_pending: Callable[[], int]
     spool_dir: Callable[[], Path]
-    tombstones: Callable[[], int]
+    tombstones: Callable[[], int | None]  # kept as they change; None: shared, not counted
     spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
     guard: Callable[[], OriginGuard]  # the origins' 404s, limits and circuits (miss.guard)
 
@@ -106,8 +106,9 @@ class AddonCollector(Collector):
                                 value=spool_bytes(self.state.spool_dir()))
         yield GaugeMetricFamily("backorigin_spool_failed", "Write-backs the store refused for good, kept in spool/failed/",
                                 value=self.state.spool_failed())
-        yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
-                                value=self.state.tombstones())
+        if (tombstones := self.state.tombstones()) is not None:
+            yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
+                                    value=tombstones)
         yield from guard_metrics(self.state.guard())
 
 
@@ -135,10 +136,10 @@ def guard_metrics(guard: OriginGuard) -> Iterator[Metric]:
         waiting.add_metric([host], slots.waiting)
     yield running
     yield waiting
-    circuits = GaugeMetricFamily("backorigin_origin_circuit", "Each origin host's circuit: 0 closed, 1 half-open, 2 open",
-                                 labels=["host"])
-    for host, breaker in sorted(guard.breakers.items()):
-        circuits.add_metric([host], CIRCUIT_VALUES[breaker.state])
+    circuits = GaugeMetricFamily("backorigin_origin_circuit", "Each origin host's circuit for each tenant (a bucket's signed "
+                                 "or anonymous clients): 0 closed, 1 half-open, 2 open", labels=["host", "bucket", "client"])
+    for (host, (bucket, signed)), breaker in sorted(guard.breakers.items()):
+        circuits.add_metric([host, bucket, "signed" if signed else "anonymous"], CIRCUIT_VALUES[breaker.state])
     yield circuits
 
 
@@ -219,7 +220,7 @@ class Metrics:
 class MetricsEndpoint:
     """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
 
-    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int], writethrough: WriteThrough) -> None:
+    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int | None], writethrough: WriteThrough) -> None:
         self.stats = stats
         self.mirroring = mirroring
         self.tombstones = tombstones
