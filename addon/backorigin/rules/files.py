@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from backorigin.rules.buckets import pattern_prefix
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
@@ -18,8 +19,8 @@ from backorigin.rules.model import (
     RuleBook,
     RulesDocument,
     RulesError,
-    oss_integer,
 )
+from backorigin.rules.values import oss_integer
 
 
 def load_rules(path: str | Path, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook:
@@ -56,9 +57,10 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         ) from None
 
     buckets: dict[str, tuple[RoutingRule, ...]] = {}
+    patterns: dict[str, tuple[RoutingRule, ...]] = {}
     for bucket in document.Buckets:
         where = f'{source}: bucket "{bucket.Name}"'
-        if bucket.Name in buckets:
+        if bucket.Name in buckets or bucket.Name in patterns:
             raise RulesError(f"{where}: the bucket is listed twice; merge its RoutingRules")
         if len(bucket.RoutingRules) > max_rules:
             raise RulesError(
@@ -70,8 +72,12 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         repeated = sorted({n for n in numbers if numbers.count(n) > 1})
         if repeated:
             raise RulesError(f"{where}: RuleNumber {repeated[0]}: field RuleNumber: used by more than one rule")
-        buckets[bucket.Name] = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
-    return RuleBook(source=source, buckets=buckets)
+        rules = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
+        if pattern_prefix(bucket.Name) is None:
+            buckets[bucket.Name] = tuple(rule.for_bucket(bucket.Name) for rule in rules)
+        else:
+            patterns[bucket.Name] = rules
+    return RuleBook(source=source, buckets=buckets, patterns=patterns)
 
 
 def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:

@@ -74,7 +74,7 @@ def plan_get(
 def refuse_private_origins(book: RuleBook) -> None:
     """backorigin_403_is_miss answers anyone the store denies (AccessDenied) with the origin's
     object: with a MirrorAuth rule that is a private origin's object, so it must be meant."""
-    private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}' for bucket, rules in book.buckets.items()
+    private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}' for bucket, rules in book.entries()
                for rule in rules if rule.Redirect.MirrorAuth is not None]
     if private:
         raise RulesError(

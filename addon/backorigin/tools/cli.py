@@ -255,8 +255,9 @@ def import_rules(path: Path, bucket: str) -> int:
 def export_rules(path: Path, bucket: str) -> int:
     from backorigin.rules.convert import bucket_rules, rules_to_oss_xml
 
-    xml, warnings = rules_to_oss_xml(bucket_rules(load_rules(path, MAX_RULES_CEILING), bucket))
-    warn(path, warnings)
+    rules, warnings = bucket_rules(load_rules(path, MAX_RULES_CEILING), bucket)
+    xml, more = rules_to_oss_xml(rules)
+    warn(path, warnings + more)
     sys.stdout.write(xml)
     return 0
 
