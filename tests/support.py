@@ -311,10 +311,15 @@ def book_of(bucket: str, rules: list[dict]):
     return parse_rules(json.dumps({"Buckets": [{"Name": bucket, "RoutingRules": rules}]}), "t")
 
 
+# `weed mini` makes a volume per bucket and has room for about 80 by default: these make room for thousands
+MANY_BUCKETS = ("-volume.max=0", "-master.volumeSizeLimitMB=4")
+
+
 @contextlib.contextmanager
-def running_store(directory: Path, buckets: Sequence[str], keys: tuple[str, str] | tuple[()] = ()) -> Iterator[EmbeddedStore]:
+def running_store(directory: Path, buckets: Sequence[str], keys: tuple[str, str] | tuple[()] = (),
+                  extra_args: tuple[str, ...] = ()) -> Iterator[EmbeddedStore]:
     """A SeaweedFS of its own with these buckets; with `keys` it enforces SigV4, as most real stores do."""
-    store = EmbeddedStore(directory, free_ports(1, with_grpc=True)[0], *keys)
+    store = EmbeddedStore(directory, free_ports(1, with_grpc=True)[0], *keys, extra_args=extra_args)
     store.start()
     try:
         store.create_buckets(list(buckets))
