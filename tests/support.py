@@ -319,7 +319,8 @@ MANY_BUCKETS = ("-volume.max=0", "-master.volumeSizeLimitMB=4")
 def running_store(directory: Path, buckets: Sequence[str], keys: tuple[str, str] | tuple[()] = (),
                   extra_args: tuple[str, ...] = ()) -> Iterator[EmbeddedStore]:
     """A SeaweedFS of its own with these buckets; with `keys` it enforces SigV4, as most real stores do."""
-    store = EmbeddedStore(directory, free_ports(1, with_grpc=True)[0], *keys, extra_args=extra_args)
+    access, secret = keys or (None, None)
+    store = EmbeddedStore(directory, free_ports(1, with_grpc=True)[0], access, secret, extra_args=extra_args)
     store.start()
     try:
         store.create_buckets(list(buckets))
