@@ -17,7 +17,7 @@ from mitmproxy.addonmanager import Loader
 from backorigin.context import Context
 from backorigin.listing.merge import Order, Side, merged_listing
 from backorigin.listing.request import ListingError, is_our_token, list_request
-from backorigin.listing.sources import boto3_lister, detect_order, not_s3, origin_s3_client, origin_side
+from backorigin.listing.sources import boto3_lister, detect_order, not_s3, origin_s3_client, origin_side, without
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3 import replies
@@ -36,12 +36,15 @@ class MergedListing:
     (cached), and the store client that asks whether the store lets the client list."""
 
     def __init__(self, context: Context | None = None, tombstoned: Tombstoned | None = None,
-                 store_client: Callable[[str], Any] = shared_s3_client) -> None:
+                 store_client: Callable[[str], Any] = shared_s3_client,
+                 leases_under: Callable[[str], str | None] = lambda bucket: None) -> None:
         """`tombstoned(bucket, prefix)`: the keys under `prefix` deleted through the proxy, which
         origins do not list (it runs in a thread, once per page: it may block); `store_client(endpoint)`:
-        a boto3 client with the proxy's own credentials."""
+        a boto3 client with the proxy's own credentials; `leases_under(bucket)`: the prefix of the
+        bucket's own keys that are the fleet's leases (miss.leases), left out of the store's side."""
         self.context = context
         self.tombstoned = tombstoned
+        self.leases_under = leases_under
         self.store_client = store_client
         self.enabled = False
         self.store = StoreClient()
@@ -94,7 +97,9 @@ class MergedListing:
         RuleNumber order; just the store's when no rule is merged."""
         store = self.store_client(store_endpoint)
         store_order = await self._order(store_endpoint, store, bucket)
-        sides = [Side(boto3_lister(store, bucket, store_order), order=store_order)]
+        lister = boto3_lister(store, bucket, store_order)
+        leases = self.leases_under(bucket)
+        sides = [Side(without(lister, leases) if leases else lister, order=store_order)]
         for rule in book.rules_for(bucket):
             try:
                 where = OriginBucket.of(rule)
