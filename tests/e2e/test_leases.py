@@ -78,6 +78,7 @@ async def test_a_holder_that_gives_up_hands_the_turn_on(store, client, unique):
     first, second = proxy("first"), proxy("second")
     key = (store.endpoint, BUCKET, f"b/{unique}")
     held = await first.take(key)
+    assert held.lease is not None
     waiting = asyncio.ensure_future(second.take(key))
     await asyncio.sleep(0.3)
     first.release(held.lease)  # an origin 404, say: nothing is stored
