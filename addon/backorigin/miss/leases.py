@@ -44,6 +44,7 @@ DEFAULT_PLACE = "s3://backorigin-leases/"  # backorigin_leases' default
 IN_BUCKET_PREFIX = ".backorigin-lease-"  # backorigin_leases=bucket: a key at the root, no folder left behind
 FIRST_PAUSE = 0.05  # seconds before a waiting proxy first looks at the lease again
 LONGEST_PAUSE = 1.0
+NEAR_THE_END = 0.2  # the shortest pause while a lease is about to run out
 WARN_EVERY = 60.0  # seconds between two warnings that a store refuses leases
 LOST = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})  # someone else's turn
 LEFT_FOR = 1  # days after which the lease bucket the proxy creates expires what a killed proxy left
@@ -97,10 +98,34 @@ class Seen:
     ttl: float
     age: float | None  # seconds since it was written, by the store's clock; None if the store sent no Date
 
+    def left(self, watched: float) -> float:
+        """Seconds until it runs out: by the store's clock, or else by how long this proxy has
+        watched the same version of it (`watched` seconds)."""
+        return self.ttl - (self.age if self.age is not None else watched)
+
     def ran_out(self, watched: float) -> bool:
-        """Whether its holder stopped renewing it: by the store's clock, or else by how long this
-        proxy has watched the same version of it (`watched` seconds)."""
-        return (self.age if self.age is not None else watched) > self.ttl
+        """Whether its holder stopped renewing it. HTTP dates have whole seconds: an age read from
+        them is more than the time to live only once the lease is (up to a second past it)."""
+        return self.left(watched) < 0
+
+
+class Watch:
+    """The version of a lease a waiting proxy has seen, and since when."""
+
+    def __init__(self) -> None:
+        self.etag = ""
+        self.since = time.monotonic()
+
+    def see(self, seen: Seen) -> bool:
+        """True for a version not seen before (a new holder, or the first look)."""
+        if seen.etag == self.etag:
+            return False
+        self.etag, self.since = seen.etag, time.monotonic()
+        return True
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.since
 
 
 @dataclass(frozen=True)
@@ -251,41 +276,52 @@ class Leases:
             return Turn()
 
     async def _wait(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str]) -> Turn:
-        endpoint, bucket, name = key
+        """Look at another proxy's lease, with a growing pause (and once more right when it would
+        run out), until it is gone, has run out, or `wait` seconds have passed."""
         deadline = time.monotonic() + settings.wait
-        pause = FIRST_PAUSE
-        watching: tuple[str, float] = ("", time.monotonic())  # the version seen, since when
-        logged = False
+        pause = sleep = FIRST_PAUSE
+        watch = Watch()
         while True:
-            await asyncio.sleep(pause * random.uniform(0.5, 1.0))  # jitter: waiting proxies do not ask in step
-            pause = min(pause * 2, LONGEST_PAUSE)
-            seen = await asyncio.to_thread(self.store.look, endpoint, where, settings.ttl)
-            if seen is None:
-                if await asyncio.to_thread(self.store.stored, key):
-                    self.counts["waited"] += 1
-                    return Turn(stored=True)
-                lease = await asyncio.to_thread(self.store.write, settings, endpoint, where, (bucket, name), IfNoneMatch="*")
-                if lease is not None:  # its holder gave up without storing it (an origin 404, a failure)
-                    return self._holding(lease, "held")
-                continue
-            if not logged:
-                logger.info("s3://%s/%s: %s is fetching it; waiting (up to %gs)", bucket, name, seen.owner, settings.wait)
-                logged = True
-            if seen.etag != watching[0]:
-                watching = (seen.etag, time.monotonic())
-            if seen.ran_out(time.monotonic() - watching[1]):
-                lease = await asyncio.to_thread(self.store.write, settings, endpoint, where, (bucket, name), IfMatch=seen.etag)
-                if lease is not None:
-                    logger.warning("s3://%s/%s: the lease of %s ran out (%gs without renewal): fetching it here",
-                                   bucket, name, seen.owner, seen.ttl)
-                    if seen.version:  # the stale version of a versioned bucket's lease goes too
-                        self._in_background(self.store.remove, replace(lease, etag=seen.etag), seen.version)
-                    return self._holding(lease, "taken_over")
-            if time.monotonic() > deadline:
-                logger.warning("s3://%s/%s: waited %gs for %s to store it: fetching it here too", bucket, name,
+            await asyncio.sleep(sleep)
+            seen = await asyncio.to_thread(self.store.look, key[0], where, settings.ttl)
+            turn = await (self._after_release(settings, key, where) if seen is None else
+                          self._after_look(settings, key, where, seen, watch))
+            if turn is not None:
+                return turn
+            if seen is not None and time.monotonic() > deadline:
+                logger.warning("s3://%s/%s: waited %gs for %s to store it: fetching it here too", key[1], key[2],
                                settings.wait, seen.owner)
                 self.counts["waited_too_long"] += 1
                 return Turn()
+            pause = min(pause * 2, LONGEST_PAUSE)
+            sleep = pause * random.uniform(0.5, 1.0)  # jitter: waiting proxies do not ask in step
+            if seen is not None:
+                sleep = min(sleep, max(seen.left(watch.seconds), NEAR_THE_END))
+
+    async def _after_release(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str]) -> Turn | None:
+        """The lease is gone: the object is stored, or its holder gave up (an origin 404, a failure)
+        and this proxy takes its turn; None when another proxy took it first."""
+        if await asyncio.to_thread(self.store.stored, key):
+            self.counts["waited"] += 1
+            return Turn(stored=True)
+        lease = await asyncio.to_thread(self.store.write, settings, key[0], where, key[1:], IfNoneMatch="*")
+        return self._holding(lease, "held") if lease is not None else None
+
+    async def _after_look(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str], seen: Seen,
+                          watch: Watch) -> Turn | None:
+        """The lease is there: take it over when it has run out (one proxy wins); None: wait on."""
+        if watch.see(seen):
+            logger.info("s3://%s/%s: %s is fetching it; waiting (up to %gs)", key[1], key[2], seen.owner, settings.wait)
+        if not seen.ran_out(watch.seconds):
+            return None
+        lease = await asyncio.to_thread(self.store.write, settings, key[0], where, key[1:], IfMatch=seen.etag)
+        if lease is None:
+            return None
+        logger.warning("s3://%s/%s: the lease of %s ran out (%gs without renewal): fetching it here", key[1], key[2],
+                       seen.owner, seen.ttl)
+        if seen.version:  # the stale version of a versioned bucket's lease goes too
+            self._in_background(self.store.remove, replace(lease, etag=seen.etag), seen.version)
+        return self._holding(lease, "taken_over")
 
     def _holding(self, lease: Lease, outcome: str) -> Turn:
         self.counts[outcome] += 1
@@ -302,12 +338,13 @@ class Leases:
             self._in_background(self.store.remove, current, current.version)
 
     async def _renew_forever(self) -> None:
-        """Every third of the time to live, renew the leases written longer ago than that."""
+        """Renew the leases written a third of their time to live ago (looked at twice as often),
+        so a live holder's lease is never older than about half of it."""
         while self.held:
-            every = self.settings.ttl / 3
-            await asyncio.sleep(every)
+            third = self.settings.ttl / 3
+            await asyncio.sleep(third / 2)
             for name, lease in list(self.held.items()):
-                if time.monotonic() - lease.renewed >= every and self.held.get(name) is lease:
+                if time.monotonic() - lease.renewed >= third and self.held.get(name) is lease:
                     await self._renew(name, lease)
 
     async def _renew(self, name: tuple[str, str, str], lease: Lease) -> None:
