@@ -49,15 +49,16 @@ class FleetLeases:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if not {*OPTIONS, "listen_host", "listen_port", "mode"} & updated:
-            return
+        leases = self.mirroring.mirror.leases
+        if leases.settings.owner and not {*OPTIONS, "listen_host", "listen_port", "mode"} & updated:
+            return  # configured before, and nothing it depends on changed
         options = ctx.options
         try:
             place = lease_place(options.backorigin_leases)
         except ValueError as e:
             raise exceptions.OptionsError(f"backorigin_leases: {e} (give s3://BUCKET/PREFIX/, bucket or off)") from None
         owner = owner_name(proxy_name(options.mode, options.listen_host, options.listen_port))
-        self.mirroring.mirror.leases.settings = LeaseSettings(
+        leases.settings = LeaseSettings(
             place,
             ttl=parse_seconds("backorigin_lease_ttl", options.backorigin_lease_ttl),
             wait=parse_seconds("backorigin_lease_wait", options.backorigin_lease_wait, zero_is_off=True),
