@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from backorigin.miss.leases import IN_BUCKET_PREFIX, LONGEST_PAUSE, LeasePlace, Leases, LeaseSettings, LeaseStore
+from backorigin.miss.leases import IN_BUCKET_PREFIX, LONGEST_PAUSE, TIMEOUT, LeasePlace, Leases, LeaseSettings, LeaseStore
 from backorigin.s3.clients import make_s3_client
 from tests.support import running_store
 
@@ -44,8 +44,13 @@ def monkeypatch_module():
 def proxy(name: str, place: LeasePlace | None = None, ttl: float = 30.0, wait: float = 30.0, store=None) -> Leases:
     """One proxy's leases (its own store client, as another process would have)."""
     clients: dict[str, object] = {}
-    return Leases(LeaseSettings(place or LeasePlace("backorigin-leases"), ttl, wait, name),
-                  LeaseStore(lambda endpoint: clients.setdefault(endpoint, make_s3_client(endpoint))))
+
+    def client(endpoint: str) -> object:
+        if endpoint not in clients:
+            clients[endpoint] = make_s3_client(endpoint, TIMEOUT)
+        return clients[endpoint]
+
+    return Leases(LeaseSettings(place or LeasePlace("backorigin-leases"), ttl, wait, name), LeaseStore(client))
 
 
 def leases_in(client, bucket: str, prefix: str = "") -> list[str]:
@@ -129,8 +134,9 @@ async def test_in_bucket_leases_of_a_versioned_bucket_leave_no_version_behind(st
     key = (store.endpoint, VERSIONED, f"e/{unique}")
     held = await holder.take(key)
     assert held.lease is not None and held.lease.key.startswith(IN_BUCKET_PREFIX)
-    await asyncio.sleep(2.5)  # renewed at least once: a version to remove
     waiting = asyncio.ensure_future(waiter.take(key))
+    await asyncio.sleep(2.5)  # renewed at least once: a version to remove
+    assert not waiting.done()
     client.put_object(Bucket=VERSIONED, Key=key[2], Body=b"object")
     holder.release(held.lease)
     assert (await asyncio.wait_for(waiting, 10)).stored
@@ -139,14 +145,17 @@ async def test_in_bucket_leases_of_a_versioned_bucket_leave_no_version_behind(st
     assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
 
 
-async def test_a_store_that_refuses_leases_costs_one_attempt_and_one_warning_a_minute(store, unique, caplog):
-    """Credentials the store does not know: every miss fetches on its own, as without leases."""
-    refused = Leases(LeaseSettings(LeasePlace("backorigin-leases"), 30.0, 30.0, "refused"),
-                     LeaseStore(lambda endpoint: refused_client(store.endpoint)))
+async def test_a_store_that_refuses_leases_costs_one_attempt_then_none_for_a_while(store, unique, caplog):
+    """Credentials the store does not know: the misses fetch on their own, as without leases, and
+    only the first asks the store (TROUBLE_PAUSE)."""
+    client = refused_client(store.endpoint)
+    sent: list[str] = []
+    client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
+    refused = Leases(LeaseSettings(LeasePlace("backorigin-leases"), 30.0, 30.0, "refused"), LeaseStore(lambda endpoint: client))
     with caplog.at_level(logging.WARNING, "backorigin.miss.leases"):
         turns = [await refused.take((store.endpoint, BUCKET, f"f/{unique}/{n}")) for n in range(3)]
     assert all(turn.lease is None and not turn.stored for turn in turns)
-    assert refused.counts["unavailable"] == 3
+    assert refused.counts["unavailable"] == 3 and sent == ["HEAD"]  # the lease bucket, refused
     assert len([r for r in caplog.records if "cannot use the lease" in r.getMessage()]) == 1
 
 

@@ -12,14 +12,16 @@ store's: a lease has run out when the store's `Date` is more than its time to li
 `Last-Modified`, so the proxies' clocks do not matter.
 
 A miss no other proxy fills costs one store request more than without leases (the lease's write);
-the lease's removal comes after the write-back, off the client's path. A store that refuses leases
-(an error, no permission) costs nothing but the attempt: the proxy fetches on its own, as without
-leases. Where leases live: `LeasePlace`.
+the lease's removal comes after the write-back, off the client's path. A store that refuses a
+lease, or takes longer than TIMEOUT to answer (an error, no permission, a store that hangs), costs
+that attempt: then misses whose leases live there go on without one, as without leases, for
+TROUBLE_PAUSE seconds. Where leases live: `LeasePlace`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -29,24 +31,29 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from backorigin.s3.clients import code_of, describe_error, shared_s3_client, status_of, store_has
+from backorigin.s3.clients import code_of, describe_error, make_s3_client, status_of, store_has
 from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_PLACE = "s3://backorigin-leases/"  # backorigin_leases' default
 IN_BUCKET_PREFIX = ".backorigin-lease-"  # backorigin_leases=bucket: a key at the root, no folder left behind
 FIRST_PAUSE = 0.05  # seconds before a waiting proxy first looks at the lease again
 LONGEST_PAUSE = 1.0
 NEAR_THE_END = 0.2  # the shortest pause while a lease is about to run out
-WARN_EVERY = 60.0  # seconds between two warnings that a store refuses leases
+TIMEOUT = 5.0  # seconds a lease request may take: past it the miss goes on without a lease
+TROUBLE_PAUSE = 30.0  # seconds a store (and lease bucket) that failed a lease request is left alone
 LOST = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})  # someone else's turn
+CLIENT_POOL = 10  # connections a boto3 client pools (botocore's max_pool_connections)
 LEFT_FOR = 1  # days after which the lease bucket the proxy creates expires what a killed proxy left
 
 
@@ -147,6 +154,13 @@ class LeaseSettings:
     owner: str = ""
 
 
+@functools.cache
+def lease_client(endpoint: str) -> Any:
+    """The store's client for leases: the proxy's own credentials, short timeouts (a lease is small,
+    and a store that cannot take one soon must not hold a miss up)."""
+    return make_s3_client(endpoint, TIMEOUT)
+
+
 def _version(answer: dict[str, Any]) -> str | None:
     version = answer.get("VersionId")
     return version if version and version != "null" else None
@@ -156,7 +170,7 @@ class LeaseStore:
     """The lease requests, blocking (boto3; callers run them in a thread), with the proxy's own
     credentials to the store the object belongs to."""
 
-    def __init__(self, client: Callable[[str], Any] = shared_s3_client) -> None:
+    def __init__(self, client: Callable[[str], Any] = lease_client) -> None:
         self._client = client
         self._ready: set[tuple[str, str]] = set()  # lease buckets known to exist, by endpoint
 
@@ -210,8 +224,11 @@ class LeaseStore:
             if status_of(e) == 404:
                 return None
             raise
-        date = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        age = (parsedate_to_datetime(date) - head["LastModified"]).total_seconds() if date and head.get("LastModified") else None
+        date, written = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"), head.get("LastModified")
+        try:
+            age = (parsedate_to_datetime(date) - written).total_seconds() if date and written else None
+        except (TypeError, ValueError):  # a Date that is no HTTP date: this proxy's own watching decides
+            age = None
         metadata = head.get("Metadata", {})
         try:  # the holder's own time to live (proxies may be configured differently)
             ttl = float(metadata.get("backorigin-ttl", ttl))
@@ -247,11 +264,14 @@ class Leases:
     def __init__(self, settings: LeaseSettings | None = None, store: LeaseStore | None = None) -> None:
         self.settings = settings or LeaseSettings()
         self.store = store or LeaseStore()
+        # threads of their own (boto3 blocks): a burst of misses never takes every thread of the loop's
+        # default executor, nor waits for them; as many as a boto3 client pools connections
+        self._threads = ThreadPoolExecutor(CLIENT_POOL, thread_name_prefix="backorigin-leases")
         self.held: dict[tuple[str, str, str], Lease] = {}  # by (endpoint, lease bucket, lease key)
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task] = set()
         self._renewer: asyncio.Task | None = None
-        self._warned: dict[tuple[str, str], float] = {}
+        self._trouble: dict[tuple[str, str], float] = {}  # (endpoint, lease bucket) -> until when it is left alone
 
     def prefix_in(self, bucket: str) -> str | None:
         place = self.settings.place
@@ -265,13 +285,19 @@ class Leases:
             return Turn()
         endpoint, bucket, name = key
         where = settings.place.of(bucket, name)
+        if self._trouble.get((endpoint, where[0]), 0.0) > time.monotonic():
+            self.counts["unavailable"] += 1
+            return Turn()
         try:
-            lease = await asyncio.to_thread(self.store.write, settings, endpoint, where, (bucket, name), IfNoneMatch="*")
+            lease = await self._run(self.store.write, settings, endpoint, where, (bucket, name), IfNoneMatch="*")
             if lease is not None:
                 return self._holding(lease, "held")
             return await self._wait(settings, key, where)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
-            self._warn(endpoint, where[0], f"cannot use the lease s3://{where[0]}/{where[1]}: {describe_error(e)}")
+        except Exception as e:  # whatever the store did, the miss goes on (without a lease)
+            self._trouble[(endpoint, where[0])] = time.monotonic() + TROUBLE_PAUSE
+            logger.warning("cannot use the lease s3://%s/%s: %s; misses of objects whose leases live there are "
+                           "fetched without one for %gs (backorigin_leases)", where[0], where[1], describe_error(e),
+                           TROUBLE_PAUSE)
             self.counts["unavailable"] += 1
             return Turn()
 
@@ -283,7 +309,7 @@ class Leases:
         watch = Watch()
         while True:
             await asyncio.sleep(sleep)
-            seen = await asyncio.to_thread(self.store.look, key[0], where, settings.ttl)
+            seen = await self._run(self.store.look, key[0], where, settings.ttl)
             turn = await (self._after_release(settings, key, where) if seen is None else
                           self._after_look(settings, key, where, seen, watch))
             if turn is not None:
@@ -301,10 +327,10 @@ class Leases:
     async def _after_release(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str]) -> Turn | None:
         """The lease is gone: the object is stored, or its holder gave up (an origin 404, a failure)
         and this proxy takes its turn; None when another proxy took it first."""
-        if await asyncio.to_thread(self.store.stored, key):
+        if await self._run(self.store.stored, key):
             self.counts["waited"] += 1
             return Turn(stored=True)
-        lease = await asyncio.to_thread(self.store.write, settings, key[0], where, key[1:], IfNoneMatch="*")
+        lease = await self._run(self.store.write, settings, key[0], where, key[1:], IfNoneMatch="*")
         return self._holding(lease, "held") if lease is not None else None
 
     async def _after_look(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str], seen: Seen,
@@ -314,7 +340,7 @@ class Leases:
             logger.info("s3://%s/%s: %s is fetching it; waiting (up to %gs)", key[1], key[2], seen.owner, settings.wait)
         if not seen.ran_out(watch.seconds):
             return None
-        lease = await asyncio.to_thread(self.store.write, settings, key[0], where, key[1:], IfMatch=seen.etag)
+        lease = await self._run(self.store.write, settings, key[0], where, key[1:], IfMatch=seen.etag)
         if lease is None:
             return None
         logger.warning("s3://%s/%s: the lease of %s ran out (%gs without renewal): fetching it here", key[1], key[2],
@@ -322,6 +348,9 @@ class Leases:
         if seen.version:  # the stale version of a versioned bucket's lease goes too
             self._in_background(self.store.remove, replace(lease, etag=seen.etag), seen.version)
         return self._holding(lease, "taken_over")
+
+    async def _run(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, partial(call, *args, **kwargs))
 
     def _holding(self, lease: Lease, outcome: str) -> Turn:
         self.counts[outcome] += 1
@@ -349,7 +378,7 @@ class Leases:
 
     async def _renew(self, name: tuple[str, str, str], lease: Lease) -> None:
         try:
-            renewed = await asyncio.to_thread(self.store.write, self.settings, lease.endpoint, (lease.bucket, lease.key),
+            renewed = await self._run(self.store.write, self.settings, lease.endpoint, (lease.bucket, lease.key),
                                               lease.of, IfMatch=lease.etag)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
             logger.warning("cannot renew the lease s3://%s/%s: %s", lease.bucket, lease.key, describe_error(e))
@@ -371,20 +400,13 @@ class Leases:
     def _in_background(self, call: Callable[..., None], *args: Any) -> None:
         async def run() -> None:
             try:
-                await asyncio.to_thread(call, *args)
+                await self._run(call, *args)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
                 logger.info("lease clean-up: %s", describe_error(e))
 
         task = asyncio.ensure_future(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _warn(self, endpoint: str, bucket: str, message: str) -> None:
-        """Once a minute per store and bucket: a store that refuses every lease would flood the log."""
-        now = time.monotonic()
-        if now - self._warned.get((endpoint, bucket), -WARN_EVERY) >= WARN_EVERY:
-            self._warned[(endpoint, bucket)] = now
-            logger.warning("%s; this proxy fetches such objects on its own (backorigin_leases)", message)
 
     async def aclose(self, timeout: float) -> None:
         """Remove what is still held (a shutdown: the fills were cancelled), waiting up to `timeout`."""
@@ -394,3 +416,4 @@ class Leases:
             self._renewer.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        self._threads.shutdown(wait=False, cancel_futures=True)

@@ -115,6 +115,8 @@ class Mirror:
         if claim is None:  # the other misses of the object meanwhile wait for this one's turn
             claim = self._claims[key] = asyncio.ensure_future(self._claim(key, ref, rule, request))
             claim.add_done_callback(lambda _: self._claims.pop(key, None))
+        else:
+            logger.info("another client joins the origin fetch under way for %s (its turn in the fleet)", ref.key)
         fill = await asyncio.shield(claim)  # a client that leaves does not end the others' turn
         return Miss(ref, rule, request, fill, started=started) if fill is not None else None
 
