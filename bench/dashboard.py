@@ -14,6 +14,7 @@ Prometheus's query_range API, and matplotlib draws the answers on the dashboard'
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import math
 import os
@@ -68,7 +69,7 @@ def get(url: str, timeout: float = 60) -> int:
             return answer.status
     except urllib.error.HTTPError as e:
         return e.code
-    except OSError:
+    except (OSError, http.client.HTTPException):  # a broken answer: counted by the proxy, not here
         return 0
 
 

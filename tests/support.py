@@ -170,6 +170,17 @@ class Mitmdump:
             return self.process.wait()
 
 
+def metered_proxy(workdir: Path, store: EmbeddedStore, bucket: str, origin_base: str) -> tuple[Mitmdump, int]:
+    """The documented proxy serving its metrics (backorigin_metrics_port), mirroring `bucket` from
+    the scripted origin's /dir1/: the proxy, started, and its metrics port."""
+    store.create_buckets([bucket])
+    rules = write_rules(workdir / "rules.json", {bucket: [mirror_rule(1, f"{origin_base}/dir1/")]})
+    port = free_ports(1)[0]
+    proxy = Mitmdump(f"reverse:{store.endpoint}", rules, workdir,
+                     {"backorigin_metrics_port": str(port), "backorigin_origin_timeout": "5"}).start()
+    return proxy, port
+
+
 def write_back_worker(proxy_pid: int, within: float = 15.0) -> int:
     """The pid of the addon's write-back worker (python -m backorigin.writeback.worker, a child of mitmdump)."""
     def find() -> int | None:

@@ -10,8 +10,7 @@ import re
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from backorigin.tools.embedded_store import free_ports
-from tests.support import REPO, Mitmdump, http_get, mirror_rule, wait_for, write_rules
+from tests.support import REPO, http_get, metered_proxy, wait_for
 
 DASHBOARD = REPO / "docs" / "dashboard.json"
 BUCKET = "dashboard-bucket"
@@ -37,11 +36,7 @@ def served(port: int) -> set[str]:
 
 
 def test_every_metric_the_dashboard_names_is_served(tmp_path, store, origin, unique):
-    store.create_buckets([BUCKET])
-    rules = write_rules(tmp_path / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/dir1/")]})
-    port = free_ports(1)[0]
-    proxy = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path,
-                     {"backorigin_metrics_port": str(port), "backorigin_origin_timeout": "5"}).start()
+    proxy, port = metered_proxy(tmp_path, store, BUCKET, origin.base)
     try:
         key = f"ok/{unique}"
         assert http_get(f"{proxy.url}/{BUCKET}/{key}")[0] == 200  # a miss, mirrored

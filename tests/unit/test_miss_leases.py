@@ -42,12 +42,13 @@ def test_a_lease_runs_out_only_once_its_time_has_surely_passed(age, watched, ran
     assert seen.left(watched) == 30.0 - (age if age is not None else watched)
 
 
-def test_watching_starts_again_for_each_new_version():
+def test_watching_starts_again_for_each_new_version_and_tells_a_new_holder():
     watch = Watch()
     first = Seen('"one"', None, "a", 30.0, 1.0)
     assert watch.see(first) and not watch.see(first)
-    assert watch.see(Seen('"two"', None, "b", 30.0, 0.0)), "a renewal or a new holder"
-    assert watch.seconds < 1
+    watch.since -= 10
+    assert not watch.see(Seen('"two"', None, "a", 30.0, 0.0)) and watch.seconds < 1, "a renewal: watched anew"
+    assert watch.see(Seen('"three"', None, "b", 30.0, 0.0)), "another proxy took it over"
 
 
 @pytest.mark.parametrize(("value", "place"), [

@@ -120,15 +120,16 @@ class Watch:
     """The version of a lease a waiting proxy has seen, and since when."""
 
     def __init__(self) -> None:
-        self.etag = ""
+        self.etag = self.owner = ""
         self.since = time.monotonic()
 
     def see(self, seen: Seen) -> bool:
-        """True for a version not seen before (a new holder, or the first look)."""
-        if seen.etag == self.etag:
-            return False
-        self.etag, self.since = seen.etag, time.monotonic()
-        return True
+        """Note the version seen (a renewal starts the watch again); True for a holder not seen
+        before (the first look, or a proxy that took the lease over)."""
+        if seen.etag != self.etag:
+            self.etag, self.since = seen.etag, time.monotonic()
+        new_holder, self.owner = seen.owner != self.owner, seen.owner
+        return new_holder
 
     @property
     def seconds(self) -> float:
