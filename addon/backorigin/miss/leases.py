@@ -346,8 +346,8 @@ class Leases:
             return None
         logger.warning("s3://%s/%s: the lease of %s ran out (%gs without renewal): fetching it here", key[1], key[2],
                        seen.owner, seen.ttl)
-        if seen.version:  # the stale version of a versioned bucket's lease goes too
-            self._in_background(self.store.remove, replace(lease, etag=seen.etag), seen.version)
+        if seen.version:  # the stale version of a versioned bucket's lease goes now, or removing ours would revive it
+            await self._run(self.store.remove, replace(lease, etag=seen.etag), seen.version)
         return self._holding(lease, "taken_over")
 
     async def _run(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -384,19 +384,20 @@ class Leases:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
             logger.warning("cannot renew the lease s3://%s/%s: %s", lease.bucket, lease.key, describe_error(e))
             return
-        if self.held.get(name) is not lease:  # released meanwhile: the renewal is this proxy's to remove
-            if renewed is not None:
-                self._in_background(self.store.remove, renewed, renewed.version)
-            return
-        if renewed is None:
+        if renewed is None and self.held.get(name) is lease:
             logger.warning("the lease s3://%s/%s was taken over by another proxy (this one stalled past its time to "
                            "live): both fetch the object", lease.bucket, lease.key)
             self.counts["lost"] += 1
             del self.held[name]
             return
-        self.held[name] = renewed
-        if lease.version:  # a versioned bucket keeps the renewed-away version: remove it
-            self._in_background(self.store.remove, lease, lease.version)
+        if renewed is not None and lease.version:
+            # a versioned bucket keeps the renewed-away version: it goes before the renewal is the one held, or
+            # removing the renewal would make it the lease again
+            await self._run(self.store.remove, lease, lease.version)
+        if renewed is not None and self.held.get(name) is not lease:  # released meanwhile: the renewal goes too
+            self._in_background(self.store.remove, renewed, renewed.version)
+        elif renewed is not None:
+            self.held[name] = renewed
 
     def _in_background(self, call: Callable[..., None], *args: Any) -> None:
         async def run() -> None:
