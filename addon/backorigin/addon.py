@@ -7,8 +7,8 @@ Loaded by mitmproxy from addon/script.py:
 (s3.addressing), what the rules say (rules.plan.plan_get), asking the store first (miss.probe),
 then a redirect (rules.targets), or a mirror (miss.mirror, answered by miss.delivery). Each other
 concern is a child addon with its own options and hooks: the rules file, the mirror machinery
-and its spool, deletes, the merged listing, the miss delivery, metrics, the ledger, commands and
-the mitmweb view. mitmproxy runs this addon's hook first, then its children's, in order.
+and its spool, deletes, write-through, the merged listing, the miss delivery, metrics, the ledger,
+commands and the mitmweb view. mitmproxy runs this addon's hook first, then its children's, in order.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from backorigin.ui.commands import Commands
 from backorigin.ui.contentview import DecisionView
 from backorigin.ui.ledger import Ledger
 from backorigin.ui.metrics import MetricsEndpoint
+from backorigin.writethrough.addon import WriteThrough
 
 logger = logging.getLogger(__name__)
 HEAD_ON_MISS = ("object", "oss")
@@ -66,16 +67,20 @@ class BackOrigin:
         self.listing = MergedListing(self.context, self.deletes.under,
                                      leases_under=lambda bucket: self.mirroring.mirror.leases.prefix_in(bucket))
         self.delivery = MissDelivery(self.recorder)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones))
+        self.writethrough = WriteThrough(self.context, self.mirroring)
+        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones),
+                                       self.writethrough)
         self.addons = [
-            self.rules_file, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes, self.listing,
-            self.delivery, self.metrics, Ledger(self.recorder), Commands(self.context, self.recorder.stats, self.mirroring,
-                                                                          self.deletes), DecisionView(), StoreServerName(),
+            self.rules_file, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes, self.writethrough,
+            self.listing, self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location),
+            Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(), StoreServerName(),
         ]
         self._mirror_heads = True
         self._403_is_miss = False
         self._private_origins_ok = False
         self.rules_file.check = self._check_rules
+        self.recorder.explain = lambda flow, decided: plan.rules_tried(  # the mitmweb view's "rules tried"
+            self.context.rulebook, ObjectRef(decided.bucket, decided.key), flow.request, decided.store_status, self._mirror_heads)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -176,8 +181,7 @@ class BackOrigin:
             return None
         book, status = self.context.rulebook, response.status_code
         if 200 <= status < 300 and self.context.acts(flow) and not book.may_act_on(ref.bucket, status):
-            if flow.request.method == "GET" and plan.covered_by_mirror(book, ref):
-                self.recorder.stats.served["store"] += 1
+            self.recorder.served_by_store(flow, plan.covering_rule_number(book, ref))
             return None
         return self._after_store(flow, response, ref)
 
@@ -189,8 +193,8 @@ class BackOrigin:
         answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), body)
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.STORE:
-            if 200 <= status < 300 and flow.request.method == "GET" and plan.covered_by_mirror(self.context.rulebook, ref):
-                self.recorder.stats.served["store"] += 1
+            if 200 <= status < 300:
+                self.recorder.served_by_store(flow, plan.covering_rule_number(self.context.rulebook, ref))
         elif after.act is Act.MIRROR and self.context.acts(flow):
             mirror = self.mirroring.mirror
             endpoint = self.context.endpoint(flow.request)
@@ -248,7 +252,7 @@ class BackOrigin:
         self._act_without_origin(flow, ref, after, status)
 
     async def _plan(self, flow: http.HTTPFlow, ref: ObjectRef, status: int, answer: StoreAnswer) -> GetPlan:
-        deleted = status == 404 and await self.deletes.is_deleted(ref)
+        deleted = status == 404 and (self.writethrough.writing(flow, ref) or await self.deletes.is_deleted(ref))
         return plan_get(self.context.rulebook, ref, flow.request, status, mirror_heads=self._mirror_heads,
                         delete_marker=plan.is_delete_marker(answer.headers), deleted=deleted)
 
@@ -293,9 +297,7 @@ class BackOrigin:
         target = location(rule, ref, flow.request, scheme, host)
         if self.context.acts(flow):
             logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
-            flow.response = replies.to_response(
-                flow.request, replies.redirect(rule.Redirect.HttpRedirectCode, target, extra_headers(rule))
-            )
+            flow.response = replies.to_response(flow.request, replies.redirect(rule.Redirect.HttpRedirectCode, target, extra_headers(rule)))
         self._record(flow, Decision(ref.bucket, ref.key, Action(rule.Redirect.RedirectType.lower()), rule.RuleNumber,
                                     Outcome.REDIRECTED, location=target, store_status=store_status))
 

@@ -50,6 +50,7 @@ class Deletes:
         self.mirroring = mirroring
         self.stick = True
         self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
+        self.location: str | None = None  # where they live (None: deletes do not stick), for the miss ledger
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -77,6 +78,7 @@ class Deletes:
                 raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
             assert found is not None  # there is a default folder
             self.tombstones = found
+        self.location = (options.backorigin_tombstones or str(spool / "tombstones")) if self.stick else None
         # the write-back worker checks tombstones before every upload, where they live
         self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
 
@@ -142,10 +144,7 @@ class Deletes:
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
         response = flow.response
         if flow.request.method == "POST" and response is not None and DELETING_KEY in flow.metadata:
-            response.stream = DeleteManyBody(lambda body: None, response.headers.get("content-length"))
-            if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
-                del response.headers["content-length"]
-                response.headers["transfer-encoding"] = "chunked"
+            read_as_it_passes(response)
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         deleting = flow.metadata.pop(DELETING_KEY, [])
@@ -220,6 +219,18 @@ class Deletes:
             versioned[key] = versioned.get(key, True) and of_version
         refs = [(ObjectRef(bucket, key), only_version) for key, only_version in versioned.items()]
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
+
+
+def read_as_it_passes(response: http.Response) -> None:
+    """A DeleteObjects answer through a `DeleteManyBody` (unless it goes through one already), sent
+    chunked, so that the client has all of it only once the response hook has run: mitmproxy sends
+    the last chunk after that hook, whatever the answer's size."""
+    if isinstance(response.stream, DeleteManyBody):
+        return
+    response.stream = DeleteManyBody(lambda body: None, response.headers.get("content-length"))
+    if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
+        del response.headers["content-length"]
+        response.headers["transfer-encoding"] = "chunked"
 
 
 class DeleteManyBody:

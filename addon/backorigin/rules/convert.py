@@ -20,17 +20,21 @@ from backorigin.rules.files import parse_rules, read_json
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
-    MD5_ALWAYS_CHECKED,
-    MIRROR_ONLY_FIELDS,
-    REDIRECT_ONLY_FIELDS,
-    UNSUPPORTED_OSS_FIELDS,
     RoutingRule,
     RuleAction,
     RuleBook,
     RulesError,
 )
 from backorigin.rules.values import oss_boolean, oss_codes, oss_integer
-from backorigin.rules.vocabulary import BACKORIGIN_ONLY_FIELDS, Kind, xml_fields
+from backorigin.rules.vocabulary import (
+    BACKORIGIN_ONLY_FIELDS,
+    MD5_ALWAYS_CHECKED,
+    MIRROR_ONLY_FIELDS,
+    REDIRECT_ONLY_FIELDS,
+    UNSUPPORTED_OSS_FIELDS,
+    Kind,
+    xml_fields,
+)
 
 T = TypeVar("T")
 
@@ -353,6 +357,16 @@ def bucket_rules(book: RuleBook, bucket: str) -> Converted[tuple[RoutingRule, ..
         f'bucket "{bucket}" has no entry of its own: the rules of the pattern entry "{entry}" are exported as they apply to it'
     ]
     return Converted(book.rules_for(bucket), warnings)
+
+
+def export_bucket(book: RuleBook, bucket: str) -> Converted[str]:
+    """One bucket's rules as OSS XML, with a warning for the bucket entry's own fields it leaves out."""
+    rules, warnings = bucket_rules(book, bucket)
+    xml, more = rules_to_oss_xml(rules)
+    warnings += more
+    if book.writes_through(bucket):
+        warnings.insert(0, f"WriteThrough left out of the XML: {BACKORIGIN_ONLY_FIELDS['WriteThrough']}")
+    return Converted(xml, warnings)
 
 
 def rules_to_oss_xml(rules: Sequence[RoutingRule]) -> Converted[str]:

@@ -10,17 +10,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from backorigin.rules.buckets import pattern_prefix
+from backorigin.rules import writethrough
+from backorigin.rules.buckets import SAMPLE_BUCKET, pattern_prefix
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
-    UNSUPPORTED_OSS_FIELDS,
     RoutingRule,
     RuleBook,
     RulesDocument,
     RulesError,
 )
 from backorigin.rules.values import oss_integer
+from backorigin.rules.vocabulary import UNSUPPORTED_OSS_FIELDS
 
 
 def load_rules(path: str | Path, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook:
@@ -58,6 +59,7 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
 
     buckets: dict[str, tuple[RoutingRule, ...]] = {}
     patterns: dict[str, tuple[RoutingRule, ...]] = {}
+    write_through = set()
     for bucket in document.Buckets:
         where = f'{source}: bucket "{bucket.Name}"'
         if bucket.Name in buckets or bucket.Name in patterns:
@@ -73,11 +75,16 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         if repeated:
             raise RulesError(f"{where}: RuleNumber {repeated[0]}: field RuleNumber: used by more than one rule")
         rules = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
-        if pattern_prefix(bucket.Name) is None:
-            buckets[bucket.Name] = tuple(rule.for_bucket(bucket.Name) for rule in rules)
-        else:
+        pattern = pattern_prefix(bucket.Name) is not None
+        if pattern:
             patterns[bucket.Name] = rules
-    return RuleBook(source=source, buckets=buckets, patterns=patterns)
+        else:
+            buckets[bucket.Name] = rules = tuple(rule.for_bucket(bucket.Name) for rule in rules)
+        if bucket.WriteThrough:  # a pattern's rules are checked as they apply to a bucket
+            if why := writethrough.refusal(tuple(r.for_bucket(SAMPLE_BUCKET) for r in rules) if pattern else rules):
+                raise RulesError(f"{where}: {why}")
+            write_through.add(bucket.Name)
+    return RuleBook(source=source, buckets=buckets, patterns=patterns, write_through=frozenset(write_through))
 
 
 def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:

@@ -30,6 +30,7 @@ from pydantic import (
 
 from backorigin.rules.buckets import BUCKET_PLACEHOLDER, PatternIndex, check_placeholders, fill_in, pattern_prefix
 from backorigin.rules.values import OssBool, OssCodes, OssInt
+from backorigin.rules.vocabulary import MD5_ALWAYS_CHECKED, MIRROR_ONLY_FIELDS, REDIRECT_CODES, REDIRECT_ONLY_FIELDS
 
 # OSS allows 5 rules per bucket in the documents we follow, 20 today.
 DEFAULT_MAX_RULES = 5
@@ -151,34 +152,6 @@ class OriginCredentials(_Model):
     Region: str = Field(min_length=1)
     AccessKeyId: str = Field(min_length=1)
     AccessKeySecret: SecretStr
-
-
-# OSS RoutingRule fields we deliberately refuse, with the reason the user is shown.
-UNSUPPORTED_OSS_FIELDS = {
-    "MirrorMultiAlternates": "several alternate origins by region need OSS's own network; use MirrorURLSlave",
-    "MirrorRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
-    "MirrorUsingRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
-    "MirrorIsExpressTunnel": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorDstRegion": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorDstVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorDstSlaveVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorAsyncStatus": "asynchronous pull answers the client before the object exists; backorigin always answers from the origin",
-    "MirrorTaggings": "object tags are not written back; S3 stores differ in tagging support",
-    "MirrorReturnHeaders": "response headers follow the fixed OSS storable-header list",
-    "MirrorSNI": "the origin's TLS server name is always its host name",
-    "EnableMirrorSNI": "the origin's TLS server name is always its host name",
-    "LuaConfig": "OSS runs Lua scripts on its own servers; there is no equivalent here",
-}
-REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-MD5_ALWAYS_CHECKED = ("backorigin always checks the origin's Content-MD5 (and an ETag that is an MD5) and never stores "
-                      "a body that fails the check")
-MIRROR_ONLY_FIELDS = frozenset(
-    {"MirrorURL", "MirrorURLSlave", "MirrorURLProbe", "MirrorSwitchAllErrors", "MirrorPassQueryString",
-     "MirrorFollowRedirect", "MirrorCheckMd5", "MirrorHeaders", "MirrorAllowHeadObject",
-     "MirrorPassOriginalSlashes", "TransparentMirrorResponseCodes", "MirrorProxyPass",
-     "MirrorUserLastModified", "MirrorSaveOssMeta", "MirrorAuth", "MirrorHost"}
-)
-REDIRECT_ONLY_FIELDS = frozenset({"HttpRedirectCode", "Protocol", "HostName"})
 
 
 def _check_origin_url(url: str, bucket_placeholder: bool = False) -> str:
@@ -332,6 +305,33 @@ class RoutingRule(_Model):
                 if (url := getattr(action, name)) and BUCKET_PLACEHOLDER in url}
         return self.model_copy(update={"Redirect": action.model_copy(update=urls)}) if urls else self
 
+    def unmet(self, key: str, method: str, header: Callable[[str], str | None], status: int | None,
+              mirror_heads: bool = False) -> str | None:
+        """The first of the rule's conditions that does not hold for this request (and the store's
+        `status`, None before the store is asked), in words; None when they all hold. What
+        `decide_after_store` and `first_request_match` test, said for a person (rules.plan.rules_tried)."""
+        if not self.applies_to(method, mirror_heads):
+            if method != "HEAD":
+                return f"rules act on GET and HEAD, not {method}"
+            return "a Mirror rule answers a HEAD only with MirrorAllowHeadObject (or backorigin_head_on_miss=object)"
+        cond = self.Condition
+        if not key.startswith(cond.KeyPrefixEquals):
+            return f"KeyPrefixEquals {cond.KeyPrefixEquals!r}: the key does not start with it"
+        if not key.endswith(cond.KeySuffixEquals):
+            return f"KeySuffixEquals {cond.KeySuffixEquals!r}: the key does not end with it"
+        for test in cond.IncludeHeader:
+            value = header(test.Key)
+            if not test.holds(value):
+                how, wanted = next((how, v) for how, v in (("equal", test.Equals), ("start with", test.StartsWith),
+                                                             ("end with", test.EndsWith)) if v is not None)
+                got = "the request has none" if value is None else f"{value!r} does not {how} it"
+                return f"IncludeHeader {test.Key} must {how} {wanted!r}: {got}"
+        if status is not None and self.status_condition not in (None, status):
+            if self.Redirect.is_mirror:
+                return f"a Mirror rule acts on the store's 404 only; the store answered {status}"
+            return f"HttpErrorCodeReturnedEquals {self.status_condition}: the store answered {status}"
+        return None
+
     def rewritten_key(self, key: str) -> str:
         """The key a redirect points at or a mirror asks the origin for (OSS key replacement)."""
         action = self.Redirect
@@ -350,6 +350,8 @@ def _check_entry_name(name: str) -> str:
 class BucketRules(_Model):
     Name: Annotated[str, Field(min_length=1), AfterValidator(_check_entry_name)]  # a bucket's name, or a pattern (rules.buckets)
     RoutingRules: tuple[RoutingRule, ...]
+    # backorigin's own: every write through the proxy is applied to the S3 origin too (rules.writethrough)
+    WriteThrough: OssBool = False
 
 
 class RulesDocument(_Model):
@@ -368,6 +370,7 @@ class RuleBook:
     source: str
     buckets: Mapping[str, tuple[RoutingRule, ...]]
     patterns: Mapping[str, tuple[RoutingRule, ...]] = field(default_factory=dict)
+    write_through: frozenset[str] = frozenset()  # the entries (bucket names or patterns) with WriteThrough
     _index: PatternIndex = field(init=False, repr=False, compare=False)
     _for_bucket: Callable[[str], tuple[RoutingRule, ...]] = field(init=False, repr=False, compare=False)
 
@@ -396,6 +399,10 @@ class RuleBook:
     def _fill_in(self, bucket: str) -> tuple[RoutingRule, ...]:
         entry = self.entry_for(bucket)
         return tuple(rule.for_bucket(bucket) for rule in self.patterns[entry]) if entry is not None else ()
+
+    def writes_through(self, bucket: str) -> bool:
+        """Whether the entry that applies to `bucket` has WriteThrough."""
+        return self.entry_for(bucket) in self.write_through if self.write_through else False
 
     def may_act_on(self, bucket: str, status: int) -> bool:
         """Whether a rule of the bucket may act once the store answered `status` (see decide_after_store)."""
