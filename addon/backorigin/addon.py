@@ -29,6 +29,7 @@ from backorigin.listing.addon import MergedListing
 from backorigin.miss import objectmeta
 from backorigin.miss.addon import Mirroring
 from backorigin.miss.delivery import MissDelivery
+from backorigin.miss.fleet import FleetLeases
 from backorigin.miss.probe import StoreProbe, answer_from_store
 from backorigin.miss.protect import OriginProtection
 from backorigin.options import check_choice
@@ -64,13 +65,14 @@ class BackOrigin:
         self.protection = OriginProtection(self.mirroring)
         self.delivery = MissDelivery(self.recorder)
         self.deletes = Deletes(self.context, self.mirroring, self.delivery.refuse)
-        self.listing = MergedListing(self.context, self.deletes.hide)
+        self.listing = MergedListing(self.context, self.deletes.hide,
+                                     leases_under=lambda bucket: self.mirroring.mirror.leases.prefix_in(bucket))
         self.writethrough = WriteThrough(self.context, self.mirroring)
         self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough)
         self.addons = [
-            self.rules_file, self.mirroring, self.protection, self.deletes, self.writethrough, self.listing, self.delivery, self.metrics,
-            Ledger(self.recorder, lambda: self.deletes.location), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes),
-            DecisionView(), StoreServerName(),
+            self.rules_file, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes, self.writethrough,
+            self.listing, self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location),
+            Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(), StoreServerName(),
         ]
         self._mirror_heads = True
         self._403_is_miss = False
@@ -197,9 +199,8 @@ class BackOrigin:
             mirror = self.mirroring.mirror
             endpoint = self.context.endpoint(flow.request)
             mirror.known.discard((endpoint, ref.bucket, ref.key))
-            miss = mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
-            assert miss is not None  # nothing is known to be stored: discarded above
-            await self.delivery.deliver_late(flow, mirror, miss, answer)
+            miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
+            await self.delivery.deliver_late(flow, mirror, miss, answer, ref)
         else:
             self._act_without_origin(flow, ref, after, status)
 
@@ -242,8 +243,8 @@ class BackOrigin:
             return
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.MIRROR:
-            miss = mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
-            if miss is not None:  # None: stored meanwhile, the request goes to the store
+            miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
+            if miss is not None:  # None: stored meanwhile (by this proxy or another), the request goes to the store
                 await self.delivery.deliver(flow, mirror, miss, answer if answer.status == 404 else StoreAnswer(404, ()))
             return
         if after.act is not Act.REDIRECT:

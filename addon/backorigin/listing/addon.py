@@ -18,7 +18,7 @@ from backorigin.context import Context
 from backorigin.listing.merge import Lister, Side, merged_listing
 from backorigin.listing.order import Learned, Order, reordered
 from backorigin.listing.request import ListingError, is_our_token, list_request
-from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order
+from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order, without
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3 import replies
@@ -39,12 +39,16 @@ class MergedListing:
     whether the store lets the client list."""
 
     def __init__(self, context: Context | None = None, tombstoned: Tombstoned | None = None,
-                 store_client: Callable[[str], Any] = shared_s3_client) -> None:
+                 store_client: Callable[[str], Any] = shared_s3_client,
+                 leases_under: Callable[[str], str | None] = lambda bucket: None) -> None:
         """`tombstoned(bucket, base, order, lister)`: an origin side's lister less the keys deleted
         through the proxy, which origins do not list (deletes.tombstones.hide_tombstoned: it asks only
-        about the keys listed); `store_client(endpoint)`: a boto3 client with the proxy's own credentials."""
+        about the keys listed); `store_client(endpoint)`: a boto3 client with the proxy's own credentials;
+        `leases_under(bucket)`: the prefix of the bucket's own keys that are the fleet's leases
+        (miss.leases), left out of the store's side."""
         self.context = context
         self.tombstoned = tombstoned
+        self.leases_under = leases_under
         self.store_client = store_client
         self.enabled = False
         self.store = StoreClient()
@@ -110,7 +114,9 @@ class MergedListing:
         else reordered."""
         store = self.store_client(store_endpoint)
         store_order = await self.store_order(store_endpoint, store, bucket)
-        sides = [Side(in_order(boto3_pages(store, bucket), store_order), order=store_order)]
+        lister = in_order(boto3_pages(store, bucket), store_order)
+        leases = self.leases_under(bucket)
+        sides = [Side(without(lister, leases) if leases else lister, order=store_order)]
         for rule in book.rules_for(bucket):
             try:
                 where = OriginBucket.of(rule)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from backorigin.miss.conditional import Validators
 from backorigin.miss.integrity import decimal, multipart_parts
+from backorigin.miss.leases import Lease
 from backorigin.miss.origin import OriginResult, SinkFailed
 from backorigin.writeback.spool import ObjectKey, ObjectUpload
 
@@ -66,6 +67,7 @@ class Fill:
         self.origin_etag: str | None = None  # an S3 origin's ETag the store will not keep (conditional.Validators)
         self.keep_free = 0  # bytes the disk keeps free (backorigin_spool_min_free): the body never takes them
         self._unchecked = 0  # bytes written since the free space was last looked at
+        self.lease: Lease | None = None  # this proxy's turn in the fleet (miss.leases), held until the fill is dropped
 
     @classmethod
     def spooled(cls, key: ObjectKey, path: Path, upload: ObjectUpload) -> Fill:
@@ -77,7 +79,7 @@ class Fill:
         fill.settled = Settled(OriginResult(upload.metadata.get("backorigin-origin-url", ""), 200, size=upload.size,
                                             md5=upload.md5, etag=upload.etag), "queued")
         fill._grew, fill._began, fill.landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        fill.manifest, fill.deleted, fill.announced, fill.origin_etag = None, False, upload.etag, None
+        fill.manifest, fill.deleted, fill.announced, fill.origin_etag, fill.lease = None, False, upload.etag, None, None
         fill.keep_free, fill._unchecked = 0, 0
         fill._began.set()
         fill._grew.set()

@@ -76,7 +76,7 @@ def refuse_private_origins(book: RuleBook) -> None:
     object: with a rule that reaches a private origin (MirrorAuth signs its requests, or
     MirrorHeaders.Set sends a token) that is a private origin's object, so it must be meant."""
     private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}: field {field}'
-               for bucket, rules in book.buckets.items() for rule in rules if rule.Redirect.is_mirror
+               for bucket, rules in book.entries() for rule in rules if rule.Redirect.is_mirror
                for field in _private_fields(rule)]
     if private:
         raise RulesError(

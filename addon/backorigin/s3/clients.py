@@ -27,15 +27,16 @@ def shared_s3_client(endpoint: str) -> Any:
     return make_s3_client(endpoint)
 
 
-def make_s3_client(endpoint: str) -> Any:
+def make_s3_client(endpoint: str, timeout: float | None = None) -> Any:
     """A boto3 S3 client for the store at `endpoint`, credentials and region from boto3's standard
-    chain. With no credentials anywhere the client is unsigned, for stores that allow anonymous writes."""
+    chain. With no credentials anywhere the client is unsigned, for stores that allow anonymous writes.
+    `timeout`: seconds to connect and to wait for an answer (default 5 and 30)."""
     session = boto3.session.Session()
     config = Config(
         s3={"addressing_style": "path"},
         retries={"total_max_attempts": 1},  # callers retry with backoff themselves
-        connect_timeout=5,
-        read_timeout=30,
+        connect_timeout=timeout or 5,
+        read_timeout=timeout or 30,
         signature_version=None if session.get_credentials() else UNSIGNED,
         # Content-MD5 already guards every body; botocore's default trailing checksum would send
         # aws-chunked bodies over HTTPS, a Content-Encoding some stores (SeaweedFS) then keep

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from backorigin.decision import Stats
 from backorigin.miss.addon import Mirroring
 from backorigin.miss.guard import Circuit, OriginGuard
+from backorigin.miss.leases import Leases
 from backorigin.miss.origin import OriginResult
 from backorigin.writeback.spools import OWNER
 from backorigin.writethrough.addon import WriteThrough
@@ -68,6 +69,7 @@ class AddonState:
     tombstones: Callable[[], int | None]  # kept as they change; None: shared, not counted
     spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
     guard: Callable[[], OriginGuard]  # the origins' 404s, limits and circuits (miss.guard)
+    leases: Callable[[], Leases]  # the turns taken with the fleet's other proxies (miss.leases)
 
 
 @dataclass(eq=False)  # registries key collectors by identity
@@ -110,6 +112,23 @@ class AddonCollector(Collector):
             yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
                                     value=tombstones)
         yield from guard_metrics(self.state.guard())
+        yield from lease_metrics(self.state.leases())
+
+
+LEASE_OUTCOMES = ("held", "taken_over", "waited", "waited_too_long", "unavailable", "lost")
+
+
+def lease_metrics(leases: Leases) -> Iterator[Metric]:
+    """How misses took turns with the other proxies of the fleet (miss.leases)."""
+    turns = CounterMetricFamily("backorigin_leases", "New misses by their turn in the fleet: held (this proxy fetched), "
+                                "taken_over (from a proxy that stopped renewing), waited (another proxy's fill served), "
+                                "waited_too_long, unavailable (the store refused the lease), lost (taken over from this "
+                                "proxy)", labels=["outcome"])
+    for outcome in LEASE_OUTCOMES:
+        turns.add_metric([outcome], leases.counts[outcome])
+    yield turns
+    yield GaugeMetricFamily("backorigin_leases_held", "Leases this proxy holds now (objects it is fetching or storing)",
+                            value=len(leases.held))
 
 
 CIRCUIT_VALUES = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
@@ -251,6 +270,7 @@ class MetricsEndpoint:
         collector = AddonCollector(AddonState(
             self.stats, lambda: dict(writeback.outcomes), lambda: writeback.pending,
             lambda: writeback.spool.directory, self.tombstones, writeback.spool.failed_count, lambda: mirror.guard,
+            lambda: mirror.leases,
         ))
         metrics.add(collector)
         metrics.add(WriteThroughCollector(lambda: self.writethrough.supervisor))
