@@ -113,6 +113,17 @@ def test_inventory_lists_every_spool_with_what_it_holds(tmp_path):
     assert not remove_if_empty(held) and held.exists()
 
 
+def test_a_spool_of_nested_empty_folders_goes_and_one_journal_entry_keeps_it(tmp_path):
+    empty = spool_with(tmp_path / "a", owner=NO_SUCH_PID)
+    for folder in ("tombstones/pending", "writethrough/downloads", "failed"):
+        (empty / folder).mkdir(parents=True, exist_ok=True)
+    kept = spool_with(tmp_path / "b", owner=NO_SUCH_PID)
+    (kept / "writethrough" / "downloads").mkdir(parents=True)
+    (kept / "writethrough" / "entry.json").write_text("{}")
+    assert remove_if_empty(empty) and not empty.exists()
+    assert not remove_if_empty(kept) and (kept / "writethrough" / "entry.json").exists()
+
+
 def spool_with(directory: Path, pending: int = 0, tombstones: int = 0, owner: int | None = None) -> Path:
     (directory / "tombstones").mkdir(parents=True)
     for i in range(pending):

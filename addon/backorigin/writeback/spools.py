@@ -97,10 +97,22 @@ def release(spool: Path) -> None:
 
 def remove_if_empty(spool: Path) -> bool:
     """Remove a spool that holds nothing but its owner file and empty folders (failed/,
-    tombstones/); anything else (a body, a manifest, a tombstone) keeps it."""
-    entries = [entry for entry in spool.iterdir() if entry.name != OWNER] if spool.is_dir() else []
-    if any(not entry.is_dir() or any(entry.iterdir()) for entry in entries):
+    tombstones/pending/, writethrough/downloads/...); anything else (a body, a manifest, a
+    tombstone, a journal entry) keeps it."""
+    if not spool.is_dir():
         return False
+    folders = []
+    for top, dirs, files in os.walk(spool):
+        if any(not (Path(top) == spool and name == OWNER) for name in files):
+            return False
+        folders += [Path(top) / name for name in dirs]
+    with contextlib.suppress(OSError):  # another proxy may be creating it again this moment
+        for folder in reversed(folders):  # the deepest first
+            folder.rmdir()
+        (spool / OWNER).unlink(missing_ok=True)
+        spool.rmdir()
+        return True
+    return False
     with contextlib.suppress(OSError):  # another proxy may be creating it again this moment
         for entry in entries:
             entry.rmdir()
