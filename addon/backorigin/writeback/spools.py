@@ -113,13 +113,6 @@ def remove_if_empty(spool: Path) -> bool:
         spool.rmdir()
         return True
     return False
-    with contextlib.suppress(OSError):  # another proxy may be creating it again this moment
-        for entry in entries:
-            entry.rmdir()
-        (spool / OWNER).unlink(missing_ok=True)
-        spool.rmdir()
-        return True
-    return False
 
 
 @dataclass(frozen=True)
