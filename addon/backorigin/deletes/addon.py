@@ -29,9 +29,9 @@ from backorigin.deletes.tombstones import Tombstones, TombstonesError, is_tombst
 from backorigin.miss.addon import Mirroring
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
-from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, keys_in, objects_in, write_kind
+from backorigin.s3.addressing import ObjectRef, WriteKind, keys_in, objects_in, write_kind
 from backorigin.s3.clients import describe_error, shared_s3_client, store_has
-from backorigin.s3.store import reverse_target
+from backorigin.s3.reading import plain_key
 from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class Deletes:
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
         self.stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
-        store = options.backorigin_s3_endpoint or reverse_target(options)
+        stores = self.context.names.stores
+        store = stores[0].address if len(stores) == 1 else None  # tombstones in the store: the one store's
         spool = self.mirroring.mirror.writeback.spool.directory
         if not hasattr(self, "tombstones") or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
             try:
@@ -109,9 +110,9 @@ class Deletes:
 
     def _hold(self, flow: http.HTTPFlow, body: bytes) -> None:
         refs = self._deleted_by(flow, body)
-        if not refs:
-            return
         endpoint = self.context.endpoint(flow.request)
+        if not refs or endpoint is None:
+            return
         writeback = self.mirroring.mirror.writeback
         for ref, _ in refs:
             writeback.hold((endpoint, ref.bucket, ref.key))
@@ -204,16 +205,15 @@ class Deletes:
         """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete, each
         with whether only a version of it is deleted (a key named with and without a version: not)."""
         kind = write_kind(flow.request)
-        bucket: str | None
-        if kind in (WriteKind.DELETE, WriteKind.DELETE_VERSION):
-            ref = self.context.object(flow)
-            bucket, found = (ref.bucket, [(ref.key, kind is WriteKind.DELETE_VERSION)]) if ref else (None, [])
-        elif kind is WriteKind.DELETE_MANY:
-            bucket = bucket_of(flow.request, self.context.vhost_domains)
-            found = [(key, version is not None) for key, version in objects_in(body, "Object")]
-        else:
+        reading = self.context.read(flow)
+        if reading is None or not reading.bucket:
             return []
-        if bucket is None:
+        bucket = reading.bucket
+        if kind in (WriteKind.DELETE, WriteKind.DELETE_VERSION) and reading.key:
+            found = [(reading.key, kind is WriteKind.DELETE_VERSION)]
+        elif kind is WriteKind.DELETE_MANY and not reading.key:
+            found = [(key, version is not None) for key, version in objects_in(body, "Object") if plain_key(key)]
+        else:
             return []
         versioned: dict[str, bool] = {}
         for key, of_version in found:

@@ -42,7 +42,7 @@ def run_demo(rules: Path, state: Path, proxy_port: int, store_port: int, origin_
     origin = serve_folder(Path("sample-origin"), origin_port)
     try:
         store.create_buckets(list(rulebook.buckets))
-        command = mitmproxy_command(ui, store.endpoint, rules, f"127.0.0.1:{proxy_port}", [])
+        command = mitmproxy_command(ui, [store.endpoint], rules, f"127.0.0.1:{proxy_port}", [])
         bucket = next(iter(rulebook.buckets), "example-bucket")
         print(
             f"demo: sample origin on http://127.0.0.1:{origin_port}/ (./sample-origin); buckets: "
