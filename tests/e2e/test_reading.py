@@ -39,6 +39,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, note, seed, settings
 from hypothesis import strategies as st
 
+from backorigin.tools.embedded_store import free_ports
 from tests.modes_support import ModeMitmdump
 from tests.origin_server import ScriptedOrigin, body_for
 from tests.reading_support import (
@@ -167,7 +168,8 @@ def world(tmp_path_factory):
         for front, url in (("direct", store.endpoint), ("nginx", f"http://127.0.0.1:{nginx.port}")):
             proxies[front] = proxy = ModeMitmdump(
                 f"reverse:{url}", rules, work / f"proxy-{front}",
-                {"keep_host_header": "true", "backorigin_vhost_domains": DOMAIN, "backorigin_origin_404_ttl": "0"},
+                {"keep_host_header": "true", "backorigin_vhost_domains": DOMAIN, "backorigin_origin_404_ttl": "0",
+                 "backorigin_metrics_port": str(free_ports(1)[0])},
                 env={"AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1], "AWS_DEFAULT_REGION": "us-east-1"},
             )
             proxy.start()
@@ -328,3 +330,60 @@ def test_the_proxy_acts_only_on_what_the_store_acted_on(world, front, protocol, 
     print(f"\n{front} {protocol}: {tally.cases} cases, {tally.acted} acted on, {tally.set_aside} set aside; seed {SEED}; "
           f"seconds {tally.seconds}")
     assert tally.acted >= tally.cases // 10  # the suite exercises what the proxy does, not only what it leaves alone
+
+
+# the findings of issue 25, each as the issue tells it ------------------------------------------
+
+
+def _through(world: World, method: str, host: str, target: str, keys=None, body: bytes = b"") -> httpx.Response:
+    proxy = world.proxies["direct"]
+    with httpx.Client(timeout=30) as client:
+        return client.request(method, proxy.url + target, headers=signed(method, host, target, body, keys), content=body)
+
+
+def test_a_virtual_hosted_name_names_the_bucket_the_store_reads(world):
+    """`curl -H 'Host: pub.s3.test' http://PROXY/priv/KEY`, anonymous: the store reads pub/priv/KEY
+    (pub is public-read), so the proxy mirrors pub's origin into pub, never priv's private one."""
+    cid = uuid.uuid4().hex[:10]
+    answer = _through(world, "GET", "pub.s3.test", f"/priv/{cid}")
+    assert answer.status_code == 200 and answer.content == body_for(f"/pub/priv/{cid}")
+    assert [r.path for r in world.origin.requests_for(cid)] == [f"/pub/priv/{cid}"]
+    assert "authorization" not in world.origin.requests_for(cid)[0].headers  # priv's MirrorAuth stays home
+    wait_for(lambda: stored(world.admin, "pub", f"priv/{cid}"))
+    assert stored(world.admin, "priv", cid) is None
+
+
+@pytest.mark.parametrize("host", ["PRIV.S3.TEST.", "PRIV.S3.TEST", "priv.s3.test.", "Priv.s3.test"])
+def test_a_spelling_stores_read_two_ways_is_left_to_the_store(world, host):
+    """With backorigin_vhost_domains=s3.test, `Host: PRIV.S3.TEST.` did what a plain one does.
+    SeaweedFS reads it path-style, AWS virtual-hosted: the proxy cannot know, so it forwards it
+    untouched and fetches nothing; the client gets the store's own answer."""
+    cid = uuid.uuid4().hex[:10]
+    direct = world.direct["direct"].get(f"/pub/{cid}", headers={"host": host})
+    answer = _through(world, "GET", host, f"/pub/{cid}")
+    assert answer.status_code == direct.status_code and world.origin.requests_for(cid) == []
+    assert "unsure-host" in world.proxies["direct"].log()
+
+
+def test_a_delete_tombstones_the_key_the_store_deleted(world):
+    """A user allowed only mine sends `DELETE /photos/k` with `Host: mine.s3.test`: the store
+    deletes mine/photos/k; the tombstone is mine/photos/k, not photos/k."""
+    cid = uuid.uuid4().hex[:10]
+    world.admin.put_object(Bucket="mine", Key=f"photos/{cid}", Body=b"x")
+    answer = _through(world, "DELETE", "mine.s3.test", f"/photos/{cid}", IDENTITIES["user"])
+    assert answer.status_code == 204 and stored(world.admin, "mine", f"photos/{cid}") is None
+    assert tombstoned(world.proxies["direct"].spool, {("mine", f"photos/{cid}"), ("photos", cid)}) == {("mine", f"photos/{cid}")}
+
+
+def test_an_unknown_host_is_forwarded_untouched_logged_once_and_counted(world, tmp_path):
+    proxy = world.proxies["direct"]
+    for _ in range(3):
+        cid = uuid.uuid4().hex[:10]
+        assert _through(world, "GET", "lb.unknown.test", f"/pub/{cid}").status_code == 404
+        assert world.origin.requests_for(cid) == []
+    assert proxy.log().count("forwarded untouched (unknown-host): lb.unknown.test") == 1
+    assert "--set backorigin_store_hosts=lb.unknown.test" in proxy.log()
+    assert "backorigin_vhost_domains=unknown.test" in proxy.log()
+    metrics = httpx.get(f"http://127.0.0.1:{proxy.options['backorigin_metrics_port']}/metrics").text
+    counted = [line for line in metrics.splitlines() if line.startswith('backorigin_requests_set_aside_total{reason="unknown-host"}')]
+    assert counted and float(counted[0].split()[-1]) >= 3
