@@ -25,12 +25,11 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from mitmproxy import http
 
-from backorigin.context import sent_of
 from backorigin.listing.addon import MergedListing
 from backorigin.listing.merge import merged_listing
 from backorigin.listing.request import Entry
 from backorigin.rules.model import RoutingRule, RuleBook
-from backorigin.s3.reading import Names, Reading, Store, read
+from backorigin.s3.reading import Names, Reading, SentRequest, Store, read
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.clients import CLEAN_PATH, Target, aws_env, boto3_client, rclone_command, rclone_env
 from tests.listing_support import NS, Listed, model_items, page_through, parse_page, sort_key
@@ -194,7 +193,8 @@ def _signed(store: EmbeddedStore, path: str, secret: str = STORE_KEYS[1]) -> htt
 
 def _asked(store: EmbeddedStore, request: http.Request, book: RuleBook) -> tuple[http.Request, RuleBook, Reading]:
     """The request, the rules and the store's reading of the request (s3.reading), as the addon hands them over."""
-    reading = read(sent_of(request, ""), Names((Store.named(store.endpoint),), frozenset({"127.0.0.1"})))
+    sent = SentRequest(request.scheme, request.host, request.port, (f"{request.host}:{request.port}",), request.path)  # as signed
+    reading = read(sent, Names((Store.named(store.endpoint),), frozenset({"127.0.0.1"})))
     assert isinstance(reading, Reading)
     return request, book, reading
 

@@ -209,7 +209,7 @@ def test_a_key_with_double_slashes_is_left_to_the_store(routing_proxy, origin, u
     read cannot be known, so the proxy forwards it untouched and asks no origin (issue 25). The
     origin key MirrorPassOriginalSlashes builds is tested alone (test_rules_targets)."""
     status, _, body = http_get(f"{routing_proxy.url}/options-bucket/slashes//{unique}//x")
-    assert status == 404 and f"<Key>slashes/{unique}/x</Key>".encode() in body
+    assert status == 404 and b"NoSuchKey" in body
     assert origin.requests_for(unique) == []
 
 

@@ -39,6 +39,8 @@ def test_the_endpoint_alone_names_the_store_as_it_did():
     (dict(backorigin_stores=["s3.test:80"]), "backorigin_stores"),
     (dict(backorigin_stores=["http://s/bucket"]), "only a scheme, a host and a port"),
     (dict(backorigin_store_hosts=["lb.test:8080"]), "is not a host name"),
+    (dict(backorigin_store_hosts=["pub.s3.test"], backorigin_vhost_domains=["s3.test"]), "is BUCKET.DOMAIN under"),
+    (dict(backorigin_stores=["http://pub.s3.test:80"], backorigin_vhost_domains=["s3.test"]), "name the store by its domain"),
 ])
 def test_options_that_contradict_each_other_are_refused(given, message):
     with pytest.raises(ValueError, match=message):

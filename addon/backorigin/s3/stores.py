@@ -105,7 +105,12 @@ def names_of(options: Any) -> Names:
     if domains and only_reverse and not getattr(options, "keep_host_header", False):
         raise ValueError("backorigin_vhost_domains: in reverse mode mitmproxy gives the store its own address as Host "
                          "unless keep_host_header is set; no virtual-hosted name can reach it")
-    hosts = {*_names("backorigin_store_hosts", options.backorigin_store_hosts), *domains}
+    listed = _names("backorigin_store_hosts", options.backorigin_store_hosts)
+    for name in [*listed, *(store.host for store in stores)]:
+        if under := [d for d in domains if name.endswith("." + d)]:
+            raise ValueError(f"{name} is BUCKET.DOMAIN under backorigin_vhost_domains ({under[0]}): a store that answers it "
+                             "virtual-hosted reads another bucket than a path-style name would; name the store by its domain")
+    hosts = {*listed, *domains}
     hosts |= {store.host for store in stores} | {dns_name(Store.named(s.address).host) for s in stores}
     if getattr(options, "listen_host", ""):
         hosts.add(dns_name(options.listen_host))
