@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import unquote
 from xml.etree import ElementTree
 
-from backorigin.listing.merge import Lister, Order, next_page_size
+from backorigin.listing.merge import Lister, next_page_size
+from backorigin.listing.order import Order, PageLister
 from backorigin.listing.request import NAMESPACE, Entry
 
 NS = {"s3": NAMESPACE}
@@ -76,6 +77,23 @@ class FakeBucket:
                 yield item
 
         return entries
+
+    @property
+    def pages(self) -> PageLister:
+        """The same listing a page at a time, each page as S3 answers it: its objects, then its common prefixes."""
+        async def pages(prefix: str, delimiter: str, start_after: str, first_page: int) -> AsyncGenerator[list[Entry], None]:
+            self.calls.append((prefix, delimiter, start_after, first_page))
+            items = model_items(self.keys, prefix, delimiter, start_after, self.order, self.entry)
+            at, size = 0, first_page
+            while at < len(items):
+                page = items[at:at + size]
+                self.pulled += len(page)
+                yield [e for e in page if not e.is_prefix] + [e for e in page if e.is_prefix]
+                at, size = at + size, next_page_size(size)
+            if not items:
+                yield []
+
+        return pages
 
 
 @dataclass

@@ -8,7 +8,8 @@ continuation tokens right. Which requests are listings, and which keys an origin
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import tutils
 
-from backorigin.listing.merge import Order, Side, merged_listing
+from backorigin.listing.merge import Side, merged_listing
+from backorigin.listing.order import LOOKAHEAD, Learned, Order, reordered
 from backorigin.listing.request import (
     Entry,
     ListingError,
@@ -68,16 +70,24 @@ class World:
     rules: list[RoutingRule]
     origins: list[FakeBucket]
     hidden: frozenset[str] = frozenset()
+    known: tuple[bool, ...] | None = None  # per origin: its order is known from the start (else learned, or never); None: all
+    learned: list[Learned] = field(default_factory=list)
 
     @property
     def order(self) -> Order:
         return self.store.order
 
     def sides(self) -> list[Side]:
+        """As MergedListing.sides makes them: an origin known to list in the store's order is read
+        as it lists, any other reordered (what was learned on one page carries to the next)."""
         sides = [Side(self.store.lister, order=self.order)]
         book = book_with(self.rules)
-        for rule, origin in zip(book.rules_for("bucket"), self.origins, strict=True):
-            side = origin_side(rule, book, "bucket", origin.lister, LISTING, order=self.order)
+        if not self.learned:
+            known = self.known if self.known is not None else (True,) * len(self.origins)
+            self.learned = [Learned(f"origin {i}", origin.order if known[i] else None) for i, origin in enumerate(self.origins)]
+        for rule, origin, learned in zip(book.rules_for("bucket"), self.origins, self.learned, strict=True):
+            lister = origin.lister if learned.order == self.order else reordered(origin.pages, self.order, learned)
+            side = origin_side(rule, book, "bucket", lister, LISTING, order=self.order)
             assert side is not None
             sides.append(side)
         return sides
@@ -138,11 +148,13 @@ def worlds(draw: st.DrawFn) -> World:
         own = draw(st.sets(keys, max_size=20))
         shared = draw(st.sets(st.sampled_from(sorted(store_keys)), max_size=6)) if store_keys else set()
         elsewhere = draw(st.sets(keys, max_size=4))  # outside the MirrorURL's prefix
-        origins.append(FakeBucket({base + k for k in own | shared} | elsewhere, order, size=2 + number))
+        origin_order: Order = draw(st.sampled_from(["s3", "path"]))  # its own, whatever the store's
+        origins.append(FakeBucket({base + k for k in own | shared} | elsewhere, origin_order, size=2 + number))
     every_origin_key = sorted({k for o in origins for k in o.keys})
     hidden = draw(st.sets(st.sampled_from(every_origin_key), max_size=5)) if every_origin_key else set()
     hidden |= {k.split("/", 1)[-1] for k in hidden}  # with and without a base
-    return World(FakeBucket(store_keys, order), rules, origins, frozenset(hidden))
+    known = tuple(draw(st.booleans()) for _ in origins)
+    return World(FakeBucket(store_keys, order), rules, origins, frozenset(hidden), known)
 
 
 @st.composite
@@ -365,3 +377,62 @@ def test_an_earlier_rule_and_the_rules_own_conditions_decide_which_keys_an_origi
     assert passing is not None and passing.visible("a//b")
 
 
+
+
+# an origin read in the store's order, whatever its own ------------------------------------------
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keys=st.sets(st.text(alphabet="a/-.0", min_size=1, max_size=5), max_size=25),
+       target=st.sampled_from(["s3", "path"]), own=st.sampled_from(["s3", "path"]), known=st.booleans(),
+       delimiter=st.sampled_from(["", "/", "-"]), prefix=st.sampled_from(["", "a", "a/", "a-"]),
+       start=st.one_of(st.just(""), st.text(alphabet="a/-.0", min_size=1, max_size=5)), page=st.integers(1, 4))
+async def test_an_origin_in_either_order_is_read_in_the_stores(keys, target, own, known, delimiter, prefix, start, page):
+    """reordered gives the origin's listing exactly as a side in the store's order lists it, from
+    any start and in pages of any size, whether the origin's order is known, learned or never."""
+    origin = FakeBucket(keys, own)
+    learned = Learned("origin", own if known else None)
+    lister = reordered(origin.pages, target, learned)
+    got = [(e.key, e.is_prefix) async for e in lister(prefix, delimiter, start, page)]
+    sort = sort_key(target)
+    if delimiter == "/":
+        expected = [(e.key, e.is_prefix) for e in model_items(keys, prefix, "/", "", target)
+                    if sort(e.key) > sort(start) or (e.is_prefix and start.startswith(e.key))]
+        holding_start = [(k, p) for k, p in got if p and start.startswith(k)]  # the merge checks it has a key after
+        assert len(holding_start) <= 1 and [e for e in got if e not in holding_start] == [
+            (k, p) for k, p in expected if not (p and start.startswith(k))]
+    else:  # every key, for the merge to roll up
+        assert got == [(k, False) for k in sorted(keys, key=sort) if k.startswith(prefix) and sort(k) > sort(start)]
+    assert learned.order in (None, own)
+
+
+@pytest.mark.parametrize(("store", "own"), [("path", "s3"), ("s3", "path")])
+async def test_evidence_that_comes_late_drops_and_repeats_nothing(store, own):
+    """The origin's keys hold no pair that tells its order until the last page; the store's key
+    ends the first page where the two orders part (a page of one)."""
+    world = World(FakeBucket({"a/a", "b"}, store), [mirror(1, "http://127.0.0.1:9/origin/")],
+                  [FakeBucket({"a-x", "a.y", "a0", "z/1", "z-1"}, own)], known=(False,))
+    query = {"list-type": "2", "max-keys": "1"}
+    expected = world.expected(parse_params(query))
+    listed = await page_through(world.page, query, store, max_pages=20)
+    check_listing(listed, expected, store)
+    assert world.learned[0].order == own  # z-1 and z/1 told it, at the end
+
+
+@pytest.mark.parametrize("own", ["s3", "path"])
+@pytest.mark.parametrize("folder", [True, False])
+async def test_a_big_folder_waits_for_one_listing_not_for_its_end(own, folder):
+    """Store in SeaweedFS order: x-0000 ... x-2999 wait for x/ (an origin in S3 order lists it
+    after them); past LOOKAHEAD entries one listing of x/ settles it, so the first page of 10 reads
+    a few hundred entries, not 3,000."""
+    keys = {f"x-{i:04d}" for i in range(3000)} | ({"x/1"} if folder else set())
+    origin = FakeBucket(keys, own)
+    lister = reordered(origin.pages, "path", Learned("origin"))
+    got: list[str] = []
+    async with aclosing(lister("", "", "", 10)) as entries:
+        async for entry in entries:
+            got.append(entry.key)
+            if len(got) == 10:
+                break
+    assert got == sorted(keys, key=sort_key("path"))[:10]
+    assert origin.pulled < 3 * LOOKAHEAD

@@ -15,6 +15,7 @@ from mitmproxy.test import tutils
 from backorigin.limits import PART_SIZE
 from backorigin.miss import addresses as addresses_module
 from backorigin.miss.addresses import is_public
+from backorigin.miss.folders import folder_redirect
 from backorigin.miss.origin import Failure, OriginClient, OriginResult, should_switch
 from backorigin.rules.targets import build_request
 from tests.loopback import Loopback, server_context
@@ -348,3 +349,16 @@ async def test_a_plain_md5_etag_is_announced_and_kept_with_one_put(origin):
 ])
 def test_which_addresses_are_public(address, public):
     assert is_public(address) is public
+
+
+@pytest.mark.parametrize(("url", "target", "folder"), [
+    ("http://o:1/data/dir", "http://o:1/data/dir/", True),
+    ("http://o:1/data/dir", "http://elsewhere:2/data/dir/", True),  # the path says it, on any host
+    ("http://o:1/data/dir?x=1", "http://o:1/data/dir/?x=1", True),
+    ("http://o:1/data/dir?x=1", "http://o:1/data/dir/", False),
+    ("http://o:1/data/dir", "http://o:1/data/dir/index.html", False),
+    ("http://o:1/data/dir", "http://o:1/data/other/", False),
+    ("http://o:1/data/dir/", "http://o:1/data/dir//", False),
+])
+def test_a_redirect_to_the_same_path_plus_a_slash_says_folder(url, target, folder):
+    assert bool(folder_redirect(url, 301, target)) is folder

@@ -28,11 +28,12 @@ origin key `SOME/PREFIX/` + K), signed with MirrorAuth or public. Other rules ar
 merged. An origin that does not answer like an S3 bucket is left out (logged); one that fails
 fails the listing (503), since a listing without it would not be the union.
 
-Key order: S3 lists keys in UTF-8 binary order; SeaweedFS lists them directory by directory
-('a/x' before 'a-b'), which is binary order with '/' sorting first. The merge uses the
-store's order and checks that every side keeps to it; an origin whose order differs from the
-store's cannot be merged page by page, and the listing answers 501 saying so. (Orders are told
-by the Server header: 'SeaweedFS' lists in path order, anything else in S3 order.)
+Key order: S3 lists keys in UTF-8 binary order; SeaweedFS lists them folder by folder ('a/x'
+before 'a-b'), which is binary order with '/' sorting first. The merge answers in the store's
+order, which the proxy asks the store once with a probe (two empty objects listed, then deleted);
+an origin's order is learned from its own pages, and until it is known to be the store's the
+origin is read folder by folder in the store's order, right whatever its own turns out to be
+(backorigin.listing.order says why and how). Never from a Server header, which fronts hide.
 
 Limits: Owner is not listed (fetch-owner is accepted and ignored); only MirrorURL is listed,
 never MirrorURLSlave; a rule's IncludeHeader conditions are evaluated against the listing

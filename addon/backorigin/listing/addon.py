@@ -15,9 +15,10 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.listing.merge import Order, Side, merged_listing
+from backorigin.listing.merge import Side, merged_listing
+from backorigin.listing.order import Learned, Order, reordered
 from backorigin.listing.request import ListingError, is_our_token, list_request
-from backorigin.listing.sources import boto3_lister, detect_order, not_s3, origin_s3_client, origin_side
+from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3 import replies
@@ -33,8 +34,9 @@ Tombstoned = Callable[[str, str], Iterable[str]]  # (bucket, prefix) -> keys del
 
 
 class MergedListing:
-    """boto3 clients for the store and the origins (cached), the key order of each endpoint
-    (cached), and the store client that asks whether the store lets the client list."""
+    """boto3 clients for the store and the origins (cached), the key order of each store (asked
+    with a probe) and of each origin (learned from its pages), and the store client that asks
+    whether the store lets the client list."""
 
     def __init__(self, context: Context | None = None, tombstoned: Tombstoned | None = None,
                  store_client: Callable[[str], Any] = shared_s3_client) -> None:
@@ -47,7 +49,9 @@ class MergedListing:
         self.enabled = False
         self.store = StoreClient()
         self._origin_clients: dict[tuple[str, str, str, str], Any] = {}
-        self._orders: dict[str, Order] = {}
+        self._store_orders: dict[str, Order] = {}  # store endpoint -> its order (order.probe_order)
+        self._probing = asyncio.Lock()  # one probe at a time: listings waiting for it share its answer
+        self._learned: dict[str, Learned] = {}  # origin endpoint/bucket -> what its pages showed of its order
         self._not_s3: dict[str, float] = {}  # origin endpoint/bucket -> when it last did not answer like S3
 
     def load(self, loader: Loader) -> None:
@@ -87,17 +91,26 @@ class MergedListing:
             self._origin_clients[cache_key] = origin_s3_client(endpoint, rule)
         return self._origin_clients[cache_key]
 
-    async def _order(self, where: str, client: Any, bucket: str) -> Order:
-        if where not in self._orders:
-            self._orders[where] = await asyncio.to_thread(detect_order, client, bucket)
-        return self._orders[where]
+    async def store_order(self, endpoint: str, client: Any, bucket: str) -> Order:
+        """The store's key order, asked once with a probe in `bucket` (sources.probe_order)."""
+        async with self._probing:
+            if endpoint not in self._store_orders:
+                try:
+                    self._store_orders[endpoint] = await asyncio.to_thread(probe_order, client, bucket)
+                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                    raise ListingError(503, "ServiceUnavailable", (
+                        f"cannot learn the store's key order: the proxy writes, lists and deletes two empty objects "
+                        f"{bucket}/.backorigin-order-probe-* for it, and the store said: {e}")) from e
+                logger.info("the store %s lists keys in %s order (asked)", endpoint, self._store_orders[endpoint])
+            return self._store_orders[endpoint]
 
     async def sides(self, bucket: str, book: RuleBook, store_endpoint: str, request: http.Request) -> list[Side]:
         """The store's side and the side of every merged rule's origin that answers like S3, in
-        RuleNumber order; just the store's when no rule is merged."""
+        RuleNumber order; just the store's when no rule is merged. Each origin is read in the
+        store's order: as it lists when its pages showed that is its order, else reordered."""
         store = self.store_client(store_endpoint)
-        store_order = await self._order(store_endpoint, store, bucket)
-        sides = [Side(boto3_lister(store, bucket, store_order), order=store_order)]
+        store_order = await self.store_order(store_endpoint, store, bucket)
+        sides = [Side(in_order(boto3_pages(store, bucket), store_order), order=store_order)]
         for rule in book.rules_for(bucket):
             try:
                 where = OriginBucket.of(rule)
@@ -108,7 +121,8 @@ class MergedListing:
                 continue
             client = self.origin_client(where.endpoint, rule)
             try:
-                order = await self._order(name, client, where.bucket)
+                if name not in self._learned:  # its first listing: does it answer like S3?
+                    await asyncio.to_thread(client.list_objects_v2, Bucket=where.bucket, MaxKeys=1)
             except Exception as e:
                 if not_s3(e):
                     logger.warning("merged listing leaves out %s (RuleNumber %d): it does not answer like an S3 bucket: %s",
@@ -116,7 +130,10 @@ class MergedListing:
                     self._not_s3[name] = time.monotonic()
                     continue
                 raise ListingError(503, "ServiceUnavailable", f"cannot list the origin {name}: {e}") from e
-            side = origin_side(rule, book, bucket, boto3_lister(client, where.bucket, order), request, order)
+            learned = self._learned.setdefault(name, Learned(name))
+            pages = boto3_pages(client, where.bucket)
+            lister = in_order(pages, store_order) if learned.order == store_order else reordered(pages, store_order, learned)
+            side = origin_side(rule, book, bucket, lister, request, store_order)
             if side is not None:
                 sides.append(side)
         return sides

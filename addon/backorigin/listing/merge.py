@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
+from backorigin.listing.order import ORDER_NAMES, Order, order_key, start_before
 from backorigin.listing.request import (
     Entry,
     ListingError,
@@ -25,22 +25,10 @@ from backorigin.listing.request import (
 SIDE_PAGE = 1000  # entries asked of a side per page after its first
 CHECK_PAGE = 10  # entries asked first when checking that a common prefix has a key to show
 
-Order = Literal["s3", "path"]
-ORDER_NAMES = {"s3": "UTF-8 binary order, as S3", "path": "'/' before every other character, as SeaweedFS"}
-
-
 def next_page_size(previous: int) -> int:
     """Side pages grow from the client's page size: a page of 7 never waits for 1000 entries
     (SeaweedFS takes ~30 times longer for those than for 8)."""
     return max(1, min(SIDE_PAGE, previous * 2))
-
-
-def order_key(order: Order) -> Callable[[str], str]:
-    """A sort key for `order`: 's3' is UTF-8 binary order (Python compares code points, which
-    sorts as UTF-8 bytes do); 'path' sorts '/' before every other character (SeaweedFS)."""
-    if order == "path":
-        return lambda key: key.replace("/", "\0")
-    return lambda key: key
 
 
 
@@ -91,17 +79,24 @@ class _SideReader:
         self.sort = order_key(order)
 
     def _raw(self, prefix: str, delimiter: str, page_size: int) -> AsyncGenerator[Entry, None]:
-        after = self.params.after
-        return self.side.lister(self.side.base + prefix, delimiter, self.side.base + after if after else "", page_size)
+        """The side's entries after the page's start; an origin's from a little before it, so that
+        no origin skips a folder the store's key names (order.start_before): _mapped drops the
+        keys before the start, and the common prefixes it lists are checked (Side.filtered)."""
+        after = self.side.base + self.params.after if self.params.after else ""
+        return self.side.lister(self.side.base + prefix, delimiter, start_before(after) if self.side.filtered else after, page_size)
 
     async def _mapped(self, prefix: str, delimiter: str, page_size: int) -> AsyncGenerator[Entry, None]:
         """The side's raw entries with bucket keys, checked to come in the merge's order."""
         previous: str | None = None
         base = self.side.base
+        start = base + self.params.after if self.params.after else None
         async with aclosing(self._raw(prefix, delimiter, page_size)) as raw:
             async for entry in raw:
                 if not entry.key.startswith(base + prefix):
                     raise ListingError(502, "InternalError", f"{self.side.name} listed {entry.key!r} outside {base + prefix!r}")
+                if start is not None and self.sort(entry.key) <= self.sort(start) and not (
+                        entry.is_prefix and start.startswith(entry.key)):
+                    continue  # read from a little before the start (see _raw)
                 if previous is not None and self.sort(entry.key) < self.sort(previous):
                     raise ListingError(
                         501, "NotImplemented",

@@ -6,8 +6,11 @@ origin (rules.plan.plan_get), under the same key."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import uuid
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +22,15 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from mitmproxy import http
 
-from backorigin.listing.merge import SIDE_PAGE, Lister, Order, Side, next_page_size, order_key
+from backorigin.listing.merge import SIDE_PAGE, Lister, Side, next_page_size
+from backorigin.listing.order import Order, PageLister, order_key
 from backorigin.listing.request import Entry, ListingError
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.plan import Act, plan_get
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3.addressing import ObjectRef
+
+logger = logging.getLogger(__name__)
 
 
 def origin_side(rule: RoutingRule, book: RuleBook, bucket: str, lister: Lister, request: http.Request,
@@ -54,22 +60,20 @@ def _timestamp(value: Any) -> str:
     return str(value or "")
 
 
-def page_entries(page: Mapping[str, Any], order: Order) -> list[Entry]:
-    """A ListObjectsV2 answer (boto3's dict) as entries, objects and common prefixes in `order`."""
+def page_entries(page: Mapping[str, Any]) -> list[Entry]:
+    """A ListObjectsV2 answer (boto3's dict) as entries, as it lists them: objects, then common prefixes."""
     entries = [
         Entry(item["Key"], size=int(item.get("Size", 0)), etag=item.get("ETag", ""),
               last_modified=_timestamp(item.get("LastModified")), storage_class=item.get("StorageClass") or "STANDARD")
         for item in page.get("Contents", [])
     ]
-    entries += [Entry(item["Prefix"], is_prefix=True) for item in page.get("CommonPrefixes", [])]
-    sort = order_key(order)
-    return sorted(entries, key=lambda entry: sort(entry.key))
+    return entries + [Entry(item["Prefix"], is_prefix=True) for item in page.get("CommonPrefixes", [])]
 
 
-def boto3_lister(client: Any, bucket: str, order: Order = "s3") -> Lister:
-    """A Lister over ListObjectsV2 of `bucket` with a boto3 client, each call in a thread."""
+def boto3_pages(client: Any, bucket: str) -> PageLister:
+    """A PageLister over ListObjectsV2 of `bucket` with a boto3 client, each call in a thread."""
 
-    async def entries(prefix: str, delimiter: str, start_after: str, first_page: int) -> AsyncGenerator[Entry, None]:
+    async def pages(prefix: str, delimiter: str, start_after: str, first_page: int) -> AsyncGenerator[list[Entry], None]:
         args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max(1, min(first_page, SIDE_PAGE))}
         if delimiter:
             args["Delimiter"] = delimiter
@@ -78,8 +82,7 @@ def boto3_lister(client: Any, bucket: str, order: Order = "s3") -> Lister:
         seen_tokens: set[str] = set()
         while True:  # ends: every page has a new continuation token, or it is the last
             page = await asyncio.to_thread(client.list_objects_v2, **args)
-            for entry in page_entries(page, order):
-                yield entry
+            yield page_entries(page)
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated"):
                 return
@@ -89,14 +92,46 @@ def boto3_lister(client: Any, bucket: str, order: Order = "s3") -> Lister:
             args.pop("StartAfter", None)
             args.update(ContinuationToken=token, MaxKeys=next_page_size(args["MaxKeys"]))
 
+    return pages
+
+
+def in_order(pages: PageLister, order: Order) -> Lister:
+    """A Lister of a side known to list in `order`: each page's objects and common prefixes merged in it."""
+    sort = order_key(order)
+
+    async def entries(prefix: str, delimiter: str, start_after: str, first_page: int) -> AsyncGenerator[Entry, None]:
+        async with aclosing(pages(prefix, delimiter, start_after, first_page)) as listed:
+            async for page in listed:
+                for entry in sorted(page, key=lambda entry: sort(entry.key)):
+                    yield entry
+
     return entries
 
 
-def detect_order(client: Any, bucket: str) -> Order:
-    """'path' for SeaweedFS (told by its Server header), else 's3' (blocking)."""
-    page = client.list_objects_v2(Bucket=bucket, MaxKeys=1)
-    server = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server", "")
-    return "path" if "seaweedfs" in server.lower() else "s3"
+PROBE_NAME = ".backorigin-order-probe-"  # + a random part; see probe_order
+
+
+def probe_order(client: Any, bucket: str) -> Order:
+    """The order a store lists keys in, asked (blocking): two empty objects that the two orders
+    list the other way round, written create-only under a name with a random part, listed, and
+    deleted, with the folder SeaweedFS made for one of them (see listing.order)."""
+    base = f"{PROBE_NAME}{uuid.uuid4().hex}"
+    pair = (base + "-", base + "/x")  # S3 lists the first first; SeaweedFS the second
+    written: list[str] = []
+    try:
+        for key in pair:
+            client.put_object(Bucket=bucket, Key=key, Body=b"", IfNoneMatch="*")
+            written.append(key)
+        listed = [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix=base).get("Contents", [])]
+    finally:
+        for key in [*written, base + "/"]:
+            try:
+                client.delete_object(Bucket=bucket, Key=key)
+            except botocore.exceptions.ClientError as e:
+                logger.warning("could not delete the order probe s3://%s/%s: %s", bucket, key, e)
+    if sorted(listed) != sorted(pair):
+        raise ListingError(503, "ServiceUnavailable", f"the store listed {listed!r} for its order probe {list(pair)!r}")
+    return "s3" if listed[0] == pair[0] else "path"
 
 
 def origin_s3_client(endpoint: str, rule: RoutingRule) -> Any:

@@ -104,7 +104,8 @@ def _without_body(result: OriginResult, ref: ObjectRef, store_404: StoreAnswer, 
     MirrorFailed."""
     if result.status == 404:
         headers = [(k, v) for k, v in store_404.headers if k.lower() not in HOP_BY_HOP]
-        return Reply(store_404.status, headers, store_404.body, outcome=Outcome.ORIGIN_404, origin_status=404)
+        return Reply(store_404.status, headers, store_404.body, outcome=Outcome.ORIGIN_404, detail=result.detail,
+                     origin_status=404)
     if result.status in transparent_codes:
         return Reply(result.status, list(result.storable_headers.items()), result.body, outcome=Outcome.TRANSPARENT,
                      origin_status=result.status)

@@ -165,7 +165,7 @@ class Mirror:
                 logger.exception("fetch of %s failed", request.url)
                 result = OriginResult.failed(request.url, Failure.NETWORK, f"{type(e).__name__}: {e}")
             logger.info("bucket %s, RuleNumber %d: GET %s -> %s", ref.bucket, rule.RuleNumber, result.url,
-                        result.status or result.detail)
+                        " ".join(str(part) for part in (result.status, result.detail) if part))
             self.on_fetched(result, time.monotonic() - started)
             try:
                 writeback = self._spool(fill, result, not_storing)
@@ -253,7 +253,7 @@ class Mirror:
 
     def _landed(self, upload: ObjectUpload, outcome: WriteBackOutcome, detail: str) -> None:
         key = upload.object_key
-        if outcome == "failed":  # served from the origin from now on, not fetched and refused again
+        if outcome in ("failed", "refused"):  # served from the origin from now on, not stored and refused again
             self.refused[key] = detail or "refused"
             while len(self.refused) > REFUSED_KEPT:
                 self.refused.popitem(last=False)

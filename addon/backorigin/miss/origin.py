@@ -26,6 +26,7 @@ from botocore.credentials import Credentials
 from backorigin import httpclient
 from backorigin.limits import MAX_OBJECT_SIZE, PART_SIZE, WHOLE_ANSWER_LIMIT
 from backorigin.miss.addresses import RedirectRefused, checked_address
+from backorigin.miss.folders import folder_redirect
 from backorigin.miss.integrity import BodyCheck, decimal, multipart_parts, part_layout
 from backorigin.miss.loop import LOOP_HEADER, LoopMarker
 from backorigin.options import parse_size
@@ -310,6 +311,8 @@ class OriginClient:
             async with self._send(method, url, _signed(method, url, headers, auth), pinned) as response:
                 location = response.headers.get("location", "")
                 if response.status in REDIRECT_STATUSES and location:
+                    if why := folder_redirect(url, response.status, urljoin(url, location)):
+                        return OriginResult(first_url, 404, detail=why, final_url=url)  # a folder is no object
                     if not request.follow_redirects:
                         return OriginResult(first_url, response.status, location=location)
                     url = urljoin(url, location)

@@ -48,7 +48,7 @@ from backorigin.tools.report import Finished, Report
 from backorigin.tools.shards import Shard
 from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
 from backorigin.ui.metrics import BackfillCollector, Metrics
-from backorigin.writeback.upload import retrying, upload_object
+from backorigin.writeback.upload import KeyRefused, retrying, upload_object
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class Backfill:
                 return Finished(key, "tombstoned")  # deleted through a proxy while it was fetched
             outcome = await asyncio.to_thread(store_object, store, upload, path)
             return Finished(key, "copied", size=result.size) if outcome == "stored" else Finished(key, "already-present")
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError, ValueError) as e:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError, ValueError, KeyRefused) as e:
             return Finished(key, "failed", describe_error(e))
         finally:
             path.unlink(missing_ok=True)

@@ -40,8 +40,9 @@ ObjectKey = tuple[str, str, str]  # (store endpoint, bucket, key): one object in
 
 FAILED_KEPT = 1000  # write-backs the store refused for good, kept in spool/failed/ for a person to look at
 
-# How a write-back ended. "gone": one this worker never saw end (an earlier worker finished it).
-WriteBackOutcome = Literal["stored", "exists", "deferred", "failed", "dropped", "deleted", "gone"]
+# How a write-back ended. "gone": one this worker never saw end (an earlier worker finished it);
+# "refused": the store refused the key itself (writeback.upload.KeyRefused), not "another writer was first".
+WriteBackOutcome = Literal["stored", "exists", "deferred", "failed", "refused", "dropped", "deleted", "gone"]
 
 
 @dataclass(frozen=True)

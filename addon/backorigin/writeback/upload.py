@@ -3,6 +3,11 @@
 read from the file as it is sent, never held whole: an origin's parts can be gigabytes), each
 checked by the store (Content-MD5) and made create-only with `If-None-Match: *`, so an object that
 appeared meanwhile is never overwritten.
+
+A create-only upload the store refuses with 412 is "exists" only when a HEAD then finds the object
+(another writer was first). With no object there, the store refused the key itself (SeaweedFS
+answers 412 to `dir` while `dir/x` exists: `dir` is a folder of its own): `KeyRefused`, which no
+retry would change.
 """
 
 from __future__ import annotations
@@ -29,8 +34,13 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class KeyRefused(Exception):
+    """The store refused the key itself, not because another writer was first (see the module)."""
+
+
 def upload_object(client: Any, upload: ObjectUpload, body_path: Path) -> Literal["stored", "exists"]:
-    """Store the body at `body_path` as `upload` says; "exists" when the key is already there."""
+    """Store the body at `body_path` as `upload` says; "exists" when the key is already there;
+    KeyRefused when the store refuses to create it although it holds no object there."""
     try:
         if upload.size < upload.part_size:  # one PUT, which the store checks against Content-MD5
             with open(body_path, "rb") as body:
@@ -43,12 +53,25 @@ def upload_object(client: Any, upload: ObjectUpload, body_path: Path) -> Literal
             etag = head.get("ETag", "")
     except botocore.exceptions.ClientError as e:
         if code_of(e) == "PreconditionFailed":
-            return "exists"
+            return _precondition_failed(client, upload)
         raise
     if upload.etag and etag and etag != upload.etag:
         logger.warning("%s: the store gave it ETag %s, clients were told %s; their If-Match will fail",
                        upload.where, etag, upload.etag)
     return "stored"
+
+
+def _precondition_failed(client: Any, upload: ObjectUpload) -> Literal["exists"]:
+    """A create-only upload got 412: "exists" when a HEAD shows the object, else KeyRefused."""
+    try:
+        client.head_object(Bucket=upload.bucket, Key=upload.key)
+    except botocore.exceptions.ClientError as e:
+        if code_of(e) not in ("404", "NoSuchKey", "NotFound"):
+            raise
+        raise KeyRefused(
+            f"the store answered 412 PreconditionFailed to creating {upload.where}, yet holds no object there "
+            "(a HEAD finds none): it refuses the key itself, e.g. a folder of its own by that name") from None
+    return "exists"
 
 
 def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:

@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 from backorigin.deletes.tombstones import open_tombstones
 from backorigin.s3.clients import is_transient, shared_s3_client
 from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
-from backorigin.writeback.upload import retrying, upload_object
+from backorigin.writeback.upload import KeyRefused, retrying, upload_object
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,12 @@ class WriteBack:
             logger.info("write-back of %s dropped: the object was deleted through a proxy", upload.where)
             self.spool.finish(manifest)
             return "deleted"
+        except KeyRefused as e:
+            self.spool.keep_failed(manifest)
+            self._refusals[manifest] = str(e)
+            logger.warning("write-back of %s refused: %s (kept in %s; served from the origin, not stored)",
+                           upload.where, e, self.spool.failed)
+            return "refused"
         except Exception as e:  # any failure is logged and kept, never raised into the loop
             return self._failed(manifest, upload, e)
         self.spool.finish(manifest)
