@@ -173,6 +173,11 @@ def world(tmp_path_factory):
                 env={"AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1], "AWS_DEFAULT_REGION": "us-east-1"},
             )
             proxy.start()
+        # the operator named no vhost domain, while the store answers virtual-hosted names
+        proxies["no-vhost"] = ModeMitmdump(
+            f"reverse:{store.endpoint}", rules, work / "proxy-no-vhost", {"keep_host_header": "true"},
+            env={"AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1], "AWS_DEFAULT_REGION": "us-east-1"})
+        proxies["no-vhost"].start()
         yield World(store, nginx, origin, proxies)
     finally:
         for proxy in proxies.values():
@@ -335,10 +340,25 @@ def test_the_proxy_acts_only_on_what_the_store_acted_on(world, front, protocol, 
 # the findings of issue 25, each as the issue tells it ------------------------------------------
 
 
-def _through(world: World, method: str, host: str, target: str, keys=None, body: bytes = b"") -> httpx.Response:
-    proxy = world.proxies["direct"]
+def _through(world: World, method: str, host: str, target: str, keys=None, body: bytes = b"", proxy: str = "direct") -> httpx.Response:
     with httpx.Client(timeout=30) as client:
-        return client.request(method, proxy.url + target, headers=signed(method, host, target, body, keys), content=body)
+        return client.request(method, world.proxies[proxy].url + target, headers=signed(method, host, target, body, keys), content=body)
+
+
+def test_a_virtual_hosted_name_the_operator_did_not_name_is_left_to_the_store(world):
+    """The store answers virtual-hosted names, the proxy was told none: `curl -H 'Host: pub.s3.test'
+    http://PROXY/priv/KEY` made the proxy fetch priv's private origin (the store read pub/priv/KEY),
+    and a user's `DELETE /photos/k` with `Host: mine.s3.test` (the store deleted mine/photos/k)
+    tombstoned photos/k. Now the unknown name is forwarded untouched."""
+    cid = uuid.uuid4().hex[:10]
+    direct = world.direct["direct"].get(f"/priv/{cid}", headers={"host": "pub.s3.test"})
+    answer = _through(world, "GET", "pub.s3.test", f"/priv/{cid}", proxy="no-vhost")
+    assert (answer.status_code, answer.content) == (direct.status_code, direct.content) and world.origin.requests_for(cid) == []
+    world.admin.put_object(Bucket="mine", Key=f"photos/{cid}", Body=b"x")
+    answer = _through(world, "DELETE", "mine.s3.test", f"/photos/{cid}", IDENTITIES["user"], proxy="no-vhost")
+    assert answer.status_code == 204 and stored(world.admin, "mine", f"photos/{cid}") is None
+    assert tombstoned(world.proxies["no-vhost"].spool, {("mine", f"photos/{cid}"), ("photos", cid)}) == set()
+    assert "forwarded untouched (unknown-host): pub.s3.test" in world.proxies["no-vhost"].log()
 
 
 def test_a_virtual_hosted_name_names_the_bucket_the_store_reads(world):
