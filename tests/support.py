@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from botocore.exceptions import ClientError
 
@@ -147,7 +148,7 @@ class Mitmdump:
         return mitmdump_command(self.mode, self.port, self.rules, {"confdir": str(self.workdir / "confdir"), **self.options},
                                 self.extra_args)
 
-    def start(self, ready_within: float = 30.0) -> Mitmdump:
+    def start(self, ready_within: float = 30.0) -> Self:
         self.port = self.port or free_ports(1)[0]
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
@@ -170,16 +171,35 @@ class Mitmdump:
             return self.process.wait()
 
 
-def write_back_worker(proxy_pid: int, within: float = 15.0) -> int:
-    """The pid of the addon's write-back worker (python -m backorigin.writeback.worker, a child of mitmdump)."""
+def running(pid: int) -> bool:
+    """Whether the process is alive (a zombie is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def write_back_worker(proxy_pid: int, within: float = 15.0, module: str = "backorigin.writeback.worker") -> int:
+    """The pid of the addon's write-back worker (python -m backorigin.writeback.worker, a child of
+    mitmdump), or of its other worker `module`."""
     def find() -> int | None:
         for task in Path(f"/proc/{proxy_pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 with contextlib.suppress(OSError):
-                    if b"backorigin.writeback.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    if module.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
                         return int(child)
         return None
     return wait_for(find, within=within)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The proxy's Prometheus metrics (backorigin_metrics_port): (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def wait_for(check, within: float = 15.0, every: float = 0.1):
@@ -228,15 +248,17 @@ class Relay:
     """A loopback TCP relay that holds each connection `delay` seconds before passing it on
     (a slow store, so write-backs are still pending when the test needs them to be) and
     passes the upstream's answers on at `rate` bytes/s when given (a slow origin, so a fetch
-    is still under way while later misses arrive).
+    is still under way while later misses arrive), and the requests at `request_rate` bytes/s (a
+    slow upload).
 
     `requests` is the upstream's access log: the request line of every request relayed (for
     clients that send no request bodies, like the proxy's origin fetches)."""
 
-    def __init__(self, upstream_port: int, delay: float = 0.0, rate: int | None = None) -> None:
+    def __init__(self, upstream_port: int, delay: float = 0.0, rate: int | None = None, request_rate: int | None = None) -> None:
         self.upstream_port = upstream_port
         self.delay = delay
         self.rate = rate
+        self.request_rate = request_rate
         self.requests: list[str] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -261,7 +283,7 @@ class Relay:
             except OSError:
                 return  # the upstream is down: the client sees its connection closed
             with upstream:
-                threading.Thread(target=_pipe, args=(client, upstream, None, self._log_requests()), daemon=True).start()
+                threading.Thread(target=_pipe, args=(client, upstream, self.request_rate, self._log_requests()), daemon=True).start()
                 _pipe(upstream, client, self.rate)
 
     def _log_requests(self) -> Callable[[bytes], None]:

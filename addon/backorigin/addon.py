@@ -7,8 +7,8 @@ Loaded by mitmproxy from addon/script.py:
 (s3.addressing), what the rules say (rules.plan.plan_get), asking the store first (miss.probe),
 then a redirect (rules.targets), or a mirror (miss.mirror, answered by miss.delivery). Each other
 concern is a child addon with its own options and hooks: the rules file, the mirror machinery
-and its spool, deletes, the merged listing, the miss delivery, metrics, the ledger, commands and
-the mitmweb view. mitmproxy runs this addon's hook first, then its children's, in order.
+and its spool, deletes, write-through, the merged listing, the miss delivery, metrics, the ledger,
+commands and the mitmweb view. mitmproxy runs this addon's hook first, then its children's, in order.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from backorigin.ui.commands import Commands
 from backorigin.ui.contentview import DecisionView
 from backorigin.ui.ledger import Ledger
 from backorigin.ui.metrics import MetricsEndpoint
+from backorigin.writethrough.addon import WriteThrough
 
 logger = logging.getLogger(__name__)
 HEAD_ON_MISS = ("object", "oss")
@@ -65,13 +66,12 @@ class BackOrigin:
         self.deletes = Deletes(self.context, self.mirroring)
         self.listing = MergedListing(self.context, self.deletes.under)
         self.delivery = MissDelivery(self.recorder)
+        self.writethrough = WriteThrough(self.context, self.mirroring)
         self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones),
-                                       self.stores.set_aside)
-        self.addons = [
-            self.rules_file, self.stores, self.mirroring, self.protection, self.deletes, self.listing, self.delivery, self.metrics,
-            Ledger(self.recorder), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(),
-            StoreServerName(), GivenOnce(),
-        ]
+                                       self.writethrough, self.stores.set_aside)
+        self.addons = [self.rules_file, self.stores, self.mirroring, self.protection, self.deletes, self.writethrough, self.listing,
+                       self.delivery, self.metrics, Ledger(self.recorder), DecisionView(), StoreServerName(),
+                       Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), GivenOnce()]
         self.mirroring.origin.own_listeners = lambda: own_listeners(self.metrics, self.delivery)
         self._mirror_heads = True
         self._403_is_miss = False
@@ -248,7 +248,7 @@ class BackOrigin:
         self._act_without_origin(flow, ref, after, status)
 
     async def _plan(self, flow: http.HTTPFlow, ref: ObjectRef, status: int, answer: StoreAnswer) -> GetPlan:
-        deleted = status == 404 and await self.deletes.is_deleted(ref)
+        deleted = status == 404 and (self.writethrough.writing(flow, ref) or await self.deletes.is_deleted(ref))
         return plan_get(self.context.rulebook, ref, flow.request, status, mirror_heads=self._mirror_heads,
                         delete_marker=plan.is_delete_marker(answer.headers), deleted=deleted)
 

@@ -53,6 +53,11 @@ class Context:
         reading = self.read(flow)
         return reading.ref if reading is not None else None
 
+    def bucket(self, flow: http.HTTPFlow) -> str | None:
+        """The bucket a bucket call (DeleteObjects, a listing) names as the store reads it, or None."""
+        reading = self.read(flow)
+        return reading.bucket if reading is not None and reading.bucket and not reading.key else None
+
     def endpoint(self, request: http.Request) -> str | None:
         """The store the proxy writes to and asks on the request's behalf (its address for the
         proxy's own requests), None for a request set aside. Read when its flow was."""

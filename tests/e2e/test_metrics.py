@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from backorigin.tools.embedded_store import free_ports
-from tests.support import Mitmdump, http_get, mirror_rule, wait_for, write_rules
+from tests.support import Mitmdump, http_get, mirror_rule, scrape, wait_for, write_rules
 
 BUCKET = "metrics-bucket"
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def test_metrics_move_as_requests_go_through(tmp_path, store, origin, unique):

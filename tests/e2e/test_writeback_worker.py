@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
 from tests.origin_server import body_for
-from tests.support import Mitmdump, Relay, http_get, mirror_rule, wait_for, wait_stored, write_back_worker, write_rules
+from tests.support import Mitmdump, Relay, http_get, mirror_rule, running, wait_for, wait_stored, write_back_worker, write_rules
 
 BUCKET = "worker-bucket"
 
@@ -20,14 +19,6 @@ BUCKET = "worker-bucket"
 def worker_rules(tmp_path_factory, store, origin):
     store.create_buckets([BUCKET])
     return write_rules(tmp_path_factory.mktemp("worker") / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/dir1/")]})
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_uploads_run_in_the_worker_not_in_the_proxy(tmp_path, store, s3, worker_rules, unique):

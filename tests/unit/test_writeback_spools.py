@@ -114,5 +114,15 @@ def test_spools_left_behind_are_those_with_work_that_no_running_proxy_holds(tmp_
     assert "another proxy's spool) holds 4 tombstone(s) and" in describe(found[1])
 
 
+def test_a_spool_left_with_writes_not_yet_at_the_origin_is_named(tmp_path):
+    stopped = spool_with(tmp_path / SPOOLS / "reverse-127.0.0.1-8084", owner=NO_SUCH_PID)
+    (stopped / "writethrough").mkdir()
+    for i in range(2):
+        (stopped / "writethrough" / f"{i}.json").write_text("{}")
+    (found,) = left_behind(tmp_path, tmp_path / SPOOLS / "mine")
+    assert (found.directory, found.writes) == (stopped, 2)
+    assert "holds 2 write(s) not yet at the origin (write-through) and no running proxy uses it" in describe(found)
+
+
 def test_nothing_is_left_behind_in_a_new_confdir(tmp_path):
     assert left_behind(tmp_path / "confdir", tmp_path / "confdir" / SPOOLS / "regular-all-8080") == []

@@ -143,10 +143,7 @@ class Deletes:
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
         response = flow.response
         if flow.request.method == "POST" and response is not None and DELETING_KEY in flow.metadata:
-            response.stream = DeleteManyBody(lambda body: None, response.headers.get("content-length"))
-            if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
-                del response.headers["content-length"]
-                response.headers["transfer-encoding"] = "chunked"
+            read_as_it_passes(response)
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         deleting = flow.metadata.pop(DELETING_KEY, [])
@@ -220,6 +217,18 @@ class Deletes:
             versioned[key] = versioned.get(key, True) and of_version
         refs = [(ObjectRef(bucket, key), only_version) for key, only_version in versioned.items()]
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
+
+
+def read_as_it_passes(response: http.Response) -> None:
+    """A DeleteObjects answer through a `DeleteManyBody` (unless it goes through one already), sent
+    chunked, so that the client has all of it only once the response hook has run: mitmproxy sends
+    the last chunk after that hook, whatever the answer's size."""
+    if isinstance(response.stream, DeleteManyBody):
+        return
+    response.stream = DeleteManyBody(lambda body: None, response.headers.get("content-length"))
+    if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
+        del response.headers["content-length"]
+        response.headers["transfer-encoding"] = "chunked"
 
 
 class DeleteManyBody:

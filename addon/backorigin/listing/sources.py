@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import botocore.exceptions
 import botocore.parsers
-import botocore.session
-from botocore import UNSIGNED
-from botocore.config import Config
 from mitmproxy import http
 
 from backorigin.listing.merge import SIDE_PAGE, Lister, Side, next_page_size
@@ -29,6 +24,7 @@ from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.plan import Act, plan_get
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.clients import foreign_s3_client
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +131,11 @@ def probe_order(client: Any, bucket: str) -> Order:
 
 
 def origin_s3_client(endpoint: str, rule: RoutingRule) -> Any:
-    """A boto3 client for a rule's S3 origin: signed with MirrorAuth (SigV4), else unsigned. Like the
-    origin fetches, it reads no credentials, config or proxy variables of this machine."""
+    """A boto3 client for a rule's S3 origin: signed with MirrorAuth (SigV4), else unsigned."""
     auth = rule.Redirect.MirrorAuth
-    session = botocore.session.Session()
-    session.set_config_variable("config_file", os.devnull)
-    session.set_config_variable("credentials_file", os.devnull)
-    config = Config(
-        s3={"addressing_style": "path"}, retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5,
-        read_timeout=30, signature_version="s3v4" if auth else UNSIGNED, proxies={},
-    )
-    return boto3.session.Session(botocore_session=session).client(
-        "s3", endpoint_url=endpoint, region_name=auth.Region if auth else "us-east-1", config=config,
-        aws_access_key_id=auth.AccessKeyId if auth else None,
-        aws_secret_access_key=auth.AccessKeySecret.get_secret_value() if auth else None,
-    )
+    if auth is None:
+        return foreign_s3_client(endpoint)
+    return foreign_s3_client(endpoint, auth.Region, (auth.AccessKeyId, auth.AccessKeySecret.get_secret_value()))
 
 
 def not_s3(error: Exception) -> bool:

@@ -125,7 +125,7 @@ class Mirroring:
         spool = self.mirror.writeback.spool.directory
         logger.info("write-back spool: %s", spool)
         for left in left_behind(Path(ctx.options.confdir), spool):
-            logger.log(logging.WARNING if left.pending else logging.INFO, "%s", describe(left))
+            logger.log(logging.WARNING if left.pending or left.writes else logging.INFO, "%s", describe(left))
         self.mirror.resume()
 
     async def aclose(self) -> None:

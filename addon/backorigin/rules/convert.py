@@ -346,6 +346,14 @@ def bucket_rules(book: RuleBook, bucket: str) -> tuple[RoutingRule, ...]:
     return book.rules_for(bucket)
 
 
+def export_bucket(book: RuleBook, bucket: str) -> Converted[str]:
+    """One bucket's rules as OSS XML, with a warning for the bucket entry's own fields it leaves out."""
+    xml, warnings = rules_to_oss_xml(bucket_rules(book, bucket))
+    if book.writes_through(bucket):
+        warnings.insert(0, f"WriteThrough left out of the XML: {BACKORIGIN_ONLY_FIELDS['WriteThrough']}")
+    return Converted(xml, warnings)
+
+
 def rules_to_oss_xml(rules: Sequence[RoutingRule]) -> Converted[str]:
     """Validated rules as an OSS WebsiteConfiguration, ready for PutBucketWebsite."""
     warnings: list[str] = []

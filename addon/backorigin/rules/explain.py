@@ -10,6 +10,7 @@ from mitmproxy import http
 from backorigin.rules.model import RuleBook
 from backorigin.rules.plan import Act, GetPlan, plan_get
 from backorigin.rules.targets import location
+from backorigin.rules.writethrough import origin_copy
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.reading import Names, SentRequest, SetAside, as_recorded, dns_name, read
 
@@ -30,9 +31,14 @@ def explain(rulebook: RuleBook, url: str, vhost_domains: tuple[str, ...] = ()) -
     before = plan_get(rulebook, ref, request, None)
     if before.act is Act.REDIRECT:
         lines.append(f"  any GET: {_describe(before, ref, request)} (decided before the store is asked)")
-        return "\n".join(lines)
-    for status, label in ((404, "missing object (404 NoSuchKey)"), (200, "existing object (200)")):
-        lines.append(f"  {label}: {_describe(plan_get(rulebook, ref, request, status), ref, request)}")
+    else:
+        for status, label in ((404, "missing object (404 NoSuchKey)"), (200, "existing object (200)")):
+            lines.append(f"  {label}: {_describe(plan_get(rulebook, ref, request, status), ref, request)}")
+    if rulebook.writes_through(ref.bucket):
+        copy = origin_copy(rulebook, ref)
+        lines.append("  writes (PUT, copy, multipart upload, DELETE): " + (
+            f"applied to the origin too, s3://{copy.bucket}/{copy.key} at {copy.endpoint} (WriteThrough; signed with "
+            f"MirrorAuth {copy.access_key_id})" if copy else "not written through: no Mirror rule covers the key"))
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from backorigin.rules import writethrough
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
@@ -56,6 +57,7 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         ) from None
 
     buckets: dict[str, tuple[RoutingRule, ...]] = {}
+    write_through = set()
     for bucket in document.Buckets:
         where = f'{source}: bucket "{bucket.Name}"'
         if bucket.Name in buckets:
@@ -71,7 +73,11 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         if repeated:
             raise RulesError(f"{where}: RuleNumber {repeated[0]}: field RuleNumber: used by more than one rule")
         buckets[bucket.Name] = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
-    return RuleBook(source=source, buckets=buckets)
+        if bucket.WriteThrough:
+            if why := writethrough.refusal(buckets[bucket.Name]):
+                raise RulesError(f"{where}: {why}")
+            write_through.add(bucket.Name)
+    return RuleBook(source=source, buckets=buckets, write_through=frozenset(write_through))
 
 
 def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:

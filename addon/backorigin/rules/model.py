@@ -373,6 +373,8 @@ class RoutingRule(_Model):
 class BucketRules(_Model):
     Name: str = Field(min_length=1)
     RoutingRules: tuple[RoutingRule, ...]
+    # backorigin's own: every write through the proxy is applied to the S3 origin too (rules.writethrough)
+    WriteThrough: OssBool = False
 
 
 class RulesDocument(_Model):
@@ -385,9 +387,13 @@ class RuleBook:
 
     source: str
     buckets: Mapping[str, tuple[RoutingRule, ...]]
+    write_through: frozenset[str] = frozenset()  # the buckets with WriteThrough
 
     def rules_for(self, bucket: str) -> tuple[RoutingRule, ...]:
         return self.buckets.get(bucket, ())
+
+    def writes_through(self, bucket: str) -> bool:
+        return bucket in self.write_through
 
     def may_act_on(self, bucket: str, status: int) -> bool:
         """Whether a rule of the bucket may act once the store answered `status` (see decide_after_store)."""

@@ -85,14 +85,17 @@ def refuse_private_origins(book: RuleBook) -> None:
 
 
 def covered_by_mirror(book: RuleBook, ref: ObjectRef) -> bool:
-    """Whether a Mirror rule of the bucket covers the key (its prefix and suffix; header
-    conditions aside, since another request for the key may carry other headers): the keys
-    whose deletes leave tombstones, and so the only keys a tombstone can hide."""
-    return any(
-        rule.Redirect.is_mirror and ref.key.startswith(rule.Condition.KeyPrefixEquals)
-        and ref.key.endswith(rule.Condition.KeySuffixEquals)
-        for rule in book.rules_for(ref.bucket)
-    )
+    """Whether a Mirror rule of the bucket covers the key: the keys whose deletes leave
+    tombstones, and so the only keys a tombstone can hide."""
+    return covering_mirror(book, ref) is not None
+
+
+def covering_mirror(book: RuleBook, ref: ObjectRef) -> RoutingRule | None:
+    """The first Mirror rule of the bucket whose prefix and suffix hold for the key (header
+    conditions aside, since another request for the key may carry other headers)."""
+    return next((rule for rule in book.rules_for(ref.bucket) if rule.Redirect.is_mirror
+                 and ref.key.startswith(rule.Condition.KeyPrefixEquals) and ref.key.endswith(rule.Condition.KeySuffixEquals)),
+                None)
 
 
 # the store's answer, as the rules read it ----------------------------------------------------

@@ -14,6 +14,9 @@ from pydantic import BaseModel, SecretStr
 # Fields of our rules that OSS does not have; export leaves them out of the XML.
 BACKORIGIN_ONLY_FIELDS = {
     "MirrorHost": "backorigin only (the Host header sent to the origin); OSS has no such field",
+    # a bucket entry's, not a RoutingRule's: see rules.convert.export_bucket
+    "WriteThrough": "backorigin only (every write through the proxy is applied to the bucket's S3 origin too: "
+                    "docs/write-through.md); OSS has no such field",
 }
 # OSS writes these lists as one comma-separated text, not as repeated elements (in XML and in its SDKs).
 COMMA_SEPARATED_FIELDS = frozenset({"TransparentMirrorResponseCodes"})

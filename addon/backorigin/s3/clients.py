@@ -7,10 +7,12 @@ boto3 is blocking: run its calls in a thread from the event loop.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
 
@@ -40,14 +42,37 @@ def make_s3_client(endpoint: str) -> Any:
     )
 
 
+def foreign_s3_client(endpoint: str, region: str = "us-east-1", keys: tuple[str, str] | None = None,
+                      attempts: int = 3) -> Any:
+    """A boto3 client for an S3 origin (not the store): signed with `keys` (access key id, secret:
+    SigV4), else unsigned. Like the origin fetches, it reads no credentials, config or proxy
+    variables of this machine: an origin's requests are signed as its rule says, and nothing else."""
+    session = botocore.session.Session()
+    session.set_config_variable("config_file", os.devnull)
+    session.set_config_variable("credentials_file", os.devnull)
+    config = Config(
+        s3={"addressing_style": "path"}, retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=5,
+        read_timeout=30, signature_version="s3v4" if keys else UNSIGNED, proxies={},
+        request_checksum_calculation="when_required",  # as make_s3_client: Content-MD5 guards bodies
+    )
+    return boto3.session.Session(botocore_session=session).client(
+        "s3", endpoint_url=endpoint, region_name=region, config=config,
+        aws_access_key_id=keys[0] if keys else None, aws_secret_access_key=keys[1] if keys else None,
+    )
+
+
 def store_has(client: Any, bucket: str, key: str) -> bool:
     """HEAD the object (blocking)."""
+    return head(client, bucket, key) is not None
+
+
+def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """boto3's HEAD of the object (blocking); None when there is none (404)."""
     try:
-        client.head_object(Bucket=bucket, Key=key)
-        return True
+        return dict(client.head_object(Bucket=bucket, Key=key))
     except botocore.exceptions.ClientError as e:
         if status_of(e) == 404:
-            return False
+            return None
         raise
 
 

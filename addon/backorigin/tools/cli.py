@@ -124,7 +124,13 @@ def parser() -> argparse.ArgumentParser:
         description="For each key: HEAD the store, and HEAD the origin at the URL the bucket's rule builds for it. "
                     "A key is reported when the store lacks it while the origin has it, or when the sizes differ, or "
                     "the ETags where both are plain MD5 ETags. Exit status 0 means every key is there and matches.")
-    _key_source_arguments(verify)
+    _key_source_arguments(verify).add_argument(
+        "--store-listing", action="store_true",
+        help="list the store's bucket with ListObjectsV2 (with --check origin: every object a rollback must find at the origin)")
+    verify.add_argument("--check", choices=("store", "origin"), default="store",
+                        help="store (default): is every origin object in the store, the same (can the rules go?); origin: "
+                             "is every store object at its S3 origin, the same, and no key deleted through the proxy still "
+                             "there (is a rollback to the origin safe? see docs/write-through.md)")
     verify.add_argument("--concurrency", type=_argument(_positive_int), default=16, metavar="N", help="keys checked at once (default: 16)")
     verify.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
     verify.set_defaults(handler=lambda a: _verify(a))
@@ -144,8 +150,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _key_source_arguments(command: argparse.ArgumentParser) -> None:
-    """What backfill and verify share: the rules, the store, the bucket, where keys come from, tombstones."""
+def _key_source_arguments(command: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """What backfill and verify share: the rules, the store, the bucket, where keys come from (the
+    group returned), tombstones."""
     command.add_argument("--rules", type=Path, required=True, metavar="FILE", help="the rules file the proxies use")
     command.add_argument("--store", required=True, metavar="URL",
                          help="the store, e.g. http://127.0.0.1:8333 (credentials: boto3's chain)")
@@ -166,6 +173,7 @@ def _key_source_arguments(command: argparse.ArgumentParser) -> None:
                          help="the proxies' tombstones, whose keys are skipped: the proxy's spool folder's tombstones "
                               "folder (SPOOL/tombstones), or the s3://BUCKET/PREFIX/ the proxies use "
                               "(backorigin_tombstones) (default: none)")
+    return source
 
 
 T = TypeVar("T")
@@ -253,9 +261,9 @@ def import_rules(path: Path, bucket: str) -> int:
 
 
 def export_rules(path: Path, bucket: str) -> int:
-    from backorigin.rules.convert import bucket_rules, rules_to_oss_xml
+    from backorigin.rules.convert import export_bucket
 
-    xml, warnings = rules_to_oss_xml(bucket_rules(load_rules(path, MAX_RULES_CEILING), bucket))
+    xml, warnings = export_bucket(load_rules(path, MAX_RULES_CEILING), bucket)
     warn(path, warnings)
     sys.stdout.write(xml)
     return 0

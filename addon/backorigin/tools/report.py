@@ -44,6 +44,17 @@ RESULTS = {
         "tombstoned": "tombstoned",
         "proxy-pass": "never stored (proxy pass)",
     }, frozenset({"missing", "differs", "unchecked"})),
+    # verify --check origin: is every object of the store at the origin (a rollback loses nothing)?
+    "verify-origin": Results({
+        "ok": "at the origin and matching",
+        "missing": "missing at the origin",
+        "differs": "differs at the origin",
+        "deleted": "deleted through the proxy, still at the origin",
+        "unchecked": "could not be checked",
+        "origin-only": "only at the origin (never stored)",
+        "absent": "in neither",
+        "no-origin": "no S3 origin covers the key",
+    }, frozenset({"missing", "differs", "deleted", "unchecked"})),
 }
 
 

@@ -101,11 +101,27 @@ def keys_from_origin_listing(book: RuleBook, bucket: str, shard: Shard | None = 
     return list(found.values())
 
 
+def keys_from_store_listing(store: str, bucket: str, shard: Shard | None = None) -> list[Listed]:
+    """ListObjectsV2 of the store's bucket (the proxy's credentials), the shard's keys only."""
+    client = make_s3_client(store)
+    found = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            found += [Listed(entry["Key"], int(entry.get("Size", 0))) for entry in page.get("Contents", [])
+                      if shard is None or shard.owns(entry["Key"])]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        raise SweepError(f"cannot list s3://{bucket} at {store}: {e}") from None
+    return found
+
+
 def read_source(args: Any, book: RuleBook, shard: Shard | None) -> list[Listed]:
-    """The keys --keys, --ledger or --origin-listing names, the shard's only."""
+    """The keys --keys, --ledger, --store-listing or --origin-listing names, the shard's only."""
     if args.keys is not None or args.ledger is not None:
         listed = keys_from_file(args.keys) if args.keys is not None else keys_from_ledger(args.ledger, args.bucket)
         return [item for item in listed if shard is None or shard.owns(item.key)]
+    if getattr(args, "store_listing", False):
+        print(f"listing s3://{args.bucket} at {args.store}...", file=sys.stderr)
+        return keys_from_store_listing(args.store, args.bucket, shard)
     print(f"listing the origin(s) of bucket {args.bucket}...", file=sys.stderr)
     return keys_from_origin_listing(book, args.bucket, shard)
 

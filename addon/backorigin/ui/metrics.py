@@ -29,10 +29,13 @@ from backorigin.miss.guard import Circuit, OriginGuard
 from backorigin.miss.origin import OriginResult
 from backorigin.s3.reading import Aside
 from backorigin.writeback.spools import OWNER
+from backorigin.writethrough.addon import WriteThrough
+from backorigin.writethrough.supervisor import WriteThroughSupervisor
 
 logger = logging.getLogger(__name__)
 
 FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+WRITE_THROUGH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 def origin_error_kind(result: OriginResult) -> str | None:
@@ -148,6 +151,35 @@ def guard_metrics(guard: OriginGuard) -> Iterator[Metric]:
 
 
 @dataclass(eq=False)
+class WriteThroughCollector(Collector):
+    """Write-through (writethrough.supervisor): the backlog, its age, and what the worker did."""
+
+    supervisor: Callable[[], WriteThroughSupervisor | None]
+
+    def collect(self) -> Iterator[Metric]:
+        supervisor = self.supervisor()
+        if supervisor is None:
+            return
+        yield GaugeMetricFamily("backorigin_writethrough_pending", "Writes acknowledged through the proxy that the "
+                                "origin has not had yet (journal entries)", value=supervisor.pending)
+        yield GaugeMetricFamily("backorigin_writethrough_keys_pending", "Keys with a write the origin has not had yet",
+                                value=supervisor.keys_pending)
+        yield GaugeMetricFamily("backorigin_writethrough_lag_seconds", "Age of the oldest write the origin has not had "
+                                "yet (0: none; a rollback is safe once writes stop and this is 0)", value=supervisor.lag())
+        synced = CounterMetricFamily("backorigin_writethrough_synced", "Keys brought to the store's state at the origin, "
+                                     "by action (put, delete, unchanged)", labels=["action"])
+        retries = CounterMetricFamily("backorigin_writethrough_retries", "Syncs that failed and wait to be tried again, by "
+                                      "what failed (lane: the origin as a whole; key: that key)", labels=["scope"])
+        outcomes = dict(supervisor.outcomes)
+        for action in ("put", "delete", "unchanged"):
+            synced.add_metric([action], outcomes.get(action, 0))
+        for scope in ("lane", "key"):
+            retries.add_metric([scope], outcomes.get(f"retry_{scope}", 0))
+        yield synced
+        yield retries
+
+
+@dataclass(eq=False)
 class BackfillCollector(Collector):
     """A running `backorigin backfill`: objects and bytes done of the total, results so far."""
 
@@ -175,6 +207,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.fetch_seconds = Histogram("backorigin_origin_fetch_seconds", "Origin fetch time, whole body included",
                                        buckets=FETCH_BUCKETS, registry=self.registry)
+        self.writethrough_seconds = Histogram(
+            "backorigin_writethrough_seconds", "Time from a write's answer to its key's copy at the origin (write-through)",
+            buckets=WRITE_THROUGH_BUCKETS, registry=self.registry)
         self._server: WSGIServer | None = None
         self._server, _ = start_http_server(port, host, registry=self.registry)
         self.address = (host, port)  # one of the proxy's own listeners: origin fetches never go there
@@ -193,11 +228,13 @@ class Metrics:
 class MetricsEndpoint:
     """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
 
-    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int], set_aside: Mapping[str, int]) -> None:
+    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int], writethrough: WriteThrough,
+                 set_aside: Mapping[str, int]) -> None:
         self.stats = stats
         self.set_aside = set_aside
         self.mirroring = mirroring
         self.tombstones = tombstones
+        self.writethrough = writethrough
         self.metrics: Metrics | None = None
 
     def load(self, loader: Loader) -> None:
@@ -227,6 +264,9 @@ class MetricsEndpoint:
             self.set_aside,
         ))
         metrics.add(collector)
+        metrics.add(WriteThroughCollector(lambda: self.writethrough.supervisor))
+        if (supervisor := self.writethrough.supervisor) is not None:
+            supervisor.on_synced = metrics.writethrough_seconds.observe
 
         def fetched(result: OriginResult, seconds: float) -> None:
             metrics.fetch_seconds.observe(seconds)
@@ -240,3 +280,5 @@ class MetricsEndpoint:
             self.metrics.close()
             self.metrics = None
             self.mirroring.mirror.on_fetched = lambda result, seconds: None
+            if (supervisor := self.writethrough.supervisor) is not None:
+                supervisor.on_synced = lambda seconds: None

@@ -58,6 +58,7 @@ class ObjectUpload:
     md5: str  # base64, as Content-MD5 wants it
     etag: str = ""  # the ETag the store will give it (integrity.StoreETag), announced to clients
     part_size: int = PART_SIZE  # one PUT below it, parts of it above (integrity.part_layout)
+    create_only: bool = True  # If-None-Match: * (a write-back); False: it replaces (a write-through)
 
     @property
     def last_modified(self) -> str:
@@ -84,7 +85,12 @@ class ObjectUpload:
 
     def put_arguments(self, body: bytes | BinaryIO) -> dict[str, Any]:
         """PutObject arguments: the store checks Content-MD5; If-None-Match makes it create-only."""
-        return {**self.object_arguments(), "Body": body, "ContentMD5": self.md5, "IfNoneMatch": "*"}
+        return {**self.object_arguments(), "Body": body, "ContentMD5": self.md5, **self.condition}
+
+    @property
+    def condition(self) -> dict[str, str]:
+        """What makes a PutObject or CompleteMultipartUpload create-only, when it is."""
+        return {"IfNoneMatch": "*"} if self.create_only else {}
 
     @property
     def object_key(self) -> ObjectKey:
@@ -93,6 +99,32 @@ class ObjectUpload:
     @property
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+def write_whole(path: Path, data: bytes, fsync: bool) -> None:
+    """Write `path` (readable by this user only) so that it is there whole or not at all: through
+    PATH.partial, renamed. With `fsync` the file and its directory entry reach the disk before this
+    returns (power loss); without, the page cache has them (a crash of the process, kill -9).
+    On an OSError (a full disk) nothing is left behind."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+            out.write(data)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(partial, path)
+        if fsync:
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        if fsync:  # renamed but perhaps not on the disk: not promised
+            path.unlink(missing_ok=True)
+        raise
 
 
 class Spool:
@@ -115,24 +147,11 @@ class Spool:
         name = uuid.uuid4().hex
         body = self.directory / f"{name}.body"
         manifest = self.directory / f"{name}.json"
-        partial = manifest.with_suffix(".json.partial")
         os.replace(source, body)
         try:
-            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-                out.write(json.dumps(asdict(upload)))
-                if self.fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(partial, manifest)
-            if self.fsync:
-                directory = os.open(self.directory, os.O_RDONLY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
+            write_whole(manifest, json.dumps(asdict(upload)).encode(), self.fsync)
         except OSError:  # a full disk, an I/O error: no promise is made, nothing is left behind
-            for path in (partial, manifest, body):
-                path.unlink(missing_ok=True)
+            body.unlink(missing_ok=True)
             raise
         return manifest
 

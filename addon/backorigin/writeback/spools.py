@@ -87,12 +87,14 @@ def release(spool: Path) -> None:
 @dataclass(frozen=True)
 class LeftSpool:
     """A spool no running proxy holds that still holds work: pending write-backs nobody will
-    upload until a proxy resumes it, or tombstones nobody will honour."""
+    upload until a proxy resumes it, tombstones nobody will honour, or writes nobody will bring to
+    the origin (write-through)."""
 
     directory: Path
     pending: int
     tombstones: int
     legacy: bool  # CONFDIR/backorigin-spool, the shared default of earlier versions
+    writes: int = 0  # write-through journal entries (SPOOL/writethrough)
 
 
 def left_behind(confdir: Path, mine: Path) -> list[LeftSpool]:
@@ -106,8 +108,9 @@ def left_behind(confdir: Path, mine: Path) -> list[LeftSpool]:
             continue
         pending = sum(1 for _ in directory.glob("*.json"))
         tombstones = sum(1 for _ in (directory / "tombstones").glob("*.json"))
-        if pending or tombstones:
-            found.append(LeftSpool(directory, pending, tombstones, legacy))
+        writes = sum(1 for _ in (directory / "writethrough").glob("*.json"))
+        if pending or tombstones or writes:
+            found.append(LeftSpool(directory, pending, tombstones, legacy, writes))
     return found
 
 
@@ -131,7 +134,8 @@ def describe(left: LeftSpool) -> str:
     """One log line: what the spool holds and how to resume it."""
     held = " and ".join(part for part in (
         f"{left.pending} pending write-back(s)" if left.pending else "",
-        f"{left.tombstones} tombstone(s)" if left.tombstones else "") if part)
+        f"{left.tombstones} tombstone(s)" if left.tombstones else "",
+        f"{left.writes} write(s) not yet at the origin (write-through)" if left.writes else "") if part)
     whose = "the spool every proxy shared before backorigin_spool_dir became per proxy" if left.legacy else "another proxy's spool"
     return (f"{left.directory} ({whose}) holds {held} and no running proxy uses it; to resume it, run one proxy "
             f"with --set backorigin_spool_dir={left.directory}")

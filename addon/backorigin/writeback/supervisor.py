@@ -3,13 +3,12 @@
 The proxy spools every mirrored body itself (body, then manifest: the promise to store it) and
 the worker process uploads it, so boto3's CPU is spent outside the proxy's process and GIL. The
 spool stays the only queue: a worker resumes whatever the spool holds when it starts, so a crash
-of either process loses nothing.
+of either process loses nothing. Running the process is writeback.process's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from collections import Counter
@@ -18,14 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from backorigin.writeback.process import WorkerProcess
 from backorigin.writeback.spool import ObjectKey, ObjectUpload, Spool, WriteBackOutcome
 
 logger = logging.getLogger(__name__)
-
-RESTART_AFTER = 1.0  # seconds before a worker that died is started again
-LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
-              "CRITICAL": logging.CRITICAL}
-
 
 class WriteBackSupervisor:
     """The proxy's side: spools write-backs, runs the worker process (starts it, starts another
@@ -48,11 +43,10 @@ class WriteBackSupervisor:
         self._deferred: set[Path] = set()
         self._held: Counter[ObjectKey] = Counter()  # deletes on their way to the store, by object
         self._stored_while_held: set[ObjectKey] = set()
-        self._process: asyncio.subprocess.Process | None = None
-        self._unsent: list[bytes] = []  # withdrawals for a worker that is not up yet
-        self._supervisor: asyncio.Task[None] | None = None
-        self._up = asyncio.Event()  # a worker process is running
-        self._stopping = False
+        # every worker that starts is sent each pending write-back, held or not (it answers "gone"
+        # for one an earlier worker finished without a word); a withdrawal waits for it (kept)
+        self.process = WorkerProcess("write-back worker", self.command, lambda: [
+            self._upload_line(manifest, upload) for manifest, (upload, _) in self._pending.items()], self._heard)
 
     @property
     def pending(self) -> int:
@@ -72,7 +66,7 @@ class WriteBackSupervisor:
         returns the manifest."""
         manifest = self.spool.add(upload, source)
         self._track(manifest, upload)
-        self._send(self._upload_line(manifest, upload))
+        self.process.send(self._upload_line(manifest, upload))
         return manifest
 
     def hold(self, key: ObjectKey) -> None:
@@ -97,7 +91,7 @@ class WriteBackSupervisor:
         waiting = []
         for manifest, (upload, ended) in list(self._pending.items()):
             if upload.object_key == key:
-                self._send({"withdraw": str(manifest)})
+                self.process.send({"withdraw": str(manifest)}, keep=True)
                 waiting.append(ended)
         await asyncio.gather(*(asyncio.shield(ended) for ended in waiting))
         stored = key in self._stored_while_held or any(ended.result() == "stored" for ended in waiting)
@@ -107,7 +101,7 @@ class WriteBackSupervisor:
     def _send_each(self, key: ObjectKey, verb: str) -> None:
         for manifest, (upload, _) in self._pending.items():
             if upload.object_key == key:
-                self._send({verb: str(manifest)}, keep=False)
+                self.process.send({verb: str(manifest)})
 
     def _upload_line(self, manifest: Path, upload: ObjectUpload) -> dict[str, Any]:
         return {"upload": str(manifest), "hold": upload.object_key in self._held}
@@ -119,48 +113,16 @@ class WriteBackSupervisor:
                    for manifest, upload in self.spool.pending()]
         for manifest, upload in resumed:
             self._track(manifest, upload)
-        self.start()
+        self.process.start()
         return resumed
 
     async def drain(self, timeout: float) -> None:
         """Let the worker finish pending uploads for up to `timeout` seconds, then stop it;
         what is left stays spooled."""
-        self._stopping = True
-        supervisor = self._supervisor
-        if supervisor is None:
-            return
-        up = asyncio.ensure_future(self._up.wait())  # a worker being started: drain it too
-        await asyncio.wait([up, supervisor], return_when=asyncio.FIRST_COMPLETED)
-        up.cancel()
-        process = self._process
-        if process is not None and process.returncode is None and process.stdin is not None:
-            self._send({"drain": timeout})
-            process.stdin.close()
-            try:
-                await asyncio.wait_for(process.wait(), timeout + 10)
-            except TimeoutError:
-                logger.warning("the write-back worker did not stop; killing it (its write-backs stay spooled)")
-                process.kill()
-        await asyncio.gather(supervisor, return_exceptions=True)
-
-    def start(self) -> None:
-        if self._supervisor is None:
-            self._supervisor = asyncio.ensure_future(self._supervise())
+        await self.process.drain(timeout)
 
     def _track(self, manifest: Path, upload: ObjectUpload) -> None:
         self._pending[manifest] = (upload, asyncio.get_running_loop().create_future())
-
-    def _send(self, message: dict[str, Any], keep: bool = True) -> None:
-        """A line for the worker. While none runs, a withdrawal waits for the next one; uploads
-        need not (every worker that starts is sent one for each pending write-back, held or not),
-        nor holds and releases (`keep` False)."""
-        line = json.dumps(message).encode() + b"\n"
-        process = self._process
-        if process is not None and process.returncode is None and process.stdin is not None:
-            process.stdin.write(line)
-        elif keep and "upload" not in message:
-            self._unsent.append(line)
-        self.start()
 
     def command(self) -> list[str]:
         arguments = [sys.executable, "-m", "backorigin.writeback.worker", "--spool", str(self.spool.directory),
@@ -173,31 +135,6 @@ class WriteBackSupervisor:
             where, store = self.tombstones
             arguments += ["--deletes-stick", *(["--tombstones", where] if where else []), *(["--store", store] if store else [])]
         return arguments
-
-    async def _supervise(self) -> None:
-        """Run the worker; start another when it dies (it resumes the spool)."""
-        while not self._stopping:
-            self._process = process = await asyncio.create_subprocess_exec(
-                *self.command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-            self._up.set()
-            relaying = asyncio.ensure_future(_relay_log(process.stderr))
-            # everything still pending (the worker ignores what its spool scan found already, and
-            # answers "gone" for what an earlier worker finished without a word), then withdrawals
-            unsent, self._unsent = self._unsent, []
-            uploads = [json.dumps(self._upload_line(manifest, upload)).encode() + b"\n"
-                       for manifest, (upload, _) in self._pending.items()]
-            process.stdin.writelines([*uploads, *unsent])
-            while line := await process.stdout.readline():
-                self._heard(json.loads(line))
-            await process.wait()
-            await relaying
-            self._up.clear()
-            if not self._stopping:
-                logger.warning("the write-back worker exited with status %s; starting another", process.returncode)
-                await asyncio.sleep(RESTART_AFTER)
 
     def _heard(self, message: dict[str, Any]) -> None:
         manifest, outcome = Path(message["manifest"]), cast(WriteBackOutcome, message["outcome"])
@@ -219,18 +156,3 @@ class WriteBackSupervisor:
             ended.set_result(outcome)
         self.landed(upload, outcome, message.get("detail", ""))
 
-
-def _key_of(upload: ObjectUpload) -> ObjectKey:
-    return upload.endpoint, upload.bucket, upload.key
-
-
-async def _relay_log(stderr: asyncio.StreamReader) -> None:
-    """The worker's log lines ("LEVEL message") into the proxy's log, so they show in mitmproxy's
-    event log (mitmweb, the console) rather than on the terminal; anything else (a traceback)
-    as a warning."""
-    while line := await stderr.readline():
-        level, _, message = line.decode("utf-8", "replace").rstrip().partition(" ")
-        if level in LOG_LEVELS:
-            logger.log(LOG_LEVELS[level], "write-back worker: %s", message)
-        else:
-            logger.warning("write-back worker: %s %s", level, message)

@@ -1,8 +1,9 @@
-"""The upload of one spooled object, create-only, shared by the write-back worker and the sweep
-(`backorigin backfill`): one PutObject below the part size, a multipart upload above it (each part
-read from the file as it is sent, never held whole: an origin's parts can be gigabytes), each
-checked by the store (Content-MD5) and made create-only with `If-None-Match: *`, so an object that
-appeared meanwhile is never overwritten.
+"""The upload of one object from a file, shared by the write-back worker, the sweep (`backorigin
+backfill`) and the write-through worker: one PutObject below the part size, a multipart upload
+above it (each part read from the file as it is sent, never held whole: an origin's parts can be
+gigabytes), each checked by the receiving store (Content-MD5). A write-back is made create-only
+with `If-None-Match: *`, so an object that appeared meanwhile is never overwritten; a write-through
+replaces the origin's copy (`ObjectUpload.create_only`).
 
 A create-only upload the store refuses with 412 is "exists" only when a HEAD then finds the object
 (another writer was first). With no object there, the store refused the key itself (SeaweedFS
@@ -76,7 +77,8 @@ def _precondition_failed(client: Any, upload: ObjectUpload) -> Literal["exists"]
 
 def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
     """Multipart upload in parts of `upload.part_size`, each read from the file as it is sent and
-    checked by the store (Content-MD5); completed with If-None-Match: * so it stays create-only."""
+    checked by the store (Content-MD5); completed with If-None-Match: * so it stays create-only
+    (unless `upload.create_only` is False)."""
     started = client.create_multipart_upload(**upload.object_arguments())
     upload_id = started["UploadId"]
     try:
@@ -91,7 +93,7 @@ def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
         client.complete_multipart_upload(
             Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
-            MultipartUpload={"Parts": parts}, IfNoneMatch="*",
+            MultipartUpload={"Parts": parts}, **upload.condition,
         )
     except BaseException:
         try:

@@ -25,18 +25,16 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import os
-import signal
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from backorigin.deletes.tombstones import open_tombstones
 from backorigin.s3.clients import is_transient, shared_s3_client
+from backorigin.writeback.process import commands, reply, run
 from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
 from backorigin.writeback.upload import KeyRefused, retrying, upload_object
 
@@ -218,30 +216,23 @@ class WriteBack:
 # the process ---------------------------------------------------------------------------------------
 
 
-def _reporter(out: Any) -> Callable[[Path, WriteBackOutcome, str], None]:
-    def report(manifest: Path, outcome: WriteBackOutcome, detail: str) -> None:
-        out.write(json.dumps({"manifest": str(manifest), "outcome": outcome, "detail": detail}) + "\n")
-        out.flush()
-    return report
+def _report(manifest: Path, outcome: WriteBackOutcome, detail: str) -> None:
+    reply({"manifest": str(manifest), "outcome": outcome, "detail": detail})
 
 
 async def serve(arguments: argparse.Namespace) -> None:
-    writeback = WriteBack(Path(arguments.spool), arguments.workers, fsync=arguments.fsync, report=_reporter(sys.stdout))
+    writeback = WriteBack(Path(arguments.spool), arguments.workers, fsync=arguments.fsync, report=_report)
     writeback.endpoint = arguments.endpoint
     if arguments.deletes_stick:
         tombstones = open_tombstones(arguments.tombstones, writeback.spool.directory / "tombstones", arguments.store, fresh=True)
         assert tombstones is not None  # there is a default folder
         writeback.deleted = lambda upload: (upload.bucket, upload.key) in tombstones
     writeback.resume()
-    loop = asyncio.get_running_loop()
-    commands = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
     retrying = asyncio.ensure_future(_retry_deferred_forever(writeback))
     withdrawals: set[asyncio.Task[None]] = set()
     drain_within = 0.0  # the addon left without a word (killed): stop at once, the rest stays spooled
     try:
-        while line := await commands.readline():
-            message = json.loads(line)
+        async for message in commands():
             if "upload" in message:
                 writeback.queue(Path(message["upload"]), held=message.get("hold", False))
             elif "hold" in message:
@@ -278,18 +269,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--tombstones", help="where tombstones live (backorigin_tombstones): s3://BUCKET/PREFIX/; "
                         "default the spool's tombstones folder")
     parser.add_argument("--store", help="the store's endpoint, for tombstones kept in it")
-    arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")  # see _relay_log
-    for library in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(library).setLevel(logging.WARNING)
-    # Ctrl-C in mitmdump's terminal reaches this process too: the addon decides when it stops
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(serve(arguments))
-    # An upload still under way would hold the interpreter's exit until it ends (its thread is
-    # joined); its write-back is still spooled and resumes at the next start, so leave now.
-    logging.shutdown()
-    sys.stdout.flush()
-    os._exit(0)
+    run(serve(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""WriteThrough, a bucket entry's field of backorigin's own (OSS has none): every write the store
+accepts through the proxy is applied to the bucket's S3 origin too (backorigin.writethrough).
+Which buckets may have it, and where a key's copy lives at the origin. Pure.
+
+A bucket with WriteThrough has Mirror rules, and every one of them reads an S3 bucket (MirrorURL
+http(s)://HOST[:PORT]/BUCKET/[PREFIX/], no key rewriting, no MirrorHost: rules.targets.OriginBucket),
+signs with MirrorAuth (its writes are signed with it too), and has no IncludeHeader condition (a
+write is not a GET whose headers could match it). A key's copy is where the first Mirror rule
+covering it (rules.plan.covering_mirror) reads it: the origin's bucket, under its prefix + the key.
+A key no Mirror rule covers is not the origin's, and is not written through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from backorigin.rules.model import RoutingRule, RuleBook
+from backorigin.rules.plan import covering_mirror
+from backorigin.rules.targets import NotAnS3Origin, OriginBucket
+from backorigin.s3.addressing import ObjectRef
+
+
+@dataclass(frozen=True)
+class OriginCopy:
+    """Where a key's copy lives at an S3 origin, and the MirrorAuth key that signs for it (its secret
+    is never written down with it: the rules hold it)."""
+
+    endpoint: str
+    bucket: str
+    key: str
+    region: str = "us-east-1"
+    access_key_id: str = ""  # "": the origin is public (verify reads it unsigned)
+
+    @property
+    def where(self) -> str:
+        return f"{self.endpoint}/{self.bucket}/{self.key}"
+
+
+def refusal(rules: Sequence[RoutingRule]) -> str | None:
+    """Why a bucket with these rules cannot have WriteThrough, naming the rule and the field to
+    change (None: it can)."""
+    mirrors = [rule for rule in rules if rule.Redirect.is_mirror]
+    if not mirrors:
+        return "field WriteThrough: the bucket has no Mirror rule; write-through writes to its Mirror rules' S3 origins"
+    for rule in mirrors:
+        action, place = rule.Redirect, f"RuleNumber {rule.RuleNumber}: field"
+        if action.ReplaceKeyWith is not None or action.EnableReplacePrefix:
+            name = "ReplaceKeyWith" if action.ReplaceKeyWith is not None else "ReplaceKeyPrefixWith"
+            return f"{place} Redirect.{name}: not with the bucket's WriteThrough: a write's key must be the origin's key"
+        if action.MirrorHost is not None:
+            return f"{place} Redirect.MirrorHost: not with the bucket's WriteThrough: its S3 endpoint is MirrorURL's host"
+        try:
+            OriginBucket.of(rule)
+        except NotAnS3Origin:
+            return (f"{place} Redirect.MirrorURL: the bucket's WriteThrough needs an S3 origin, "
+                    f"http(s)://HOST[:PORT]/BUCKET/[PREFIX/], not {action.MirrorURL}")
+        if action.MirrorAuth is None:
+            return f"{place} Redirect.MirrorAuth: required by the bucket's WriteThrough: its writes to the origin are signed with it"
+        if rule.Condition.IncludeHeader:
+            return (f"{place} Condition.IncludeHeader: not with the bucket's WriteThrough: a write cannot be matched to a "
+                    "GET's header conditions")
+    return None
+
+
+def origin_copy(book: RuleBook, ref: ObjectRef, written_through: bool = True) -> OriginCopy | None:
+    """Where the key's copy lives at its S3 origin: None when no Mirror rule covers it, or, with
+    `written_through`, when its bucket has no WriteThrough. NotAnS3Origin when the covering rule's
+    origin is not an S3 bucket (never for a bucket with WriteThrough: it was refused)."""
+    if written_through and not book.writes_through(ref.bucket):
+        return None
+    rule = covering_mirror(book, ref)
+    if rule is None:
+        return None
+    origin, auth = OriginBucket.of(rule), rule.Redirect.MirrorAuth
+    if auth is None:
+        return OriginCopy(origin.endpoint, origin.bucket, origin.base + ref.key)
+    return OriginCopy(origin.endpoint, origin.bucket, origin.base + ref.key, auth.Region, auth.AccessKeyId)
+
+
+def secrets(book: RuleBook) -> dict[tuple[str, str], str]:
+    """The MirrorAuth secret of each (S3 origin endpoint, AccessKeyId) the rules name: what the
+    write-through worker signs with, for the buckets with WriteThrough and for writes journaled
+    before a bucket's WriteThrough was turned off (they are applied all the same)."""
+    found = {}
+    for rules in book.buckets.values():
+        for rule in rules:
+            if rule.Redirect.is_mirror and (auth := rule.Redirect.MirrorAuth) is not None:
+                try:
+                    endpoint = OriginBucket.of(rule).endpoint
+                except NotAnS3Origin:
+                    continue
+                found[(endpoint, auth.AccessKeyId)] = auth.AccessKeySecret.get_secret_value()
+    return found
