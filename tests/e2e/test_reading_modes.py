@@ -234,10 +234,16 @@ def test_an_option_given_twice_stops_the_start(tmp_path, signed_store, rules):
     """`--set backorigin_spool_dir=A --set backorigin_spool_dir=B` left the addon silently inactive."""
     proxy = ModeMitmdump(f"reverse:{signed_store.endpoint}", rules, tmp_path, env=ENV,
                          extra_args=["--set", f"backorigin_spool_dir={tmp_path / 'a'}", "--set", f"backorigin_spool_dir={tmp_path / 'b'}"])
-    with pytest.raises(RuntimeError, match=r"backorigin_spool_dir given 2 times .* give it once"):
-        proxy.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"backorigin_spool_dir given 2 times .* give it once"):
+            proxy.start()
+    finally:
+        proxy.stop()  # started (silently inactive) before issue 25
     contradicting = ModeMitmdump("regular", rules, tmp_path / "two", env=ENV, options={
         "backorigin_stores": f"{signed_store.endpoint}", "backorigin_s3_endpoint": "http://127.0.0.1:1"},
         extra_args=["--set", "backorigin_stores=http://127.0.0.9:9"])
-    with pytest.raises(RuntimeError, match="backorigin_s3_endpoint: one address for the proxy's own requests, but 2 stores"):
-        contradicting.start()
+    try:
+        with pytest.raises(RuntimeError, match="backorigin_s3_endpoint: one address for the proxy's own requests, but 2 stores"):
+            contradicting.start()
+    finally:
+        contradicting.stop()
