@@ -157,8 +157,8 @@ class BackOrigin:
         its headers go out (a streamed body's response hook comes after them)."""
         response = flow.response
         if (response is not None and 200 <= response.status_code < 300 and flow.request.method in ("GET", "HEAD")
-                and not self.delivery.owns(flow) and not flow.metadata.get(METADATA_KEY)):
-            objectmeta.restore_on_download(response)
+                and not self.delivery.owns(flow) and not flow.metadata.get(METADATA_KEY) and self.context.object(flow)):
+            objectmeta.restore_on_download(response)  # an object of a named store (a request set aside stays untouched)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Hits (counted, without a coroutine), and 404s the request hook did not see coming (a
