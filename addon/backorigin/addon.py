@@ -70,13 +70,15 @@ class BackOrigin:
         self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones),
                                        self.writethrough, self.stores.set_aside)
         self.addons = [self.rules_file, self.stores, self.mirroring, self.protection, self.deletes, self.writethrough, self.listing,
-                       self.delivery, self.metrics, Ledger(self.recorder), DecisionView(), StoreServerName(),
-                       Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), GivenOnce()]
+                       self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location), DecisionView(),
+                       StoreServerName(), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), GivenOnce()]
         self.mirroring.origin.own_listeners = lambda: own_listeners(self.metrics, self.delivery)
         self._mirror_heads = True
         self._403_is_miss = False
         self._private_origins_ok = False
         self.rules_file.check = self._check_rules
+        self.recorder.explain = lambda flow, decided: plan.rules_tried(  # the mitmweb view's "rules tried"
+            self.context.rulebook, ObjectRef(decided.bucket, decided.key), flow.request, decided.store_status, self._mirror_heads)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -172,8 +174,7 @@ class BackOrigin:
             return None
         book, status = self.context.rulebook, response.status_code
         if 200 <= status < 300 and self.context.acts(flow) and not book.may_act_on(ref.bucket, status):
-            if flow.request.method == "GET" and plan.covered_by_mirror(book, ref):
-                self.recorder.stats.served["store"] += 1
+            self.recorder.served_by_store(flow, plan.covering_rule_number(book, ref))
             return None
         return self._after_store(flow, response, ref)
 
@@ -185,8 +186,8 @@ class BackOrigin:
         answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), body)
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.STORE:
-            if 200 <= status < 300 and flow.request.method == "GET" and plan.covered_by_mirror(self.context.rulebook, ref):
-                self.recorder.stats.served["store"] += 1
+            if 200 <= status < 300:
+                self.recorder.served_by_store(flow, plan.covering_rule_number(self.context.rulebook, ref))
         elif after.act is Act.MIRROR and self.context.acts(flow):
             mirror = self.mirroring.mirror
             endpoint = self.context.endpoint(flow.request)
@@ -293,9 +294,7 @@ class BackOrigin:
         target = location(rule, ref, flow.request, scheme, host)
         if self.context.acts(flow):
             logger.info("bucket %s, RuleNumber %d: %s %s -> %s", ref.bucket, rule.RuleNumber, rule.Redirect.RedirectType, ref.key, target)
-            flow.response = replies.to_response(
-                flow.request, replies.redirect(rule.Redirect.HttpRedirectCode, target, extra_headers(rule))
-            )
+            flow.response = replies.to_response(flow.request, replies.redirect(rule.Redirect.HttpRedirectCode, target, extra_headers(rule)))
         self._record(flow, Decision(ref.bucket, ref.key, Action(rule.Redirect.RedirectType.lower()), rule.RuleNumber,
                                     Outcome.REDIRECTED, location=target, store_status=store_status))
 

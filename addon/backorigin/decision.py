@@ -2,13 +2,17 @@
 one-line comment in mitmproxy's console and mitmweb, `flow.metadata["backorigin"]` (plain
 values, so `-w` keeps it and `~meta` filters it), an optional `x-backorigin` header, and
 counters for `backorigin.stats` and the metrics. Every decision goes through `Recorder`.
+
+The comment leads with the outcome (`mirrored · rule 2 · ...`, `424 origin unreachable · rule 2`),
+so a narrow column still says what happened. Markers are single letters, which mitmproxy shows
+as they are (a shortcode needs an emoji font): M a mirror, R a redirect, X a failure.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
 from mitmproxy import http
@@ -43,7 +47,24 @@ class Outcome(StrEnum):
 
 
 FAILED_OUTCOMES = frozenset({Outcome.MIRROR_FAILED, Outcome.LOOP, Outcome.BROKEN})
-MARKERS = {Action.MIRROR: ":arrows_counterclockwise:", "redirect": ":arrow_right_hook:", "failed": ":warning:"}
+MARKERS = {Action.MIRROR: "M", "redirect": "R", "failed": "X"}
+# the comment's first words, per outcome ({status}: the origin's; {verb}: mirror or redirect)
+HEADLINES = {
+    Outcome.MIRRORED: "mirrored",
+    Outcome.ORIGIN_404: "origin 404",
+    Outcome.ORIGIN_REDIRECT: "origin {status} passed on",
+    Outcome.TRANSPARENT: "origin {status} passed on",
+    Outcome.MIRROR_FAILED: "424 {failure}",
+    Outcome.SLOWED_DOWN: "503 origin busy",
+    Outcome.UNSAFE_KEY: "404 not mirrored (unsafe key)",
+    Outcome.DELETED: "404 deleted through the proxy",
+    Outcome.DELETE_MARKER: "404 delete marker",
+    Outcome.REDIRECTED: "redirected",
+    Outcome.LOOP: "424 loop",
+    Outcome.BROKEN: "broken off",
+    Outcome.DRY_RUN: "dry run: would {verb}",
+    Outcome.REPLAYED: "replayed: would {verb}",
+}
 
 
 @dataclass
@@ -60,21 +81,22 @@ class Decision:
     writeback: str = ""  # queued, or none (<why>)
     detail: str = ""
     store_status: int | None = None  # what the store answered, when the rule waited for it
+    failure: str = ""  # a failed mirror's reason in a few words: "origin unreachable", "origin 500"
+    rules_tried: list[str] = field(default_factory=list)  # each rule up to this one, and what did not hold
+
+    def headline(self) -> str:
+        """What happened, in a few words."""
+        if self.outcome is None:
+            return str(self.action)
+        verb = "mirror" if self.action == Action.MIRROR else "redirect"
+        failure = self.failure or (f"origin {self.origin_status}" if self.origin_status else "mirror failed")
+        return HEADLINES[self.outcome].format(status=self.origin_status, verb=verb, failure=failure)
 
     def comment(self) -> str:
-        target = self.location or self.origin_url
-        parts = [f"backorigin: rule {self.rule}" if self.rule else "backorigin:", self.action, self.outcome or ""]
-        if target:
-            parts.append(target)
-        if self.origin_status is not None:
-            parts.append(f"origin {self.origin_status}")
-        if self.bytes:
-            parts.append(f"{self.bytes} bytes")
-        if self.writeback:
-            parts.append(f"write-back {self.writeback}")
-        if self.detail:
-            parts.append(f"({self.detail})")
-        return " ".join(p for p in parts if p)
+        """The flow list's line: the outcome first, then the rule, the URL, the bytes, the write-back."""
+        parts = [self.headline(), f"rule {self.rule}" if self.rule else "", self.location or self.origin_url,
+                 f"{self.bytes} bytes" if self.bytes else "", f"write-back {self.writeback}" if self.writeback else ""]
+        return " · ".join(p for p in parts if p)
 
     def marker(self) -> str:
         if self.outcome in FAILED_OUTCOMES:
@@ -142,10 +164,21 @@ class Recorder:
         self.stats = Stats()
         self.debug_header = False
         self.listeners: list[Callable[[Decision], None]] = []
+        # the rules tried before a decision's rule, and why each did not act (rules.plan.rules_tried)
+        self.explain: Callable[[http.HTTPFlow, Decision], list[str]] | None = None
+
+    def served_by_store(self, flow: http.HTTPFlow, rule: int | None) -> None:
+        """The store answered a request for a key that Mirror rule `rule` covers: a GET counts
+        towards the store's share, and the flow says why the rule did not act."""
+        if rule is not None and flow.request.method == "GET":
+            self.stats.served["store"] += 1
+            flow.comment = f"store hit · rule {rule} covers the key; the store has it"
 
     def record(self, flow: http.HTTPFlow, decision: Decision, acted: bool, header: bool = True) -> None:
         if not acted and decision.action != Action.LOOP:
             decision = replace(decision, outcome=Outcome.DRY_RUN if flow.live else Outcome.REPLAYED)
+        if self.explain is not None and decision.rule is not None and not decision.rules_tried:
+            decision = replace(decision, rules_tried=self.explain(flow, decision))
         flow.metadata[METADATA_KEY] = decision.as_metadata()
         flow.comment = printable(decision.comment())
         flow.marked = decision.marker()

@@ -12,6 +12,7 @@ Connections are pooled without a cap, by address, TLS settings, proxy and TLS se
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
@@ -71,8 +72,19 @@ async def _sent_once(request: aiohttp.ClientRequest, handler: aiohttp.ClientHand
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
             if attempt == 1 and _REUSED.get():
                 continue
-            raise ConnectionBroke(f"{type(e).__name__}: {e}") from e
+            raise ConnectionBroke(describe_error(e)) from e
     raise AssertionError("unreachable")
+
+
+def describe_error(e: BaseException) -> str:
+    """A failed request, for the log and the flow's decision: what failed and where, in words
+    (aiohttp's own text names its SSLContext object even for plain-HTTP URLs)."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        cause = e.os_error
+        # "Connect call failed ('127.0.0.1', 1)" says less than "Connection refused"; a TLS error says what it is
+        words = os.strerror(cause.errno) if cause.errno and not isinstance(cause, ssl.SSLError) else str(cause)
+        return f"cannot connect to {e.host}:{e.port}: {words}"
+    return f"{type(e).__name__}: {e}"
 
 
 _REUSE_TRACE = aiohttp.TraceConfig()

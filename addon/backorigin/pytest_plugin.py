@@ -3,8 +3,10 @@
 
 Installed with the package as a `pytest11` entry point named `backorigin`, so every pytest
 run in an environment that has backorigin installed gets the fixtures `backorigin` and
-`backorigin_rules`; no conftest needed. A complete test file (async tests need
-pytest-asyncio, e.g. `asyncio_mode = "auto"`; `replay_sync` serves plain tests):
+`backorigin_rules`; no conftest needed (`pip install 'backorigin[pytest]'` brings pytest). An
+`async def` test that uses the `backorigin` fixture runs in the fixture's event loop, so it needs
+neither pytest-asyncio nor its configuration (where pytest-asyncio runs it, that works too).
+A complete test file (`replay_sync` serves plain tests):
 
     from backorigin.pytest_plugin import assert_decision, assert_no_decision, store_flow
 
@@ -44,6 +46,7 @@ pytest run that never uses it nothing.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -103,6 +106,15 @@ class BackOriginHarness:
             path.write_text(json.dumps(document, indent=1), encoding="utf-8")
         else:
             path = Path(rules)
+        from mitmproxy.exceptions import OptionsError
+
+        from backorigin.rules.files import load_rules
+        from backorigin.rules.model import RulesError
+
+        try:  # checked first: a refused option is rolled back, and the roll-back's error would hide this one
+            load_rules(path, self.tctx.options.backorigin_max_rules)
+        except RulesError as e:
+            raise OptionsError(str(e)) from None
         self.configure(backorigin_rules=str(path))
         return self.addon.context.rulebook
 
@@ -270,6 +282,31 @@ def backorigin_rules(backorigin: BackOriginHarness) -> Callable[[Rules], RuleBoo
     """Load rules into the `backorigin` addon: `backorigin_rules("rules.json")`,
     `backorigin_rules({"bucket": [rule, ...]})` or a whole rules document; returns the RuleBook."""
     return backorigin.load_rules
+
+
+# mitmproxy's dependencies import names they deprecate; not for a user's test run to report
+DEPENDENCY_WARNINGS = (
+    "ignore:.*is deprecated. Please use:DeprecationWarning:ldap3",
+    "ignore:'crypt' is deprecated:DeprecationWarning:passlib",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in DEPENDENCY_WARNINGS:
+        config.addinivalue_line("filterwarnings", line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run an `async def` test that uses the `backorigin` fixture in the fixture's own event loop
+    (mitmproxy's), as `replay_sync` does. A test pytest-asyncio runs arrives here already made
+    synchronous, and any other test is left to pytest and its plugins."""
+    if "backorigin" not in pyfuncitem.fixturenames or not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    harness: BackOriginHarness = pyfuncitem.funcargs["backorigin"]  # type: ignore[assignment]
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    harness.tctx.master.event_loop.run_until_complete(pyfuncitem.obj(**arguments))
+    return True
 
 
 def _loop_running() -> bool:

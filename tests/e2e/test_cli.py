@@ -58,7 +58,9 @@ def test_the_wheel_installs_backorigin_and_no_addon_package(tmp_path):
     (wheel,) = tmp_path.glob("backorigin-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if not name.startswith("backorigin-")} == {"backorigin"}
-    assert {"backorigin/py.typed", "backorigin/addon.py", "backorigin/tools/cli.py", "backorigin/scripts/mitmproxy_addon.py"} <= set(names)
+    assert {"backorigin/py.typed", "backorigin/addon.py", "backorigin/tools/cli.py", "backorigin/scripts/mitmproxy_addon.py",
+            "backorigin/tools/sample/rules.json", "backorigin/tools/sample/origin/hello.txt",  # the demo runs from the wheel
+            "backorigin/tools/sample/origin/images/logo.svg", "backorigin/tools/sample/origin/docs/readme.md"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "backorigin = backorigin.tools.cli:main" in text and "backorigin = backorigin.pytest_plugin" in text

@@ -49,13 +49,42 @@ def test_every_flow_says_what_happened(tmp_path, store, origin, rules_file, uniq
         "bucket": BUCKET, "key": f"ok/{unique}", "action": "mirror", "rule": 5, "outcome": "mirrored",
         "origin_url": f"{origin.base}/dir1/ok/{unique}", "location": "", "origin_status": 200,
         "bytes": len(body_for(f"/dir1/ok/{unique}")), "writeback": "queued", "detail": "", "store_status": 404,
+        "failure": "", "rules_tried": [  # RuleNumber order, not file order; each with the condition that did not hold
+            "rule 1: KeyPrefixEquals 'pass/': the key does not start with it",
+            "rule 2: KeyPrefixEquals 'passall/': the key does not start with it",
+            "rule 3: KeyPrefixEquals 'nofollow/': the key does not start with it",
+            "rule 4: KeyPrefixEquals 'order/': the key does not start with it",
+            "rule 5: every condition holds: this rule acts"],
     }
-    assert mirrored.comment == (f"backorigin: rule 5 mirror mirrored {origin.base}/dir1/ok/{unique} origin 200 "
-                                f"{len(body_for(f'/dir1/ok/{unique}'))} bytes write-back queued")
-    assert mirrored.marked == ":arrows_counterclockwise:"
+    assert mirrored.comment == (f"mirrored · rule 5 · {origin.base}/dir1/ok/{unique} · "
+                                f"{len(body_for(f'/dir1/ok/{unique}'))} bytes · write-back queued")
+    assert mirrored.marked == "M"
     failed = by_path[f"error500/{unique}"]
-    assert failed.metadata["backorigin"]["outcome"] == "mirror-failed" and failed.marked == ":warning:"
+    assert failed.metadata["backorigin"]["outcome"] == "mirror-failed" and failed.marked == "X"
+    assert failed.comment == f"424 origin 500 · rule 5 · {origin.base}/dir1/error500/{unique}"
     assert by_path[f"nofollow/1/{unique}"].metadata["backorigin"]["outcome"] == "origin-redirect"
+    assert by_path[f"nofollow/1/{unique}"].comment.startswith("origin 302 passed on · rule 3 · ")
+
+
+def test_a_failed_mirror_names_the_origin_and_a_covered_hit_says_so(tmp_path, store, s3, rules_file, unique):
+    """An origin that cannot be reached: `424 origin unreachable` first, and its log line names the
+    URL asked (not aiohttp's objects). A hit on a key a rule covers says the store had it."""
+    rules = write_rules(tmp_path / "rules.json", {BUCKET: [
+        mirror_rule(1, "http://127.0.0.1:9/", "down/"), mirror_rule(2, "http://127.0.0.1:9/", "", ".txt")]})
+    s3.put_object(Bucket=BUCKET, Key=f"there/{unique}.txt", Body=b"in the store")
+    flows_file = tmp_path / "flows.mitm"
+    proxy = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path, extra_args=["-w", str(flows_file)]).start()
+    try:
+        assert http_get(f"{proxy.url}/{BUCKET}/down/{unique}")[0] == 424
+        assert http_get(f"{proxy.url}/{BUCKET}/there/{unique}.txt")[0] == 200
+    finally:
+        proxy.stop()
+    failed, hit = recorded(flows_file)
+    assert failed.comment == f"424 origin unreachable · rule 1 · http://127.0.0.1:9/down/{unique}" and failed.marked == "X"
+    assert failed.metadata["backorigin"]["detail"] == "cannot connect to 127.0.0.1:9: Connection refused"
+    assert f"GET http://127.0.0.1:9/down/{unique} -> cannot connect to 127.0.0.1:9: Connection refused" in proxy.log()
+    assert "SSLContext" not in proxy.log()
+    assert hit.comment == "store hit · rule 2 covers the key; the store has it" and not hit.marked
 
 
 def test_dry_run_decides_without_touching_origin_or_store(tmp_path, store, s3, origin, rules_file, unique):

@@ -19,7 +19,7 @@ from backorigin.pytest_plugin import (
     read_flows,
 )
 from backorigin.tools.embedded_store import free_ports
-from backorigin.writeback.spools import OWNER, default_spool
+from backorigin.writeback.spools import default_spool
 from tests.data.record_trial import BUCKET, HIT_BODY, OTHER
 from tests.origin_server import body_for
 from tests.replay_support import PATHS, TRIAL, expected_redecisions, new_rules
@@ -85,9 +85,10 @@ def test_mitmdump_replay_redecides_recorded_404s_without_side_effects(tmp_path, 
     by_path = {f.request.path: f for f in flows[:-1]}
     for path, expected in expected_redecisions(origin.base).items():
         assert_decision(by_path[path], **expected)
-        assert by_path[path].comment.startswith(f"backorigin: rule {expected['rule']} {expected['action']} replayed")
-    assert by_path[f"/{BUCKET}/missing/b.txt"].marked == ":arrows_counterclockwise:"
-    assert by_path[f"/{OTHER}/e.txt"].marked == ":arrow_right_hook:"
+        verb = "mirror" if expected["action"] == "mirror" else "redirect"
+        assert by_path[path].comment.startswith(f"replayed: would {verb} · rule {expected['rule']} · ")
+    assert by_path[f"/{BUCKET}/missing/b.txt"].marked == "M"
+    assert by_path[f"/{OTHER}/e.txt"].marked == "R"
     assert_no_decision(by_path[f"/{BUCKET}/hit.txt"])
     assert_no_decision(flows[-1])  # the hit on the mirrored object
 
@@ -98,7 +99,7 @@ def test_mitmdump_replay_redecides_recorded_404s_without_side_effects(tmp_path, 
     assert origin.requests_for("/replay-new/") == []
     assert objects(s3) == before
     spool = default_spool(tmp_path / "confdir", ["regular"])  # mitmdump -n: regular mode, no listen address given
-    assert [p for p in spool.rglob("*") if p.is_file()] == [spool / OWNER]  # nothing spooled (OWNER: whose spool it was)
+    assert not spool.exists()  # nothing spooled: a proxy that leaves nothing in its spool removes it
 
 
 def test_mitmdump_replay_redecides_flows_the_recording_acted_on(tmp_path, store, origin, trial_buckets):
@@ -182,15 +183,15 @@ def test_plugin_agrees_with_mitmdump(tmp_path, backorigin, backorigin_rules, sto
 
 
 def test_the_docstring_example_runs_in_a_project_of_its_own(tmp_path, origin):
-    """The plugin's own example, in a directory with no conftest: only the entry point loads
-    the fixtures."""
+    """The plugin's own example, in a directory with no conftest and no configuration: only the
+    entry point loads the fixtures, and the plugin itself runs the async test (pytest-asyncio is
+    left out with -p no:asyncio)."""
     docstring = backorigin.pytest_plugin.__doc__
     example = textwrap.dedent(docstring.split("plain tests):\n\n", 1)[1].split("\n\n`replay`", 1)[0])
     (tmp_path / "test_example.py").write_text(example)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     write_rules(tmp_path / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/example/", "missing/")]})
     shutil.copyfile(TRIAL, tmp_path / "flows.mitm")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "test_example.py"],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:asyncio", "test_example.py"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 passed" in run.stdout

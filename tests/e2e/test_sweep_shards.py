@@ -116,7 +116,7 @@ def test_four_shards_copy_every_key_once_and_add_up_to_one_process(rules, store,
     merged, one = (json.loads((tmp_path / name).read_text()) for name in ("merged.json", "single.json"))
     assert comparable(merged) == comparable(one)
     assert merged["counts"] == {"copied": KEYS, "already-present": 1, "origin-404": 1, "tombstoned": 1, "proxy-pass": 0,
-                                "failed": 1}
+                                "redirected": 0, "failed": 1}
     print(f"backfill of {KEYS + 4} keys: {SHARDS} shards at once {four_took:.1f}s, one process {one_took:.1f}s")
 
 
@@ -144,4 +144,4 @@ def test_shards_of_an_origin_listing_cover_it_once_then_verify_by_shard(rules, s
     assert re.search(r"present and matching +99\n", merge.stdout) and "missing in the store: k1950: " in merge.stdout
     merged = json.loads((tmp_path / "verify.json").read_text())
     assert merged["counts"] == {"ok": 99, "missing": 1, "differs": 0, "unchecked": 0, "origin-404": 0, "tombstoned": 0,
-                                "proxy-pass": 0}
+                                "proxy-pass": 0, "redirected": 0}

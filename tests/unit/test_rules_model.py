@@ -13,7 +13,8 @@ from backorigin.rules.model import RoutingRule, RulesError
 from backorigin.rules.plan import Act, plan_get
 from backorigin.rules.vocabulary import xml_fields
 from backorigin.s3.addressing import ObjectRef
-from tests.support import DATA, REPO
+from backorigin.tools.demo import SAMPLE_RULES
+from tests.support import DATA
 
 
 def GET(key: str):
@@ -36,7 +37,7 @@ def error_of(text: str, max_rules: int = 5) -> str:
 
 
 def test_shipped_rules_json_is_valid():
-    book = load_rules(REPO / "rules.json")
+    book = load_rules(SAMPLE_RULES)
     assert list(book.buckets) == ["example-bucket"]
 
 

@@ -3,19 +3,76 @@ file reported before mitmproxy starts, the mitmproxy command line `run` builds."
 
 from __future__ import annotations
 
+import argparse
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+from backorigin.tools import cli
 from backorigin.tools.run import WEB_COLUMNS, mitmproxy_command, notes
-from tests.support import run_cli
+from backorigin.writeback.spools import SPOOLS
+from tests.support import REPO, run_cli, write_rules
 
 
 @pytest.mark.parametrize("command", ["", "run", "demo", "import-rules", "export-rules", "explain", "ledger-missing",
-                                     "backfill", "verify"])
+                                     "backfill", "verify", "spools", "report"])
 def test_help_is_the_reference(command):
     done = run_cli(*([command] if command else []), "--help")
     assert done.returncode == 0 and done.stdout.startswith("usage: backorigin")
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    def parsers(parser: argparse.ArgumentParser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    silent = [f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+              for parser in parsers(cli.parser()) for action in parser._actions
+              if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert silent == []
+
+
+def test_version_is_the_packages():
+    done = run_cli("--version")
+    assert (done.returncode, done.stdout) == (0, f"backorigin {version('backorigin')}\n")
+    assert version("backorigin") == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_explain_takes_a_path_with_its_store_or_says_in_one_line_what_it_needs(tmp_path):
+    rules = write_rules(tmp_path / "rules.json", {"photos": [
+        {"RuleNumber": 1, "Condition": {"KeyPrefixEquals": "old/", "HttpErrorCodeReturnedEquals": 404},
+         "Redirect": {"RedirectType": "External", "HttpRedirectCode": 301}}]})
+    done = run_cli("explain", "/photos/old/a.jpg", "--store", "http://store:8333", "--rules", rules)
+    assert done.returncode == 0, done.stderr
+    assert "missing object (404 NoSuchKey): RuleNumber 1 External: 301 to http://store:8333/photos/old/a.jpg" in done.stdout
+    for args, message in [
+        (["/photos/old/a.jpg"], "/photos/old/a.jpg is a path: give the store it goes to with --store URL (or a whole URL)"),
+        (["photos/old/a.jpg"], "'photos/old/a.jpg' is not a URL: give http(s)://STORE/bucket/key, or /bucket/key with --store URL"),
+        (["http://store:8333/photos/a", "--store", "http://s:1"], "http://store:8333/photos/a names its store already: "
+                                                                  "--store is for a path (/bucket/key)"),
+        (["/photos/a", "--store", "store:8333"], "--store 'store:8333': expected http://HOST[:PORT] or https://HOST[:PORT]"),
+    ]:
+        refused = run_cli("explain", *args, "--rules", rules)
+        assert (refused.returncode, refused.stdout, refused.stderr) == (2, "", f"backorigin explain: {message}\n")
+
+
+def test_spools_lists_what_each_holds_and_removes_the_empty_ones(tmp_path):
+    spools = tmp_path / SPOOLS
+    (spools / "reverse-127.0.0.1-8080" / "tombstones").mkdir(parents=True)
+    (spools / "reverse-127.0.0.1-8080" / "a.json").write_text("{}")
+    (spools / "reverse-127.0.0.1-8081" / "failed").mkdir(parents=True)
+    done = run_cli("spools", "--confdir", tmp_path, "--remove-empty")
+    assert done.returncode == 0 and done.stdout.splitlines() == [
+        f"{spools}/reverse-127.0.0.1-8080: 1 pending, 0 failed, 0 tombstone(s); no proxy uses it",
+        f"{spools}/reverse-127.0.0.1-8081: 0 pending, 0 failed, 0 tombstone(s); no proxy uses it; removed",
+    ]
+    assert [p.name for p in spools.iterdir()] == ["reverse-127.0.0.1-8080"]
+    assert run_cli("spools", "--confdir", tmp_path / "none").stdout == f"no spools in {tmp_path / 'none'}\n"
 
 
 def test_explain_is_offline(rules_file, origin):

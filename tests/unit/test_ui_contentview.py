@@ -13,6 +13,7 @@ from backorigin.ui.contentview import (
     DECISION_PRIORITY,
     NO_DECISION,
     VIEW_NAME,
+    WIDTH,
     DecisionView,
     ViewBackorigin,
 )
@@ -35,8 +36,9 @@ def lines(result) -> list[str]:
 def pairs(result) -> dict[str, str]:
     found = {}
     for line in lines(result):
-        key, _, value = line.partition(":")
-        found[key.strip()] = value.strip()
+        if not line.startswith(" "):  # a value's continuation lines have no key
+            key, _, value = line.partition(":")
+            found[key.strip()] = value.strip()
     return found
 
 
@@ -54,9 +56,9 @@ def view():
 def test_shows_a_mirror_decision(view):
     f = decided(MIRRORED)
     description, _ = result = view(f.response.content, flow=f, http_message=f.response)
-    assert description == "backorigin: mirror mirrored"
+    assert description == "backorigin: mirrored"
     assert pairs(result) == {
-        "rule": "2", "action": "mirror", "outcome": "mirrored", "bucket": "example-bucket", "key": "hello.txt",
+        "what happened": "mirrored", "rule": "2", "action": "mirror", "outcome": "mirrored", "bucket": "example-bucket", "key": "hello.txt",
         "origin URL": "http://127.0.0.1:8000/hello.txt", "origin status": "200", "store status": "404",
         "bytes": "13", "write-back": "queued",
     }
@@ -72,9 +74,27 @@ def test_shows_the_location_of_a_redirect_and_the_detail(view):
     assert shown["detail"] == "origin said so"
 
 
+def test_lists_each_rule_tried_and_wraps_long_values(view):
+    tried = ["rule 1: KeySuffixEquals '.svg': the key does not end with it", "rule 2: every condition holds: this rule acts"]
+    detail = "cannot connect to 127.0.0.1:8000: Connection refused; " * 5
+    f = decided(Decision(**{**asdict(MIRRORED), "outcome": Outcome.MIRROR_FAILED, "failure": "origin unreachable",
+                            "rules_tried": tried, "detail": detail}))
+    description, _ = result = view(b"", flow=f)
+    assert description == "backorigin: 424 origin unreachable"
+    shown = lines(result)
+    start = shown.index(next(line for line in shown if line.startswith("rules tried:")))
+    assert [line.split(":", 1)[1].strip() if i == 0 else line.strip() for i, line in enumerate(shown[start:start + 2])] == tried
+    assert shown[start + 1].startswith(" " * len("what happened: "))  # a continuation line has no key
+    at = shown.index(next(line for line in shown if line.startswith("detail:")))
+    continued = shown[at + 1:]
+    assert len(continued) >= 2 and all(line.startswith(" " * len("what happened: ")) for line in continued)
+    assert " ".join(line.split(":", 1)[1].strip() if i == 0 else line.strip() for i, line in enumerate(shown[at:])) == detail.strip()
+    assert max(len(line) for line in shown) <= WIDTH + len("what happened: ")
+
+
 def test_keys_line_up(view):
     result = view(b"", flow=decided(MIRRORED))
-    columns = {line.index(line.split(":", 1)[1].lstrip()) for line in lines(result)}
+    columns = {line.index(line.split(": ", 1)[1].lstrip()) for line in lines(result)}
     assert len(columns) == 1
 
 
@@ -125,7 +145,7 @@ def test_auto_picks_it_through_mitmproxy():
     with taddons.context(addon):
         f = decided(MIRRORED)
         description, _, error = contentviews.get_message_content_view("Auto", f.response, f)
-        assert error is None and description == "backorigin: mirror mirrored"
+        assert error is None and description == "backorigin: mirrored"
         plain = tflow.tflow(resp=True)
         assert plain.response is not None
         description, _, _ = contentviews.get_message_content_view("Auto", plain.response, plain)

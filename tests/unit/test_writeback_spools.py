@@ -17,9 +17,11 @@ from backorigin.writeback.spools import (
     claim,
     default_spool,
     describe,
+    inventory,
     left_behind,
     proxy_name,
     release,
+    remove_if_empty,
 )
 
 NO_SUCH_PID = 2**22 + 1  # above Linux's largest pid_max: no process has it
@@ -81,9 +83,34 @@ def test_claims_nest_within_a_process_and_the_last_release_lets_go(tmp_path):
     with open(spool / OWNER) as other:
         with pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (spool / "a.json").write_text("{}")  # a pending write-back: the spool stays when its proxy lets go
     release(spool)
     with open(spool / OWNER) as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_proxy_that_leaves_nothing_removes_its_spool(tmp_path):
+    spool = tmp_path / "spool"
+    claim(spool, "a")
+    (spool / "tombstones").mkdir()
+    (spool / "failed").mkdir()
+    release(spool)
+    assert not spool.exists()
+    kept = spool_with(tmp_path / "kept", tombstones=1)
+    claim(kept, "b")
+    release(kept)
+    assert (kept / "tombstones" / "0.json").exists()
+
+
+def test_inventory_lists_every_spool_with_what_it_holds(tmp_path):
+    held = spool_with(tmp_path / SPOOLS / "reverse-127.0.0.1-8080", pending=2, owner=os.getpid())
+    empty = spool_with(tmp_path / SPOOLS / "reverse-127.0.0.1-8081", owner=NO_SUCH_PID)
+    (empty / "failed").mkdir()
+    found = {state.directory: state for state in inventory(tmp_path)}
+    assert (found[held].pending, found[held].holder, found[held].empty) == (2, os.getpid(), False)
+    assert (found[empty].holder, found[empty].empty) == (None, True)
+    assert remove_if_empty(empty) and not empty.exists()
+    assert not remove_if_empty(held) and held.exists()
 
 
 def spool_with(directory: Path, pending: int = 0, tombstones: int = 0, owner: int | None = None) -> Path:

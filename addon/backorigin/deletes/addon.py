@@ -50,6 +50,7 @@ class Deletes:
         self.mirroring = mirroring
         self.stick = True
         self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
+        self.location: str | None = None  # where they live (None: deletes do not stick), for the miss ledger
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -78,6 +79,7 @@ class Deletes:
                 raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
             assert found is not None  # there is a default folder
             self.tombstones = found
+        self.location = (options.backorigin_tombstones or str(spool / "tombstones")) if self.stick else None
         # the write-back worker checks tombstones before every upload, where they live
         self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
 

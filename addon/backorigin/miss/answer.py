@@ -118,6 +118,7 @@ def _without_body(result: OriginResult, ref: ObjectRef, store_404: StoreAnswer, 
     else:
         reason = result.failure.reason if result.failure else f"the origin answered {result.status}"
         reply = mirror_failed(ref, reason, result.why)
+        reply.failure = result.failure.label if result.failure else f"origin {result.status}"
     reply.origin_status = result.status
     if result.location:
         reply.outcome = Outcome.ORIGIN_REDIRECT

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from backorigin.decision import Action, Decision, Outcome
+from backorigin.httpclient import describe_error
 from backorigin.limits import IN_HOOK_ANSWER_LIMIT
 from backorigin.miss import objectmeta
 from backorigin.miss.answer import respond
@@ -63,6 +64,7 @@ class Miss:
             writeback=settled.writeback if settled and settled.result.ok else "",
             detail=detail or (reply.detail if reply else "") or self.note or ("" if self.started else "joined the fetch under way"),
             store_status=404,
+            failure=reply.failure if reply else "",
         )
 
 
@@ -163,7 +165,7 @@ class Mirror:
                     self.guard.not_found.add(ref.bucket, rule.RuleNumber, ref.key)
             except Exception as e:  # never leave readers waiting
                 logger.exception("fetch of %s failed", request.url)
-                result = OriginResult.failed(request.url, Failure.NETWORK, f"{type(e).__name__}: {e}")
+                result = OriginResult.failed(request.url, Failure.NETWORK, describe_error(e))
             logger.info("bucket %s, RuleNumber %d: GET %s -> %s", ref.bucket, rule.RuleNumber, result.url,
                         " ".join(str(part) for part in (result.status, result.detail) if part))
             self.on_fetched(result, time.monotonic() - started)

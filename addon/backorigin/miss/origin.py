@@ -67,18 +67,24 @@ class Failure(StrEnum):
 
     @property
     def reason(self) -> str:
-        return _REASONS[self]
+        return _WORDS[self][0]
+
+    @property
+    def label(self) -> str:
+        """A few words for the flow list (`424 origin unreachable`)."""
+        return _WORDS[self][1]
 
 
-_REASONS = {
-    Failure.TIMEOUT: "the origin did not answer in time",
-    Failure.NETWORK: "the origin could not be reached",
-    Failure.INTEGRITY: "the origin's answer was incomplete or did not match its headers",
-    Failure.REDIRECT: "the origin redirected where the proxy does not follow",
-    Failure.TOO_LARGE: "the object is larger than this proxy mirrors",
-    Failure.SPOOL: "the proxy could not keep the object on its disk",
-    Failure.CIRCUIT_OPEN: "the origin kept failing; the proxy is not asking it for a while",
-    Failure.BUSY: "the origin is busy with other fetches",
+# what a client reads in its 424, and the few words of the flow list's comment
+_WORDS = {
+    Failure.TIMEOUT: ("the origin did not answer in time", "origin timed out"),
+    Failure.NETWORK: ("the origin could not be reached", "origin unreachable"),
+    Failure.INTEGRITY: ("the origin's answer was incomplete or did not match its headers", "origin answer incomplete"),
+    Failure.REDIRECT: ("the origin redirected where the proxy does not follow", "origin redirect refused"),
+    Failure.TOO_LARGE: ("the object is larger than this proxy mirrors", "object too large"),
+    Failure.SPOOL: ("the proxy could not keep the object on its disk", "spool failed"),
+    Failure.CIRCUIT_OPEN: ("the origin kept failing; the proxy is not asking it for a while", "origin circuit open"),
+    Failure.BUSY: ("the origin is busy with other fetches", "origin busy"),
 }
 
 
@@ -284,7 +290,7 @@ class OriginClient:
                 return await self._follow(request, url, sink, deadline)
         except TimeoutError as e:
             if isinstance(e, aiohttp.ServerTimeoutError):  # a connect or read timeout of one request
-                return OriginResult.failed(url, Failure.TIMEOUT, f"{type(e).__name__}: {e}")
+                return OriginResult.failed(url, Failure.TIMEOUT, httpclient.describe_error(e))
             return OriginResult.failed(url, Failure.TIMEOUT, f"no complete answer within {limit:g}s")
         except RedirectRefused as e:
             logger.warning("%s: %s", url, e)
@@ -292,7 +298,7 @@ class OriginClient:
         except SinkFailed as e:
             return OriginResult.failed(url, Failure.SPOOL, str(e))
         except (aiohttp.ClientError, OSError) as e:
-            return OriginResult.failed(url, Failure.NETWORK, f"{type(e).__name__}: {e}")
+            return OriginResult.failed(url, Failure.NETWORK, httpclient.describe_error(e))
 
     async def _follow(self, request: OriginRequest, first_url: str, sink: BodySink | None, deadline: asyncio.Timeout) -> OriginResult:
         method = "GET" if sink is not None else "HEAD"

@@ -360,6 +360,33 @@ class RoutingRule(_Model):
             and all(h.holds(header(h.Key)) for h in cond.IncludeHeader)
         )
 
+    def unmet(self, key: str, method: str, header: Callable[[str], str | None], status: int | None,
+              mirror_heads: bool = False) -> str | None:
+        """The first of the rule's conditions that does not hold for this request (and the store's
+        `status`, None before the store is asked), in words; None when they all hold. What
+        `decide_after_store` and `first_request_match` test, said for a person (rules.plan.rules_tried)."""
+        if not self.applies_to(method, mirror_heads):
+            if method != "HEAD":
+                return f"rules act on GET and HEAD, not {method}"
+            return "a Mirror rule answers a HEAD only with MirrorAllowHeadObject (or backorigin_head_on_miss=object)"
+        cond = self.Condition
+        if not key.startswith(cond.KeyPrefixEquals):
+            return f"KeyPrefixEquals {cond.KeyPrefixEquals!r}: the key does not start with it"
+        if not key.endswith(cond.KeySuffixEquals):
+            return f"KeySuffixEquals {cond.KeySuffixEquals!r}: the key does not end with it"
+        for test in cond.IncludeHeader:
+            value = header(test.Key)
+            if not test.holds(value):
+                how, wanted = next((how, v) for how, v in (("equal", test.Equals), ("start with", test.StartsWith),
+                                                             ("end with", test.EndsWith)) if v is not None)
+                got = "the request has none" if value is None else f"{value!r} does not {how} it"
+                return f"IncludeHeader {test.Key} must {how} {wanted!r}: {got}"
+        if status is not None and self.status_condition not in (None, status):
+            if self.Redirect.is_mirror:
+                return f"a Mirror rule acts on the store's 404 only; the store answered {status}"
+            return f"HttpErrorCodeReturnedEquals {self.status_condition}: the store answered {status}"
+        return None
+
     def rewritten_key(self, key: str) -> str:
         """The key a redirect points at or a mirror asks the origin for (OSS key replacement)."""
         action = self.Redirect

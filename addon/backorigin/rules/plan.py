@@ -84,6 +84,20 @@ def refuse_private_origins(book: RuleBook) -> None:
         )
 
 
+def rules_tried(book: RuleBook, ref: ObjectRef, request: http.Request, store_status: int | None,
+                mirror_heads: bool = True) -> list[str]:
+    """The bucket's rules in order up to the first that acts, each with the condition that did
+    not hold (RoutingRule.unmet): why a request went to the rule it went to. Said only for flows
+    with a decision (the mitmweb view), so the planner's own path does not pay for the words."""
+    tried = []
+    for rule in book.rules_for(ref.bucket):
+        why = rule.unmet(ref.key, request.method, request.headers.get, store_status, mirror_heads)
+        tried.append(f"rule {rule.RuleNumber}: {why or 'every condition holds: this rule acts'}")
+        if why is None:
+            break
+    return tried
+
+
 def covered_by_mirror(book: RuleBook, ref: ObjectRef) -> bool:
     """Whether a Mirror rule of the bucket covers the key: the keys whose deletes leave
     tombstones, and so the only keys a tombstone can hide."""
@@ -96,6 +110,11 @@ def covering_mirror(book: RuleBook, ref: ObjectRef) -> RoutingRule | None:
     return next((rule for rule in book.rules_for(ref.bucket) if rule.Redirect.is_mirror
                  and ref.key.startswith(rule.Condition.KeyPrefixEquals) and ref.key.endswith(rule.Condition.KeySuffixEquals)),
                 None)
+
+
+def covering_rule_number(book: RuleBook, ref: ObjectRef) -> int | None:
+    rule = covering_mirror(book, ref)
+    return rule.RuleNumber if rule is not None else None
 
 
 # the store's answer, as the rules read it ----------------------------------------------------

@@ -35,6 +35,7 @@ class Reply:
     outcome: Outcome | None = None  # for the flow's Decision
     detail: str = ""
     origin_status: int | None = None
+    failure: str = ""  # why a mirror failed, in a few words (the Decision's `failure`)
 
     def has_length(self) -> bool:
         return any(name.lower() == "content-length" for name, _ in self.headers)

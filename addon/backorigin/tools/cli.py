@@ -12,11 +12,23 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RulesError
+from backorigin.tools.demo import DemoPorts
 from backorigin.tools.run import RunError, run_proxy
 from backorigin.tools.shards import parse_shard
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("backorigin")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
         prog="backorigin",
         description="Mirror and redirect back-to-origin (OSS RoutingRules) for any S3-compatible store.",
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -61,13 +74,30 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("extra", nargs=argparse.REMAINDER, help="-- then arguments for mitmproxy as they are")
     run.set_defaults(handler=run_proxy)
 
-    demo = commands.add_parser("demo", help="run an embedded store, a sample origin and the proxy on this machine")
-    demo.add_argument("--rules", type=Path, default=Path("rules.json"))
-    demo.add_argument("--state", type=Path, default=Path(".demo"), help="folder for the store's data")
-    demo.add_argument("--proxy-port", type=int, default=8080)
-    demo.add_argument("--store-port", type=int, default=8333)
-    demo.add_argument("--origin-port", type=int, default=8000)
-    demo.add_argument("--ui", choices=("dump", "web"), default="dump", help="mitmdump (default) or mitmweb")
+    demo = commands.add_parser(
+        "demo", help="run an embedded store, a sample origin and the proxy on this machine (what `make run` runs)",
+        description="A first look, from any folder: an embedded SeaweedFS store, a sample origin serving the sample "
+                    "site shipped with backorigin, and the proxy in front of the store, each on its own port. The "
+                    "store's data and the rules live in --state, so the demo starts again where it stopped. Ctrl-C "
+                    "stops everything once pending write-backs have landed (exit status 0).")
+    demo.add_argument("--rules", type=Path, default=None, metavar="FILE",
+                      help="the rules file to run with (default: STATE/rules.json, written from the sample rules at the "
+                           "first start; its loopback MirrorURLs follow --origin-port)")
+    demo.add_argument("--state", type=Path, default=Path(".demo"), metavar="DIR",
+                      help="folder for the store's data and the sample rules (default: .demo)")
+    demo.add_argument("--origin", type=Path, default=None, metavar="DIR",
+                      help="the folder the sample origin serves (default: the sample site shipped with backorigin)")
+    for flag, default, what in (("--proxy-port", DemoPorts.proxy, "the proxy, where clients connect"),
+                                ("--store-port", DemoPorts.store, "the store's S3 API"),
+                                ("--origin-port", DemoPorts.origin, "the sample origin"),
+                                ("--web-port", DemoPorts.web, "mitmweb's page, with --ui web")):
+        demo.add_argument(flag, type=_argument(_port), default=default, metavar="PORT",
+                          help=f"port of {what} on 127.0.0.1 (default: {default})")
+    demo.add_argument("--ui", choices=("dump", "web"), default="dump",
+                      help="mitmdump (default: the flows in this terminal) or mitmweb (a page in the browser)")
+    demo.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
+                      help="a mitmproxy or backorigin option for the proxy, e.g. --set backorigin_debug_header=true "
+                           "(repeatable)")
     demo.set_defaults(handler=lambda a: _demo(a))
 
     importer = commands.add_parser(
@@ -82,20 +112,31 @@ def parser() -> argparse.ArgumentParser:
     exporter.add_argument("rules", type=Path, help="the rules file")
     exporter.set_defaults(handler=lambda a: export_rules(a.rules, a.bucket))
 
-    explainer = commands.add_parser("explain", help="say which rule acts on a URL and what it builds (offline)")
-    explainer.add_argument("url", help="a store URL, e.g. http://store:8333/bucket/key")
-    explainer.add_argument("--rules", type=Path, default=Path("rules.json"), metavar="FILE")
+    explainer = commands.add_parser(
+        "explain", help="say which rule acts on a URL and what it builds (offline)",
+        description="Which rule of the rules file acts on a GET of URL, for a missing and for an existing object, and "
+                    "the origin URL or Location it builds. Nothing is fetched. URL is a whole store URL, or a path "
+                    "(/bucket/key) together with --store.")
+    explainer.add_argument("url", metavar="URL", help="a store URL, e.g. http://store:8333/bucket/key, or /bucket/key with --store")
+    explainer.add_argument("--store", default=None, metavar="URL",
+                           help="the store a path is sent to, e.g. http://store:8333 (a redirect without HostName points "
+                                "at the host the client used)")
+    explainer.add_argument("--rules", type=Path, default=Path("rules.json"), metavar="FILE",
+                           help="the rules file (default: rules.json)")
     explainer.add_argument("--vhost-domain", action="append", default=[], metavar="DOMAIN",
                            help="a domain of virtual-hosted buckets (bucket.DOMAIN/key), as backorigin_vhost_domains")
     explainer.set_defaults(handler=explain_url)
 
     missing = commands.add_parser(
-        "ledger-missing", help="print the keys a miss ledger names that are still missing from their bucket"
-    )
+        "ledger-missing", help="print the keys a miss ledger names that are still missing from their bucket",
+        description="One s3://bucket/key line per key of the miss ledger that the store still lacks (mirrored but "
+                    "not stored: MirrorProxyPass, an integrity check, a failed fetch...), ready for a bulk copy tool. "
+                    "Keys deleted through the proxy are left out: the ledger says where its proxy keeps tombstones.")
     missing.add_argument("ledger", type=Path, help="the JSON-lines file written with --set backorigin_ledger=FILE")
     missing.add_argument("--store", required=True, metavar="URL",
                          help="the store, e.g. http://127.0.0.1:8333 (credentials: boto3's chain)")
-    missing.set_defaults(handler=lambda a: print_ledger_missing(a.ledger, a.store))
+    _tombstones_argument(missing)
+    missing.set_defaults(handler=lambda a: print_ledger_missing(a.ledger, a.store, a.tombstones))
 
     backfill = commands.add_parser(
         "backfill", help="copy every object the store still lacks from the origin, as a GET through the proxy would",
@@ -135,6 +176,19 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--report", type=Path, default=None, metavar="FILE", help="also write the report as JSON to FILE")
     verify.set_defaults(handler=lambda a: _verify(a))
 
+    spools = commands.add_parser(
+        "spools", help="list the proxies' spool folders with what they hold; remove the empty ones",
+        description="Each proxy keeps its pending write-backs (and by default its tombstones) in a spool folder of "
+                    "its own, CONFDIR/backorigin-spools/MODE-HOST-PORT, and removes it when it stops with nothing in "
+                    "it. This lists the spools there are: pending write-backs, write-backs the store refused "
+                    "(failed/), tombstones, and the proxy using each. A spool with pending write-backs is resumed by "
+                    "running one proxy with --set backorigin_spool_dir=SPOOL.")
+    spools.add_argument("--confdir", type=Path, default=Path("~/.mitmproxy"), metavar="DIR",
+                        help="mitmproxy's confdir the proxies ran with (default: ~/.mitmproxy)")
+    spools.add_argument("--remove-empty", action="store_true",
+                        help="remove the spools that hold nothing and that no running proxy uses")
+    spools.set_defaults(handler=lambda a: list_spools(a.confdir, a.remove_empty))
+
     report = commands.add_parser("report", help="work with the JSON reports of backfill and verify (report merge)")
     report_commands = report.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
     merge = report_commands.add_parser(
@@ -169,11 +223,16 @@ def _key_source_arguments(command: argparse.ArgumentParser) -> argparse._Mutuall
                               "JOB_COMPLETION_INDEX): a stable hash of the key, so N processes on N machines share the "
                               "work without overlap; default: JOB_COMPLETION_INDEX/JOB_COMPLETIONS when both are set, "
                               "else every key. Each shard writes its own --report; `backorigin report merge` adds them up")
+    _tombstones_argument(command)
+    return source
+
+
+def _tombstones_argument(command: argparse.ArgumentParser) -> None:
     command.add_argument("--tombstones", default=None, metavar="DIR_OR_S3URL",
                          help="the proxies' tombstones, whose keys are skipped: the proxy's spool folder's tombstones "
-                              "folder (SPOOL/tombstones), or the s3://BUCKET/PREFIX/ the proxies use "
-                              "(backorigin_tombstones) (default: none)")
-    return source
+                              "folder (SPOOL/tombstones), the s3://BUCKET/PREFIX/ the proxies use "
+                              "(backorigin_tombstones), or none. Default: with --ledger, where the ledger says its "
+                              "proxy keeps them; otherwise none")
 
 
 T = TypeVar("T")
@@ -192,6 +251,12 @@ def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
 def _positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise ValueError(f"{text!r} must be 1 or more")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{text!r} is not a port (1 to 65535)")
     return int(text)
 
 
@@ -232,13 +297,24 @@ def _merge_reports(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from backorigin.tools.demo import run_demo
 
-    return run_demo(args.rules, args.state, args.proxy_port, args.store_port, args.origin_port, args.ui)
+    ports = DemoPorts(args.proxy_port, args.store_port, args.origin_port, args.web_port)
+    return run_demo(args.rules, args.state, ports, args.ui, args.origin, args.options)
 
 
 def explain_url(args: argparse.Namespace) -> int:
     from backorigin.rules.explain import explain
+    from backorigin.tools.run import checked_url
 
-    print(explain(load_rules(args.rules, MAX_RULES_CEILING), args.url, tuple(args.vhost_domain)))
+    url = args.url
+    if url.startswith("/"):
+        if args.store is None:
+            raise RunError(f"{url} is a path: give the store it goes to with --store URL (or a whole URL)")
+        url = checked_url(args.store, "--store") + url
+    elif args.store is not None:
+        raise RunError(f"{url} names its store already: --store is for a path (/bucket/key)")
+    elif urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise RunError(f"{url!r} is not a URL: give http(s)://STORE/bucket/key, or /bucket/key with --store URL")
+    print(explain(load_rules(args.rules, MAX_RULES_CEILING), url, tuple(args.vhost_domain)))
     return 0
 
 
@@ -269,19 +345,41 @@ def export_rules(path: Path, bucket: str) -> int:
     return 0
 
 
-def print_ledger_missing(ledger: Path, store: str) -> int:
+def print_ledger_missing(ledger: Path, store: str, tombstones_at: str | None) -> int:
     """One `s3://bucket/key` line per key still to copy, for a migration tool's list."""
     from backorigin.s3.clients import make_s3_client
+    from backorigin.tools.sweep import SweepError, read_tombstones
     from backorigin.ui import ledger as miss_ledger
 
     try:
+        tombstones = read_tombstones(tombstones_at, store, ledger)
         missing = miss_ledger.backfill(ledger, miss_ledger.store_checker(make_s3_client(store)))
+    except SweepError as e:
+        print(f"backorigin ledger-missing: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:
         print(f"{ledger}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 2
+    deleted = {ref for ref in missing if tombstones is not None and ref in tombstones}
     for bucket, key in missing:
-        print(f"s3://{bucket}/{key}")
-    print(f"{len(missing)} key(s) still missing", file=sys.stderr)
+        if (bucket, key) not in deleted:
+            print(f"s3://{bucket}/{key}")
+    print(f"{len(missing) - len(deleted)} key(s) still missing"
+          + (f"; {len(deleted)} deleted through the proxy left out" if deleted else ""), file=sys.stderr)
+    return 0
+
+
+def list_spools(confdir: Path, remove_empty: bool) -> int:
+    from backorigin.writeback.spools import inventory, remove_if_empty
+
+    found = inventory(confdir)
+    for spool in found:
+        held = f"in use by pid {spool.holder}" if spool.holder is not None else "no proxy uses it"
+        removed = remove_empty and spool.empty and spool.holder is None and remove_if_empty(spool.directory)
+        print(f"{spool.directory}: {spool.pending} pending, {spool.failed} failed, {spool.tombstones} tombstone(s); "
+              f"{held}{'; removed' if removed else ''}")
+    if not found:
+        print(f"no spools in {confdir.expanduser()}")
     return 0
 
 

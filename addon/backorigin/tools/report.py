@@ -33,6 +33,7 @@ RESULTS = {
         "origin-404": "origin 404",
         "tombstoned": "tombstoned",
         "proxy-pass": "not stored (proxy pass)",
+        "redirected": "skipped (a redirect rule)",
         "failed": "failed",
     }, frozenset({"failed"})),
     "verify": Results({
@@ -43,6 +44,7 @@ RESULTS = {
         "origin-404": "absent at the origin too",
         "tombstoned": "tombstoned",
         "proxy-pass": "never stored (proxy pass)",
+        "redirected": "skipped (a redirect rule)",
     }, frozenset({"missing", "differs", "unchecked"})),
     # verify --check origin: is every object of the store at the origin (a rollback loses nothing)?
     "verify-origin": Results({

@@ -28,7 +28,7 @@ from backorigin.rules.model import MAX_RULES_CEILING
 
 ADDON_SCRIPT = Path(__file__).parent.parent / "scripts" / "mitmproxy_addon.py"  # what mitmdump/mitmweb load with -s
 # mitmweb's flow list, with the comment column, where each flow says what backorigin decided
-WEB_COLUMNS = ("tls", "icon", "path", "method", "status", "size", "time", "comment")
+WEB_COLUMNS = ("tls", "icon", "method", "path", "status", "size", "time", "comment")  # the marker sits at the path's end
 MODES = ("reverse", "regular", "transparent", "upstream")
 # what `run` sets from its own arguments: given again with --set or after --, mitmproxy would
 # take two values or silently one of them
@@ -73,7 +73,7 @@ def mode_spec(mode: str, stores: list[str], given: set[str]) -> tuple[str, list[
     kind, _, data = mode.partition(":")
     if kind not in MODES:
         raise RunError(f"--mode {mode!r}: expected one of reverse, regular, transparent, upstream:URL")
-    stores = [_checked_url(store, "--store") for store in stores]
+    stores = [checked_url(store, "--store") for store in stores]
     if kind == "reverse":
         if data:
             raise RunError(f"--mode {mode!r}: name the store with --store URL and leave --mode reverse bare")
@@ -84,7 +84,7 @@ def mode_spec(mode: str, stores: list[str], given: set[str]) -> tuple[str, list[
     if kind == "upstream":
         if not data:
             raise RunError("--mode upstream:URL needs the proxy to go through, e.g. upstream:http://proxy.internal:3128")
-        spec = f"upstream:{_checked_url(data, '--mode upstream:URL')}"
+        spec = f"upstream:{checked_url(data, '--mode upstream:URL')}"
     elif data:
         raise RunError(f"--mode {mode!r}: {kind} mode takes no URL")
     else:
@@ -95,7 +95,7 @@ def mode_spec(mode: str, stores: list[str], given: set[str]) -> tuple[str, list[
     return spec, [f"backorigin_stores={store}" for store in stores]
 
 
-def _checked_url(url: str, what: str) -> str:
+def checked_url(url: str, what: str) -> str:
     """scheme://host[:port], from http(s)://host[:port][/]."""
     try:
         parts = urlsplit(url)

@@ -134,9 +134,23 @@ def settle_shard(given: Shard | None, environ: Mapping[str, str]) -> Shard | Non
         raise SweepError(str(e)) from None
 
 
-def read_tombstones(where: str | None, store: str) -> Tombstones | None:
+NO_TOMBSTONES = "none"  # --tombstones none: honour none
+
+
+def read_tombstones(where: str | None, store: str, ledger: Path | None = None) -> Tombstones | None:
     """--tombstones: the proxies' folder (SPOOL/tombstones) or their s3://BUCKET/PREFIX/, read
-    fresh (the proxies go on writing them)."""
+    fresh (the proxies go on writing them), or `none`. Without it, a miss ledger's keys are
+    checked against the tombstones the ledger names (ui.ledger.tombstones_named): a key deleted
+    through the proxy must not come back; a ledger that does not name them is refused."""
+    if where is None and ledger is not None:
+        try:
+            where = miss_ledger.tombstones_named(ledger)
+        except (OSError, ValueError) as e:
+            raise SweepError(f"{e}: give --tombstones DIR, s3://BUCKET/PREFIX/ or {NO_TOMBSTONES}") from None
+        if where is not None and not where.startswith("s3://") and not Path(where).is_dir():
+            return None  # a proxy that left no tombstones and no write-backs removes its spool folder at exit
+    if where is None or where == NO_TOMBSTONES:
+        return None
     try:
         return open_tombstones(where, None, store, fresh=True)
     except TombstonesError as e:
@@ -170,7 +184,7 @@ async def plan_key(book: RuleBook, store: str, bucket: str, key: str, tombstones
     if rule is None:
         return KeyPlan(plan, "failed", "no rule applies to a GET of the key")
     if plan.act is Act.REDIRECT:
-        return KeyPlan(plan, "failed", f"RuleNumber {rule.RuleNumber} redirects ({rule.Redirect.RedirectType}); nothing to copy")
+        return KeyPlan(plan, "redirected", f"RuleNumber {rule.RuleNumber} redirects ({rule.Redirect.RedirectType}); nothing to copy")
     if plan.act is Act.KEEP_404:
         deleted_result = ("tombstoned", "") if plan.outcome == "deleted" else ("failed", f"RuleNumber {rule.RuleNumber}: {plan.detail}")
         return KeyPlan(plan, *deleted_result)
@@ -296,7 +310,7 @@ def prepare(args: Any) -> Prepared:
     """Read what a sweep command's arguments name (SweepError when something cannot be read)."""
     shard = settle_shard(args.shard, os.environ)
     book = load_rules(args.rules, MAX_RULES_CEILING)
-    tombstones = read_tombstones(args.tombstones, args.store)
+    tombstones = read_tombstones(args.tombstones, args.store, args.ledger)
     listed = read_source(args, book, shard)
     if shard is not None:
         print(f"shard {shard}: {len(listed)} key(s)", file=sys.stderr)

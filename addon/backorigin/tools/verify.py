@@ -85,7 +85,7 @@ class Verify:
                 return Finished(key, "unchecked", describe_error(e))
             head = None
         planned = await plan_key(self.book, self.store, self.bucket, key, self.tombstones if head is None else None)
-        if planned.result in ("tombstoned", "proxy-pass") and head is None:
+        if planned.result in ("tombstoned", "proxy-pass", "redirected") and head is None:
             return Finished(key, planned.result, planned.why)
         origin = planned.plan.origin
         if origin is None:

@@ -18,10 +18,13 @@ from backorigin.s3.clients import store_has
 
 
 class Ledger:
-    """Appends every mirror decision to its file, once the option names one."""
+    """Appends every mirror decision to its file, once the option names one, with where the
+    proxy keeps its tombstones (`tombstones_at`), so that the backfill list made from the
+    ledger leaves out the keys deleted through that proxy without being told where they are."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, tombstones_at: Callable[[], str | None]) -> None:
         self.path: Path | None = None
+        self.tombstones_at = tombstones_at
         recorder.listeners.append(self.append)
 
     def load(self, loader: Loader) -> None:
@@ -39,7 +42,8 @@ class Ledger:
             return
         # one short append per miss; line-buffered so a crash loses at most the line being written
         with open(self.path, "a", encoding="utf-8", buffering=1) as out:
-            out.write(json.dumps({"time": round(time.time(), 3), **decision.as_metadata()}) + "\n")
+            entry = {"time": round(time.time(), 3), **decision.as_metadata(), "tombstones": self.tombstones_at()}
+            out.write(json.dumps(entry) + "\n")
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:
@@ -50,6 +54,22 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}: line {number}: not JSON: {e.msg}") from None
+
+
+def tombstones_named(path: Path) -> str | None:
+    """Where the proxy that wrote the ledger kept its tombstones: a folder or s3://BUCKET/PREFIX/,
+    or None when it kept none (backorigin_deletes=resurrect) or the ledger is empty. ValueError
+    when a line does not say (a ledger written before backorigin 0.2.0) or lines say different
+    things (proxies with different tombstones writing one ledger)."""
+    places: set[str | None] = set()
+    for number, entry in enumerate(read(path), 1):
+        if "tombstones" not in entry:
+            raise ValueError(f"{path}: line {number} does not say where its proxy kept tombstones (a ledger written "
+                             "before backorigin 0.2.0)")
+        places.add(entry["tombstones"])
+    if len(places) > 1:
+        raise ValueError(f"{path}: its lines name tombstones in several places ({', '.join(sorted(map(str, places)))})")
+    return next(iter(places), None)
 
 
 def backfill(path: Path, has_object: Callable[[str, str], bool]) -> list[tuple[str, str]]:

@@ -88,9 +88,12 @@ class WorkerProcess:
     async def _supervise(self) -> None:
         """Run the worker; start another when it dies."""
         while not self._stopping:
+            # a session of its own: the terminal's Ctrl-C, meant for mitmdump, would reach the worker
+            # too, even before it can ignore it (while it still imports), and kill it mid-drain; the
+            # proxy tells it when to stop, and it stops by itself when the proxy is gone (its input ends)
             self._process = process = await asyncio.create_subprocess_exec(
                 *self._command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
             assert process.stdin is not None and process.stdout is not None and process.stderr is not None
             self._up.set()
@@ -136,8 +139,7 @@ def reply(message: Message) -> None:
 
 def run(serve: Coroutine[Any, Any, None]) -> NoReturn:
     """Run a worker's `serve` and leave: log lines on stderr as WorkerProcess relays them, and
-    Ctrl-C in mitmdump's terminal ignored (it reaches this process too: the proxy decides when
-    it stops)."""
+    Ctrl-C ignored (the proxy decides when it stops; run by hand, Ctrl-C reaches it too)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     for library in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(library).setLevel(logging.WARNING)

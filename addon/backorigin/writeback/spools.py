@@ -11,10 +11,16 @@ for the same store does not strand them.
 A running proxy claims its spool (an exclusive flock on SPOOL/owner, released when the process
 ends, `kill -9` included); a second proxy given the same spool (one `backorigin_spool_dir` for
 two, or two proxies on port 0) is refused at start-up instead of sharing it.
+
+Spools do not pile up: a proxy that ends with nothing in its spool (no pending or failed
+write-back, no tombstone) removes it, also when it stops at start-up (a port in use), so only
+proxies that left work behind leave a folder. `backorigin spools` lists them (`inventory`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import fcntl
 import os
 import re
@@ -71,66 +77,97 @@ def claim(spool: Path, description: str) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()} {description}\n".encode())
     _claimed[spool] = (fd, 1)
+    atexit.register(release, spool)  # mitmproxy exits without `done` when it cannot listen
 
 
 def release(spool: Path) -> None:
+    """Let go of the spool (the last claim of this process), removing it when it holds nothing."""
     spool = spool.resolve()
     if spool not in _claimed:
         return
     fd, count = _claimed.pop(spool)
     if count > 1:
         _claimed[spool] = (fd, count - 1)
-    else:
-        os.close(fd)  # closing the last descriptor drops the flock
+        return
+    remove_if_empty(spool)  # still holding the flock: no proxy is starting on it now
+    os.close(fd)  # closing the last descriptor drops the flock
+
+
+def remove_if_empty(spool: Path) -> bool:
+    """Remove a spool that holds nothing but its owner file and empty folders (failed/,
+    tombstones/); anything else (a body, a manifest, a tombstone) keeps it."""
+    entries = [entry for entry in spool.iterdir() if entry.name != OWNER] if spool.is_dir() else []
+    if any(not entry.is_dir() or any(entry.iterdir()) for entry in entries):
+        return False
+    with contextlib.suppress(OSError):  # another proxy may be creating it again this moment
+        for entry in entries:
+            entry.rmdir()
+        (spool / OWNER).unlink(missing_ok=True)
+        spool.rmdir()
+        return True
+    return False
 
 
 @dataclass(frozen=True)
-class LeftSpool:
-    """A spool no running proxy holds that still holds work: pending write-backs nobody will
-    upload until a proxy resumes it, tombstones nobody will honour, or writes nobody will bring to
-    the origin (write-through)."""
+class SpoolState:
+    """What a spool holds: pending write-backs nobody uploads until a proxy runs with it,
+    write-backs the store refused for good, tombstones, writes not yet at the origin
+    (write-through); and the pid of the proxy using it."""
 
     directory: Path
     pending: int
     tombstones: int
+    failed: int
+    holder: int | None  # the running proxy's pid, None when no proxy uses it
     legacy: bool  # CONFDIR/backorigin-spool, the shared default of earlier versions
     writes: int = 0  # write-through journal entries (SPOOL/writethrough)
 
+    @property
+    def empty(self) -> bool:
+        return not (self.pending or self.tombstones or self.failed or self.writes)
 
-def left_behind(confdir: Path, mine: Path) -> list[LeftSpool]:
+
+def inventory(confdir: Path) -> list[SpoolState]:
+    """Every spool in the confdir: CONFDIR/backorigin-spools/*, and the legacy shared one."""
     confdir = Path(confdir).expanduser()
     candidates = [(confdir / LEGACY_SPOOL, True)]
     if (confdir / SPOOLS).is_dir():
         candidates += [(path, False) for path in sorted((confdir / SPOOLS).iterdir()) if path.is_dir()]
-    found = []
-    for directory, legacy in candidates:
-        if not directory.is_dir() or directory.resolve() == mine.resolve() or _held(directory):
-            continue
-        pending = sum(1 for _ in directory.glob("*.json"))
-        tombstones = sum(1 for _ in (directory / "tombstones").glob("*.json"))
-        writes = sum(1 for _ in (directory / "writethrough").glob("*.json"))
-        if pending or tombstones or writes:
-            found.append(LeftSpool(directory, pending, tombstones, legacy, writes))
-    return found
+    return [
+        SpoolState(directory, _count(directory, "*.json"), _count(directory / "tombstones", "*.json"),
+                   _count(directory / "failed", "*.json"), _holder(directory), legacy, _count(directory / "writethrough", "*.json"))
+        for directory, legacy in candidates if directory.is_dir()
+    ]
 
 
-def _held(spool: Path) -> bool:
-    """Whether the process named in SPOOL/owner is alive (read, never locked: taking the lock
-    even for a moment could refuse a proxy starting at that moment)."""
+def _count(folder: Path, pattern: str) -> int:
+    return sum(1 for _ in folder.glob(pattern))
+
+
+def left_behind(confdir: Path, mine: Path) -> list[SpoolState]:
+    """The spools no running proxy holds that still hold pending write-backs, tombstones or writes
+    not yet at the origin."""
+    return [state for state in inventory(confdir) if state.directory.resolve() != mine.resolve() and state.holder is None
+            and (state.pending or state.tombstones or state.writes)]
+
+
+def _holder(spool: Path) -> int | None:
+    """The pid named in SPOOL/owner when that process is alive (read, never locked: taking the
+    lock even for a moment could refuse a proxy starting at that moment)."""
     try:
         pid = int((spool / OWNER).read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return False
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
-        return True
-    return True
+        return pid
+    return pid
 
 
-def describe(left: LeftSpool) -> str:
+def describe(left: SpoolState) -> str:
     """One log line: what the spool holds and how to resume it."""
     held = " and ".join(part for part in (
         f"{left.pending} pending write-back(s)" if left.pending else "",
