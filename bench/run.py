@@ -57,6 +57,7 @@ from bench.services import (
     set_affinity,
     wrk,
 )
+from bench.state import scenario_state
 
 BUCKET = "bench"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -69,7 +70,7 @@ ORIGIN_FILES = {
     "huge": ("huge.bin", 1 * GiB),
 }
 OUT = Path(__file__).resolve().parent / "out"
-SCENARIOS = ("hit", "coldhit", "miss", "singleflight", "lag", "memory", "largehit", "scaleout")
+SCENARIOS = ("hit", "coldhit", "miss", "singleflight", "lag", "memory", "largehit", "state", "scaleout")
 HIT_OBJECTS = ("small", "medium", "large")  # existing objects: <prefix>/hit
 EXTRA_SCRIPTS: list[str] = []  # --with-script: experiments loaded after the addon
 EMPTY_SCRIPT = Path(__file__).resolve().parent / "experiments" / "empty_script.py"  # the hit scenario's control
@@ -1258,6 +1259,7 @@ def main(argv: list[str] | None = None) -> int:
             "lag": lambda: scenario_lag(stack, report, args.seconds),
             "memory": lambda: scenario_memory(stack, report),
             "largehit": lambda: scenario_largehit(stack, report),
+            "state": lambda: scenario_state(stack, report, BUCKET, args.seconds),
             "scaleout": lambda: scenario_scaleout(stack, report, args.seconds),
         }
         # the profile runs before the scale-out, which unpins everything and leaves the first

@@ -309,15 +309,19 @@ HTTP_COMMON = NGINX_BASICS + """
 """
 
 
-def origin_config(port: int, root: Path, files: dict[str, str]) -> str:
-    """A static origin: /<dir>/<anything> serves the file files[dir], every request logged."""
+def origin_config(port: int, root: Path, files: dict[str, str], rates: dict[str, str] | None = None) -> str:
+    """A static origin: /<dir>/<anything> serves the file files[dir], every request logged as its
+    answer ends (the path first, the method last; between them the status, the bytes sent, the end
+    time and the seconds it took); a dir in `rates` sends at that rate (nginx's limit_rate, "4m")."""
+    rates = rates or {}
     locations = "\n".join(
-        f"        location /{prefix}/ {{ try_files /{name} =404; }}" for prefix, name in files.items()
+        f"        location /{prefix}/ {{ {f'limit_rate {rates[prefix]}; ' if prefix in rates else ''}try_files /{name} =404; }}"
+        for prefix, name in files.items()
     )
     return f"""
 http {{
 {HTTP_COMMON}
-    log_format origin '$request_uri $status $body_bytes_sent $request_method';
+    log_format origin '$request_uri $status $body_bytes_sent $msec $request_time $request_method';
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         root {root};

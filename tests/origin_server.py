@@ -287,6 +287,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(piece)
         self.close_connection = True
 
+    def scenario_picky(self, path: str) -> None:
+        """404 for a query with "bad" in it or the user agent "odd"; the object otherwise."""
+        if "bad" in urlsplit(self.path).query or self.headers.get("user-agent") == "odd":
+            self._send(404, b"not here", {})
+        else:
+            self._send(200, body_for(path), {})
+
     def scenario_echo(self, path: str) -> None:
         """Body = what the origin received (path with query, headers), as JSON."""
         seen = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}

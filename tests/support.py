@@ -171,6 +171,17 @@ class Mitmdump:
             return self.process.wait()
 
 
+def metered_proxy(workdir: Path, store: EmbeddedStore, bucket: str, origin_base: str) -> tuple[Mitmdump, int]:
+    """The documented proxy serving its metrics (backorigin_metrics_port), mirroring `bucket` from
+    the scripted origin's /dir1/: the proxy, started, and its metrics port."""
+    store.create_buckets([bucket])
+    rules = write_rules(workdir / "rules.json", {bucket: [mirror_rule(1, f"{origin_base}/dir1/")]})
+    port = free_ports(1)[0]
+    proxy = Mitmdump(f"reverse:{store.endpoint}", rules, workdir,
+                     {"backorigin_metrics_port": str(port), "backorigin_origin_timeout": "5"}).start()
+    return proxy, port
+
+
 def running(pid: int) -> bool:
     """Whether the process is alive (a zombie is not)."""
     try:
@@ -260,6 +271,7 @@ class Relay:
         self.rate = rate
         self.request_rate = request_rate
         self.requests: list[str] = []
+        self.accepted = 0  # connections taken so far (each is held `delay` seconds)
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -273,6 +285,7 @@ class Relay:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
@@ -333,10 +346,16 @@ def book_of(bucket: str, rules: list[dict]):
     return parse_rules(json.dumps({"Buckets": [{"Name": bucket, "RoutingRules": rules}]}), "t")
 
 
+# `weed mini` makes a volume per bucket and has room for about 80 by default: these make room for thousands
+MANY_BUCKETS = ("-volume.max=0", "-master.volumeSizeLimitMB=4")
+
+
 @contextlib.contextmanager
-def running_store(directory: Path, buckets: Sequence[str], keys: tuple[str, str] | tuple[()] = ()) -> Iterator[EmbeddedStore]:
+def running_store(directory: Path, buckets: Sequence[str], keys: tuple[str, str] | tuple[()] = (),
+                  extra_args: tuple[str, ...] = ()) -> Iterator[EmbeddedStore]:
     """A SeaweedFS of its own with these buckets; with `keys` it enforces SigV4, as most real stores do."""
-    store = EmbeddedStore(directory, free_ports(1, with_grpc=True)[0], *keys)
+    access, secret = keys or (None, None)
+    store = EmbeddedStore(directory, free_ports(1, with_grpc=True)[0], access, secret, extra_args=extra_args)
     store.start()
     try:
         store.create_buckets(list(buckets))

@@ -28,6 +28,7 @@ from backorigin.listing.addon import MergedListing
 from backorigin.miss import objectmeta
 from backorigin.miss.addon import Mirroring
 from backorigin.miss.delivery import MissDelivery
+from backorigin.miss.fleet import FleetLeases
 from backorigin.miss.probe import StoreProbe, answer_from_store
 from backorigin.miss.protect import OriginProtection
 from backorigin.options import GivenOnce, check_choice
@@ -37,7 +38,7 @@ from backorigin.rules.plan import Act, GetPlan, plan_get
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, is_plain_object_call
+from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
 from backorigin.s3.store import StoreAnswer, StoreServerName, client_facing, upstream_proxy, upstream_verification
 from backorigin.s3.stores import Stores
 from backorigin.ui.commands import Commands
@@ -63,15 +64,17 @@ class BackOrigin:
         self.probe = StoreProbe()
         self.mirroring = Mirroring()
         self.protection = OriginProtection(self.mirroring)
-        self.deletes = Deletes(self.context, self.mirroring)
-        self.listing = MergedListing(self.context, self.deletes.under)
         self.delivery = MissDelivery(self.recorder)
+        self.deletes = Deletes(self.context, self.mirroring, self.delivery.refuse)
+        self.listing = MergedListing(self.context, self.deletes.hide,
+                                     leases_under=lambda bucket: self.mirroring.mirror.leases.prefix_in(bucket))
         self.writethrough = WriteThrough(self.context, self.mirroring)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, lambda: sum(1 for _ in self.deletes.tombstones),
-                                       self.writethrough, self.stores.set_aside)
-        self.addons = [self.rules_file, self.stores, self.mirroring, self.protection, self.deletes, self.writethrough, self.listing,
-                       self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location), DecisionView(),
-                       StoreServerName(), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), GivenOnce()]
+        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough,
+                                       self.stores.set_aside)
+        self.addons = [self.rules_file, self.stores, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes,
+                       self.writethrough, self.listing, self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location),
+                       DecisionView(), StoreServerName(), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes),
+                       GivenOnce()]
         self.mirroring.origin.own_listeners = lambda: own_listeners(self.metrics, self.delivery)
         self._mirror_heads = True
         self._403_is_miss = False
@@ -94,8 +97,9 @@ class BackOrigin:
         )
         loader.add_option(
             "backorigin_403_is_miss_private_origins", bool, False,
-            "With backorigin_403_is_miss, allow MirrorAuth rules: anyone the store denies then gets the private "
-            "origin's objects. Refused unless this says so.",
+            "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
+            "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
+            "Refused unless this says so.",
         )
         loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
         loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
@@ -193,9 +197,8 @@ class BackOrigin:
             endpoint = self.context.endpoint(flow.request)
             assert endpoint is not None  # ref came from the same reading
             mirror.known.discard((endpoint, ref.bucket, ref.key))
-            miss = mirror.start(endpoint, ref, after.rule, after.origin)  # type: ignore[arg-type]
-            assert miss is not None  # nothing is known to be stored: discarded above
-            await self.delivery.deliver_late(flow, mirror, miss, answer)
+            miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
+            await self.delivery.deliver_late(flow, mirror, miss, answer, ref)
         else:
             self._act_without_origin(flow, ref, after, status)
 
@@ -240,8 +243,8 @@ class BackOrigin:
             return
         after = await self._plan(flow, ref, status, answer)
         if after.act is Act.MIRROR:
-            miss = mirror.start(endpoint, ref, after.rule, after.origin)  # type: ignore[arg-type]
-            if miss is not None:  # None: stored meanwhile, the request goes to the store
+            miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
+            if miss is not None:  # None: stored meanwhile (by this proxy or another), the request goes to the store
                 await self.delivery.deliver(flow, mirror, miss, answer if answer.status == 404 else StoreAnswer(404, ()))
             return
         if after.act is not Act.REDIRECT:

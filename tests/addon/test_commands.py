@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 from tests.addon.conftest import store_answer
 
@@ -26,12 +28,22 @@ async def test_stats_and_pending_after_a_miss(tctx, addon, origin, unique):
     await addon.done()
 
 
-def test_commands_list_and_clear_tombstones(tctx, addon, unique):
+async def test_commands_list_and_clear_tombstones_in_the_background(tctx, addon, unique, caplog):
     call = tctx.master.commands.call
+    commands = next(child for child in addon.addons if hasattr(child, "background"))
+    caplog.set_level(logging.INFO, "backorigin")
+
+    async def logged(*args: str) -> str:
+        caplog.clear()
+        assert "the event log" in call(*args)  # answered at once: the work runs in a thread
+        await asyncio.gather(*commands.background)
+        return caplog.text
+
     for key in (f"a/{unique}-1", f"a/{unique}-2", f"b/{unique}"):
         addon.deletes.tombstones.add("mirror-bucket", key)
-    listed = call("backorigin.tombstones")
-    assert f"s3://mirror-bucket/a/{unique}-1" in listed and len([u for u in listed if unique in u]) == 3
-    assert call("backorigin.tombstones.clear", "s3://mirror-bucket/a/*") == 2
-    assert call("backorigin.tombstones.clear", f"s3://mirror-bucket/b/{unique}") == 1
-    assert [u for u in call("backorigin.tombstones") if unique in u] == []
+    listed = await logged("backorigin.tombstones")
+    assert f"s3://mirror-bucket/a/{unique}-1" in listed and listed.count(unique) == 3
+    assert (await logged("backorigin.tombstones", "s3://mirror-bucket/a/*")).count(unique) == 2
+    assert "cleared under s3://mirror-bucket/a/*: 2" in await logged("backorigin.tombstones.clear", "s3://mirror-bucket/a/*")
+    assert "cleared under" in await logged("backorigin.tombstones.clear", f"s3://mirror-bucket/b/{unique}")
+    assert unique not in await logged("backorigin.tombstones")

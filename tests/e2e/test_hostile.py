@@ -342,15 +342,47 @@ def test_a_full_disk_ends_the_fill_cleanly_and_the_key_is_answered_once_space_re
         proxy.stop()
 
 
-def test_below_the_free_space_reserve_a_miss_is_answered_but_not_stored(tmp_path, store, s3, rules_file, unique):
-    proxy = Mitmdump(f"reverse:{store.endpoint}", rules_file, tmp_path, {"backorigin_spool_min_free": "1000000g"}).start()
+def free_bytes(path: Path) -> int:
+    disk = os.statvfs(path)
+    return disk.f_bavail * disk.f_frsize
+
+
+def test_the_free_space_reserve_holds_while_a_fill_writes_and_a_failed_fill_gives_its_space_back_at_once(
+        tmp_path, small_disk, store, s3, rules_file, unique):
+    """A 16 MiB disk that keeps 8 MiB free: a miss of unknown length that would take it below the
+    reserve ends there (it took all of it before), and its space comes back at once (it stayed
+    taken until garbage collection, 20 s and more); one whose Content-Length does not fit is
+    refused before a byte is written; one that fits is served and stored."""
+    spool = small_disk / "spool"
+    proxy = Mitmdump(f"reverse:{store.endpoint}", rules_file, tmp_path,
+                     {"backorigin_spool_dir": str(spool), "backorigin_spool_min_free": "8m", "backorigin_max_inline": "64m"}).start()
+    lowest = [free_bytes(small_disk)]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            lowest.append(free_bytes(small_disk))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     try:
-        status, _, body = http_get(f"{proxy.url}/mirror-bucket/ok/{unique}")
-        assert (status, body) == (200, body_for(f"/dir1/ok/{unique}"))
-        wait_for(lambda: "below backorigin_spool_min_free" in proxy.log())
+        before = free_bytes(small_disk)
+        for key in (f"sized/{12 * MiB}/{unique}.chunked", f"sized/{12 * MiB}/{unique}"):
+            status, _, body = http_get(f"{proxy.url}/mirror-bucket/{key}")
+            assert status == 424 and b"could not keep the object on its disk" in body, (key, status)
+            assert free_bytes(small_disk) >= before - 64 * 1024, "the failed fill's space is back as it is answered"
+            assert stored(s3, "mirror-bucket", key) is None
+        fits = f"sized/{2 * MiB}/{unique}"
+        status, _, body = http_get(f"{proxy.url}/mirror-bucket/{fits}")
+        assert status == 200 and len(body) == 2 * MiB
+        assert wait_stored(s3, "mirror-bucket", fits)
     finally:
+        done.set()
+        watcher.join()
         proxy.stop()
-    assert stored(s3, "mirror-bucket", f"ok/{unique}") is None
+    print(f"free space: {before / MiB:.1f} MiB before, {min(lowest) / MiB:.1f} MiB at the lowest")
+    assert min(lowest) >= 8 * MiB - 2 * MiB, f"the reserve did not hold: {min(lowest) / MiB:.1f} MiB free at the lowest"
 
 
 # HTTP, and the small ones -----------------------------------------------------------------------
@@ -411,12 +443,16 @@ def test_a_bucket_mixing_s3_and_http_origins_is_listed(tmp_path, store, s3, orig
     assert "does not answer like an S3 bucket" in proxy.log() and "Traceback" not in proxy.log()
 
 
-def test_403_as_a_miss_with_a_private_origin_must_be_meant(tmp_path, store, origin):
-    rules = write_rules(tmp_path / "rules.json", {"mirror-bucket": [mirror_rule(1, f"{origin.base}/dir1/", MirrorAuth={
-        "AuthType": "S3V4", "Region": "us-east-1", "AccessKeyId": "AK", "AccessKeySecret": "SK"})]})
+@pytest.mark.parametrize("private", [
+    {"MirrorAuth": {"AuthType": "S3V4", "Region": "us-east-1", "AccessKeyId": "AK", "AccessKeySecret": "SK"}},
+    {"MirrorHeaders": {"Set": [{"Key": "x-origin-token", "Value": "s3cr3t"}]}},  # a token: as private as MirrorAuth
+])
+def test_403_as_a_miss_with_a_private_origin_must_be_meant(tmp_path, store, origin, private):
+    rules = write_rules(tmp_path / "rules.json", {"mirror-bucket": [mirror_rule(1, f"{origin.base}/dir1/", **private)]})
     refused = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path / "refused", {"backorigin_403_is_miss": "true"})
-    with pytest.raises(RuntimeError, match="backorigin_403_is_miss_private_origins"):
+    with pytest.raises(RuntimeError, match="backorigin_403_is_miss_private_origins") as why:
         refused.start()
+    assert f"field Redirect.{next(iter(private))}" in str(why.value)
     meant = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path / "meant",
                      {"backorigin_403_is_miss": "true", "backorigin_403_is_miss_private_origins": "true"}).start()
     assert meant.stop() == 0

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import requests
 
-from backorigin.tools.embedded_store import free_ports
-from tests.support import Mitmdump, http_get, mirror_rule, scrape, wait_for, write_rules
+from tests.support import http_get, metered_proxy, scrape, wait_for
 
 BUCKET = "metrics-bucket"
 
 
 def test_metrics_move_as_requests_go_through(tmp_path, store, origin, unique):
-    store.create_buckets([BUCKET])
-    rules = write_rules(tmp_path / "rules.json", {BUCKET: [mirror_rule(1, f"{origin.base}/dir1/")]})
-    port = free_ports(1)[0]
-    proxy = Mitmdump(f"reverse:{store.endpoint}", rules, tmp_path,
-                     {"backorigin_metrics_port": str(port), "backorigin_origin_timeout": "5"}).start()
+    proxy, port = metered_proxy(tmp_path, store, BUCKET, origin.base)
     try:
         before = scrape(port)
         key = f"ok/{unique}"

@@ -117,7 +117,7 @@ def test_past_the_queue_a_miss_gets_503_slowdown_which_clients_retry(tmp_path, s
 
 def test_a_failing_origin_opens_its_circuit_and_one_request_tests_it_after_the_cooldown(tmp_path, store, own_origin, unique):
     proxy = start_proxy(tmp_path, store, own_origin, backorigin_breaker_failures="3", backorigin_breaker_cooldown="2")
-    host = f'backorigin_origin_circuit{{host="127.0.0.1:{own_origin.port}"}}'
+    host = f'backorigin_origin_circuit{{bucket="{BUCKET}",client="anonymous",host="127.0.0.1:{own_origin.port}"}}'
     own_origin.forced = "error500"
     try:
         for i in range(3):

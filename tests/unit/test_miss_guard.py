@@ -4,10 +4,12 @@ origin host, and the circuit breaker's states."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from backorigin.miss.guard import Breaker, Circuit, Full, GuardSettings, NotFound, OriginGuard, Slots, origin_host
+from backorigin.rules.targets import OriginRequest
 
 
 class Clock:
@@ -18,32 +20,48 @@ class Clock:
         return self.t
 
 
-def test_an_origin_404_is_remembered_per_rule_and_key_for_its_ttl():
+def asking(url: str = "http://o/k", headers: tuple[tuple[str, str], ...] = ()) -> OriginRequest:
+    return OriginRequest(url=url, headers=headers)
+
+
+def test_an_origin_404_is_remembered_for_what_the_origin_was_asked_for_its_ttl():
     clock = Clock()
     seen = NotFound(60, size=3, now=clock)
-    seen.add("b", 1, "k")
-    assert ("b", 1, "k") in seen and ("b", 2, "k") not in seen and ("c", 1, "k") not in seen
+    seen.add("b", "k", asking())
+    assert seen.holds("b", "k", asking()) and not seen.holds("c", "k", asking())
+    # another query or another passed header is another request: not answered with this 404
+    assert not seen.holds("b", "k", asking("http://o/k?bad=1")) and not seen.holds("b", "k", asking(headers=(("user-agent", "x"),)))
     clock.t += 59
-    assert ("b", 1, "k") in seen
+    assert seen.holds("b", "k", asking())
     clock.t += 2
-    assert ("b", 1, "k") not in seen
+    assert not seen.holds("b", "k", asking()) and len(seen) == 0
 
 
-def test_a_write_forgets_the_key_for_every_rule_and_the_entries_are_bounded():
+def test_a_write_forgets_every_404_of_the_key_and_the_entries_are_bounded():
     seen = NotFound(60, size=3, now=Clock())
-    for entry in (("b", 1, "k"), ("b", 2, "k"), ("b", 1, "other")):
-        seen.add(*entry)
+    for key, url in (("k", "http://o/k"), ("k", "http://o/k?v=2"), ("other", "http://o/other")):
+        seen.add("b", key, asking(url))
     seen.forget("b", "k")
-    assert len(seen) == 1 and ("b", 1, "other") in seen
+    assert len(seen) == 1 and seen.holds("b", "other", asking("http://o/other"))
     for i in range(10):
-        seen.add("b", 1, f"k{i}")
-    assert len(seen) == 3
+        seen.add("b", f"k{i}", asking(f"http://o/k{i}"))
+    assert len(seen) == 3 and len(seen._by_key) == 3  # the index lets go of what the cache let go
+
+
+def test_forgetting_a_key_costs_the_same_whatever_is_remembered():
+    seen = NotFound(60, size=50_000, now=Clock())
+    for i in range(30_000):
+        seen.add("b", f"k{i}", asking(f"http://o/k{i}"))
+    started = time.perf_counter()
+    for i in range(1000):
+        seen.forget("b", f"absent{i}")
+    assert time.perf_counter() - started < 0.05  # it scanned every entry for each key before: 30,000,000 steps
 
 
 def test_a_ttl_of_zero_remembers_nothing():
     seen = NotFound(0)
-    seen.add("b", 1, "k")
-    assert ("b", 1, "k") not in seen and len(seen) == 0
+    seen.add("b", "k", asking())
+    assert not seen.holds("b", "k", asking()) and len(seen) == 0
 
 
 async def test_slots_let_the_limit_run_queue_the_next_and_refuse_past_the_queue():
@@ -52,7 +70,7 @@ async def test_slots_let_the_limit_run_queue_the_next_and_refuse_past_the_queue(
     release = asyncio.Event()
 
     async def fetch(name: str) -> None:
-        async with slots:
+        async with slots.slot(("b", False)):
             order.append(name)
             await release.wait()
 
@@ -60,11 +78,65 @@ async def test_slots_let_the_limit_run_queue_the_next_and_refuse_past_the_queue(
     await asyncio.sleep(0)
     assert (slots.running, slots.waiting, order) == (2, 1, ["a", "b"])
     with pytest.raises(Full):
-        async with slots:
+        async with slots.slot(("b", False)):
             pass
     release.set()
     await asyncio.gather(*running)
     assert order == ["a", "b", "c"] and (slots.running, slots.waiting) == (0, 0)
+
+
+async def test_a_tenant_gets_the_next_free_slot_and_its_share_of_a_full_queue():
+    """Public-bucket clients hold every slot and the whole queue: a private bucket's miss still
+    waits (one public waiter makes room, refused), and gets the next slot that frees."""
+    slots = Slots(limit=2, queue=4)
+    public, private = ("pub", False), ("priv", True)
+    order: list[str] = []
+    gates = {name: asyncio.Event() for name in ("p0", "p1", "p2", "p3", "p4", "p5", "s")}
+
+    async def fetch(name: str, tenant) -> str:
+        try:
+            async with slots.slot(tenant):
+                order.append(name)
+                await gates[name].wait()
+        except Full:
+            return f"{name} refused"
+        return name
+
+    tasks = [asyncio.ensure_future(fetch(f"p{i}", public)) for i in range(6)]
+    await asyncio.sleep(0)
+    assert (slots.running, slots.waiting) == (2, 4)
+    mine = asyncio.ensure_future(fetch("s", private))
+    await asyncio.sleep(0)
+    assert slots.waiting_for(private) == 1 and slots.waiting_for(public) == 3
+    assert await tasks[5] == "p5 refused"  # the newest public waiter gave its place up
+    gates["p0"].set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert order == ["p0", "p1", "s"]  # the private miss first, although public ones waited longer
+    for gate in gates.values():
+        gate.set()
+    assert await mine == "s" and [await t for t in tasks[:5]] == ["p0", "p1", "p2", "p3", "p4"]
+    assert (slots.running, slots.waiting) == (0, 0)
+
+
+async def test_a_waiter_that_is_cancelled_leaves_the_queue():
+    slots = Slots(limit=1, queue=2)
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with slots.slot(("b", False)):
+            await held.wait()
+
+    first = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(hold())
+    await asyncio.sleep(0)
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    assert slots.waiting == 0
+    held.set()
+    await first
+    assert slots.running == 0
 
 
 def breaker(clock: Clock) -> Breaker:
@@ -137,11 +209,23 @@ def test_zero_failures_never_opens():
     assert circuit.state is Circuit.CLOSED
 
 
-def test_the_guard_keeps_limits_and_circuits_per_origin_host_and_starts_afresh_when_configured():
+def test_the_guard_keeps_limits_per_origin_host_circuits_per_host_and_tenant_and_starts_afresh_when_configured():
     guard = OriginGuard(GuardSettings(concurrency=3, queue=4, failures=2))
-    a, b = guard.breaker_for("http://A.example:8080/x/y"), guard.breaker_for("https://b.example/z")
-    assert a is guard.breaker_for("http://a.example:8080/other") and a is not b
+    tenant = ("b", False)
+    a, b = guard.breaker_for("http://A.example:8080/x/y", tenant), guard.breaker_for("https://b.example/z", tenant)
+    assert a is guard.breaker_for("http://a.example:8080/other", tenant) and a is not b
+    assert guard.breaker_for("http://a.example:8080/", ("b", True)) is not a  # the bucket's signed clients
+    assert guard.breaker_for("http://a.example:8080/", ("other", False)) is not a
     assert guard.slots_for("http://a.example:8080/q").limit == 3
     assert origin_host("HTTP://Host.Example:81/p?q") == "host.example:81"
     guard.configure(GuardSettings(concurrency=5))
-    assert guard.breaker_for("http://a.example:8080/") is not a and guard.slots_for("http://a.example:8080/").limit == 5
+    assert guard.breaker_for("http://a.example:8080/", tenant) is not a and guard.slots_for("http://a.example:8080/").limit == 5
+
+
+def test_one_key_keeps_a_bounded_number_of_variants():
+    seen = NotFound(60, now=Clock())
+    for i in range(1000):
+        seen.add("b", "k", asking(f"http://o/k?v={i}"))
+    assert len(seen) == 64 and seen.holds("b", "k", asking("http://o/k?v=0")) and not seen.holds("b", "k", asking("http://o/k?v=999"))
+    seen.forget("b", "k")
+    assert len(seen) == 0

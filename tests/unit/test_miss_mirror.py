@@ -15,6 +15,6 @@ async def test_no_fill_starts_for_an_object_that_landed_meanwhile(tmp_path):
     fetch the origin again: the store answers it."""
     mirror = Mirror(OriginClient(), WriteBackSupervisor(tmp_path / "spool"))
     mirror.known.add(("http://store", "b", "k"))
-    assert mirror.start("http://store", ObjectRef("b", "k"), rule_of(), OriginRequest("http://o/k", ())) is None
+    assert await mirror.start("http://store", ObjectRef("b", "k"), rule_of(), OriginRequest("http://o/k", ())) is None
     assert len(mirror.fills) == 0
     await mirror.origin.aclose()

@@ -161,7 +161,7 @@ def book_of(doc: dict[str, Any]) -> rules_module.RuleBook:
 
 
 def export(doc: dict[str, Any], bucket: str = "photos") -> tuple[str, list[str]]:
-    return rules_to_oss_xml(bucket_rules(book_of(doc), bucket))
+    return rules_to_oss_xml(bucket_rules(book_of(doc), bucket).value)
 
 
 def canonical(element: ET.Element) -> tuple:
@@ -448,7 +448,7 @@ def test_aws_rules_survive_export_and_import():
 
 def test_rules_written_as_oss_sdks_serialise_them_export_as_the_json_natural_ones_in_osss_forms():
     sdk_book = load_rules(OSS_SDK_RULES)
-    xml, warnings = rules_to_oss_xml(bucket_rules(sdk_book, "photos"))
+    xml, warnings = rules_to_oss_xml(bucket_rules(sdk_book, "photos").value)
     assert warnings == []
     assert (xml, warnings) == export(OSS_SDK_RULES_NATURAL)
     rules = ET.fromstring(xml).findall("RoutingRules/RoutingRule")

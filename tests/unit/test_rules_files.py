@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from backorigin.rules.files import load_rules, parse_rules
-from backorigin.rules.model import UNSUPPORTED_OSS_FIELDS, RuleBook, RulesError
+from backorigin.rules.model import RuleBook, RulesError
+from backorigin.rules.vocabulary import UNSUPPORTED_OSS_FIELDS
 from tests.support import DATA
 
 # Each property is stated in its test's docstring. Examples are drawn afresh on every run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from mitmproxy.test import tutils
 
@@ -100,3 +102,18 @@ def test_a_replayed_flow_carries_the_store_status_it_was_recorded_with():
     assert plan.recorded_status({"store_status": 500, "action": "redirect"}) == 500
     assert plan.recorded_status({"action": "mirror"}) == 404  # recorded before store_status was kept
     assert plan.recorded_status({"action": "redirect"}) is None
+
+
+@pytest.mark.parametrize("redirect, field", [
+    ({"MirrorAuth": {"AuthType": "S3V4", "Region": "r", "AccessKeyId": "AK", "AccessKeySecret": "SK"}}, "Redirect.MirrorAuth"),
+    ({"MirrorHeaders": {"Set": [{"Key": "x-token", "Value": "secret"}]}}, "Redirect.MirrorHeaders.Set (x-token)"),
+])
+def test_403_as_a_miss_refuses_every_rule_that_reaches_a_private_origin(redirect, field):
+    from backorigin.rules.model import RulesError
+    from backorigin.rules.plan import refuse_private_origins
+
+    book = book_of("b", [{"RuleNumber": 1, "Redirect": {"RedirectType": "Mirror", "MirrorURL": "http://o/", **redirect}}])
+    with pytest.raises(RulesError, match=rf'bucket "b": RuleNumber 1: field {re.escape(field)}'):
+        refuse_private_origins(book)
+    refuse_private_origins(book_of("b", [{"RuleNumber": 1, "Redirect": {"RedirectType": "Mirror", "MirrorURL": "http://o/",
+                                                                        "MirrorHeaders": {"Pass": ["x-token"]}}}]))

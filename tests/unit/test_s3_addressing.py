@@ -9,8 +9,6 @@ from backorigin.s3.addressing import (
     WriteKind,
     is_plain_object_call,
     is_store_parameter,
-    keys_in,
-    objects_in,
     write_kind,
 )
 
@@ -35,19 +33,6 @@ def test_subresources_are_not_plain_object_calls():
 ])
 def test_what_a_write_does_to_objects(method, path, kind):
     assert write_kind(request(path, method)) is kind
-
-
-def test_keys_of_a_delete_objects_request_and_answer():
-    asked = b'<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>a</Key></Object><Object><Key>b c</Key></Object></Delete>'
-    assert keys_in(asked, "Object") == ["a", "b c"]
-    assert keys_in(b"<DeleteResult><Error><Key>b c</Key></Error></DeleteResult>", "Error") == ["b c"]
-    assert keys_in(b"not xml", "Object") == []
-
-
-def test_versions_of_a_delete_objects_request():
-    asked = (b"<Delete><Object><Key>a</Key><VersionId>v1</VersionId></Object><Object><Key>b</Key></Object>"
-             b"<Object><VersionId>orphan</VersionId></Object></Delete>")
-    assert objects_in(asked, "Object") == [("a", "v1"), ("b", None)]
 
 
 @pytest.mark.parametrize("name, store_only", [

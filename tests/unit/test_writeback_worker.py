@@ -20,7 +20,7 @@ class Worker:
         self.gate = threading.Event()
         self.writeback._upload = self._upload  # type: ignore[assignment]
 
-    def _upload(self, upload: ObjectUpload, body: Path) -> str:
+    def _upload(self, upload: ObjectUpload, body: Path, wanted) -> str:
         self.gate.wait(10)
         self.uploaded.append(upload.key)
         return "stored"

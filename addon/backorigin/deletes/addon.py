@@ -2,15 +2,20 @@
 tombstones live).
 
 The store authorises: nothing a delete does takes effect before the store has answered it 2xx.
-A DeleteObject or DeleteObjects through the proxy, for a key a Mirror rule covers, then leaves a
-tombstone, a fill under way is never stored and the key's write-backs are withdrawn. A delete of a
-version (versioned buckets) does the same when it left the key without a current object (the
-proxy asks the store), and otherwise clears the key's tombstone (the store has it again); a PUT,
-CopyObject or CompleteMultipartUpload of the key clears its tombstone. While a delete is on its way
-nothing is hidden or cancelled: the key's write-backs are held (they do not start), then dropped
-(2xx) or released (anything else), so a delete never lands before a write-back of the same key. A
-write-back that was already uploading when the delete went out cannot be held: when it stored the
-object, the proxy deletes the object again with its own credentials.
+Before a DeleteObject or DeleteObjects of a bucket with Mirror rules goes to the store, room for
+its tombstones is taken (an intent, which hides nothing); with no room on the disk the client gets
+503 and the store is never asked. Once the store answered 2xx, every key a Mirror rule covers gets
+its tombstone, durable before the client has the answer (a DeleteObjects' keys are read from its
+body only then, less those the store's answer lists as errors); anything else withdraws the intent.
+A delete of a version (versioned buckets) leaves a tombstone only when the key has no current
+object left (the proxy asks the store), and otherwise clears it; a PUT, CopyObject or
+CompleteMultipartUpload of the key clears its tombstone.
+
+A delete never waits for a write-back: a fill under way is never stored, write-backs that have not
+started are withdrawn (a DeleteObject's were held while it was on its way), and one that was
+uploading meanwhile is deleted again in the background once it landed (the worker checks the
+tombstones before every attempt, every part and the completion of a multipart upload, so a stuck
+one that wakes up lands nothing).
 """
 
 from __future__ import annotations
@@ -25,31 +30,49 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.deletes.tombstones import Tombstones, TombstonesError, is_tombstoned, open_tombstones
+from backorigin.deletes.tombstones import (
+    Intent,
+    NoRoom,
+    Tombstones,
+    TombstonesError,
+    hide_tombstoned,
+    is_tombstoned,
+    open_tombstones,
+    resolve_pending,
+    room_for,
+)
+from backorigin.listing.merge import Lister
+from backorigin.listing.order import Order
 from backorigin.miss.addon import Mirroring
+from backorigin.miss.mirror import Mirror
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
-from backorigin.s3.addressing import ObjectRef, WriteKind, keys_in, objects_in, write_kind
+from backorigin.s3 import replies
+from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
 from backorigin.s3.clients import describe_error, shared_s3_client, store_has
 from backorigin.s3.reading import plain_key
 from backorigin.writeback.spool import ObjectKey
+from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
 
 DELETES = ("stick", "resurrect")
-DELETING_KEY = "backorigin_deleting"  # a delete's objects, held from its request hook to its response hook
+DELETING_KEY = "backorigin_deleting"  # a DeleteObject's object, held from its request hook to its response hook
 _READS = ("GET", "HEAD")
-# A DeleteObjects body is kept up to this size to read its keys: S3 takes 1,000 keys of up to 1,024
-# bytes, which XML escaping can make 5 times longer; a larger body is not a delete the store accepts.
-DELETE_MANY_LIMIT = 8 * 1024 * 1024
+Refuse = Callable[[http.HTTPFlow, replies.Reply], Awaitable[None]]  # answer a flow whose body is on its way
 
 
 class Deletes:
-    def __init__(self, context: Context, mirroring: Mirroring) -> None:
+    def __init__(self, context: Context, mirroring: Mirroring, refuse: Refuse) -> None:
+        """`refuse(flow, reply)`: answer a request whose body is still arriving without asking the store."""
         self.context = context
         self.mirroring = mirroring
+        self.refuse = refuse
         self.stick = True
+        self.store: str | None = None
         self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
+        self._intents: dict[str, Intent] = {}  # by flow id: deletes on their way to the store
+        self._background: set[asyncio.Task[None]] = set()
         self.location: str | None = None  # where they live (None: deletes do not stick), for the miss ledger
 
     def load(self, loader: Loader) -> None:
@@ -70,11 +93,12 @@ class Deletes:
         options = ctx.options
         self.stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
         stores = self.context.names.stores
-        store = stores[0].address if len(stores) == 1 else None  # tombstones in the store: the one store's
+        self.store = store = stores[0].address if len(stores) == 1 else None  # tombstones in the store: the one store's
         spool = self.mirroring.mirror.writeback.spool.directory
         if not hasattr(self, "tombstones") or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
             try:
-                found = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store)
+                found = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store,
+                                        fsync=options.backorigin_spool_fsync)
             except TombstonesError as e:
                 raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
             assert found is not None  # there is a default folder
@@ -83,42 +107,67 @@ class Deletes:
         # the write-back worker checks tombstones before every upload, where they live
         self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
 
+    def running(self) -> None:
+        """Deletes a crash left on their way are resolved in the background (deletes.tombstones.resolve_pending)."""
+        self._in_background(resolve_pending(self.tombstones, self.store))
+
     async def is_deleted(self, ref: ObjectRef) -> bool:
         """Whether a miss of the key must not mirror: it was deleted through the proxy."""
         if not self.stick or not covered_by_mirror(self.context.rulebook, ref):
             return False
         return await is_tombstoned(self.tombstones, ref.bucket, ref.key)
 
-    def under(self, bucket: str, prefix: str) -> list[str]:
-        """Keys of the bucket under `prefix` that a merged listing hides (blocking: run in a thread)."""
-        if not self.stick:
-            return []
-        return [key for b, key in self.tombstones if b == bucket and key.startswith(prefix)]
+    def hide(self, bucket: str, base: str, order: Order, lister: Lister) -> Lister:
+        """An origin side's lister for a merged listing, less the keys deleted through the proxy."""
+        return hide_tombstoned(self.tombstones)(bucket, base, order, lister) if self.stick else lister
 
     # hooks -------------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A DeleteObjects body passes through `DeleteManyBody`, which reads its keys as it goes,
-        whatever its size and stream_large_bodies."""
-        if flow.request.method == "POST" and self.stick and self.context.acts(flow) and write_kind(flow.request) is WriteKind.DELETE_MANY:
-            flow.request.stream = DeleteManyBody(lambda body: self._hold(flow, body), flow.request.headers.get("content-length"))
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A DeleteObjects body passes on to the store as it arrives, read on the way (bounded,
+        without DTDs or entities, chunk by chunk: `ReadingBody`); its keys count only once the
+        store has said yes. Room for its tombstones is taken first."""
+        if flow.request.method != "POST" or not self.stick or not self.context.acts(flow):
+            return None
+        if write_kind(flow.request) is not WriteKind.DELETE_MANY:
+            return None
+        bucket = self.context.bucket(flow)
+        if bucket is None or not any(rule.Redirect.is_mirror for rule in self.context.rulebook.rules_for(bucket)):
+            return None
+        flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})))
+        return self._take_room(flow, bucket, None)
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        """A delete on its way to the store: hold the key's write-backs, nothing more (a
-        DeleteObjects was held by its DeleteManyBody)."""
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A DeleteObject on its way to the store: room for its tombstone, and its write-backs held."""
         if flow.request.method != "DELETE" or not self.stick or not self.context.acts(flow) or flow.response is not None:
-            return
-        self._hold(flow, b"")
-
-    def _hold(self, flow: http.HTTPFlow, body: bytes) -> None:
-        refs = self._deleted_by(flow, body)
+            return None
+        refs = self._deleted_by(flow, [])
+        if not refs:
+            return None
+        (ref, versioned), = refs
         endpoint = self.context.endpoint(flow.request)
-        if not refs or endpoint is None:
-            return
-        writeback = self.mirroring.mirror.writeback
-        for ref, _ in refs:
-            writeback.hold((endpoint, ref.bucket, ref.key))
-        flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key, versioned] for ref, versioned in refs]
+        if endpoint is None:  # set aside (s3.reading): refs came from the same reading, so never here
+            return None
+        self.mirroring.mirror.writeback.hold((endpoint, ref.bucket, ref.key))
+        flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key, versioned]]
+        return self._take_room(flow, ref.bucket, ref.key)
+
+    async def _take_room(self, flow: http.HTTPFlow, bucket: str, key: str | None) -> None:
+        length = flow.request.headers.get("content-length", "")
+        room = room_for(bucket, key, int(length) if length.isascii() and length.isdigit() else None)
+        try:
+            self._intents[flow.id] = await asyncio.to_thread(self.tombstones.reserve, bucket, key, room)
+        except NoRoom as e:
+            logger.error("%s %s refused, the store not asked: %s", flow.request.method, flow.request.pretty_url, e)
+            refused = replies.s3_error(503, "ServiceUnavailable", "The proxy has no room on its disk for this delete's "
+                                       "tombstones; nothing was deleted. Retry later.", ObjectRef(bucket, key or ""),
+                                       [("retry-after", "5")])
+            self.error(flow)  # no intent, and the write-backs held for it go on
+            if flow.request.method == "DELETE":
+                flow.response = replies.to_response(flow.request, refused)
+            else:
+                flow.request.stream = True
+                await self.refuse(flow, refused)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """The store's answer to a write: the keys a delete deleted get tombstones, lose their fill
@@ -133,31 +182,28 @@ class Deletes:
     def _forget_origin_404s(self, flow: http.HTTPFlow) -> None:
         """A key written or deleted through the proxy asks the origin afresh on its next miss."""
         if write_kind(flow.request) is WriteKind.DELETE_MANY:
-            keys = [(str(b), str(k)) for _, b, k, _ in flow.metadata.get(DELETING_KEY, [])]
+            keys = [(ref.bucket, ref.key) for ref, _ in self._deleted_by(flow, deleted_objects(flow) or [])]
         else:
             keys = [(ref.bucket, ref.key)] if write_kind(flow.request) is not None and (ref := self.context.object(flow)) else []
         for bucket, key in keys:
             self.mirroring.mirror.guard.not_found.forget(bucket, key)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """The answer to a DeleteObjects that held keys is read as it passes (its <Error> keys). It
+        """The answer to a DeleteObjects is read as it passes (its <Deleted> and <Error> keys). It
         goes out chunked, so that the client has all of it only after the response hook has written
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
         response = flow.response
-        if flow.request.method == "POST" and response is not None and DELETING_KEY in flow.metadata:
+        if flow.request.method == "POST" and response is not None and flow.id in self._intents:
             read_as_it_passes(response)
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
-        deleting = flow.metadata.pop(DELETING_KEY, [])
-        held = [(str(e), str(b), str(k)) for e, b, k, _ in deleting]
+        intent = self._intents.pop(flow.id, None)
+        held = [(str(e), str(b), str(k)) for e, b, k, _ in flow.metadata.pop(DELETING_KEY, [])]
         succeeded = 200 <= response.status_code < 300
         kind = write_kind(flow.request)
         try:
-            if held and succeeded:
-                answered = response.stream.body if isinstance(response.stream, DeleteManyBody) else response.raw_content
-                refused = set(keys_in(bytes(answered or b""), "Error")) if kind is WriteKind.DELETE_MANY else set()
-                done = [(key, bool(versioned)) for key, (*_, versioned) in zip(held, deleting, strict=True) if key[2] not in refused]
-                await self._deleted([key for key, versioned in done if not versioned or not await self._still_there(key)])
+            if intent is not None:
+                await self._settle(flow, intent, held if succeeded else [])
         finally:
             self._release(held)
         written = self.context.object(flow) if succeeded and kind is WriteKind.CREATE else None
@@ -165,9 +211,61 @@ class Deletes:
             await asyncio.to_thread(self.tombstones.discard, written.bucket, written.key)
             logger.info("tombstone of s3://%s/%s cleared by a write", written.bucket, written.key)
 
+    async def _settle(self, flow: http.HTTPFlow, intent: Intent, deleted_one: list[ObjectKey]) -> None:
+        """The store answered a delete that took room: its tombstones are committed (2xx), durable
+        before the client has the answer, or the intent withdrawn. Tombstones that cannot be written
+        (the disk failed after all) make the answer 503, or break off a DeleteObjects' answer."""
+        response = flow.response
+        assert response is not None
+        deleted: list[ObjectKey] = deleted_one
+        if 200 <= response.status_code < 300 and write_kind(flow.request) is WriteKind.DELETE_MANY:
+            endpoint = self.context.endpoint(flow.request)
+            found = self._deleted_by(flow, deleted_objects(flow) or []) if endpoint is not None else []
+            deleted = [(endpoint, ref.bucket, ref.key) for ref, _ in found if endpoint is not None]
+            versioned = {ref.key for ref, only_version in found if only_version}
+        else:
+            versioned = {ref.key for ref, only_version in self._deleted_by(flow, []) if only_version} if deleted else set()
+        gone = [key for key in deleted if key[2] not in versioned or not await self._still_there(key)]
+        if not gone:
+            await asyncio.to_thread(self.tombstones.withdraw, intent)
+            return
+        try:
+            await asyncio.to_thread(self.tombstones.commit, intent, [key for _, _, key in gone])
+        except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            logger.error("%s %s: the store deleted, but the tombstones could not be written: %s; the client is told "
+                         "to retry", flow.request.method, flow.request.pretty_url, e)
+            if response.stream:
+                flow.kill()  # its headers went out: the answer breaks off, it never reads as complete
+            else:
+                flow.response = replies.to_response(flow.request, replies.s3_error(
+                    503, "ServiceUnavailable", "The delete could not be made to stick; retry it.",
+                    ObjectRef(intent.bucket, intent.key or ""), [("retry-after", "5")]))
+            return
+        logger.info("tombstone(s) for %s", ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in gone))
+        self._in_background(overtake(self.mirroring.mirror, self.tombstones, gone, flow.request.timestamp_start))
+
     def error(self, flow: http.HTTPFlow) -> None:
         """No answer from the store (the client or the store went away): the delete did nothing we know of."""
         self._release([(str(e), str(b), str(k)) for e, b, k, _ in flow.metadata.pop(DELETING_KEY, [])])
+        intent = self._intents.pop(flow.id, None)
+        if intent is not None:
+            self._in_background(asyncio.to_thread(self.tombstones.withdraw, intent))
+
+    # after a delete ------------------------------------------------------------------------------
+
+    def count(self) -> int | None:
+        return self.tombstones.count()
+
+    def done(self) -> Awaitable[object]:
+        """Shutdown: what runs in the background (a withdrawal waiting for a stuck upload) stops."""
+        for task in list(self._background):
+            task.cancel()
+        return asyncio.gather(*self._background, return_exceptions=True)
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _still_there(self, key: ObjectKey) -> bool:
         """After a version's delete: whether the key still has a current object in the store (then any
@@ -185,34 +283,26 @@ class Deletes:
             logger.info("tombstone of s3://%s/%s cleared: a version's delete left it in the store", bucket, name)
         return there
 
-    async def _deleted(self, keys: list[ObjectKey]) -> None:
-        mirror = self.mirroring.mirror
-        for endpoint, bucket, key in keys:
-            await asyncio.to_thread(self.tombstones.add, bucket, key)  # first: no write-back starts after this
-            if await mirror.forget((endpoint, bucket, key)):
-                logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)
-                await asyncio.to_thread(shared_s3_client(endpoint).delete_object, Bucket=bucket, Key=key)
-        if keys:
-            logger.info("tombstone(s) for %s", ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in keys))
-
     def _release(self, keys: list[ObjectKey]) -> None:
         writeback = self.mirroring.mirror.writeback
         for key in keys:
             writeback.release(key)
 
-    def _deleted_by(self, flow: http.HTTPFlow, body: bytes) -> list[tuple[ObjectRef, bool]]:
-        """The objects under Mirror rules that a DeleteObject or DeleteObjects would delete, each
-        with whether only a version of it is deleted (a key named with and without a version: not)."""
+    def _deleted_by(self, flow: http.HTTPFlow, objects: list[tuple[str, str | None]]) -> list[tuple[ObjectRef, bool]]:
+        """The objects under Mirror rules that a DeleteObject, or the DeleteObjects of `objects`,
+        deletes, each with whether only a version of it is deleted (a key named with and without a
+        version: not)."""
         kind = write_kind(flow.request)
-        reading = self.context.read(flow)
-        if reading is None or not reading.bucket:
-            return []
-        bucket = reading.bucket
-        if kind in (WriteKind.DELETE, WriteKind.DELETE_VERSION) and reading.key:
-            found = [(reading.key, kind is WriteKind.DELETE_VERSION)]
-        elif kind is WriteKind.DELETE_MANY and not reading.key:
-            found = [(key, version is not None) for key, version in objects_in(body, "Object") if plain_key(key)]
+        bucket: str | None
+        if kind in (WriteKind.DELETE, WriteKind.DELETE_VERSION):
+            ref = self.context.object(flow)
+            bucket, found = (ref.bucket, [(ref.key, kind is WriteKind.DELETE_VERSION)]) if ref else (None, [])
+        elif kind is WriteKind.DELETE_MANY:
+            bucket = self.context.bucket(flow)
+            found = [(key, version is not None) for key, version in objects if plain_key(key)]  # keys stores read alike
         else:
+            return []
+        if bucket is None:
             return []
         versioned: dict[str, bool] = {}
         for key, of_version in found:
@@ -221,36 +311,59 @@ class Deletes:
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
 
 
+async def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey], since: float) -> None:
+    """The deleted keys' fills are never stored and their write-backs are withdrawn; one that
+    landed since the delete went out (it was uploading) is deleted again while its tombstone
+    stands. In the background: no client waits for an upload."""
+    for endpoint, bucket, key in keys:
+        landed = await mirror.forget((endpoint, bucket, key), since)
+        if landed and await is_tombstoned(tombstones, bucket, key):
+            logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)
+            try:
+                await asyncio.to_thread(shared_s3_client(endpoint).delete_object, Bucket=bucket, Key=key)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                logger.error("s3://%s/%s: could not delete the write-back that overtook its delete: %s", bucket, key,
+                             describe_error(e))
+
+
 def read_as_it_passes(response: http.Response) -> None:
-    """A DeleteObjects answer through a `DeleteManyBody` (unless it goes through one already), sent
-    chunked, so that the client has all of it only once the response hook has run: mitmproxy sends
-    the last chunk after that hook, whatever the answer's size."""
-    if isinstance(response.stream, DeleteManyBody):
+    """A DeleteObjects answer read as it passes (its <Deleted> and <Error> keys: `ReadingBody`),
+    unless it is already, and sent chunked, so that the client has all of it only once the response
+    hook has run: mitmproxy sends the last chunk after that hook, whatever the answer's size."""
+    if isinstance(response.stream, ReadingBody):
         return
-    response.stream = DeleteManyBody(lambda body: None, response.headers.get("content-length"))
+    response.stream = ReadingBody(ObjectsReader(frozenset({"Deleted", "Error"})))
     if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
         del response.headers["content-length"]
         response.headers["transfer-encoding"] = "chunked"
 
 
-class DeleteManyBody:
-    """mitmproxy's stream function for a DeleteObjects body: each chunk passes on as it is, a copy
-    is kept (up to DELETE_MANY_LIMIT), and `whole(body)` runs before the body's last byte is passed
-    on, so the keys' write-backs are held before the store can have the whole request."""
+def deleted_objects(flow: http.HTTPFlow) -> list[tuple[str, str | None]] | None:
+    """What a DeleteObjects the store answered 2xx deleted, read as it passed (`ReadingBody`): the
+    objects it asked for, less those the store's answer lists as errors; when its body could not be
+    read (too large, too many keys, not plain XML), the store's own list of what it deleted. None
+    when neither was read."""
+    asked, answered = flow.request.stream, flow.response.stream if flow.response else None
+    if not isinstance(asked, ReadingBody) or not isinstance(answered, ReadingBody) or answered.reader.failed:
+        return None
+    if asked.reader.failed:
+        logger.warning("DeleteObjects of %s: its body was not read (%s); the store's list of what it deleted is used",
+                       flow.request.pretty_url, asked.reader.failed)
+        return [(key, version) for element, key, version in answered.reader.objects if element == "Deleted"]
+    refused = set(answered.reader.keys("Error"))
+    return [(key, version) for _, key, version in asked.reader.objects if key not in refused]
 
-    def __init__(self, whole: Callable[[bytes], None], content_length: str | None) -> None:
-        self.whole = whole
-        self.length = int(content_length) if content_length and content_length.isascii() and content_length.isdigit() else None
-        self.body: bytearray | None = bytearray()
-        self.done = False
+
+class ReadingBody:
+    """mitmproxy's stream function for a DeleteObjects body or its answer: each chunk passes on as
+    it is, and is fed to `reader` on the way (bounded, linear in the chunk)."""
+
+    def __init__(self, reader: ObjectsReader) -> None:
+        self.reader = reader
 
     def __call__(self, chunk: bytes) -> bytes:
-        if self.body is not None:
-            self.body += chunk
-            if len(self.body) > DELETE_MANY_LIMIT:
-                self.body = None  # not a delete the store accepts: nothing to hold
-        ended = chunk == b"" or (self.length is not None and self.body is not None and len(self.body) >= self.length)
-        if ended and not self.done and self.body is not None:
-            self.done = True
-            self.whole(bytes(self.body))
+        if chunk:
+            self.reader.feed(chunk)
+        else:
+            self.reader.finish()
         return chunk

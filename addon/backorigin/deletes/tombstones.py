@@ -1,35 +1,41 @@
 """Tombstones: deletes that stick during a migration.
 
 A DeleteObject or DeleteObjects through the proxy, for a key a Mirror rule covers, leaves a
-tombstone: later misses of the key answer the store's 404 without asking the origin, and no
-write-back recreates it. A PUT, CopyObject or CompleteMultipartUpload of the key clears it.
+tombstone once the store has said yes: later misses of the key answer the store's 404 without
+asking the origin, no write-back recreates it, and a merged listing leaves it out. A PUT,
+CopyObject or CompleteMultipartUpload of the key clears it.
 
-Where they live: by default a folder beside the spool (one proxy; they survive restarts), or
-with `backorigin_tombstones=s3://BUCKET/PREFIX/` objects in the store itself, written
-create-only, so every proxy in front of the store shares them. Either way the set is read
-through the same small interface, and the in-process set answers the hot path.
+Where they live: by default a folder beside the spool (one proxy; they survive restarts:
+deletes.journal), or with `backorigin_tombstones=s3://BUCKET/PREFIX/` objects in the store itself,
+written create-only, so every proxy in front of the store shares them. Either way the set is read
+through the same small interface, and no request's cost grows with their number: asking about a
+key is O(1) (one HEAD for the shared kind), and a listing page consults only the tombstones of the
+keys it lists (`hide_tombstoned`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import os
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import botocore.exceptions
 
-from backorigin.s3.clients import code_of, make_s3_client, status_of
+from backorigin.deletes.journal import Intent, LocalTombstones, NoRoom, room_for
+from backorigin.listing.merge import Lister
+from backorigin.listing.order import Order, order_key
+from backorigin.s3.clients import code_of, make_s3_client, shared_s3_client, status_of, store_has
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Intent", "LocalTombstones", "NoRoom", "StoreTombstones", "Tombstones", "TombstonesError", "room_for"]
+SHARED_WRITES = 16  # tombstones of one DeleteObjects written to the store at once (the shared kind)
 
 
 class Tombstones(Protocol):
@@ -39,60 +45,29 @@ class Tombstones(Protocol):
         """Whether (bucket, key) was deleted through a proxy (blocking for the shared kind)."""
         ...
 
+    def count(self) -> int | None:
+        """How many there are, kept as they change; None when only a full listing could say."""
+        ...
+
+    def reserve(self, bucket: str, key: str | None, room: int) -> Intent: ...
+
+    def commit(self, intent: Intent, keys: Sequence[str]) -> None: ...
+
+    def withdraw(self, intent: Intent) -> None: ...
+
+    def pending(self) -> list[tuple[Intent, bool]]:
+        """Intents a crash left behind, each with whether it names its key."""
+        ...
+
     def add(self, bucket: str, key: str) -> None: ...
 
     def discard(self, bucket: str, key: str) -> None: ...
 
+    def keys(self, bucket: str, prefix: str = "", start_after: str = "", page: int | None = None) -> list[str]:
+        """The bucket's tombstoned keys under `prefix` after `start_after`, in order, at most `page`."""
+        ...
+
     def __iter__(self) -> Iterator[tuple[str, str]]: ...
-
-
-class LocalTombstones:
-    """One small JSON file per tombstone in `directory`, named by a hash of bucket and key,
-    written before the delete's answer goes back; read into memory at start-up."""
-
-    blocking = False
-
-    def __init__(self, directory: Path, fresh: bool = False) -> None:
-        self.directory = directory
-        self.fresh = fresh  # ask the folder every time: another process (the proxy) writes it
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = threading.Lock()  # add and discard run in threads while the hooks read the set
-        self._set: set[tuple[str, str]] = set()
-        for path in [] if fresh else directory.glob("*.json"):
-            try:
-                entry = json.loads(path.read_text())
-                self._set.add((entry["bucket"], entry["key"]))
-            except (OSError, ValueError, KeyError) as e:
-                logger.warning("tombstone %s unreadable, ignored: %s", path, e)
-
-    def _path(self, bucket: str, key: str) -> Path:
-        name = f"{bucket}/{key}".encode("utf-8", "surrogateescape")  # a key from an undecodable path too
-        return self.directory / f"{hashlib.sha256(name).hexdigest()}.json"
-
-    def __contains__(self, ref: tuple[str, str]) -> bool:
-        if self.fresh:
-            return self._path(*ref).exists()
-        with self._lock:
-            return ref in self._set
-
-    def add(self, bucket: str, key: str) -> None:
-        path = self._path(bucket, key)
-        # a partial file of this write's own: deletes of one key may write its tombstone at once
-        fd, partial = tempfile.mkstemp(dir=self.directory, prefix=path.stem + ".", suffix=".partial")
-        with os.fdopen(fd, "w") as out:  # mkstemp makes it 0600
-            out.write(json.dumps({"bucket": bucket, "key": key, "time": round(time.time(), 3)}))
-        os.replace(partial, path)
-        with self._lock:
-            self._set.add((bucket, key))
-
-    def discard(self, bucket: str, key: str) -> None:
-        self._path(bucket, key).unlink(missing_ok=True)
-        with self._lock:
-            self._set.discard((bucket, key))
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        with self._lock:
-            return iter(sorted(self._set))
 
 
 class StoreTombstones:
@@ -130,6 +105,22 @@ class StoreTombstones:
                 return False
             raise
 
+    def count(self) -> int | None:
+        return None  # other proxies write them too
+
+    def reserve(self, bucket: str, key: str | None, room: int) -> Intent:
+        return Intent(bucket, key)  # the store keeps them: nothing of this disk's is taken
+
+    def commit(self, intent: Intent, keys: Sequence[str]) -> None:
+        with ThreadPoolExecutor(SHARED_WRITES) as pool:
+            list(pool.map(lambda key: self.add(intent.bucket, key), keys))
+
+    def withdraw(self, intent: Intent) -> None:
+        return None
+
+    def pending(self) -> list[tuple[Intent, bool]]:
+        return []  # nothing is written before the store said yes
+
     def add(self, bucket: str, key: str) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._name(bucket, key), Body=b"", IfNoneMatch="*",
@@ -140,6 +131,15 @@ class StoreTombstones:
 
     def discard(self, bucket: str, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._name(bucket, key))
+
+    def keys(self, bucket: str, prefix: str = "", start_after: str = "", page: int | None = None) -> list[str]:
+        """The bucket's tombstoned keys under `prefix` after `start_after`, in the store's order: one
+        LIST of at most `page`, 1,000 at most (blocking)."""
+        base = self._name(bucket, "")
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix, "MaxKeys": min(page or 1000, 1000)}
+        if start_after:
+            args["StartAfter"] = base + start_after
+        return [entry["Key"][len(base):] for entry in self.client.list_objects_v2(**args).get("Contents", [])]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -154,12 +154,13 @@ class TombstonesError(ValueError):
 
 
 def open_tombstones(where: str | None, default_folder: Path | None, store: str | None,
-                    fresh: bool = False) -> Tombstones | None:
+                    fresh: bool = False, fsync: bool = False) -> Tombstones | None:
     """The tombstones at `where`: s3://BUCKET/PREFIX/ in the store at `store`, or a folder; when
     `where` is empty, `default_folder` (None: no tombstones). `fresh`: for a process that reads
-    what another one writes (the write-back worker, the sweep)."""
+    what another one writes (the write-back worker, the sweep); `fsync`: each change reaches the
+    disk before it counts (backorigin_spool_fsync)."""
     if not where:
-        return LocalTombstones(default_folder, fresh) if default_folder is not None else None
+        return LocalTombstones(default_folder, fresh, fsync) if default_folder is not None else None
     if where.startswith("s3://"):
         bucket, prefix = StoreTombstones.parse(where)
         if not store:
@@ -167,7 +168,7 @@ def open_tombstones(where: str | None, default_folder: Path | None, store: str |
         return StoreTombstones(make_s3_client(store), bucket, prefix)
     if not Path(where).is_dir():
         raise TombstonesError(f"{where} is not a folder (give the proxy's SPOOL/tombstones or s3://BUCKET/PREFIX/)")
-    return LocalTombstones(Path(where), fresh)
+    return LocalTombstones(Path(where), fresh, fsync)
 
 
 def describe(refs: Iterator[tuple[str, str]]) -> list[str]:
@@ -179,3 +180,74 @@ async def is_tombstoned(tombstones: Tombstones, bucket: str, key: str) -> bool:
     if tombstones.blocking:
         return await asyncio.to_thread(tombstones.__contains__, (bucket, key))
     return (bucket, key) in tombstones
+
+
+Hide = Callable[[str, str, Order, Lister], Lister]  # (bucket, base, order, an origin's lister) -> the lister less tombstones
+
+
+def hide_tombstoned(tombstones: Tombstones) -> Hide:
+    """What a merged listing does to an origin side's lister (its keys are `base` + the bucket's
+    key): the keys with a tombstone are left out as they come, each asked in O(1) (the local
+    kind), or checked against the store's tombstones listed from the same start in the same order
+    as far as the origin's keys go, never further (the shared kind)."""
+
+    def hide(bucket: str, base: str, order: Order, lister: Lister) -> Lister:
+        async def entries(prefix: str, delimiter: str, start_after: str, first_page: int) -> AsyncGenerator[Any, None]:
+            holds = _Cursor(tombstones, bucket, prefix[len(base):], start_after[len(base):], order, first_page)
+            async with aclosing(lister(prefix, delimiter, start_after, first_page)) as listed:
+                async for entry in listed:
+                    if entry.is_prefix or not entry.key.startswith(base) or not await holds(entry.key[len(base):]):
+                        yield entry
+
+        return entries
+
+    return hide
+
+
+class _Cursor:
+    """Whether keys asked in the listing's order have tombstones."""
+
+    def __init__(self, tombstones: Tombstones, bucket: str, prefix: str, start_after: str, order: Order, page: int) -> None:
+        self.tombstones, self.bucket, self.prefix, self.after = tombstones, bucket, prefix, start_after
+        self.sort = order_key(order)
+        self.page = max(1, min(1000, page))
+        self.window: list[str] = []  # the last page of tombstones listed, in order
+        self.at = 0  # the first of them not passed yet by the keys asked
+        self.done = False
+
+    async def __call__(self, key: str) -> bool:
+        if not self.tombstones.blocking:
+            return (self.bucket, key) in self.tombstones
+        wanted = self.sort(key)
+        while True:
+            while self.at < len(self.window) and self.sort(self.window[self.at]) < wanted:
+                self.at += 1
+            if self.at < len(self.window) or self.done:
+                return self.at < len(self.window) and self.window[self.at] == key
+            listed = await asyncio.to_thread(self.tombstones.keys, self.bucket, self.prefix, self.after, self.page)
+            self.done = len(listed) < self.page
+            self.page = min(1000, self.page * 2)
+            self.window, self.at = listed, 0
+            if listed:
+                self.after = listed[-1]
+
+
+async def resolve_pending(tombstones: Tombstones, store: str | None) -> None:
+    """Deletes that were on their way when the proxy stopped: the store is asked whether the key
+    is still there (then the intent goes: the delete did not happen, or a write came after) or
+    not (then the tombstone is written: the delete may have happened, and no client was told
+    otherwise). A DeleteObjects' keys were never read: its intent goes."""
+    for intent, named in await asyncio.to_thread(tombstones.pending):
+        try:
+            if not named or store is None:
+                logger.warning("a %s of s3://%s was on its way when the proxy stopped: no tombstones for it",
+                               "DeleteObject" if named else "DeleteObjects", intent.bucket)
+                await asyncio.to_thread(tombstones.withdraw, intent)
+            elif await asyncio.to_thread(store_has, shared_s3_client(store), intent.bucket, str(intent.key)):
+                await asyncio.to_thread(tombstones.withdraw, intent)
+            else:
+                await asyncio.to_thread(tombstones.commit, intent, [str(intent.key)])
+                logger.info("tombstone for s3://%s/%s: deleted while the proxy stopped", intent.bucket, intent.key)
+        except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            logger.warning("the delete of s3://%s/%s left on its way stays unresolved until the next start: %s",
+                           intent.bucket, intent.key, e)

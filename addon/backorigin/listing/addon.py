@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import botocore.exceptions
@@ -15,10 +15,10 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.listing.merge import Side, merged_listing
+from backorigin.listing.merge import Lister, Side, merged_listing
 from backorigin.listing.order import Learned, Order, reordered
 from backorigin.listing.request import ListingError, is_our_token, list_request
-from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order
+from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order, without
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3 import replies
@@ -30,7 +30,8 @@ from backorigin.s3.store import StoreClient, upstream_proxy, upstream_verificati
 logger = logging.getLogger(__name__)
 
 NOT_S3_RETRY = 60.0  # seconds an origin that did not answer like S3 is left out before it is asked again
-Tombstoned = Callable[[str, str], Iterable[str]]  # (bucket, prefix) -> keys deleted through the proxy
+# (bucket, base, order, an origin side's lister) -> that lister less the keys deleted through the proxy
+Tombstoned = Callable[[str, str, Order, Lister], Lister]
 
 
 class MergedListing:
@@ -39,12 +40,16 @@ class MergedListing:
     whether the store lets the client list."""
 
     def __init__(self, context: Context | None = None, tombstoned: Tombstoned | None = None,
-                 store_client: Callable[[str], Any] = shared_s3_client) -> None:
-        """`tombstoned(bucket, prefix)`: the keys under `prefix` deleted through the proxy, which
-        origins do not list (it runs in a thread, once per page: it may block); `store_client(endpoint)`:
-        a boto3 client with the proxy's own credentials."""
+                 store_client: Callable[[str], Any] = shared_s3_client,
+                 leases_under: Callable[[str], str | None] = lambda bucket: None) -> None:
+        """`tombstoned(bucket, base, order, lister)`: an origin side's lister less the keys deleted
+        through the proxy, which origins do not list (deletes.tombstones.hide_tombstoned: it asks only
+        about the keys listed); `store_client(endpoint)`: a boto3 client with the proxy's own credentials;
+        `leases_under(bucket)`: the prefix of the bucket's own keys that are the fleet's leases
+        (miss.leases), left out of the store's side."""
         self.context = context
         self.tombstoned = tombstoned
+        self.leases_under = leases_under
         self.store_client = store_client
         self.enabled = False
         self.store = StoreClient()
@@ -104,13 +109,17 @@ class MergedListing:
                 logger.info("the store %s lists keys in %s order (asked)", endpoint, self._store_orders[endpoint])
             return self._store_orders[endpoint]
 
-    async def sides(self, bucket: str, book: RuleBook, store_endpoint: str, request: http.Request) -> list[Side]:
+    async def sides(self, bucket: str, book: RuleBook, store_endpoint: str, request: http.Request,
+                    tombstoned: Tombstoned | None = None) -> list[Side]:
         """The store's side and the side of every merged rule's origin that answers like S3, in
-        RuleNumber order; just the store's when no rule is merged. Each origin is read in the
-        store's order: as it lists when its pages showed that is its order, else reordered."""
+        RuleNumber order (less the keys `tombstoned` leaves out); just the store's when no rule is merged.
+        Each origin is read in the store's order: as it lists when its pages showed that is its order,
+        else reordered."""
         store = self.store_client(store_endpoint)
         store_order = await self.store_order(store_endpoint, store, bucket)
-        sides = [Side(in_order(boto3_pages(store, bucket), store_order), order=store_order)]
+        lister = in_order(boto3_pages(store, bucket), store_order)
+        leases = self.leases_under(bucket)
+        sides = [Side(without(lister, leases) if leases else lister, order=store_order)]
         for rule in book.rules_for(bucket):
             try:
                 where = OriginBucket.of(rule)
@@ -133,6 +142,8 @@ class MergedListing:
             learned = self._learned.setdefault(name, Learned(name))
             pages = boto3_pages(client, where.bucket)
             lister = in_order(pages, store_order) if learned.order == store_order else reordered(pages, store_order, learned)
+            if tombstoned is not None:
+                lister = tombstoned(bucket, where.base, store_order, lister)
             side = origin_side(rule, book, bucket, lister, request, store_order)
             if side is not None:
                 sides.append(side)
@@ -171,12 +182,8 @@ class MergedListing:
             return None
         query = {name: value for name, value in reversed(request.query.items(multi=True))}  # the first of each wins
         try:
-            hidden = None
-            if tombstoned is not None:
-                prefix = query.get("prefix", "")
-                hidden = (await asyncio.to_thread(lambda: frozenset(tombstoned(listed.bucket, prefix)))).__contains__
-            sides = await self.sides(listed.bucket, book, reading.endpoint, request)
-            body = await merged_listing(query, listed.bucket, sides[0], sides[1:], hidden, version=listed.version)
+            sides = await self.sides(listed.bucket, book, reading.endpoint, request, tombstoned)
+            body = await merged_listing(query, listed.bucket, sides[0], sides[1:], version=listed.version)
         except ListingError as e:
             logger.warning("merged listing of %s: %s", listed.bucket, e.message)
             return _error(request, e, listed.bucket)

@@ -145,3 +145,16 @@ def not_s3(error: Exception) -> bool:
     if isinstance(error, botocore.exceptions.ClientError):
         return str(error.response.get("Error", {}).get("Code", "")).isdigit()
     return False
+
+
+def without(lister: Lister, prefix: str) -> Lister:
+    """`lister`'s entries but those under `prefix`, keys and common prefixes (the fleet's leases in
+    the store's own listing: miss.leases)."""
+
+    async def listed(under: str, delimiter: str, after: str, page_size: int) -> AsyncGenerator[Entry, None]:
+        async with aclosing(lister(under, delimiter, after, page_size)) as entries:
+            async for entry in entries:
+                if not entry.key.startswith(prefix):
+                    yield entry
+
+    return listed

@@ -71,7 +71,8 @@ class Mirroring:
         )
         loader.add_option(
             "backorigin_spool_min_free", str, SPOOL_MIN_FREE,
-            "Free space the spool's disk keeps (e.g. 1g): below it a miss is still answered but not stored this time.",
+            "Free space the spool's disk keeps (e.g. 1g), while a fill writes too: a miss whose body would take the disk "
+            "below it ends there (424, or a reset once answering) and gives its space back at once.",
         )
         loader.add_option("backorigin_writeback_workers", int, 4, "Uploads running at once.")
         loader.add_option(

@@ -19,6 +19,7 @@ from backorigin.miss.answer import collect
 from backorigin.miss.mirror import Mirror, Miss
 from backorigin.miss.server import MissServer
 from backorigin.s3 import replies
+from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.store import StoreAnswer
 
 
@@ -57,9 +58,22 @@ class MissDelivery:
         flow.request.scheme, flow.request.host, flow.request.port, flow.request.path = "http", "127.0.0.1", self.server.port, path
         flow.server_conn.via = None  # in upstream mode too, the miss server is reached directly
 
-    async def deliver_late(self, flow: http.HTTPFlow, mirror: Mirror, miss: Miss, store_404: StoreAnswer) -> None:
+    async def refuse(self, flow: http.HTTPFlow, reply: replies.Reply) -> None:
+        """Answer a request whose body is still on its way (from requestheaders: mitmproxy takes no
+        answer there) with `reply`, without the store: the miss server reads the body and answers."""
+        await self.server.ensure_started()
+        path = self.server.issue(lambda: _ready(reply))
+        flow.request.scheme, flow.request.host, flow.request.port, flow.request.path = "http", "127.0.0.1", self.server.port, path
+        flow.server_conn.via = None
+
+    async def deliver_late(self, flow: http.HTTPFlow, mirror: Mirror, miss: Miss | None, store_404: StoreAnswer,
+                           ref: ObjectRef) -> None:
         """From the response hook: the whole answer from memory (503 SlowDown when it is larger
-        than the whole-answer limit; the client's retry is decided in the request hook)."""
+        than the whole-answer limit, or when there is no miss to answer: another proxy's fill
+        landed meanwhile; the client's retry is decided in the request hook)."""
+        if miss is None:
+            flow.response = replies.to_response(flow.request, replies.slow_down(ref))
+            return
         await self._answer_here(flow, mirror, miss, store_404, mirror.origin.timeouts.whole_limit)
 
     async def _answer_here(self, flow: http.HTTPFlow, mirror: Mirror, miss: Miss, store_404: StoreAnswer,
@@ -97,6 +111,10 @@ class MissDelivery:
 
     async def aclose(self) -> None:
         await self.server.stop()
+
+
+async def _ready(reply: replies.Reply) -> replies.Reply:
+    return reply
 
 
 def _answer_of(reply: replies.Reply) -> StoreAnswer:

@@ -23,8 +23,11 @@ from pathlib import Path
 
 from backorigin.miss.conditional import Validators
 from backorigin.miss.integrity import decimal, multipart_parts
+from backorigin.miss.leases import Lease
 from backorigin.miss.origin import OriginResult, SinkFailed
 from backorigin.writeback.spool import ObjectKey, ObjectUpload
+
+RESERVE_CHECKED_EVERY = 1024 * 1024  # bytes written between two looks at the disk's free space
 
 
 class FillBroken(Exception):
@@ -62,6 +65,9 @@ class Fill:
         self.deleted = False  # deleted through the proxy while it was arriving: never spooled
         self.announced: str | None = None  # the ETag known before the body (the origin's, when the store will keep it)
         self.origin_etag: str | None = None  # an S3 origin's ETag the store will not keep (conditional.Validators)
+        self.keep_free = 0  # bytes the disk keeps free (backorigin_spool_min_free): the body never takes them
+        self._unchecked = 0  # bytes written since the free space was last looked at
+        self.lease: Lease | None = None  # this proxy's turn in the fleet (miss.leases), held until the fill is dropped
 
     @classmethod
     def spooled(cls, key: ObjectKey, path: Path, upload: ObjectUpload) -> Fill:
@@ -73,7 +79,8 @@ class Fill:
         fill.settled = Settled(OriginResult(upload.metadata.get("backorigin-origin-url", ""), 200, size=upload.size,
                                             md5=upload.md5, etag=upload.etag), "queued")
         fill._grew, fill._began, fill.landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        fill.manifest, fill.deleted, fill.announced, fill.origin_etag = None, False, upload.etag, None
+        fill.manifest, fill.deleted, fill.announced, fill.origin_etag, fill.lease = None, False, upload.etag, None, None
+        fill.keep_free, fill._unchecked = 0, 0
         fill._began.set()
         fill._grew.set()
         return fill
@@ -86,6 +93,7 @@ class Fill:
 
     def begin(self, status: int, headers: tuple[tuple[str, str], ...], url: str, etag: str | None) -> None:
         self.declared = decimal(next((v for k, v in headers if k.lower() == "content-length"), None))
+        self._keep_room(self.declared or 0)
         self.upload = self._describe(url, headers, formatdate(usegmt=True))
         self.announced = etag
         origin_etag = next((v for k, v in headers if k.lower() == "etag"), None)
@@ -94,6 +102,10 @@ class Fill:
 
     def write(self, chunk: bytes) -> None:
         assert self._write_fd is not None, "no write after close_body"
+        self._unchecked += len(chunk)
+        if self._unchecked >= RESERVE_CHECKED_EVERY:
+            self._keep_room(self._unchecked)
+            self._unchecked = 0
         view = memoryview(chunk)
         try:
             while view:
@@ -102,6 +114,24 @@ class Fill:
             raise SinkFailed(f"the spool cannot keep the body: {e}") from e
         self.written += len(chunk)
         self._wake()
+
+    def _keep_room(self, coming: int) -> None:
+        """SinkFailed when `coming` more bytes would take the disk below `keep_free`: the reserve
+        holds while the body arrives, not only when it starts."""
+        if self.keep_free and self._write_fd is not None:
+            disk = os.fstatvfs(self._write_fd)
+            if disk.f_bavail * disk.f_frsize - coming < self.keep_free:
+                raise SinkFailed("the spool's disk is down to backorigin_spool_min_free")
+
+    def give_back(self) -> None:
+        """A fill that failed gives its disk space back at once: its readers are told it broke
+        (`read` raises) before they read again, so its body can go even while they hold it open."""
+        assert self.settled is not None and not self.settled.result.ok
+        try:
+            os.truncate(self.path, 0)
+        except OSError:
+            pass  # already gone
+        self.path.unlink(missing_ok=True)
 
     def close_body(self, fsync: bool) -> None:
         if self._write_fd is not None:

@@ -24,6 +24,7 @@ from backorigin.miss import objectmeta
 from backorigin.miss.answer import respond
 from backorigin.miss.fill import Fill, Fills, Settled
 from backorigin.miss.guard import Full, OriginGuard
+from backorigin.miss.leases import Leases
 from backorigin.miss.origin import Failure, OriginClient, OriginResult
 from backorigin.miss.probe import ExistenceCache
 from backorigin.rules.model import RoutingRule
@@ -87,18 +88,25 @@ class Mirror:
         self.refused: OrderedDict[ObjectKey, str] = OrderedDict()  # objects the store refused for good, and why
         self.min_free = 0  # bytes the spool's disk keeps free (backorigin_spool_min_free)
         self._fetches: set[asyncio.Task] = set()
+        self._claims: dict[ObjectKey, asyncio.Future[Fill | None]] = {}  # new fills waiting for their turn in the fleet
+        self.leases = Leases()  # taking turns with the other proxies of a fleet; off until miss.fleet configures it
         self.guard = OriginGuard()  # the origins' 404s, concurrency limits and circuits
         origin.observe = self._observed
         writeback.landed = self._landed
         # told of every origin fetch and how long it took (addon.metrics)
         self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
 
-    def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Miss | None:
+    async def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest,
+                    signed: bool = False) -> Miss | None:
         """Join the fill of this object, or start one (a fill of its own, never stored, for
-        MirrorProxyPass and for an object the store refused before). None when the object has
-        landed in the store since the store said it was missing (its write-back ended while the
-        caller awaited something): the store answers, no origin GET."""
+        MirrorProxyPass and for an object the store refused before). A new fill first takes its
+        turn among the proxies of the fleet (miss.leases), which may wait for another proxy's fill.
+        None when the object has landed in the store since the store said it was missing (its
+        write-back, or another proxy's, ended while the caller awaited something): the store
+        answers, no origin GET. `signed`: the client's request was signed (its fetch counts for the
+        bucket's signed clients: miss.guard)."""
         key: ObjectKey = (endpoint, ref.bucket, ref.key)
+        request = replace(request, tenant=(ref.bucket, signed))
         if key in self.known:
             return None
         not_storing = "MirrorProxyPass" if rule.Redirect.MirrorProxyPass else ""
@@ -107,22 +115,47 @@ class Mirror:
         if key in self.refused:
             not_storing = f"the store refused it before: {self.refused[key]}"
             logger.info("s3://%s/%s is served from the origin without storing: %s", ref.bucket, ref.key, not_storing)
-        proxy_pass = bool(not_storing)
-        fill = None if proxy_pass else self.fills.get(key)
+        fill = None if not_storing else self.fills.get(key)
         if fill is not None:
             logger.info("another client joins the origin fetch under way for %s (or its spooled body)", ref.key)
             return Miss(ref, rule, request, fill, started=False)
-        fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(endpoint, ref, rule))
-        if (ref.bucket, rule.RuleNumber, ref.key) in self.guard.not_found:
+        if self.guard.not_found.holds(ref.bucket, ref.key, request):
             self.guard.counts["not_found_hits"] += 1
+            fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(endpoint, ref, rule))
             fill.settle(Settled(OriginResult(request.url, 404), "none (no object)"))
             return Miss(ref, rule, request, fill, started=False, note="the origin's 404, remembered (backorigin_origin_404_ttl)")
-        if not proxy_pass:
-            self.fills.add(fill)
+        if not_storing:
+            return Miss(ref, rule, request, self._fill(key, ref, rule, request, not_storing), started=True)
+        claim = self._claims.get(key)
+        started = claim is None
+        if claim is None:  # the other misses of the object meanwhile wait for this one's turn
+            claim = self._claims[key] = asyncio.ensure_future(self._claim(key, ref, rule, request))
+            claim.add_done_callback(lambda _: self._claims.pop(key, None))
+        else:
+            logger.info("another client joins the origin fetch under way for %s (its turn in the fleet)", ref.key)
+        fill = await asyncio.shield(claim)  # a client that leaves does not end the others' turn
+        return Miss(ref, rule, request, fill, started=started) if fill is not None else None
+
+    async def _claim(self, key: ObjectKey, ref: ObjectRef, rule: RoutingRule, request: OriginRequest) -> Fill | None:
+        """The object's fill, once it is this proxy's turn; None when another proxy's fill landed."""
+        turn = await self.leases.take(key)
+        if turn.stored:
+            self.known.add(key)
+            logger.info("s3://%s/%s was stored by another proxy's fill: the store answers", ref.bucket, ref.key)
+            return None
+        fill = self._fill(key, ref, rule, request, "")
+        fill.lease = turn.lease
+        self.fills.add(fill)
+        return fill
+
+    def _fill(self, key: ObjectKey, ref: ObjectRef, rule: RoutingRule, request: OriginRequest, not_storing: str) -> Fill:
+        """A new fill and its origin fetch."""
+        fill = Fill(key, self.writeback.spool.new_body_path(), self._describer(key[0], ref, rule))
+        fill.keep_free = self.min_free
         task = asyncio.ensure_future(self._fetch(fill, ref, rule, request, not_storing))
         self._fetches.add(task)
         task.add_done_callback(self._fetches.discard)
-        return Miss(ref, rule, request, fill, started=True)
+        return fill
 
     async def reply(self, miss: Miss, method: str, header: Callable[[str], str | None], store_404: StoreAnswer) -> Reply:
         miss.reply = await respond(miss.fill, method, header, miss.ref, store_404, self.origin.timeouts.whole_limit,
@@ -162,7 +195,7 @@ class Mirror:
             try:
                 result = await self._guarded(request, fill)
                 if result.status == 404:
-                    self.guard.not_found.add(ref.bucket, rule.RuleNumber, ref.key)
+                    self.guard.not_found.add(ref.bucket, ref.key, request)
             except Exception as e:  # never leave readers waiting
                 logger.exception("fetch of %s failed", request.url)
                 result = OriginResult.failed(request.url, Failure.NETWORK, describe_error(e))
@@ -173,30 +206,31 @@ class Mirror:
                 writeback = self._spool(fill, result, not_storing)
             except OSError as e:  # a full disk, an I/O error: this fill ends and leaves nothing behind
                 logger.error("not stored: s3://%s/%s: the spool failed: %s", ref.bucket, ref.key, e)
-                fill.path.unlink(missing_ok=True)
                 result = OriginResult.failed(result.url, Failure.SPOOL, f"{type(e).__name__}: {e}")
                 writeback = "none (the spool failed)"
         finally:  # every fill settles, whatever happened: no reader waits, no key hangs
             fill.settle(Settled(result, writeback))
             if writeback != "queued":  # nothing will land: the next miss asks the origin again
-                self.fills.drop(fill)
+                self._drop(fill)
+            if not result.ok:
+                fill.give_back()
 
     async def _guarded(self, request: OriginRequest, fill: Fill) -> OriginResult:
         """The fetch, unless the origin's circuit is open (then the secondary origin, or a failure
         at once) or its fetches and queue are all taken (miss.guard)."""
-        guard = self.guard
-        breaker = guard.breaker_for(request.url)
+        guard, tenant = self.guard, request.tenant
+        breaker = guard.breaker_for(request.url, tenant)
         if not breaker.allow():
-            if not (request.fallback_url and guard.breaker_for(request.fallback_url).allow()):
+            if not (request.fallback_url and guard.breaker_for(request.fallback_url, tenant).allow()):
                 guard.counts["failed_fast"] += 1
                 return OriginResult.failed(request.url, Failure.CIRCUIT_OPEN, f"the circuit of {breaker.host} is open")
             request = replace(request, url=request.fallback_url, fallback_url=None, probe_url=None)
-            breaker = guard.breaker_for(request.url)
+            breaker = guard.breaker_for(request.url, tenant)
         slots = guard.slots_for(request.url)
         if slots.running >= slots.limit:
             guard.counts["queued"] += 1
         try:
-            async with slots:
+            async with slots.slot(tenant):
                 return await self.origin.fetch(request, fill)
         except Full as e:
             guard.counts["refused"] += 1
@@ -204,9 +238,9 @@ class Mirror:
         finally:
             breaker.release()
 
-    def _observed(self, url: str, result: OriginResult) -> None:
-        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit."""
-        self.guard.breaker_for(url).record(result.failure in BREAKING or (result.status or 0) >= 500)
+    def _observed(self, request: OriginRequest, url: str, result: OriginResult) -> None:
+        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit for the tenant."""
+        self.guard.breaker_for(url, request.tenant).record(result.failure in BREAKING or (result.status or 0) >= 500)
 
     def _spool(self, fill: Fill, result: OriginResult, not_storing: str) -> str:
         """Spool a good body with its manifest (the promise to store it), or give it up."""
@@ -230,7 +264,8 @@ class Mirror:
             self.writeback.outcomes["low_disk"] += 1
             logger.warning("not stored this time: s3://%s/%s: %s", fill.upload.bucket, fill.upload.key, why)
         if why:
-            fill.path.unlink(missing_ok=True)  # readers keep their own descriptors
+            if result.ok:  # readers keep their own descriptors; a failed fill gives its space back once settled
+                fill.path.unlink(missing_ok=True)
             return f"none ({why})"
         assert fill.upload is not None  # a 200 began the fill
         if fill.announced and fill.announced != result.etag:  # the origin's parts were not all of one size
@@ -241,17 +276,17 @@ class Mirror:
         fill.path = self.writeback.spool.body_of(fill.manifest)
         return "queued"
 
-    async def forget(self, key: ObjectKey) -> bool:
-        """The object was deleted through the proxy (the store said yes): no fill or write-back of
-        it may recreate it. Clients already reading a fill still get their bytes. True when a
-        write-back of it was stored while the delete was on its way (the delete may have come
-        first: the caller deletes the object again)."""
+    async def forget(self, key: ObjectKey, since: float) -> bool:
+        """The object was deleted through the proxy (the store said yes to a delete sent at `since`,
+        a time.time()): no fill or write-back of it may recreate it. Clients already reading a fill
+        still get their bytes. True when a write-back of it was stored since (the delete may have
+        come first: the caller deletes the object again)."""
         self.known.discard(key)
         fill = self.fills.get(key)
         if fill is not None:
-            self.fills.drop(fill)
+            self._drop(fill)
             fill.deleted = True
-        return await self.writeback.withdraw(key)
+        return await self.writeback.withdraw(key, since)
 
     def _landed(self, upload: ObjectUpload, outcome: WriteBackOutcome, detail: str) -> None:
         key = upload.object_key
@@ -262,14 +297,24 @@ class Mirror:
         fill = self.fills.get(key)
         if fill is not None and fill.settled is not None:
             fill.landed.set()
-            self.fills.drop(fill)
+            self._drop(fill)
         if outcome in ("stored", "exists"):
             self.known.add(key)
 
+    def _drop(self, fill: Fill) -> None:
+        """No new miss joins `fill`, and its lease goes: its object is in the store, or was given up."""
+        self.fills.drop(fill)
+        if fill.lease is not None:
+            self.leases.release(fill.lease)
+            fill.lease = None
+
     async def shutdown(self, timeout: float) -> None:
+        for claim in self._claims.values():
+            claim.cancel()
         fetches = [t for t in self._fetches if not t.done()]
         for task in fetches:
             task.cancel()  # an unfinished fetch is dropped; the object mirrors again next time
         await asyncio.gather(*fetches, return_exceptions=True)
         await self.writeback.drain(timeout)
+        await self.leases.aclose(timeout)
         await self.origin.aclose()

@@ -240,7 +240,8 @@ class OriginClient:
         self.marker = LoopMarker()  # on every request it sends: the proxy knows its own fetches coming back
         # (host, port) of every socket the proxy listens on: never fetched from (set by the addon)
         self.own_listeners: Callable[[], Iterable[tuple[str, int]]] = lambda: ()
-        self.observe: Callable[[str, OriginResult], None] = lambda url, result: None  # every URL's result (miss.guard)
+        # every URL's result, with the request it was asked for (miss.guard)
+        self.observe: Callable[[OriginRequest, str, OriginResult], None] = lambda request, url, result: None
         self._session = httpclient.Session()  # no cookie jar, no proxy variables of this machine
 
     async def aclose(self) -> None:
@@ -269,7 +270,7 @@ class OriginClient:
     async def _observed(self, request: OriginRequest, url: str, sink: BodySink | None) -> OriginResult:
         """`sink` None: a HEAD."""
         result = await self._fetch_url(request, url, sink)
-        self.observe(url, result)
+        self.observe(request, url, result)
         return result
 
     async def _healthy(self, probe_url: str) -> bool:

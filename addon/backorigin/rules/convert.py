@@ -11,27 +11,30 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
-from xml.parsers import expat
 
 from pydantic import BaseModel
 
+from backorigin import xmlsafe
+from backorigin.rules.buckets import pattern_prefix
 from backorigin.rules.files import parse_rules, read_json
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
-    MD5_ALWAYS_CHECKED,
-    MIRROR_ONLY_FIELDS,
-    REDIRECT_ONLY_FIELDS,
-    UNSUPPORTED_OSS_FIELDS,
     RoutingRule,
     RuleAction,
     RuleBook,
     RulesError,
-    oss_boolean,
-    oss_codes,
-    oss_integer,
 )
-from backorigin.rules.vocabulary import BACKORIGIN_ONLY_FIELDS, Kind, xml_fields
+from backorigin.rules.values import oss_boolean, oss_codes, oss_integer
+from backorigin.rules.vocabulary import (
+    BACKORIGIN_ONLY_FIELDS,
+    MD5_ALWAYS_CHECKED,
+    MIRROR_ONLY_FIELDS,
+    REDIRECT_ONLY_FIELDS,
+    UNSUPPORTED_OSS_FIELDS,
+    Kind,
+    xml_fields,
+)
 
 T = TypeVar("T")
 
@@ -39,6 +42,8 @@ T = TypeVar("T")
 # always written out in both directions.
 THEIR_DEFAULT_REDIRECT_CODE = 301
 OSS_REDIRECT_CODES = frozenset({301, 302, 307})
+# at most MAX_RULES_CEILING rules of a few KiB each: a document far larger is not a website configuration
+WEBSITE_CONFIGURATION_LIMIT = 1024 * 1024
 
 WEBSITE_ONLY = "backorigin serves no index or error pages (static-website hosting); configure them on the store"
 DROPPED_WEBSITE_PARTS = {
@@ -89,26 +94,15 @@ def oss_xml_to_rules(text: str, bucket: str) -> Converted[dict[str, Any]]:
 
 
 def _parse_xml(text: str) -> ET.Element:
-    _refuse_declarations(text)
+    """A WebsiteConfiguration never needs a DTD, and entity declarations can expand without bound:
+    both are refused (backorigin.xmlsafe), as is a document larger than any OSS would take."""
     try:
-        return ET.fromstring(text)
-    except ET.ParseError as e:
-        raise ConversionError(f"not well-formed XML: {e}") from None
-
-
-def _refuse_declarations(text: str) -> None:
-    """A WebsiteConfiguration never needs a DTD, and entity declarations can expand without bound."""
-
-    def refuse(*_: Any) -> None:
-        raise ConversionError("DOCTYPE and ENTITY declarations are refused in a WebsiteConfiguration")
-
-    scanner = expat.ParserCreate()
-    scanner.StartDoctypeDeclHandler = refuse
-    scanner.EntityDeclHandler = refuse
-    try:
-        scanner.Parse(text, True)
-    except expat.ExpatError:
-        pass  # ElementTree reports malformed XML with its position
+        return xmlsafe.parse(text, WEBSITE_CONFIGURATION_LIMIT)
+    except xmlsafe.XMLRefused as e:
+        why = str(e)
+        if why.startswith("DOCTYPE"):
+            why = "DOCTYPE and ENTITY declarations are refused in a WebsiteConfiguration"
+        raise ConversionError(why) from None
 
 
 def _local(tag: str) -> str:
@@ -325,7 +319,7 @@ def checked_rules_json(document: dict[str, Any], source: str) -> Converted[str]:
     warnings = [
         f'bucket "{name}": {len(rules)} rules, more than the {DEFAULT_MAX_RULES} allowed by default: '
         f"run mitmdump with --set backorigin_max_rules={len(rules)}"
-        for name, rules in book.buckets.items()
+        for name, rules in book.entries()
         if len(rules) > DEFAULT_MAX_RULES
     ]
     return Converted(text, warnings)
@@ -339,16 +333,28 @@ def _document(bucket: str, rules: list[dict[str, Any]], warnings: list[str]) -> 
 
 # -- rules -> OSS XML ------------------------------------------------------------------------
 
-def bucket_rules(book: RuleBook, bucket: str) -> tuple[RoutingRule, ...]:
-    if bucket not in book.buckets:
-        listed = ", ".join(f'"{name}"' for name in book.buckets) or "none"
+def bucket_rules(book: RuleBook, bucket: str) -> Converted[tuple[RoutingRule, ...]]:
+    """The rules that apply to `bucket`, to export: OSS configures every bucket on its own, so a
+    pattern entry is refused, and a bucket a pattern applies to gets that entry's rules with a
+    warning (${bucket} is filled in either way)."""
+    if pattern_prefix(bucket) is not None:
+        raise RulesError(f'{book.source}: "{bucket}" is a pattern; OSS has no bucket patterns: export each bucket it '
+                         f"applies to (--bucket NAME), one configuration per bucket")
+    entry = book.entry_for(bucket)
+    if entry is None:
+        listed = ", ".join(f'"{name}"' for name, _ in book.entries()) or "none"
         raise RulesError(f'{book.source}: bucket "{bucket}" is not in the rules file (buckets: {listed})')
-    return book.rules_for(bucket)
+    warnings = [] if entry == bucket else [
+        f'bucket "{bucket}" has no entry of its own: the rules of the pattern entry "{entry}" are exported as they apply to it'
+    ]
+    return Converted(book.rules_for(bucket), warnings)
 
 
 def export_bucket(book: RuleBook, bucket: str) -> Converted[str]:
     """One bucket's rules as OSS XML, with a warning for the bucket entry's own fields it leaves out."""
-    xml, warnings = rules_to_oss_xml(bucket_rules(book, bucket))
+    rules, warnings = bucket_rules(book, bucket)
+    xml, more = rules_to_oss_xml(rules)
+    warnings += more
     if book.writes_through(bucket):
         warnings.insert(0, f"WriteThrough left out of the XML: {BACKORIGIN_ONLY_FIELDS['WriteThrough']}")
     return Converted(xml, warnings)

@@ -25,9 +25,11 @@ def explain(rulebook: RuleBook, url: str, vhost_domains: tuple[str, ...] = ()) -
     ref = reading.ref
     if ref is None:
         return f"{url}: names no object (path-style /bucket/key{', or a virtual host' if vhost_domains else ''})"
-    if not rulebook.rules_for(ref.bucket):
+    entry = rulebook.entry_for(ref.bucket)
+    if entry is None or not rulebook.rules_for(ref.bucket):
         return f"bucket {ref.bucket!r} has no rules: the store answers everything"
-    lines = [f"bucket {ref.bucket!r}, key {ref.key!r}:"]
+    applied = "its own entry" if entry == ref.bucket else f"the entry {entry!r}"
+    lines = [f"bucket {ref.bucket!r} ({applied}), key {ref.key!r}:"]
     before = plan_get(rulebook, ref, request, None)
     if before.act is Act.REDIRECT:
         lines.append(f"  any GET: {_describe(before, ref, request)} (decided before the store is asked)")

@@ -11,16 +11,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from backorigin.rules import writethrough
+from backorigin.rules.buckets import SAMPLE_BUCKET, pattern_prefix
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
-    UNSUPPORTED_OSS_FIELDS,
     RoutingRule,
     RuleBook,
     RulesDocument,
     RulesError,
-    oss_integer,
 )
+from backorigin.rules.values import oss_integer
+from backorigin.rules.vocabulary import UNSUPPORTED_OSS_FIELDS
 
 
 def load_rules(path: str | Path, max_rules: int = DEFAULT_MAX_RULES) -> RuleBook:
@@ -57,10 +58,11 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         ) from None
 
     buckets: dict[str, tuple[RoutingRule, ...]] = {}
+    patterns: dict[str, tuple[RoutingRule, ...]] = {}
     write_through = set()
     for bucket in document.Buckets:
         where = f'{source}: bucket "{bucket.Name}"'
-        if bucket.Name in buckets:
+        if bucket.Name in buckets or bucket.Name in patterns:
             raise RulesError(f"{where}: the bucket is listed twice; merge its RoutingRules")
         if len(bucket.RoutingRules) > max_rules:
             raise RulesError(
@@ -72,12 +74,17 @@ def parse_rules(text: str, source: str, max_rules: int = DEFAULT_MAX_RULES) -> R
         repeated = sorted({n for n in numbers if numbers.count(n) > 1})
         if repeated:
             raise RulesError(f"{where}: RuleNumber {repeated[0]}: field RuleNumber: used by more than one rule")
-        buckets[bucket.Name] = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
-        if bucket.WriteThrough:
-            if why := writethrough.refusal(buckets[bucket.Name]):
+        rules = tuple(sorted(bucket.RoutingRules, key=lambda r: r.RuleNumber))
+        pattern = pattern_prefix(bucket.Name) is not None
+        if pattern:
+            patterns[bucket.Name] = rules
+        else:
+            buckets[bucket.Name] = rules = tuple(rule.for_bucket(bucket.Name) for rule in rules)
+        if bucket.WriteThrough:  # a pattern's rules are checked as they apply to a bucket
+            if why := writethrough.refusal(tuple(r.for_bucket(SAMPLE_BUCKET) for r in rules) if pattern else rules):
                 raise RulesError(f"{where}: {why}")
             write_through.add(bucket.Name)
-    return RuleBook(source=source, buckets=buckets, write_through=frozenset(write_through))
+    return RuleBook(source=source, buckets=buckets, patterns=patterns, write_through=frozenset(write_through))
 
 
 def _describe_error(source: str, raw: Any, err: Mapping[str, Any]) -> str:

@@ -6,27 +6,31 @@ The document is JSON: {"Buckets": [{"Name": ..., "RoutingRules": [RoutingRule, .
 Every value may be written as JSON has it (404, true, [404, 500]) or as OSS's API and SDKs
 serialise it (numbers and booleans as strings, "404", "true", and TransparentMirrorResponseCodes
 as one comma-separated string, "404,500"), so a configuration carried over from OSS loads as is.
-One mechanism does it: the OssInt, OssBool and OssCodes types below.
+One mechanism does it: the OssInt, OssBool and OssCodes types (rules.values).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     field_validator,
     model_validator,
 )
+
+from backorigin.rules.buckets import BUCKET_PLACEHOLDER, PatternIndex, check_placeholders, fill_in, pattern_prefix
+from backorigin.rules.values import OssBool, OssCodes, OssInt
+from backorigin.rules.vocabulary import MD5_ALWAYS_CHECKED, MIRROR_ONLY_FIELDS, REDIRECT_CODES, REDIRECT_ONLY_FIELDS
 
 # OSS allows 5 rules per bucket in the documents we follow, 20 today.
 DEFAULT_MAX_RULES = 5
@@ -70,49 +74,6 @@ class RulesError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-# -- OSS's value forms -------------------------------------------------------------------------
-# Strict validation refuses "404" for a number and "true" for a boolean; these run first and turn
-# OSS's string forms into JSON's, and anything else that is not a string is left to the strict check.
-
-_WHOLE_NUMBER = re.compile(r"\s*([+-]?[0-9]{1,18})\s*")  # ASCII digits only; int() also reads '٤٠٤'
-
-
-def oss_integer(value: Any) -> Any:
-    """A number as OSS's SDKs write it ("404") or as JSON has it (404)."""
-    if isinstance(value, str):
-        match = _WHOLE_NUMBER.fullmatch(value)
-        if match is None:
-            raise ValueError(f"{value!r} is not a whole number")
-        return int(match.group(1))
-    return value
-
-
-def oss_boolean(value: Any) -> Any:
-    """A boolean as OSS's SDKs write it ("true", "false", any case) or as JSON has it."""
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word not in ("true", "false"):
-            raise ValueError(f"{value!r} is neither true nor false")
-        return word == "true"
-    return value
-
-
-def oss_codes(value: Any) -> Any:
-    """Status codes as OSS has them, one comma-separated string ("404,500", "" for none), or as a
-    JSON array of numbers or numeric strings. Each code then goes through oss_integer."""
-    if isinstance(value, str):
-        return tuple(code.strip() for code in value.split(",") if code.strip())
-    if isinstance(value, list | tuple):
-        return tuple(value)
-    raise ValueError('give the codes as OSS does, "404,500", or as a list, [404, 500]')
-
-
-OssInt = Annotated[int, BeforeValidator(oss_integer)]
-OssBool = Annotated[bool, BeforeValidator(oss_boolean)]
-StatusCode = Annotated[OssInt, Field(ge=400, le=599)]
-OssCodes = Annotated[tuple[StatusCode, ...], BeforeValidator(oss_codes)]
 
 
 def _check_header_name(name: str) -> str:
@@ -193,36 +154,8 @@ class OriginCredentials(_Model):
     AccessKeySecret: SecretStr
 
 
-# OSS RoutingRule fields we deliberately refuse, with the reason the user is shown.
-UNSUPPORTED_OSS_FIELDS = {
-    "MirrorMultiAlternates": "several alternate origins by region need OSS's own network; use MirrorURLSlave",
-    "MirrorRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
-    "MirrorUsingRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
-    "MirrorIsExpressTunnel": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorDstRegion": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorDstVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorDstSlaveVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
-    "MirrorAsyncStatus": "asynchronous pull answers the client before the object exists; backorigin always answers from the origin",
-    "MirrorTaggings": "object tags are not written back; S3 stores differ in tagging support",
-    "MirrorReturnHeaders": "response headers follow the fixed OSS storable-header list",
-    "MirrorSNI": "the origin's TLS server name is always its host name",
-    "EnableMirrorSNI": "the origin's TLS server name is always its host name",
-    "LuaConfig": "OSS runs Lua scripts on its own servers; there is no equivalent here",
-}
-REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-MD5_ALWAYS_CHECKED = ("backorigin always checks the origin's Content-MD5 (and an ETag that is an MD5) and never stores "
-                      "a body that fails the check")
-MIRROR_ONLY_FIELDS = frozenset(
-    {"MirrorURL", "MirrorURLSlave", "MirrorURLProbe", "MirrorSwitchAllErrors", "MirrorPassQueryString",
-     "MirrorFollowRedirect", "MirrorCheckMd5", "MirrorHeaders", "MirrorAllowHeadObject",
-     "MirrorPassOriginalSlashes", "TransparentMirrorResponseCodes", "MirrorProxyPass",
-     "MirrorUserLastModified", "MirrorSaveOssMeta", "MirrorAuth", "MirrorHost"}
-)
-REDIRECT_ONLY_FIELDS = frozenset({"HttpRedirectCode", "Protocol", "HostName"})
-
-
-def _check_origin_url(url: str) -> str:
-    parts = urlsplit(url)
+def _check_origin_url(url: str, bucket_placeholder: bool = False) -> str:
+    parts = urlsplit(check_placeholders(url, bucket_placeholder))
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"{url!r} must start with http:// or https://")
     if not parts.hostname:
@@ -231,11 +164,16 @@ def _check_origin_url(url: str) -> str:
         raise ValueError(f"{url!r} carries credentials; they would leak into x-oss-tag, logs and metadata")
     if parts.query or parts.fragment:
         raise ValueError(f"{url!r} must not have a query string or fragment")
+    try:
+        parts.port  # noqa: B018  # raises for a port that is not a number
+    except ValueError:
+        raise ValueError(f"{url!r} has a port that is not a number") from None
     return url
 
 
 def _check_mirror_url(url: str) -> str:
-    if not _check_origin_url(url).endswith("/"):
+    """MirrorURL and MirrorURLSlave: an origin URL ending in '/', where ${bucket} may stand for the bucket's name."""
+    if not _check_origin_url(url, bucket_placeholder=True).endswith("/"):
         raise ValueError(f"{url!r} must end with '/' (the key is appended to it)")
     return url
 
@@ -360,6 +298,13 @@ class RoutingRule(_Model):
             and all(h.holds(header(h.Key)) for h in cond.IncludeHeader)
         )
 
+    def for_bucket(self, bucket: str) -> RoutingRule:
+        """The rule as it applies to `bucket`: ${bucket} in MirrorURL and MirrorURLSlave filled in."""
+        action = self.Redirect
+        urls = {name: fill_in(url, bucket) for name in ("MirrorURL", "MirrorURLSlave")
+                if (url := getattr(action, name)) and BUCKET_PLACEHOLDER in url}
+        return self.model_copy(update={"Redirect": action.model_copy(update=urls)}) if urls else self
+
     def unmet(self, key: str, method: str, header: Callable[[str], str | None], status: int | None,
               mirror_heads: bool = False) -> str | None:
         """The first of the rule's conditions that does not hold for this request (and the store's
@@ -397,8 +342,13 @@ class RoutingRule(_Model):
         return key
 
 
+def _check_entry_name(name: str) -> str:
+    pattern_prefix(name)  # ValueError for a misplaced '*'
+    return name
+
+
 class BucketRules(_Model):
-    Name: str = Field(min_length=1)
+    Name: Annotated[str, Field(min_length=1), AfterValidator(_check_entry_name)]  # a bucket's name, or a pattern (rules.buckets)
     RoutingRules: tuple[RoutingRule, ...]
     # backorigin's own: every write through the proxy is applied to the S3 origin too (rules.writethrough)
     WriteThrough: OssBool = False
@@ -408,19 +358,51 @@ class RulesDocument(_Model):
     Buckets: tuple[BucketRules, ...]
 
 
+RESOLVED_KEPT = 4096  # buckets whose rules from a pattern entry are kept filled in (the least recently asked go)
+
+
 @dataclass(frozen=True)
 class RuleBook:
-    """Rules per bucket, each list in ascending RuleNumber."""
+    """Rules per bucket, each list in ascending RuleNumber: `buckets` by exact name (${bucket}
+    already filled in), `patterns` by pattern ("logs-*", "*"; as written). An exact name wins,
+    then the longest matching prefix (rules.buckets)."""
 
     source: str
     buckets: Mapping[str, tuple[RoutingRule, ...]]
-    write_through: frozenset[str] = frozenset()  # the buckets with WriteThrough
+    patterns: Mapping[str, tuple[RoutingRule, ...]] = field(default_factory=dict)
+    write_through: frozenset[str] = frozenset()  # the entries (bucket names or patterns) with WriteThrough
+    _index: PatternIndex = field(init=False, repr=False, compare=False)
+    _for_bucket: Callable[[str], tuple[RoutingRule, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", PatternIndex(self.patterns))
+        # thread-safe (the sweep asks from threads); asked on every request, so filled in once per bucket
+        object.__setattr__(self, "_for_bucket", lru_cache(maxsize=RESOLVED_KEPT)(self._fill_in))
+
+    def entries(self) -> Iterator[tuple[str, tuple[RoutingRule, ...]]]:
+        """Every entry of the rules file, by Name: buckets' own, then patterns."""
+        yield from self.buckets.items()
+        yield from self.patterns.items()
+
+    def entry_for(self, bucket: str) -> str | None:
+        """The Name of the entry whose rules apply to `bucket` (its own name, or a pattern)."""
+        if bucket in self.buckets:
+            return bucket
+        return self._index.find(bucket)
 
     def rules_for(self, bucket: str) -> tuple[RoutingRule, ...]:
-        return self.buckets.get(bucket, ())
+        found = self.buckets.get(bucket)
+        if found is not None or not self.patterns:
+            return found or ()
+        return self._for_bucket(bucket)
+
+    def _fill_in(self, bucket: str) -> tuple[RoutingRule, ...]:
+        entry = self.entry_for(bucket)
+        return tuple(rule.for_bucket(bucket) for rule in self.patterns[entry]) if entry is not None else ()
 
     def writes_through(self, bucket: str) -> bool:
-        return bucket in self.write_through
+        """Whether the entry that applies to `bucket` has WriteThrough."""
+        return self.entry_for(bucket) in self.write_through if self.write_through else False
 
     def may_act_on(self, bucket: str, status: int) -> bool:
         """Whether a rule of the bucket may act once the store answered `status` (see decide_after_store)."""

@@ -73,15 +73,22 @@ def plan_get(
 
 def refuse_private_origins(book: RuleBook) -> None:
     """backorigin_403_is_miss answers anyone the store denies (AccessDenied) with the origin's
-    object: with a MirrorAuth rule that is a private origin's object, so it must be meant."""
-    private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}' for bucket, rules in book.buckets.items()
-               for rule in rules if rule.Redirect.MirrorAuth is not None]
+    object: with a rule that reaches a private origin (MirrorAuth signs its requests, or
+    MirrorHeaders.Set sends a token) that is a private origin's object, so it must be meant."""
+    private = [f'bucket "{bucket}": RuleNumber {rule.RuleNumber}: field {field}'
+               for bucket, rules in book.entries() for rule in rules if rule.Redirect.is_mirror
+               for field in _private_fields(rule)]
     if private:
         raise RulesError(
-            f"{book.source}: {'; '.join(private)}: field Redirect.MirrorAuth: with backorigin_403_is_miss, anyone the "
-            "store denies would get this private origin's objects; set backorigin_403_is_miss_private_origins=true "
-            "if that is meant"
+            f"{book.source}: {'; '.join(private)}: with backorigin_403_is_miss, anyone the store denies would get this "
+            "private origin's objects; set backorigin_403_is_miss_private_origins=true if that is meant"
         )
+
+
+def _private_fields(rule: RoutingRule) -> list[str]:
+    """The fields of a Mirror rule that let it reach an origin others cannot."""
+    fields = ["Redirect.MirrorAuth"] if rule.Redirect.MirrorAuth is not None else []
+    return fields + [f"Redirect.MirrorHeaders.Set ({header.Key})" for header in rule.Redirect.MirrorHeaders.Set]
 
 
 def rules_tried(book: RuleBook, ref: ObjectRef, request: http.Request, store_status: int | None,

@@ -18,6 +18,7 @@ from backorigin.rules.model import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RuleBoo
 logger = logging.getLogger(__name__)
 
 CHECK_EVERY = 1.0  # seconds between looks at the rules file's modification time
+LOGGED_NAMES = 20  # bucket entries named in the log line of a (re)load
 
 
 def modified_at(path: Path) -> float:
@@ -76,10 +77,9 @@ class RulesFile:
         self.check(book)
         self.rulebook = book
         self._mtime = modified_at(path)
-        logger.info(
-            "%s: rules for %d bucket(s): %s",
-            self.rulebook.source, len(self.rulebook.buckets), ", ".join(self.rulebook.buckets) or "none",
-        )
+        names = [name for name, _ in book.entries()]
+        shown = ", ".join(names[:LOGGED_NAMES]) + (f" and {len(names) - LOGGED_NAMES} more" if len(names) > LOGGED_NAMES else "")
+        logger.info("%s: rules for %d bucket(s): %s", book.source, len(names), shown or "none")
 
     async def _watch_forever(self) -> None:
         while True:

@@ -40,6 +40,7 @@ class OriginRequest:
     transparent_codes: frozenset[int] = frozenset()
     auth: OriginCredentials | None = None
     loop: str = ""  # the client request's loop marker, passed on (miss.loop)
+    tenant: tuple[str, bool] = ("", False)  # (bucket, signed): whose miss it is (miss.guard shares per tenant)
 
 
 def origin_url(mirror_url: str, key: str, query: str = "") -> str:

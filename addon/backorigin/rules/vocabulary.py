@@ -11,6 +11,33 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr
 
+# OSS RoutingRule fields we deliberately refuse, with the reason the user is shown.
+UNSUPPORTED_OSS_FIELDS = {
+    "MirrorMultiAlternates": "several alternate origins by region need OSS's own network; use MirrorURLSlave",
+    "MirrorRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
+    "MirrorUsingRole": "RAM roles exist only inside Alibaba Cloud; use MirrorAuth",
+    "MirrorIsExpressTunnel": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorDstRegion": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorDstVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorDstSlaveVpcId": "OSS express tunnels exist only inside Alibaba Cloud",
+    "MirrorAsyncStatus": "asynchronous pull answers the client before the object exists; backorigin always answers from the origin",
+    "MirrorTaggings": "object tags are not written back; S3 stores differ in tagging support",
+    "MirrorReturnHeaders": "response headers follow the fixed OSS storable-header list",
+    "MirrorSNI": "the origin's TLS server name is always its host name",
+    "EnableMirrorSNI": "the origin's TLS server name is always its host name",
+    "LuaConfig": "OSS runs Lua scripts on its own servers; there is no equivalent here",
+}
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+MD5_ALWAYS_CHECKED = ("backorigin always checks the origin's Content-MD5 (and an ETag that is an MD5) and never stores "
+                      "a body that fails the check")
+MIRROR_ONLY_FIELDS = frozenset(
+    {"MirrorURL", "MirrorURLSlave", "MirrorURLProbe", "MirrorSwitchAllErrors", "MirrorPassQueryString",
+     "MirrorFollowRedirect", "MirrorCheckMd5", "MirrorHeaders", "MirrorAllowHeadObject",
+     "MirrorPassOriginalSlashes", "TransparentMirrorResponseCodes", "MirrorProxyPass",
+     "MirrorUserLastModified", "MirrorSaveOssMeta", "MirrorAuth", "MirrorHost"}
+)
+REDIRECT_ONLY_FIELDS = frozenset({"HttpRedirectCode", "Protocol", "HostName"})
+
 # Fields of our rules that OSS does not have; export leaves them out of the XML.
 BACKORIGIN_ONLY_FIELDS = {
     "MirrorHost": "backorigin only (the Host header sent to the origin); OSS has no such field",

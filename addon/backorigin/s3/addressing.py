@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from xml.etree import ElementTree
 
 from mitmproxy import http
 
@@ -51,6 +50,14 @@ class ObjectRef:
     key: str
 
 
+def is_signed(request: http.Request) -> bool:
+    """Whether the client signed its request (an Authorization header, or a presigned URL's
+    signature). Once the store has answered it other than 403, the signature held."""
+    if "authorization" in request.headers:
+        return True
+    return "?" in request.path and any(name.lower() in ("x-amz-signature", "signature") for name in request.query.keys())
+
+
 def is_plain_object_call(request: http.Request) -> bool:
     """True unless a sub-resource parameter makes the request another API call."""
     return "?" not in request.path or not any(name in SUBRESOURCES for name in request.query.keys())
@@ -82,27 +89,3 @@ def write_kind(request: http.Request) -> WriteKind | None:
     if method == "PUT" and is_plain_object_call(request):
         return WriteKind.CREATE
     return None
-
-
-def keys_in(xml: bytes, element: str) -> list[str]:
-    """The <Key> of every `element` in a DeleteObjects request or answer (<Object>, <Deleted>, <Error>)."""
-    return [key for key, _ in objects_in(xml, element)]
-
-
-def objects_in(xml: bytes, element: str) -> list[tuple[str, str | None]]:
-    """(<Key>, <VersionId> or None) of every `element` in a DeleteObjects request or answer."""
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return []
-    found = []
-    for node in root.iter():
-        if _local(node.tag) == element:
-            fields = {_local(child.tag): child.text or "" for child in node}
-            if "Key" in fields:
-                found.append((fields["Key"], fields.get("VersionId")))
-    return found
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]

@@ -12,9 +12,13 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
+import botocore.parsers
 import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
+
+from backorigin import xmlsafe
 
 
 @functools.cache
@@ -23,15 +27,16 @@ def shared_s3_client(endpoint: str) -> Any:
     return make_s3_client(endpoint)
 
 
-def make_s3_client(endpoint: str) -> Any:
+def make_s3_client(endpoint: str, timeout: float | None = None) -> Any:
     """A boto3 S3 client for the store at `endpoint`, credentials and region from boto3's standard
-    chain. With no credentials anywhere the client is unsigned, for stores that allow anonymous writes."""
+    chain. With no credentials anywhere the client is unsigned, for stores that allow anonymous writes.
+    `timeout`: seconds to connect and to wait for an answer (default 5 and 30)."""
     session = boto3.session.Session()
     config = Config(
         s3={"addressing_style": "path"},
         retries={"total_max_attempts": 1},  # callers retry with backoff themselves
-        connect_timeout=5,
-        read_timeout=30,
+        connect_timeout=timeout or 5,
+        read_timeout=timeout or 30,
         signature_version=None if session.get_credentials() else UNSIGNED,
         # Content-MD5 already guards every body; botocore's default trailing checksum would send
         # aws-chunked bodies over HTTPS, a Content-Encoding some stores (SeaweedFS) then keep
@@ -46,7 +51,8 @@ def foreign_s3_client(endpoint: str, region: str = "us-east-1", keys: tuple[str,
                       attempts: int = 3) -> Any:
     """A boto3 client for an S3 origin (not the store): signed with `keys` (access key id, secret:
     SigV4), else unsigned. Like the origin fetches, it reads no credentials, config or proxy
-    variables of this machine: an origin's requests are signed as its rule says, and nothing else."""
+    variables of this machine: an origin's requests are signed as its rule says, and nothing else;
+    and its answers are read without DTDs or entities (refuse_xml_bombs)."""
     session = botocore.session.Session()
     session.set_config_variable("config_file", os.devnull)
     session.set_config_variable("credentials_file", os.devnull)
@@ -55,10 +61,10 @@ def foreign_s3_client(endpoint: str, region: str = "us-east-1", keys: tuple[str,
         read_timeout=30, signature_version="s3v4" if keys else UNSIGNED, proxies={},
         request_checksum_calculation="when_required",  # as make_s3_client: Content-MD5 guards bodies
     )
-    return boto3.session.Session(botocore_session=session).client(
+    return refuse_xml_bombs(boto3.session.Session(botocore_session=session).client(
         "s3", endpoint_url=endpoint, region_name=region, config=config,
         aws_access_key_id=keys[0] if keys else None, aws_secret_access_key=keys[1] if keys else None,
-    )
+    ))
 
 
 def store_has(client: Any, bucket: str, key: str) -> bool:
@@ -98,3 +104,24 @@ def describe_error(error: BaseException) -> str:
         err = error.response.get("Error", {})
         return f"store: {err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": ")
     return f"{type(error).__name__}: {error}"
+
+
+def refuse_xml_bombs(client: Any) -> Any:
+    """Have `client` refuse an XML answer that declares a DTD, or is larger than a listing page can
+    be, before botocore parses it (botocore's expat would expand its entities up to a hundred times
+    the answer); the call raises botocore's ResponseParserError instead. For clients of servers
+    that are not ours (origins). botocore's own first look at a 200's body (`_handle_200_error`,
+    which parses it whole) goes after this check."""
+
+    def check(response_dict: dict[str, Any], **_: Any) -> None:
+        body = response_dict.get("body") or b""
+        try:
+            xmlsafe.refuse_dtd(body if isinstance(body, bytes) else b"")
+        except xmlsafe.XMLRefused as e:
+            raise botocore.parsers.ResponseParserError(f"answer refused: {e}") from None
+
+    events = client.meta.events
+    events.register_first("before-parse.s3.*", check)
+    events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
+    events.register("before-parse.s3.*", botocore.handlers._handle_200_error)
+    return client

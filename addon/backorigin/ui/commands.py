@@ -3,8 +3,11 @@ tombstones, pending write-backs. (`backorigin.reload` belongs to the rules file,
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from itertools import islice
 from urllib.parse import unquote, urlsplit
 
 from mitmproxy import command, exceptions
@@ -16,6 +19,9 @@ from backorigin.deletes.tombstones import describe
 from backorigin.miss.addon import Mirroring
 from backorigin.rules.explain import explain
 
+logger = logging.getLogger(__name__)
+LISTED_AT_MOST = 1000  # tombstones backorigin.tombstones writes to the event log
+
 
 class Commands:
     def __init__(self, context: Context, stats: Stats, mirroring: Mirroring, deletes: Deletes) -> None:
@@ -23,6 +29,7 @@ class Commands:
         self.stats = stats
         self.mirroring = mirroring
         self.deletes = deletes
+        self.background: set[asyncio.Task[None]] = set()  # commands' work off the event loop
 
     @command.command("backorigin.explain")
     def explain(self, url: str) -> str:
@@ -38,27 +45,70 @@ class Commands:
         return json.dumps(dict(sorted(counts.items())), indent=1)
 
     @command.command("backorigin.tombstones")
-    def tombstones(self) -> Sequence[str]:
-        """Keys deleted through the proxy that are never mirrored again (s3://bucket/key)."""
-        return describe(iter(self.deletes.tombstones))
+    def tombstones(self, url: str = "s3://") -> str:
+        """List the keys deleted through the proxy that are never mirrored again (s3://bucket/key),
+        all of them, those of s3://bucket/, or those under s3://bucket/prefix*, in the event log
+        (the first LISTED_AT_MOST); read in the background, the event loop never waits for it."""
+        bucket, prefix = _where(url, bucket_optional=True)
+        tombstones = self.deletes.tombstones
+
+        def listing() -> str:
+            if bucket:
+                found = iter([(bucket, key) for key in tombstones.keys(bucket, prefix, page=LISTED_AT_MOST + 1)])
+            else:
+                found = islice(iter(tombstones), LISTED_AT_MOST + 1)
+            listed = describe(found)
+            more = " (and more)" if len(listed) > LISTED_AT_MOST else ""
+            return f"tombstones of {url}: {min(len(listed), LISTED_AT_MOST)}{more}\n" + "\n".join(listed[:LISTED_AT_MOST])
+
+        return self._in_background(listing, f"listing the tombstones of {url} in the event log")
 
     @command.command("backorigin.tombstones.clear")
-    def clear_tombstones(self, url: str) -> int:
+    def clear_tombstones(self, url: str) -> str:
         """Clear the tombstone of s3://bucket/key, or every tombstone under s3://bucket/prefix*
-        (s3://bucket/* for a whole bucket); the keys mirror again. Returns how many were cleared."""
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise exceptions.CommandError(f"{url!r} is not s3://bucket/key or s3://bucket/prefix*")
-        path = unquote(parts.path.lstrip("/"))
+        (s3://bucket/* for a whole bucket); the keys mirror again. Done in the background; the event
+        log says how many were cleared."""
+        bucket, path = _where(url)
         prefix, every = (path[:-1], True) if path.endswith("*") else (path, False)
         tombstones = self.deletes.tombstones
-        chosen = [(bucket, key) for bucket, key in tombstones
-                  if bucket == parts.netloc and (key.startswith(prefix) if every else key == prefix)]
-        for bucket, key in chosen:
-            tombstones.discard(bucket, key)
-        return len(chosen)
+
+        def clearing() -> str:
+            if not every:
+                there = (bucket, prefix) in tombstones
+                if there:
+                    tombstones.discard(bucket, prefix)
+                return f"tombstones cleared under {url}: {int(there)}"
+            cleared = 0
+            while chosen := tombstones.keys(bucket, prefix, page=1000):  # ends: each round clears what it lists
+                for key in chosen:
+                    tombstones.discard(bucket, key)
+                cleared += len(chosen)
+            return f"tombstones cleared under {url}: {cleared}"
+
+        return self._in_background(clearing, f"clearing the tombstones of {url}; the event log says how many")
+
+    def _in_background(self, work: Callable[[], str], started: str) -> str:
+        async def run() -> None:
+            try:
+                logger.info("%s", await asyncio.to_thread(work))
+            except Exception as e:
+                logger.error("%s: %s: %s", started, type(e).__name__, e)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return started
 
     @command.command("backorigin.pending")
     def pending(self) -> Sequence[str]:
         """Write-backs waiting in the spool (s3://bucket/key, bytes)."""
         return [f"{upload.where} ({upload.size} bytes)" for _, upload in self.mirroring.mirror.writeback.spool.pending()]
+
+
+def _where(url: str, bucket_optional: bool = False) -> tuple[str, str]:
+    """(bucket, key or prefix) of s3://bucket/key; CommandError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not (parts.netloc or bucket_optional):
+        raise exceptions.CommandError(f"{url!r} is not s3://bucket/key or s3://bucket/prefix*")
+    path = unquote(parts.path.lstrip("/"))
+    return parts.netloc, path[:-1] if bucket_optional and path.endswith("*") else path

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from backorigin.decision import Stats
 from backorigin.miss.addon import Mirroring
 from backorigin.miss.guard import Circuit, OriginGuard
+from backorigin.miss.leases import Leases
 from backorigin.miss.origin import OriginResult
 from backorigin.s3.reading import Aside
 from backorigin.writeback.spools import OWNER
@@ -66,9 +67,10 @@ class AddonState:
     writeback_outcomes: Callable[[], dict[str, int]]
     writebacks_pending: Callable[[], int]
     spool_dir: Callable[[], Path]
-    tombstones: Callable[[], int]
+    tombstones: Callable[[], int | None]  # kept as they change; None: shared, not counted
     spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
     guard: Callable[[], OriginGuard]  # the origins' 404s, limits and circuits (miss.guard)
+    leases: Callable[[], Leases]  # the turns taken with the fleet's other proxies (miss.leases)
     set_aside: Mapping[str, int]  # live requests forwarded untouched, by reason (s3.stores)
 
 
@@ -108,8 +110,9 @@ class AddonCollector(Collector):
                                 value=spool_bytes(self.state.spool_dir()))
         yield GaugeMetricFamily("backorigin_spool_failed", "Write-backs the store refused for good, kept in spool/failed/",
                                 value=self.state.spool_failed())
-        yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
-                                value=self.state.tombstones())
+        if (tombstones := self.state.tombstones()) is not None:
+            yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
+                                    value=tombstones)
         aside = CounterMetricFamily("backorigin_requests_set_aside", "Requests forwarded untouched: the proxy could not "
                                     "place them on a named store with a Host it knows, read as the store reads them",
                                     labels=["reason"])
@@ -117,6 +120,23 @@ class AddonCollector(Collector):
             aside.add_metric([reason], self.state.set_aside.get(reason, 0))
         yield aside
         yield from guard_metrics(self.state.guard())
+        yield from lease_metrics(self.state.leases())
+
+
+LEASE_OUTCOMES = ("held", "taken_over", "waited", "waited_too_long", "unavailable", "lost")
+
+
+def lease_metrics(leases: Leases) -> Iterator[Metric]:
+    """How misses took turns with the other proxies of the fleet (miss.leases)."""
+    turns = CounterMetricFamily("backorigin_leases", "New misses by their turn in the fleet: held (this proxy fetched), "
+                                "taken_over (from a proxy that stopped renewing), waited (another proxy's fill served), "
+                                "waited_too_long, unavailable (the store refused the lease), lost (taken over from this "
+                                "proxy)", labels=["outcome"])
+    for outcome in LEASE_OUTCOMES:
+        turns.add_metric([outcome], leases.counts[outcome])
+    yield turns
+    yield GaugeMetricFamily("backorigin_leases_held", "Leases this proxy holds now (objects it is fetching or storing)",
+                            value=len(leases.held))
 
 
 CIRCUIT_VALUES = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
@@ -143,10 +163,10 @@ def guard_metrics(guard: OriginGuard) -> Iterator[Metric]:
         waiting.add_metric([host], slots.waiting)
     yield running
     yield waiting
-    circuits = GaugeMetricFamily("backorigin_origin_circuit", "Each origin host's circuit: 0 closed, 1 half-open, 2 open",
-                                 labels=["host"])
-    for host, breaker in sorted(guard.breakers.items()):
-        circuits.add_metric([host], CIRCUIT_VALUES[breaker.state])
+    circuits = GaugeMetricFamily("backorigin_origin_circuit", "Each origin host's circuit for each tenant (a bucket's signed "
+                                 "or anonymous clients): 0 closed, 1 half-open, 2 open", labels=["host", "bucket", "client"])
+    for (host, (bucket, signed)), breaker in sorted(guard.breakers.items()):
+        circuits.add_metric([host, bucket, "signed" if signed else "anonymous"], CIRCUIT_VALUES[breaker.state])
     yield circuits
 
 
@@ -228,7 +248,7 @@ class Metrics:
 class MetricsEndpoint:
     """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
 
-    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int], writethrough: WriteThrough,
+    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int | None], writethrough: WriteThrough,
                  set_aside: Mapping[str, int]) -> None:
         self.stats = stats
         self.set_aside = set_aside
@@ -261,6 +281,7 @@ class MetricsEndpoint:
         collector = AddonCollector(AddonState(
             self.stats, lambda: dict(writeback.outcomes), lambda: writeback.pending,
             lambda: writeback.spool.directory, self.tombstones, writeback.spool.failed_count, lambda: mirror.guard,
+            lambda: mirror.leases,
             self.set_aside,
         ))
         metrics.add(collector)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from mitmproxy.proxy.mode_specs import ProxyMode
 
+from backorigin.deletes.journal import count_in
+
 SPOOLS = "backorigin-spools"  # CONFDIR/backorigin-spools/NAME: one default spool per proxy
 LEGACY_SPOOL = "backorigin-spool"  # the one default spool every proxy shared before
 OWNER = "owner"  # SPOOL/owner: the running proxy's flock, and its pid and address for messages
@@ -134,7 +136,7 @@ def inventory(confdir: Path) -> list[SpoolState]:
     if (confdir / SPOOLS).is_dir():
         candidates += [(path, False) for path in sorted((confdir / SPOOLS).iterdir()) if path.is_dir()]
     return [
-        SpoolState(directory, _count(directory, "*.json"), _count(directory / "tombstones", "*.json"),
+        SpoolState(directory, _count(directory, "*.json"), count_in(directory / "tombstones"),
                    _count(directory / "failed", "*.json"), _holder(directory), legacy, _count(directory / "writethrough", "*.json"))
         for directory, legacy in candidates if directory.is_dir()
     ]

@@ -11,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from cachetools import TTLCache
+
 from backorigin.writeback.process import WorkerProcess
 from backorigin.writeback.spool import ObjectKey, ObjectUpload, Spool, WriteBackOutcome
 
 logger = logging.getLogger(__name__)
+
+STORED_KEPT, STORED_FOR = 10_000, 600.0  # write-backs stored, remembered for the deletes on their way meanwhile
 
 class WriteBackSupervisor:
     """The proxy's side: spools write-backs, runs the worker process (starts it, starts another
@@ -40,9 +45,11 @@ class WriteBackSupervisor:
         self.endpoint: str | None = None
         self.tombstones: tuple[str | None, str | None] | None = None  # when deletes stick: (where, the store)
         self._pending: dict[Path, tuple[ObjectUpload, asyncio.Future[WriteBackOutcome]]] = {}
+        self._by_object: dict[ObjectKey, set[Path]] = {}  # the manifests of _pending, by object: O(1) per key
         self._deferred: set[Path] = set()
         self._held: Counter[ObjectKey] = Counter()  # deletes on their way to the store, by object
-        self._stored_while_held: set[ObjectKey] = set()
+        # when write-backs were last heard stored, by object (a delete on its way may have come first)
+        self._stored: TTLCache[ObjectKey, float] = TTLCache(STORED_KEPT, STORED_FOR)
         # every worker that starts is sent each pending write-back, held or not (it answers "gone"
         # for one an earlier worker finished without a word); a withdrawal waits for it (kept)
         self.process = WorkerProcess("write-back worker", self.command, lambda: [
@@ -81,27 +88,23 @@ class WriteBackSupervisor:
             self._held[key] -= 1
             return
         del self._held[key]
-        self._stored_while_held.discard(key)
         self._send_each(key, "release")
 
-    async def withdraw(self, key: ObjectKey) -> bool:
-        """The object was deleted: none of its write-backs may land. Returns once the worker has
-        unspooled each one that had not started, or finished uploading it; True when one was
-        stored while the delete was on its way (then the proxy deletes the object again)."""
+    async def withdraw(self, key: ObjectKey, since: float = 0.0) -> bool:
+        """The object was deleted (by a delete sent at `since`, a time.time()): none of its
+        write-backs may land. Returns once the worker has unspooled each one that had not started,
+        or finished uploading it (a caller that must not wait runs it in the background); True when
+        one was stored since (then the proxy deletes the object again)."""
         waiting = []
-        for manifest, (upload, ended) in list(self._pending.items()):
-            if upload.object_key == key:
-                self.process.send({"withdraw": str(manifest)}, keep=True)
-                waiting.append(ended)
+        for manifest in list(self._by_object.get(key, ())):
+            self.process.send({"withdraw": str(manifest)}, keep=True)
+            waiting.append(self._pending[manifest][1])
         await asyncio.gather(*(asyncio.shield(ended) for ended in waiting))
-        stored = key in self._stored_while_held or any(ended.result() == "stored" for ended in waiting)
-        self._stored_while_held.discard(key)
-        return stored
+        return any(ended.result() == "stored" for ended in waiting) or self._stored.get(key, 0.0) >= since
 
     def _send_each(self, key: ObjectKey, verb: str) -> None:
-        for manifest, (upload, _) in self._pending.items():
-            if upload.object_key == key:
-                self.process.send({verb: str(manifest)})
+        for manifest in self._by_object.get(key, ()):
+            self.process.send({verb: str(manifest)})
 
     def _upload_line(self, manifest: Path, upload: ObjectUpload) -> dict[str, Any]:
         return {"upload": str(manifest), "hold": upload.object_key in self._held}
@@ -123,6 +126,16 @@ class WriteBackSupervisor:
 
     def _track(self, manifest: Path, upload: ObjectUpload) -> None:
         self._pending[manifest] = (upload, asyncio.get_running_loop().create_future())
+        self._by_object.setdefault(upload.object_key, set()).add(manifest)
+
+    def _untrack(self, manifest: Path) -> tuple[ObjectUpload, asyncio.Future[WriteBackOutcome]] | None:
+        tracked = self._pending.pop(manifest, None)
+        if tracked is not None:
+            manifests = self._by_object[tracked[0].object_key]
+            manifests.discard(manifest)
+            if not manifests:
+                del self._by_object[tracked[0].object_key]
+        return tracked
 
     def command(self) -> list[str]:
         arguments = [sys.executable, "-m", "backorigin.writeback.worker", "--spool", str(self.spool.directory),
@@ -144,12 +157,12 @@ class WriteBackSupervisor:
                 self.outcomes["deferred"] += 1
             return
         self._deferred.discard(manifest)
-        tracked = self._pending.pop(manifest, None)
+        tracked = self._untrack(manifest)
         if tracked is None:
             return
         upload, ended = tracked
-        if outcome == "stored" and upload.object_key in self._held:
-            self._stored_while_held.add(upload.object_key)
+        if outcome == "stored":
+            self._stored[upload.object_key] = time.time()
         if outcome != "gone":
             self.outcomes[outcome] += 1
         if not ended.done():

@@ -39,15 +39,22 @@ class KeyRefused(Exception):
     """The store refused the key itself, not because another writer was first (see the module)."""
 
 
-def upload_object(client: Any, upload: ObjectUpload, body_path: Path) -> Literal["stored", "exists"]:
+class Unwanted(Exception):
+    """The object must not be stored any more (deleted through a proxy meanwhile)."""
+
+
+def upload_object(client: Any, upload: ObjectUpload, body_path: Path,
+                  wanted: Callable[[], bool] = lambda: True) -> Literal["stored", "exists"]:
     """Store the body at `body_path` as `upload` says; "exists" when the key is already there;
-    KeyRefused when the store refuses to create it although it holds no object there."""
+    KeyRefused when the store refuses to create it although it holds no object there.
+    `wanted()` is asked before every part and before a multipart upload is completed: when it
+    says no, the upload is aborted (Unwanted), so a delete that came meanwhile wins."""
     try:
         if upload.size < upload.part_size:  # one PUT, which the store checks against Content-MD5
             with open(body_path, "rb") as body:
                 etag = client.put_object(**upload.put_arguments(body)).get("ETag", "")
         else:
-            upload_in_parts(client, upload, body_path)
+            upload_in_parts(client, upload, body_path, wanted)
             head = client.head_object(Bucket=upload.bucket, Key=upload.key)
             if head["ContentLength"] != upload.size:  # parts are checked one by one; the whole must add up too
                 raise ValueError(f"the store holds {head['ContentLength']} bytes, {upload.size} were sent")
@@ -75,22 +82,42 @@ def _precondition_failed(client: Any, upload: ObjectUpload) -> Literal["exists"]
     return "exists"
 
 
-def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path) -> None:
+def remove_if_ours(client: Any, upload: ObjectUpload) -> bool:
+    """Delete the object when it is the one this write-back stored (its ETag): a write-back that
+    landed after a delete of its key. A later write of the key (another ETag) is left alone."""
+    try:
+        there = client.head_object(Bucket=upload.bucket, Key=upload.key)
+    except botocore.exceptions.ClientError as e:
+        if code_of(e) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    if not upload.etag or there.get("ETag") != upload.etag:
+        return False
+    client.delete_object(Bucket=upload.bucket, Key=upload.key)
+    return True
+
+
+def upload_in_parts(client: Any, upload: ObjectUpload, body_path: Path, wanted: Callable[[], bool] = lambda: True) -> None:
     """Multipart upload in parts of `upload.part_size`, each read from the file as it is sent and
     checked by the store (Content-MD5); completed with If-None-Match: * so it stays create-only
-    (unless `upload.create_only` is False)."""
+    (unless `upload.create_only` is False), unless `wanted()` said no before a part or the
+    completion (then aborted: Unwanted)."""
     started = client.create_multipart_upload(**upload.object_arguments())
     upload_id = started["UploadId"]
     try:
         parts = []
         with open(body_path, "rb") as body:
             for number, start in enumerate(range(0, upload.size, upload.part_size), start=1):
+                if not wanted():
+                    raise Unwanted(upload.where)
                 part = FilePart(body, start, min(upload.part_size, upload.size - start))
                 answer = client.upload_part(
                     Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
                     PartNumber=number, Body=part, ContentMD5=part.md5_base64(),
                 )
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        if not wanted():
+            raise Unwanted(upload.where)
         client.complete_multipart_upload(
             Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
             MultipartUpload={"Parts": parts}, **upload.condition,

@@ -36,7 +36,7 @@ from backorigin.deletes.tombstones import open_tombstones
 from backorigin.s3.clients import is_transient, shared_s3_client
 from backorigin.writeback.process import commands, reply, run
 from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
-from backorigin.writeback.upload import KeyRefused, retrying, upload_object
+from backorigin.writeback.upload import KeyRefused, Unwanted, remove_if_ours, retrying, upload_object
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class WriteBack:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writeback")
         self._pending: dict[Path, tuple[concurrent.futures.Future[WriteBackOutcome], ObjectUpload]] = {}  # by manifest
         self._withdrawn: set[Path] = set()  # cancelled because of a delete
+        self._overtaken: set[Path] = set()  # withdrawn while uploading: aborted, or removed once stored
         self._held: set[Path] = set()  # a delete of the object is on its way: they do not start
         self._parked: dict[Path, ObjectUpload] = {}  # held before they started
         self._refusals: dict[Path, str] = {}  # why the store refused these for good
@@ -151,7 +152,8 @@ class WriteBack:
             waiting = self._deferred.pop(manifest, None) or self._parked.pop(manifest, None)
         future = self._pending[manifest][0] if manifest in self._pending else None
         if future is not None and not future.cancel():
-            await asyncio.wrap_future(future)  # being uploaded: reported when it ends
+            self._overtaken.add(manifest)  # being uploaded: aborted, or removed once stored; reported when it ends
+            await asyncio.wrap_future(future)
             return
         if future is not None:
             self._withdrawn.add(manifest)  # reported by _finished, which the loop runs after this
@@ -175,11 +177,20 @@ class WriteBack:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _store(self, manifest: Path, upload: ObjectUpload) -> WriteBackOutcome:
+        def wanted() -> bool:
+            return manifest not in self._overtaken and not self.deleted(upload)
+
         try:
-            outcome = self._upload(upload, self.spool.body_of(manifest))
-        except Deleted:
-            logger.info("write-back of %s dropped: the object was deleted through a proxy", upload.where)
+            outcome = self._upload(upload, self.spool.body_of(manifest), wanted)
+            if outcome == "stored" and not wanted():
+                raise Deleted(upload.where)  # the delete came while it was on its way
+        except (Deleted, Unwanted):
+            # an earlier worker (or this attempt) may have stored it after the delete: it goes again
+            removed = self._remove_if_ours(upload)
+            logger.info("write-back of %s dropped%s: the object was deleted through a proxy", upload.where,
+                        " and the copy it had stored removed" if removed else "")
             self.spool.finish(manifest)
+            self._overtaken.discard(manifest)
             return "deleted"
         except KeyRefused as e:
             self.spool.keep_failed(manifest)
@@ -207,10 +218,18 @@ class WriteBack:
         logger.error("write-back of %s failed: %s: %s (kept in %s)", upload.where, type(error).__name__, error, self.spool.failed)
         return "failed"
 
-    def _upload_once(self, upload: ObjectUpload, body_path: Path) -> WriteBackOutcome:
-        if self.deleted(upload):  # before every attempt: a retried upload may outlive a delete
+    def _upload_once(self, upload: ObjectUpload, body_path: Path, wanted: Callable[[], bool]) -> WriteBackOutcome:
+        if not wanted():  # before every attempt: a retried upload may outlive a delete
             raise Deleted(upload.where)
-        return upload_object(shared_s3_client(upload.endpoint), upload, body_path)
+        return upload_object(shared_s3_client(upload.endpoint), upload, body_path, wanted)
+
+    @staticmethod
+    def _remove_if_ours(upload: ObjectUpload) -> bool:
+        try:
+            return remove_if_ours(shared_s3_client(upload.endpoint), upload)
+        except Exception as e:
+            logger.warning("%s: could not check for a copy stored before its delete: %s", upload.where, e)
+            return False
 
 
 # the process ---------------------------------------------------------------------------------------

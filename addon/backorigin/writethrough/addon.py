@@ -24,17 +24,18 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.deletes.addon import DeleteManyBody, read_as_it_passes
+from backorigin.deletes.addon import ReadingBody, deleted_objects, read_as_it_passes
 from backorigin.miss.addon import Mirroring
 from backorigin.options import parse_seconds
 from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
 from backorigin.rules.rulesfile import CHECK_EVERY
 from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, WriteKind, keys_in, objects_in, write_kind
+from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
 from backorigin.s3.reading import plain_key
 from backorigin.writethrough.journal import Change
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
+from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
 _READS = ("GET", "HEAD")
@@ -91,12 +92,12 @@ class WriteThrough:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects body is read as it passes (its keys), unless the deletes addon reads it already."""
-        if self._deletes_many(flow) and not isinstance(flow.request.stream, DeleteManyBody):
-            flow.request.stream = DeleteManyBody(lambda body: None, flow.request.headers.get("content-length"))
+        if self._deletes_many(flow) and not isinstance(flow.request.stream, ReadingBody):
+            flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects answer is read as it passes (its refused keys), and its end waits for the journal."""
-        if flow.response is not None and isinstance(flow.request.stream, DeleteManyBody) and self._deletes_many(flow):
+        if flow.response is not None and isinstance(flow.request.stream, ReadingBody) and self._deletes_many(flow):
             read_as_it_passes(flow.response)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -135,17 +136,14 @@ class WriteThrough:
         return [Change(endpoint, ref.bucket, ref.key, copy) for ref in refs if (copy := rules.origin_copy(book, ref)) is not None]
 
     def _deleted_keys(self, flow: http.HTTPFlow, bucket: str) -> list[str]:
-        """The keys a DeleteObjects named, less those its answer lists as <Error>."""
-        asked, answered = flow.request.stream, flow.response.stream if flow.response is not None else None
-        body = asked.body if isinstance(asked, DeleteManyBody) else flow.request.raw_content
-        answer = answered.body if isinstance(answered, DeleteManyBody) else flow.response.raw_content if flow.response else b""
-        if body is None or answer is None:
-            logger.error("write-through: a DeleteObjects of bucket %s was too large to read: the keys it deleted do not "
+        """The keys a DeleteObjects named, less those its answer lists as <Error> (read as they
+        passed: deletes.addon.deleted_objects)."""
+        deleted = deleted_objects(flow)
+        if deleted is None:
+            logger.error("write-through: a DeleteObjects of bucket %s could not be read: the keys it deleted do not "
                          "reach the origin; backorigin verify --check origin finds them", bucket)
             return []
-        refused = set(keys_in(bytes(answer), "Error"))
-        named = dict.fromkeys(key for key, _ in objects_in(bytes(body), "Object"))
-        return [key for key in named if key not in refused and plain_key(key)]  # keys stores read alike (s3.reading)
+        return [key for key in dict.fromkeys(key for key, _ in deleted) if plain_key(key)]  # keys stores read alike (s3.reading)
 
     async def _record(self, flow: http.HTTPFlow, kind: WriteKind, changes: list[Change]) -> None:
         assert self.supervisor is not None

@@ -1,0 +1,173 @@
+"""The fleet's leases (miss.leases) against a real SeaweedFS, in this process: several `Leases`
+stand for several proxies. Who fetches, who waits, what a waiting proxy does once the object is
+stored, when a lease runs out, that a live holder keeps it, and what is left in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from backorigin.miss.leases import IN_BUCKET_PREFIX, LONGEST_PAUSE, TIMEOUT, LeasePlace, Leases, LeaseSettings, LeaseStore
+from backorigin.s3.clients import make_s3_client
+from tests.support import running_store
+
+BUCKET = "fleet-bucket"
+VERSIONED = "fleet-versioned"
+KEYS = ("leasekey", "leasesecret")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with running_store(tmp_path_factory.mktemp("lease-store"), [BUCKET, VERSIONED], KEYS) as store:
+        store.client().put_bucket_versioning(Bucket=VERSIONED, VersioningConfiguration={"Status": "Enabled"})
+        yield store
+
+
+@pytest.fixture(scope="module")
+def client(store, monkeypatch_module):
+    return make_s3_client(store.endpoint)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """The proxy's own credentials come from boto3's chain: here, the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (("AWS_ACCESS_KEY_ID", KEYS[0]), ("AWS_SECRET_ACCESS_KEY", KEYS[1]),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            patch.setenv(name, value)
+        yield patch
+
+
+def proxy(name: str, place: LeasePlace | None = None, ttl: float = 30.0, wait: float = 30.0, store=None) -> Leases:
+    """One proxy's leases (its own store client, as another process would have)."""
+    clients: dict[str, object] = {}
+
+    def client(endpoint: str) -> object:
+        if endpoint not in clients:
+            clients[endpoint] = make_s3_client(endpoint, TIMEOUT)
+        return clients[endpoint]
+
+    return Leases(LeaseSettings(place or LeasePlace("backorigin-leases"), ttl, wait, name), LeaseStore(client))
+
+
+def leases_in(client, bucket: str, prefix: str = "") -> list[str]:
+    return [entry["Key"] for entry in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+async def settle(*leases: Leases) -> None:
+    for one in leases:
+        await one.aclose(10)
+
+
+async def test_one_proxy_fetches_the_other_waits_for_the_stored_object(store, client, unique):
+    first, second = proxy("first"), proxy("second")
+    key = (store.endpoint, BUCKET, f"a/{unique}")
+    held = await first.take(key)
+    assert held.lease is not None and not held.stored
+    waiting = asyncio.ensure_future(second.take(key))
+    await asyncio.sleep(0.5)
+    assert not waiting.done(), "the second proxy waits while the first holds the lease"
+    client.put_object(Bucket=BUCKET, Key=key[2], Body=b"stored by the first proxy's write-back")
+    first.release(held.lease)
+    turn = await asyncio.wait_for(waiting, 10)
+    assert turn.stored and turn.lease is None
+    assert (first.counts["held"], second.counts["waited"]) == (1, 1)
+    await settle(first, second)
+    assert leases_in(client, "backorigin-leases") == [], "the holder removes its lease"
+
+
+async def test_a_holder_that_gives_up_hands_the_turn_on(store, client, unique):
+    first, second = proxy("first"), proxy("second")
+    key = (store.endpoint, BUCKET, f"b/{unique}")
+    held = await first.take(key)
+    assert held.lease is not None
+    waiting = asyncio.ensure_future(second.take(key))
+    await asyncio.sleep(0.3)
+    first.release(held.lease)  # an origin 404, say: nothing is stored
+    turn = await asyncio.wait_for(waiting, 10)
+    assert turn.lease is not None and not turn.stored
+    await settle(first, second)
+
+
+async def test_a_lease_nobody_renews_is_taken_over_once_its_time_has_run_out(store, client, unique):
+    """A proxy killed mid-fill: its lease stays in the store, unrenewed."""
+    ttl = 2.0
+    killed, waiter, other = proxy("killed", ttl=ttl), proxy("waiter", ttl=ttl), proxy("other", ttl=ttl)
+    key = (store.endpoint, BUCKET, f"c/{unique}")
+    place = LeasePlace("backorigin-leases")
+    assert LeaseStore().write(killed.settings, store.endpoint, place.of(BUCKET, key[2]), (BUCKET, key[2]), IfNoneMatch="*")
+    written = time.monotonic()
+    tasks = {asyncio.ensure_future(waiter.take(key)): waiter, asyncio.ensure_future(other.take(key)): other}
+    done, pending = await asyncio.wait(tasks, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    took = time.monotonic() - written
+    assert len(done) == 1 and len(pending) == 1, "one proxy takes it over; the other waits on"
+    (first,) = done
+    turn = first.result()
+    assert turn.lease is not None and tasks[first].counts["taken_over"] == 1
+    # the store's Last-Modified has whole seconds; a waiter looks at least every LONGEST_PAUSE
+    assert took <= ttl + 1 + LONGEST_PAUSE + 1.5, f"the key was held {took:.1f}s, its lease lasts {ttl}s"
+    await asyncio.sleep(0.5)
+    (still,) = pending
+    assert not still.done()
+    tasks[first].release(turn.lease)  # the new holder gives up in its turn: the last waiter takes it
+    assert (await asyncio.wait_for(still, 10)).lease is not None
+    await settle(killed, waiter, other)
+
+
+async def test_a_live_holder_renews_its_lease_past_its_time_to_live(store, client, unique):
+    holder, waiter = proxy("holder", ttl=1.5), proxy("waiter", ttl=1.5, wait=5.0)
+    key = (store.endpoint, BUCKET, f"d/{unique}")
+    held = await holder.take(key)
+    assert held.lease is not None
+    turn = await asyncio.wait_for(waiter.take(key), 15)
+    assert turn.lease is None and not turn.stored, "it waited its 5 s and fetches on its own; it never took the lease over"
+    assert waiter.counts["waited_too_long"] == 1 and waiter.counts["taken_over"] == 0
+    await settle(holder, waiter)
+
+
+async def test_in_bucket_leases_of_a_versioned_bucket_leave_no_version_behind(store, client, unique):
+    place = LeasePlace(None)
+    holder, waiter = proxy("holder", place, ttl=1.5), proxy("waiter", place, ttl=1.5)
+    key = (store.endpoint, VERSIONED, f"e/{unique}")
+    held = await holder.take(key)
+    assert held.lease is not None and held.lease.key.startswith(IN_BUCKET_PREFIX)
+    waiting = asyncio.ensure_future(waiter.take(key))
+    await asyncio.sleep(2.5)  # renewed at least once: a version to remove
+    assert not waiting.done()
+    client.put_object(Bucket=VERSIONED, Key=key[2], Body=b"object")
+    holder.release(held.lease)
+    assert (await asyncio.wait_for(waiting, 10)).stored
+    await settle(holder, waiter)
+    versions = client.list_object_versions(Bucket=VERSIONED, Prefix=IN_BUCKET_PREFIX)
+    assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
+
+
+async def test_a_store_that_refuses_leases_costs_one_attempt_then_none_for_a_while(store, unique, caplog):
+    """Credentials the store does not know: the misses fetch on their own, as without leases, and
+    only the first asks the store (TROUBLE_PAUSE)."""
+    client = refused_client(store.endpoint)
+    sent: list[str] = []
+    client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
+    refused = Leases(LeaseSettings(LeasePlace("backorigin-leases"), 30.0, 30.0, "refused"), LeaseStore(lambda endpoint: client))
+    with caplog.at_level(logging.WARNING, "backorigin.miss.leases"):
+        turns = [await refused.take((store.endpoint, BUCKET, f"f/{unique}/{n}")) for n in range(3)]
+    assert all(turn.lease is None and not turn.stored for turn in turns)
+    assert refused.counts["unavailable"] == 3 and sent == ["HEAD"]  # the lease bucket, refused
+    assert len([r for r in caplog.records if "cannot use the lease" in r.getMessage()]) == 1
+
+
+def refused_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="nobody",
+                        aws_secret_access_key="wrong")
+
+
+def test_the_default_lease_bucket_is_made_with_a_rule_for_what_killed_proxies_leave(store, client):
+    LeaseStore().prepare(store.endpoint, LeasePlace("backorigin-leases"))  # a no-op when an earlier test made it
+    assert client.head_bucket(Bucket="backorigin-leases")
+    rules = client.get_bucket_lifecycle_configuration(Bucket="backorigin-leases")["Rules"]
+    assert rules[0]["Expiration"] == {"Days": 1}
