@@ -19,6 +19,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from backorigin.deletes.journal import LocalTombstones
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.support import wait_for
 
@@ -144,19 +145,13 @@ def normalized(key: str) -> str:
 
 
 def tombstoned(spool: Path, objects: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of `objects` have a tombstone in the proxy's spool (one file each, named by a hash)."""
-    def path(bucket: str, key: str) -> Path:
-        name = hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogateescape")).hexdigest()
-        return spool / "tombstones" / f"{name}.json"
-    return {(bucket, key) for bucket, key in objects if path(bucket, key).exists()}
+    """Which of `objects` have a tombstone in the proxy's journal (read afresh, as its worker reads it)."""
+    found = LocalTombstones(spool / "tombstones", fresh=True)
+    return {ref for ref in objects if ref in found}
 
 
 def all_tombstones(spool: Path) -> set[tuple[str, str]]:
-    found = set()
-    for path in (spool / "tombstones").glob("*.json"):
-        entry = json.loads(path.read_text())
-        found.add((entry["bucket"], entry["key"]))
-    return found
+    return set(LocalTombstones(spool / "tombstones", fresh=True))
 
 
 @dataclass

@@ -194,7 +194,7 @@ class Deletes:
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
         response = flow.response
         if flow.request.method == "POST" and response is not None and flow.id in self._intents:
-            read_as_it_passes(response)
+            read_as_it_passes(flow, response)
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         intent = self._intents.pop(flow.id, None)
@@ -326,14 +326,16 @@ async def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey]
                              describe_error(e))
 
 
-def read_as_it_passes(response: http.Response) -> None:
+def read_as_it_passes(flow: http.HTTPFlow, response: http.Response) -> None:
     """A DeleteObjects answer read as it passes (its <Deleted> and <Error> keys: `ReadingBody`),
     unless it is already, and sent chunked, so that the client has all of it only once the response
     hook has run: mitmproxy sends the last chunk after that hook, whatever the answer's size."""
     if isinstance(response.stream, ReadingBody):
         return
     response.stream = ReadingBody(ObjectsReader(frozenset({"Deleted", "Error"})))
-    if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
+    # chunked only towards an HTTP/1.1 client: an HTTP/2 one (the store's answer is HTTP/1.1 all the
+    # same) ends the stream after the response hook anyway, and Transfer-Encoding breaks HTTP/2
+    if flow.request.http_version == "HTTP/1.1" and "content-length" in response.headers:
         del response.headers["content-length"]
         response.headers["transfer-encoding"] = "chunked"
 
@@ -360,10 +362,12 @@ class ReadingBody:
 
     def __init__(self, reader: ObjectsReader) -> None:
         self.reader = reader
+        self.finished = False
 
     def __call__(self, chunk: bytes) -> bytes:
         if chunk:
             self.reader.feed(chunk)
-        else:
+        elif not self.finished:  # over HTTP/2 mitmproxy calls it with b"" more than once
+            self.finished = True
             self.reader.finish()
         return chunk

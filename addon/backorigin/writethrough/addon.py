@@ -98,7 +98,7 @@ class WriteThrough:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects answer is read as it passes (its refused keys), and its end waits for the journal."""
         if flow.response is not None and isinstance(flow.request.stream, ReadingBody) and self._deletes_many(flow):
-            read_as_it_passes(flow.response)
+            read_as_it_passes(flow, flow.response)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A write the store accepted, of a bucket with WriteThrough: journaled before its answer goes out."""
