@@ -9,6 +9,7 @@ reload never registers a metric twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -55,7 +56,8 @@ def spool_bytes(directory: Path) -> int:
     total = 0
     for entry in os.scandir(directory):
         if entry.is_file(follow_symlinks=False) and entry.name != OWNER:
-            total += entry.stat().st_size
+            with contextlib.suppress(FileNotFoundError):  # the scrape runs in its own thread: a write-back may land meanwhile
+                total += entry.stat().st_size
     return total
 
 
