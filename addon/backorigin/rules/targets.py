@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, urlsplit
 from mitmproxy import http
 
 from backorigin.rules.buckets import BUCKET_PLACEHOLDER, host_bucket_base
-from backorigin.rules.model import OriginCredentials, RoutingRule, is_protected_header
+from backorigin.rules.model import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
 from backorigin.s3.addressing import ObjectRef, is_store_parameter
 
 # OSS adds a header for Alibaba Cloud CDN to AliCDN redirects but does not document its
@@ -40,18 +40,17 @@ class OriginRequest:
     switch_all_errors: bool = False
     transparent_codes: frozenset[int] = frozenset()
     auth: OriginCredentials | None = None
+    loop: str = ""  # the client request's loop marker, passed on (miss.loop)
     tenant: tuple[str, bool] = ("", False)  # (bucket, signed): whose miss it is (miss.guard shares per tenant)
 
 
 def origin_url(mirror_url: str, key: str, query: str = "") -> str:
-    """MirrorURL + key, the key percent-encoded as a path and never normalised."""
+    """MirrorURL + key, the key's own bytes percent-encoded as a path (bytes that are not UTF-8
+    too: the key holds them surrogate-escaped), never normalised."""
     segments = key.split("/")
     if any(s in (".", "..") for s in segments):
         raise UnsafeKey(f"key {key!r} has '.' or '..' segments that would leave {mirror_url}")
-    try:
-        url = mirror_url + quote(key, safe="/-._~")
-    except UnicodeEncodeError:  # bytes of the client's path that are not UTF-8
-        raise UnsafeKey(f"key {key!r} is not UTF-8 text") from None
+    url = mirror_url + quote(key, safe="/-._~", errors="surrogateescape")
     base = urlsplit(mirror_url)
     if urlsplit(url).netloc != base.netloc:  # defence in depth: the key never picks the host
         raise UnsafeKey(f"key {key!r} would change the origin host")
@@ -111,6 +110,7 @@ def build_request(rule: RoutingRule, key: str, request: http.Request) -> OriginR
         switch_all_errors=action.MirrorSwitchAllErrors,
         transparent_codes=frozenset(action.TransparentMirrorResponseCodes),
         auth=action.MirrorAuth,
+        loop=", ".join(request.headers.get_all(LOOP_HEADER)),
     )
 
 
