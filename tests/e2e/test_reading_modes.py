@@ -5,6 +5,7 @@ marker, origin redirects to the proxy's own listeners, and an option given twice
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import threading
 import uuid
@@ -213,21 +214,41 @@ def test_a_client_sending_the_loop_header_gets_ordinary_service(tls_proxy, signe
 
 def test_origin_redirects_never_reach_the_proxys_own_listeners(tmp_path, store, s3, recording_origin):
     """A redirect to the metrics port on the rule's own host was followed: the metrics page was
-    answered to an anonymous client and stored. backorigin_origin_hosts allows 127.0.0.1 here too."""
+    answered to an anonymous client and stored. backorigin_origin_hosts allows 127.0.0.1 here too.
+    The loopback miss server (a free port of its own, found in /proc) is refused like the others."""
     metrics = free_ports(1)[0]
     rules = write_rules(tmp_path / "rules.json", {"mirror-bucket": [mirror_rule(1, f"{recording_origin.base}/dir1/")]})
     proxy = ModeMitmdump(f"reverse:{store.endpoint}", rules, tmp_path, {
         "backorigin_metrics_port": str(metrics), "backorigin_origin_hosts": "127.0.0.1,localhost"}).start()
     try:
+        big = f"{proxy.url}/mirror-bucket/big/{12 * 1024 * 1024}/first"  # over limits.IN_HOOK_ANSWER_LIMIT
+        assert http_get(big)[0] == 200  # answered through the loopback miss server, which listens from now
+        miss_server, = set(listening_ports(proxy.pid)) - {proxy.port, metrics}
         for target in (f"http://127.0.0.1:{metrics}/metrics", f"http://localhost:{metrics}/metrics",
-                       f"http://127.0.0.1:{proxy.port}/mirror-bucket/x"):
+                       f"http://127.0.0.1:{proxy.port}/mirror-bucket/x", f"http://127.0.0.1:{miss_server}/ticket",
+                       f"http://localhost:{miss_server}/ticket"):
             key = f"{elsewhere(target)}/k"
             status, _, body = http_get(f"{proxy.url}/mirror-bucket/{key}")
-            assert status == 424 and b"backorigin_" not in body, (target, body[:200])
+            # followed, the miss server would have answered 404 (no such ticket), and the client 404
+            assert status == 424 and b"backorigin_" not in body and b"ticket" not in body, (target, body[:200])
             assert stored(s3, "mirror-bucket", key) is None
     finally:
         proxy.stop()
-    assert "is one of the proxy's own listeners" in proxy.log()
+    for port in (metrics, proxy.port, miss_server):
+        assert f"127.0.0.1:{port} is one of the proxy's own listeners" in proxy.log(), port
+
+
+def listening_ports(pid: int) -> list[int]:
+    """The TCP ports a process listens on at 127.0.0.1 (its sockets in /proc/PID/net/tcp, state LISTEN)."""
+    inodes = {link.removeprefix("socket:[").rstrip("]") for fd in Path(f"/proc/{pid}/fd").iterdir()
+              if (link := os.readlink(fd)).startswith("socket:[")}
+    ports = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, port = fields[1].split(":")
+        if fields[3] == "0A" and address == "0100007F" and fields[9] in inodes:
+            ports.append(int(port, 16))
+    return ports
 
 
 def test_an_option_given_twice_stops_the_start(tmp_path, signed_store, rules):
