@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import threading
 import uuid
@@ -210,6 +211,50 @@ def test_a_client_sending_the_loop_header_gets_ordinary_service(tls_proxy, signe
              f"https://127.0.0.1:{tls_proxy.port}/{BUCKET}/loop/k"],
             capture_output=True, text=True, timeout=60, env=clean_env(tmp_path / "home"))
         assert done.stdout == "stored 200", done.stdout + done.stderr
+
+
+def _signed_curl(url: str, home: Path, method: str, marker: str | None, ca: Path | None = None) -> tuple[int, bytes, str]:
+    """A SigV4-signed curl GET or HEAD, with `x-backorigin-fetch: marker` when given: its status,
+    body (an error's request ids left out) and the answer's ETag and Content-Length."""
+    body, headers = home / "body", home / "headers"
+    done = subprocess.run(
+        ["curl", "-q", "-sS", *(["--cacert", str(ca)] if ca else []), "--aws-sigv4", "aws:amz:us-east-1:s3",
+         "--user", f"{KEYS[0]}:{KEYS[1]}", *(["-H", f"x-backorigin-fetch: {marker}"] if marker else []),
+         *(["--head"] if method == "HEAD" else []), "-o", str(body), "-D", str(headers), "-w", "%{http_code}", url],
+        capture_output=True, text=True, timeout=60, env=clean_env(home))
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(":", 1) for line in headers.read_text().splitlines() if ":" in line)
+    fields = {name.strip().lower(): value.strip() for name, value in fields.items()}
+    content = b"" if method == "HEAD" else re.sub(rb"<(RequestId|HostId)>[^<]*</", rb"<\1></", body.read_bytes())
+    return int(done.stdout), content, f"{fields.get('etag', '')} {fields.get('content-length', '')}"
+
+
+def test_the_loop_header_on_a_head_or_in_a_bucket_without_rules_gets_ordinary_service(tls_proxy, signed_store,
+                                                                                         recording_origin, tmp_path):
+    """HEADs with a client's `x-backorigin-fetch` are answered as without it (a hit as the store
+    answers it, a miss mirrored), and in a bucket without rules every GET and HEAD is answered
+    as the store itself answers it."""
+    plain = "no-rules-bucket"
+    signed_store.create_buckets([plain])
+    for bucket in (BUCKET, plain):
+        signed_store.client().put_object(Bucket=bucket, Key="loop-head/stored", Body=b"stored here")
+    home, proxy = tmp_path / "home", f"https://127.0.0.1:{tls_proxy.port}"
+    home.mkdir()
+
+    def through(path: str, method: str, marker: str | None) -> tuple[int, bytes, str]:
+        return _signed_curl(proxy + path, home, method, marker, tls_proxy.client_ca)
+
+    for marker in ("1", "probe"):
+        missed = f"loop-head/missed-{marker}-{uuid.uuid4().hex}"
+        for method, path in (("HEAD", f"/{BUCKET}/loop-head/stored"), ("HEAD", f"/{BUCKET}/{missed}")):
+            assert through(path, method, marker) == through(path, method, None), (marker, method, path)
+        assert through(f"/{BUCKET}/{missed}", "GET", None)[1] == body_for(f"/dir1/{missed}")  # the HEAD was a miss
+        for method in ("GET", "HEAD"):
+            for key in ("loop-head/stored", f"loop-head/absent-{marker}"):
+                path = f"/{plain}/{key}"
+                direct = _signed_curl(signed_store.endpoint + path, home, method, None)
+                assert through(path, method, marker) == direct, (marker, method, path)
+    assert recording_origin.count("GET", "loop-head/absent") == 0
 
 
 def test_origin_redirects_never_reach_the_proxys_own_listeners(tmp_path, store, s3, recording_origin):
