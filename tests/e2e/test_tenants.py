@@ -20,6 +20,7 @@ import boto3
 import pytest
 import requests
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from tests.origin_server import ScriptedOrigin, body_for
 from tests.support import (
@@ -440,3 +441,39 @@ def test_a_signed_delete_objects_withdraws_exactly_the_pending_write_backs_of_it
         if worker:
             os.kill(worker, signal.SIGCONT)
         proxy.stop()
+
+
+def test_deletes_objects_forgetting_keys_among_many_remembered_404s_stall_nobody(guarded, own_origin, unique):
+    """A DeleteObjects forgets the origin 404s remembered for its keys: each key once looked
+    through every 404 remembered, on the event loop. The slowest of another client's hits while
+    three signed DeleteObjects of 1,000 keys each run at once, with 300 origin 404s remembered
+    (of other keys: they stay), against the same without any remembered."""
+    proxy, signed = guarded
+
+    def deletes(name: str) -> Callable[[], None]:
+        def delete(part: int) -> None:
+            keys = [f"forget/{unique}/{name}-{part}-{i}" for i in range(1000)]
+            answer = signed.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True})
+            assert not answer.get("Errors")
+
+        def attack() -> None:
+            with ThreadPoolExecutor(3) as pool:
+                list(pool.map(delete, range(3)))
+        return attack
+
+    without, _, _ = slowest_hit(signed, "stored/hit", deletes("without"))
+
+    def miss(key: str) -> int:
+        try:
+            signed.get_object(Bucket=BUCKET, Key=key)
+        except ClientError as e:
+            return int(e.response["ResponseMetadata"]["HTTPStatusCode"])
+        return 200
+
+    remembered = [f"missing/{unique}/{i}.bin" for i in range(300)]
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(miss, remembered)) == {404}
+    assert miss(remembered[0]) == 404 and own_origin.count("GET", remembered[0]) == 1  # remembered: not asked again
+    attacked, _, count = slowest_hit(signed, "stored/hit", deletes("with"))
+    print(f"3 DeleteObjects of 1,000 keys: the slowest hit {without:.3f}s without remembered 404s, {attacked:.3f}s with 300")
+    assert count >= 2 and attacked < 0.5 + 2 * without, f"{attacked:.2f}s with 300 remembered 404s, {without:.2f}s without"
