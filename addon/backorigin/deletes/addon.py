@@ -41,6 +41,7 @@ from backorigin.deletes.tombstones import (
     resolve_pending,
     room_for,
 )
+from backorigin.deletes.undoing import Undoing
 from backorigin.listing.merge import Lister
 from backorigin.listing.order import Order
 from backorigin.miss.addon import Mirroring
@@ -73,6 +74,7 @@ class Deletes:
         self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
         self._intents: dict[str, Intent] = {}  # by flow id: deletes on their way to the store
         self._background: set[asyncio.Task[None]] = set()
+        self.undoing = Undoing()  # keys whose write-backs the proxy undoes after a delete (deletes.undoing)
         self.location: str | None = None  # where they live (None: deletes do not stick), for the miss ledger
 
     def load(self, loader: Loader) -> None:
@@ -138,7 +140,11 @@ class Deletes:
         return self._take_room(flow, bucket, None)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        """A DeleteObject on its way to the store: room for its tombstone, and its write-backs held."""
+        """A DeleteObject on its way to the store: room for its tombstone, and its write-backs held. A
+        GET or HEAD of a key whose write-back is being undone: 404 (deletes.undoing)."""
+        if self.undoing and flow.request.method in _READS:
+            self.undoing.hide(flow, self.context)
+            return None
         if flow.request.method != "DELETE" or not self.stick or not self.context.acts(flow) or flow.response is not None:
             return None
         refs = self._deleted_by(flow, [])
@@ -207,6 +213,8 @@ class Deletes:
         finally:
             self._release(held)
         written = self.context.object(flow) if succeeded and kind is WriteKind.CREATE else None
+        if written and (endpoint := self.context.endpoint(flow.request)) is not None:
+            self.undoing.written((endpoint, written.bucket, written.key))
         if written and await self.is_deleted(written):
             await asyncio.to_thread(self.tombstones.discard, written.bucket, written.key)
             logger.info("tombstone of s3://%s/%s cleared by a write", written.bucket, written.key)
@@ -225,7 +233,7 @@ class Deletes:
             versioned = {ref.key for ref, only_version in found if only_version}
         else:
             versioned = {ref.key for ref, only_version in self._deleted_by(flow, []) if only_version} if deleted else set()
-        gone = [key for key in deleted if key[2] not in versioned or not await self._still_there(key)]
+        gone = [key for key in deleted if key[2] not in versioned or not await still_there(self.tombstones, key)]
         if not gone:
             await asyncio.to_thread(self.tombstones.withdraw, intent)
             return
@@ -242,7 +250,8 @@ class Deletes:
                     ObjectRef(intent.bucket, intent.key or ""), [("retry-after", "5")]))
             return
         logger.info("tombstone(s) for %s", ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in gone))
-        self._in_background(overtake(self.mirroring.mirror, self.tombstones, gone, flow.request.timestamp_start))
+        self._in_background(self.undoing.during(gone, overtake(self.mirroring.mirror, self.tombstones, gone,
+                                                               flow.request.timestamp_start)))
 
     def error(self, flow: http.HTTPFlow) -> None:
         """No answer from the store (the client or the store went away): the delete did nothing we know of."""
@@ -266,22 +275,6 @@ class Deletes:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _still_there(self, key: ObjectKey) -> bool:
-        """After a version's delete: whether the key still has a current object in the store (then any
-        tombstone it had goes: the store answers its GETs). A store that cannot be asked counts as
-        gone: a tombstone too many hides a key, one too few lets the origin's copy come back."""
-        endpoint, bucket, name = key
-        try:
-            there = await asyncio.to_thread(store_has, shared_s3_client(endpoint), bucket, name)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-            logger.warning("s3://%s/%s: a version was deleted and the store cannot say what is left (%s): tombstone",
-                           bucket, name, describe_error(e))
-            return False
-        if there and await is_tombstoned(self.tombstones, bucket, name):
-            await asyncio.to_thread(self.tombstones.discard, bucket, name)
-            logger.info("tombstone of s3://%s/%s cleared: a version's delete left it in the store", bucket, name)
-        return there
 
     def _release(self, keys: list[ObjectKey]) -> None:
         writeback = self.mirroring.mirror.writeback
@@ -309,6 +302,23 @@ class Deletes:
             versioned[key] = versioned.get(key, True) and of_version
         refs = [(ObjectRef(bucket, key), only_version) for key, only_version in versioned.items()]
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
+
+
+async def still_there(tombstones: Tombstones, key: ObjectKey) -> bool:
+    """After a version's delete: whether the key still has a current object in the store (then any
+    tombstone it had goes: the store answers its GETs). A store that cannot be asked counts as
+    gone: a tombstone too many hides a key, one too few lets the origin's copy come back."""
+    endpoint, bucket, name = key
+    try:
+        there = await asyncio.to_thread(store_has, shared_s3_client(endpoint), bucket, name)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        logger.warning("s3://%s/%s: a version was deleted and the store cannot say what is left (%s): tombstone",
+                       bucket, name, describe_error(e))
+        return False
+    if there and await is_tombstoned(tombstones, bucket, name):
+        await asyncio.to_thread(tombstones.discard, bucket, name)
+        logger.info("tombstone of s3://%s/%s cleared: a version's delete left it in the store", bucket, name)
+    return there
 
 
 async def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey], since: float) -> None:
