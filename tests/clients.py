@@ -175,6 +175,14 @@ def aws_cp_stdout(target: Target, bucket: str, key: str, workdir: Path) -> Outco
     return run_to_file(command, aws_env(target, workdir), workdir / "aws-cp-stdout.out", stdout_is_output=True)
 
 
+def aws_get_object(target: Target, bucket: str, key: str, workdir: Path) -> Outcome:
+    """`aws s3api get-object --bucket b --key k FILE`: one GET, no HEAD first."""
+    out = workdir / "aws-get-object.out"
+    command = [str(VENV_BIN / "aws"), "--endpoint-url", target.endpoint, "s3api", "get-object", "--bucket", bucket,
+               "--key", key, str(out)]
+    return run_to_file(command, aws_env(target, workdir), out)
+
+
 # boto3 (in this process) -----------------------------------------------------------------
 
 
@@ -198,7 +206,7 @@ def boto3_client(target: Target, signature_version: str | None = None):
 
 def _failed(error: Exception) -> Outcome:
     """A boto3 error as a client outcome: exit status 1, the HTTP status if there was one."""
-    status = getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    status = (getattr(error, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
     return Outcome(1, None, 0, tail(f"{type(error).__name__}: {error}"), status=status)
 
 

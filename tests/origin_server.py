@@ -47,6 +47,14 @@ def sized_body(size: int):
         index += 1
 
 
+def sized_md5(size: int) -> str:
+    """The hex MD5 of the `sized` body of `size` bytes."""
+    digest = hashlib.md5()
+    for piece in sized_body(size):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Received:
     path: str
@@ -278,10 +286,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def scenario_shortsized(self, path: str) -> None:
-        """/<dir>/shortsized/<bytes>/<name>: declares that many bytes, sends half, hangs up."""
+        """/<dir>/shortsized/<bytes>/<name>: declares that many bytes, sends half, hangs up. With
+        a name ending in .md5etag, the whole body's MD5 as its ETag (as an S3 origin sends it)."""
         size = int(path.split("/")[path.split("/").index("shortsized") + 1])
         self.send_response(200)
         self.send_header("Content-Length", str(size))
+        if path.endswith(".md5etag"):
+            self.send_header("ETag", f'"{sized_md5(size)}"')
         self.end_headers()
         for piece in sized_body(size // 2):
             self.wfile.write(piece)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from mitmproxy import ctx, http
 
 from backorigin.decision import Outcome, Recorder, add_debug_header
-from backorigin.miss.answer import collect
+from backorigin.miss.answer import answers_whole, collect
 from backorigin.miss.mirror import Mirror, Miss
 from backorigin.miss.server import MissServer
 from backorigin.s3 import replies
@@ -51,10 +51,12 @@ class MissDelivery:
         return flow.id in self.rerouted
 
     async def deliver(self, flow: http.HTTPFlow, mirror: Mirror, miss: Miss, store_404: StoreAnswer) -> None:
-        """From the request hook: a small answer right here, a larger one through the miss server."""
+        """From the request hook: a small answer that waits for the whole body right here, any other
+        through the miss server."""
         if not store_404.body:
             store_404 = _answer_of(replies.no_such_key(miss.ref))
-        if await mirror.fits_in_memory(miss):
+        if await mirror.fits_in_memory(miss) and answers_whole(miss.fill, flow.request.method, flow.request.headers.get,
+                                                               mirror.origin.timeouts.whole_limit):
             await self._answer_here(flow, mirror, miss, store_404, mirror.in_hook_limit)
             return
         await self.server.ensure_started()
