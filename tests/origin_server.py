@@ -25,6 +25,7 @@ STORABLE = {
     "Access-Control-Allow-Origin": "*",
 }
 LAST_MODIFIED = "Tue, 01 Jan 2030 00:00:00 GMT"
+BREAK_AFTER = 2.0  # seconds the `shortsized` body stalls before the origin hangs up
 PRIVATE = {"X-Origin-Private": "secret", "Set-Cookie": "session=abc", "ETag": '"origin-etag"'}
 
 
@@ -286,8 +287,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def scenario_shortsized(self, path: str) -> None:
-        """/<dir>/shortsized/<bytes>/<name>: declares that many bytes, sends half, hangs up. With
-        a name ending in .md5etag, the whole body's MD5 as its ETag (as an S3 origin sends it)."""
+        """/<dir>/shortsized/<bytes>/<name>: declares that many bytes, sends half, stalls for
+        BREAK_AFTER seconds (so that a proxy streaming the answer has begun it: a body already known
+        broken is a clean 424), hangs up. With a name ending in .md5etag, the whole body's MD5 as
+        its ETag (as an S3 origin sends it)."""
         size = int(path.split("/")[path.split("/").index("shortsized") + 1])
         self.send_response(200)
         self.send_header("Content-Length", str(size))
@@ -296,6 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         for piece in sized_body(size // 2):
             self.wfile.write(piece)
+        self.wfile.flush()
+        time.sleep(BREAK_AFTER)
         self.close_connection = True
 
     def scenario_picky(self, path: str) -> None:

@@ -25,8 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from backorigin.tools.embedded_store import free_ports
-from bench.services import HTTP_COMMON, Nginx, Processes, nginx_binary
+from bench.services import Processes
 from tests.clients import (
     Outcome,
     Target,
@@ -41,7 +40,8 @@ from tests.clients import (
     urllib_get,
 )
 from tests.modes_support import ModeMitmdump
-from tests.origin_server import ScriptedOrigin, sized_body, sized_md5
+from tests.nginx_origin import NginxOrigin, nginx_processes, start_origin
+from tests.origin_server import ScriptedOrigin, sized_md5
 from tests.support import mirror_rule, running_store, stored, wait_stored, write_rules
 
 BUCKET = "streamed-bucket"  # mirrors nginx
@@ -54,55 +54,22 @@ Download = Callable[[Target, str, str, Path], Outcome]
 RATE = "8m"  # nginx's limit_rate: the body takes about 3 s to arrive
 
 
-@dataclass(frozen=True)
-class NginxOrigin:
-    nginx: Nginx
-    base: str
-
-    def gets(self, key: str) -> list[float]:
-        """When each GET of `key` ended, by nginx's own log (written as its answer's last byte goes
-        out: $request_uri $status $body_bytes_sent $msec $request_method)."""
-        log = self.nginx.workdir / "origin-access.log"
-        lines = [line.split() for line in (log.read_text().splitlines() if log.exists() else [])]
-        return [float(f[3]) for f in lines if f[0].endswith(f"/{key}") and f[-1] == "GET"]
-
-
 @pytest.fixture(scope="module")
 def processes() -> Iterator[Processes]:
-    if not Path(nginx_binary()).exists():
-        pytest.fail("these tests need Debian's nginx (.ci/run installs it as root)")
-    registry = Processes()
-    yield registry
-    registry.close()
+    yield from nginx_processes()
 
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory, processes) -> NginxOrigin:
     """/etag/<key>: the body with its MD5 as the ETag; /md5/<key>: with a Content-MD5 and no ETag;
-    /plain/<key>: nginx's own ETag (not an MD5). Each sent at RATE; every request logged."""
-    root = tmp_path_factory.mktemp("streamed-origin")
-    with open(root / "body.bin", "wb") as out:
-        for piece in sized_body(SIZE):
-            out.write(piece)
+    /plain/<key>: nginx's own ETag (not an MD5). Each sent at RATE."""
     md5 = sized_md5(SIZE)
     content_md5 = base64.b64encode(bytes.fromhex(md5)).decode()
-    port = free_ports(1)[0]
-    body = f"""
-http {{
-{HTTP_COMMON}
-    log_format origin '$request_uri $status $body_bytes_sent $msec $request_method';
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        access_log @TMP@/origin-access.log origin;
+    return start_origin(processes, tmp_path_factory.mktemp("streamed-origin"), SIZE, f"""
         limit_rate {RATE};
         location /etag/ {{ etag off; add_header ETag '"{md5}"'; try_files /body.bin =404; }}
         location /md5/ {{ etag off; add_header Content-MD5 '{content_md5}'; try_files /body.bin =404; }}
-        location /plain/ {{ try_files /body.bin =404; }}
-    }}
-}}
-"""
-    return NginxOrigin(Nginx("origin", root / "nginx", body).start(processes, [port]), f"http://127.0.0.1:{port}/")
+        location /plain/ {{ try_files /body.bin =404; }}""")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +145,7 @@ def test_a_miss_whose_etag_is_known_streams_from_its_first_byte(proxy, store, or
     wait_stored(s3, BUCKET, key, within=60)
     assert stored_sha256(s3, BUCKET, key) == sized_sha256(SIZE)
     assert s3.head_object(Bucket=BUCKET, Key=key)["ETag"] == f'"{sized_md5(SIZE)}"'
-    [origin_done] = origin.gets(key)
+    [origin_done] = origin.gets(f"/{key}")
     assert streamed.first_byte_at < origin_done, "the first byte waited for the whole body"
 
 
@@ -191,7 +158,7 @@ def test_a_miss_whose_etag_is_unknown_is_answered_whole_with_it(proxy, store, or
     s3 = store.client()
     wait_stored(s3, BUCKET, key, within=60)
     assert s3.head_object(Bucket=BUCKET, Key=key)["ETag"] == answer.etag
-    [origin_done] = origin.gets(key)
+    [origin_done] = origin.gets(f"/{key}")
     assert answer.first_byte_at > origin_done
 
 

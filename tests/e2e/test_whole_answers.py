@@ -21,13 +21,12 @@ import functools
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from backorigin.tools.embedded_store import free_ports
-from bench.services import NGINX_BASICS, Nginx, Processes, nginx_binary, origin_config
+from bench.services import NGINX_BASICS, Nginx, Processes
 from tests.clients import (
     Outcome,
     Target,
@@ -39,7 +38,8 @@ from tests.clients import (
     urllib_get,
 )
 from tests.modes_support import ModeMitmdump
-from tests.origin_server import ScriptedOrigin, sized_body
+from tests.nginx_origin import NginxOrigin, nginx_processes, start_origin
+from tests.origin_server import ScriptedOrigin
 from tests.support import Relay, mirror_rule, running, running_store, stored, wait_for, wait_stored, write_back_worker, write_rules
 
 BUCKET = "whole-bucket"  # mirrors the scripted origin
@@ -50,18 +50,6 @@ MiB = 1 << 20
 WHOLE = 24 * MiB  # over the in-hook answer limit (8 MiB), under backorigin_max_inline: the miss server, whole
 RANGE = (1000, 20 * MiB + 7)  # crosses the write-back's 16 MiB part boundary
 
-
-
-@dataclass(frozen=True)
-class NginxOrigin:
-    nginx: Nginx
-    base: str  # MirrorURL: every key under it is the 24 MiB body
-
-    def gets(self, key: str) -> int:
-        """GETs of `key` in nginx's own access log ($request_uri ... $request_method, written as each answer ends)."""
-        log = self.nginx.workdir / "origin-access.log"
-        lines = [line.split() for line in (log.read_text().splitlines() if log.exists() else [])]
-        return sum(1 for f in lines if f[0] == f"/whole/{key}" and f[-1] == "GET")
 
 
 Download = Callable[[Target, str, str, Path], Outcome]
@@ -87,7 +75,7 @@ def whole_origin() -> Iterator[ScriptedOrigin]:
 def rules(tmp_path_factory, whole_origin, nginx_origin) -> Path:
     return write_rules(tmp_path_factory.mktemp("whole-rules") / "rules.json",
                        {BUCKET: [mirror_rule(1, f"{whole_origin.base}/dir1/")],
-                        NGINX_BUCKET: [mirror_rule(1, nginx_origin.base)]})
+                        NGINX_BUCKET: [mirror_rule(1, nginx_origin.base + "whole/")]})
 
 
 def start_proxy(workdir: Path, store, rules: Path, **options: str) -> ModeMitmdump:
@@ -99,23 +87,14 @@ def start_proxy(workdir: Path, store, rules: Path, **options: str) -> ModeMitmdu
 
 @pytest.fixture(scope="module")
 def processes() -> Iterator[Processes]:
-    if not Path(nginx_binary()).exists():
-        pytest.fail("these tests need Debian's nginx (.ci/run installs it as root)")
-    registry = Processes()
-    yield registry
-    registry.close()
+    yield from nginx_processes()
 
 
 @pytest.fixture(scope="module")
 def nginx_origin(tmp_path_factory, processes) -> NginxOrigin:
     """nginx serving the 24 MiB body at /whole/<any key>, its own access log counting the GETs."""
-    root = tmp_path_factory.mktemp("whole-nginx-origin")
-    with open(root / "whole.bin", "wb") as out:
-        for piece in sized_body(WHOLE):
-            out.write(piece)
-    port = free_ports(1)[0]
-    nginx = Nginx("origin", root / "nginx", origin_config(port, root, {"whole": "whole.bin"})).start(processes, [port])
-    return NginxOrigin(nginx, f"http://127.0.0.1:{port}/whole/")
+    return start_origin(processes, tmp_path_factory.mktemp("whole-nginx-origin"), WHOLE,
+                        "        location /whole/ { try_files /body.bin =404; }")
 
 
 @pytest.fixture(scope="module", params=["s3://backorigin-leases/", "off"], ids=["leases", "no-leases"])
@@ -197,7 +176,7 @@ def test_three_clients_per_proxy_on_two_proxies_get_every_byte(pair, signed_stor
                 for name, client in [("urllib", urllib_get), ("curl --http1.0", http10_curl), s3transfer[p]]]
         assert download_all(jobs, tmp_path / str(n), NGINX_BUCKET) == everyone_right(jobs), key
         assert landed_right(signed_store, key, WHOLE, NGINX_BUCKET)
-        assert 1 <= nginx_origin.gets(key) <= (1 if leases != "off" else len(proxies))
+        assert 1 <= len(nginx_origin.gets(f"/whole/{key}")) <= (1 if leases != "off" else len(proxies))
 
 
 # each way a miss is answered through the miss server --------------------------------------
