@@ -45,7 +45,9 @@ class Mirroring:
             "backorigin_max_inline", str, WHOLE_ANSWER_LIMIT,
             "Largest miss answered only once its whole body has arrived and been checked (with its ETag; a broken "
             "origin gets 424). Larger GETs are streamed as the body arrives (no ETag in that first answer; a broken "
-            "origin resets the connection). Memory stays bounded either way: bodies go through the spool.",
+            "origin resets the connection). A GET whose ETag is known before its body (the origin's MD5 or S3 "
+            "multipart ETag, or its Content-MD5) streams from its first byte above 1 MiB, with that ETag, whatever "
+            "this says. Memory stays bounded either way: bodies go through the spool.",
         )
         loader.add_option("backorigin_copy_timeout", str, "3600", "Seconds the fetch of a body over backorigin_max_inline may take.")
         loader.add_option(

@@ -387,7 +387,7 @@ class OriginClient:
         if status == 200 and declared > self.max_size:
             return OriginResult.failed(url, Failure.TOO_LARGE, f"Content-Length {declared} is over backorigin_max_object_size")
         part_size, announced = part_layout(response.headers.get("etag"), declared if "content-length" in response.headers else None,
-                                           first_part)
+                                           first_part, response.headers.get("content-md5"))
         check = BodyCheck.for_headers(response.headers, part_size)
         if status == 200:
             sink.begin(status, headers, url, announced)
