@@ -22,15 +22,15 @@ from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
 from backorigin.decision import METADATA_KEY, RECORDED_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
-from backorigin.deletes.addon import Deletes
+from backorigin.deletes.deletes import Deletes
 from backorigin.limits import STREAM_LARGE_BODIES
-from backorigin.listing.addon import MergedListing
+from backorigin.listing.mergedlisting import MergedListing
 from backorigin.miss import objectmeta
-from backorigin.miss.addon import Mirroring
 from backorigin.miss.delivery import MissDelivery
-from backorigin.miss.fleet import FleetLeases
+from backorigin.miss.fleetleases import FleetLeases
+from backorigin.miss.mirroring import Mirroring
+from backorigin.miss.originprotection import OriginProtection
 from backorigin.miss.probe import StoreProbe, answer_from_store
-from backorigin.miss.protect import OriginProtection
 from backorigin.options import GivenOnce, check_choice
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
@@ -39,13 +39,14 @@ from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
-from backorigin.s3.store import StoreAnswer, StoreServerName, client_facing, upstream_proxy, upstream_verification
+from backorigin.s3.storeclient import StoreAnswer, client_facing, upstream_proxy, upstream_verification
 from backorigin.s3.stores import Stores
+from backorigin.s3.storeservername import StoreServerName
 from backorigin.ui.commands import Commands
-from backorigin.ui.contentview import DecisionView
+from backorigin.ui.decisionview import DecisionView
 from backorigin.ui.ledger import Ledger
 from backorigin.ui.metrics import MetricsEndpoint
-from backorigin.writethrough.addon import WriteThrough
+from backorigin.writethrough.writethrough import WriteThrough
 
 logger = logging.getLogger(__name__)
 HEAD_ON_MISS = ("object", "oss")

@@ -19,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
-from backorigin.deletes.tombstones import LocalTombstones
+from backorigin.tombstones.tombstones import LocalTombstones
 from backorigin.tools import cli
 from backorigin.tools.embedded_store import free_ports
 from tests.origin_server import body_for, sized_body

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from backorigin.rules.files import parse_rules
+from backorigin.rules.parsing import parse_rules
 from backorigin.rules.writethrough import OriginCopy, origin_copy, secrets
 from backorigin.s3.addressing import ObjectRef
 from tests.support import run_cli

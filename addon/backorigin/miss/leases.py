@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
+from backorigin.s3.addressing import ObjectKey
 from backorigin.s3.clients import code_of, describe_error, make_s3_client, status_of, store_has
-from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,7 +147,7 @@ class Turn:
 
 @dataclass(frozen=True)
 class LeaseSettings:
-    """backorigin_leases, backorigin_lease_ttl, backorigin_lease_wait (miss.fleet), and who this proxy is."""
+    """backorigin_leases, backorigin_lease_ttl, backorigin_lease_wait (miss.fleetleases), and who this proxy is."""
 
     place: LeasePlace | None = None  # None: off, each proxy fetches on its own
     ttl: float = 30.0

@@ -29,10 +29,10 @@ from backorigin.miss.origin import Failure, OriginClient, OriginResult
 from backorigin.miss.probe import ExistenceCache
 from backorigin.rules.model import RoutingRule
 from backorigin.rules.targets import OriginRequest
-from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.addressing import ObjectKey, ObjectRef
 from backorigin.s3.replies import Reply
-from backorigin.s3.store import StoreAnswer
-from backorigin.writeback.spool import ObjectKey, ObjectUpload, WriteBackOutcome
+from backorigin.s3.storeclient import StoreAnswer
+from backorigin.writeback.spool import ObjectUpload, WriteBackOutcome
 from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,11 @@ class Mirror:
         self.min_free = 0  # bytes the spool's disk keeps free (backorigin_spool_min_free)
         self._fetches: set[asyncio.Task] = set()
         self._claims: dict[ObjectKey, asyncio.Future[Fill | None]] = {}  # new fills waiting for their turn in the fleet
-        self.leases = Leases()  # taking turns with the other proxies of a fleet; off until miss.fleet configures it
+        self.leases = Leases()  # taking turns with the other proxies of a fleet; off until miss.fleetleases configures it
         self.guard = OriginGuard()  # the origins' 404s, concurrency limits and circuits
         origin.observe = self._observed
         writeback.landed = self._landed
-        # told of every origin fetch and how long it took (addon.metrics)
+        # told of every origin fetch and how long it took (ui.metrics)
         self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
 
     async def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest,

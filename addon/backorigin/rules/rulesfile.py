@@ -12,8 +12,8 @@ from pathlib import Path
 from mitmproxy import command, ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.rules.files import load_rules
 from backorigin.rules.model import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RuleBook, RulesError
+from backorigin.rules.parsing import load_rules
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from mitmproxy import command, exceptions
 
 from backorigin.context import Context
 from backorigin.decision import Stats
-from backorigin.deletes.addon import Deletes
-from backorigin.deletes.tombstones import describe
-from backorigin.miss.addon import Mirroring
+from backorigin.deletes.deletes import Deletes
+from backorigin.miss.mirroring import Mirroring
 from backorigin.rules.explain import explain
+from backorigin.tombstones.tombstones import describe
 
 logger = logging.getLogger(__name__)
 LISTED_AT_MOST = 1000  # tombstones backorigin.tombstones writes to the event log

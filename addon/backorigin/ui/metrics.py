@@ -24,14 +24,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from backorigin.decision import Stats
-from backorigin.miss.addon import Mirroring
 from backorigin.miss.guard import Circuit, OriginGuard
 from backorigin.miss.leases import Leases
+from backorigin.miss.mirroring import Mirroring
 from backorigin.miss.origin import OriginResult
 from backorigin.s3.reading import Aside
-from backorigin.writeback.spools import OWNER
-from backorigin.writethrough.addon import WriteThrough
+from backorigin.writeback.proxyspools import OWNER
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
+from backorigin.writethrough.writethrough import WriteThrough
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from typing import Any, cast
 
 from cachetools import TTLCache
 
+from backorigin.s3.addressing import ObjectKey
 from backorigin.writeback.process import WorkerProcess
-from backorigin.writeback.spool import ObjectKey, ObjectUpload, Spool, WriteBackOutcome
+from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
 
 logger = logging.getLogger(__name__)
 

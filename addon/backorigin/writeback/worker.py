@@ -32,8 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from backorigin.deletes.tombstones import open_tombstones
 from backorigin.s3.clients import is_transient, shared_s3_client
+from backorigin.tombstones.tombstones import open_tombstones
 from backorigin.writeback.process import commands, reply, run
 from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
 from backorigin.writeback.upload import KeyRefused, Unwanted, remove_if_ours, retrying, upload_object

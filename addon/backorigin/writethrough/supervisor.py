@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backorigin.s3.addressing import ObjectKey
 from backorigin.writeback.process import Message, WorkerProcess
-from backorigin.writeback.spool import ObjectKey
 from backorigin.writethrough.journal import Change, Entry, Journal
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class WriteThroughSupervisor:
         self.workers = workers
         self.outcomes: Counter[str] = Counter()  # synced keys by action; retries by scope
         self.oldest_at: float | None = None  # when the oldest entry not yet applied was acknowledged
-        # told of each entry's time from its write's answer to the origin's copy (addon.metrics)
+        # told of each entry's time from its write's answer to the origin's copy (ui.metrics)
         self.on_synced: Callable[[float], None] = lambda seconds: None
         self._pending: OrderedDict[Path, Pending] = OrderedDict()  # in the order of the writes
         self._keys: Counter[ObjectKey] = Counter()  # entries not yet applied, by key

@@ -7,11 +7,11 @@ from __future__ import annotations
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.deletes.tombstones import StoreTombstones
-from backorigin.miss.addon import Mirroring
 from backorigin.miss.leases import DEFAULT_PLACE, LeasePlace, LeaseSettings, owner_name
+from backorigin.miss.mirroring import Mirroring
 from backorigin.options import parse_seconds
-from backorigin.writeback.spools import proxy_name
+from backorigin.tombstones.tombstones import StoreTombstones
+from backorigin.writeback.proxyspools import proxy_name
 
 OPTIONS = ("backorigin_leases", "backorigin_lease_ttl", "backorigin_lease_wait")
 

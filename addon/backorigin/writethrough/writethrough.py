@@ -24,8 +24,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.deletes.addon import ReadingBody, deleted_objects, read_as_it_passes
-from backorigin.miss.addon import Mirroring
+from backorigin.deletes.deletes import ReadingBody, deleted_objects, read_as_it_passes
+from backorigin.miss.mirroring import Mirroring
 from backorigin.options import parse_seconds
 from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
@@ -137,7 +137,7 @@ class WriteThrough:
 
     def _deleted_keys(self, flow: http.HTTPFlow, bucket: str) -> list[str]:
         """The keys a DeleteObjects named, less those its answer lists as <Error> (read as they
-        passed: deletes.addon.deleted_objects)."""
+        passed: deletes.deletes.deleted_objects)."""
         deleted = deleted_objects(flow)
         if deleted is None:
             logger.error("write-through: a DeleteObjects of bucket %s could not be read: the keys it deleted do not "

@@ -25,7 +25,7 @@ from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import shared_s3_client
 from backorigin.s3.reading import Reading
-from backorigin.s3.store import StoreClient, upstream_proxy, upstream_verification
+from backorigin.s3.storeclient import StoreClient, upstream_proxy, upstream_verification
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class MergedListing:
                  store_client: Callable[[str], Any] = shared_s3_client,
                  leases_under: Callable[[str], str | None] = lambda bucket: None) -> None:
         """`tombstoned(bucket, base, order, lister)`: an origin side's lister less the keys deleted
-        through the proxy, which origins do not list (deletes.tombstones.hide_tombstoned: it asks only
+        through the proxy, which origins do not list (listing.hiding.hide_tombstoned: it asks only
         about the keys listed); `store_client(endpoint)`: a boto3 client with the proxy's own credentials;
         `leases_under(bucket)`: the prefix of the bucket's own keys that are the fleet's leases
         (miss.leases), left out of the store's side."""
@@ -171,7 +171,7 @@ class MergedListing:
         not let the client list (then mitmproxy sends the request on and the store answers it).
         Every page is answered only once the store let the client's own request through
         (`store_allows`): the store decides who may list, the proxy lists with its own credentials.
-        `via`: mitmproxy's upstream proxy (s3.store.upstream_proxy)."""
+        `via`: mitmproxy's upstream proxy (s3.storeclient.upstream_proxy)."""
         listed = list_request(request, reading)
         if listed is None or not any(_merged(rule) for rule in book.rules_for(listed.bucket)):
             return None

@@ -7,8 +7,8 @@ from __future__ import annotations
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.miss.addon import Mirroring
 from backorigin.miss.guard import GuardSettings
+from backorigin.miss.mirroring import Mirroring
 from backorigin.options import parse_seconds
 
 OPTIONS = ("backorigin_origin_404_ttl", "backorigin_origin_concurrency", "backorigin_origin_queue",

@@ -16,7 +16,7 @@ from backorigin.limits import MAX_OBJECT_SIZE, SPOOL_MIN_FREE, WHOLE_ANSWER_LIMI
 from backorigin.miss.mirror import Mirror
 from backorigin.miss.origin import OriginClient, Timeouts
 from backorigin.options import parse_seconds, parse_size
-from backorigin.writeback.spools import SpoolInUse, claim, default_spool, describe, left_behind, proxy_name, release
+from backorigin.writeback.proxyspools import SpoolInUse, claim, default_spool, describe, left_behind, proxy_name, release
 from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Mirroring:
 
 
 def spool_of(options: Any) -> Path:
-    """backorigin_spool_dir, else this proxy's own spool (see writeback.spools)."""
+    """backorigin_spool_dir, else this proxy's own spool (see writeback.proxyspools)."""
     if options.backorigin_spool_dir:
         return Path(options.backorigin_spool_dir).expanduser()
     return default_spool(options.confdir, options.mode, options.listen_host, options.listen_port)

@@ -1,4 +1,4 @@
-"""Deletes that stick, as a child addon of BackOrigin (see deletes.tombstones for where the
+"""Deletes that stick, as a child addon of BackOrigin (see tombstones.tombstones for where the
 tombstones live).
 
 The store authorises: nothing a delete does takes effect before the store has answered it 2xx.
@@ -30,28 +30,27 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.deletes.tombstones import (
+from backorigin.listing.hiding import hide_tombstoned
+from backorigin.listing.merge import Lister
+from backorigin.listing.order import Order
+from backorigin.miss.mirror import Mirror
+from backorigin.miss.mirroring import Mirroring
+from backorigin.options import check_choice
+from backorigin.rules.plan import covered_by_mirror
+from backorigin.s3 import replies
+from backorigin.s3.addressing import ObjectKey, ObjectRef, WriteKind, write_kind
+from backorigin.s3.clients import describe_error, shared_s3_client, store_has
+from backorigin.s3.reading import plain_key
+from backorigin.tombstones.tombstones import (
     Intent,
     NoRoom,
     Tombstones,
     TombstonesError,
-    hide_tombstoned,
     is_tombstoned,
     open_tombstones,
     resolve_pending,
     room_for,
 )
-from backorigin.listing.merge import Lister
-from backorigin.listing.order import Order
-from backorigin.miss.addon import Mirroring
-from backorigin.miss.mirror import Mirror
-from backorigin.options import check_choice
-from backorigin.rules.plan import covered_by_mirror
-from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
-from backorigin.s3.clients import describe_error, shared_s3_client, store_has
-from backorigin.s3.reading import plain_key
-from backorigin.writeback.spool import ObjectKey
 from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ class Deletes:
         self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
 
     def running(self) -> None:
-        """Deletes a crash left on their way are resolved in the background (deletes.tombstones.resolve_pending)."""
+        """Deletes a crash left on their way are resolved in the background (tombstones.tombstones.resolve_pending)."""
         self._in_background(resolve_pending(self.tombstones, self.store))
 
     async def is_deleted(self, ref: ObjectRef) -> bool:
