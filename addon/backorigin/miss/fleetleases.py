@@ -7,7 +7,8 @@ from __future__ import annotations
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.miss.leases import DEFAULT_PLACE, LeasePlace, LeaseSettings, owner_name
+from backorigin.miss.leases import owner_name
+from backorigin.miss.leasestore import DEFAULT_PLACE, LeasePlace, LeaseSettings
 from backorigin.miss.mirroring import Mirroring
 from backorigin.options import parse_seconds
 from backorigin.tombstones.tombstones import StoreTombstones

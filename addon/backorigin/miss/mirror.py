@@ -294,18 +294,19 @@ class Mirror:
             self.refused[key] = detail or "refused"
             while len(self.refused) > REFUSED_KEPT:
                 self.refused.popitem(last=False)
+        stored = outcome in ("stored", "exists")
         fill = self.fills.get(key)
         if fill is not None and fill.settled is not None:
             fill.landed.set()
-            self._drop(fill)
-        if outcome in ("stored", "exists"):
+            self._drop(fill, stored)
+        if stored:
             self.known.add(key)
 
-    def _drop(self, fill: Fill) -> None:
-        """No new miss joins `fill`, and its lease goes: its object is in the store, or was given up."""
+    def _drop(self, fill: Fill, stored: bool = False) -> None:
+        """No new miss joins `fill`, and its lease is let go: its object is `stored`, or was given up."""
         self.fills.drop(fill)
         if fill.lease is not None:
-            self.leases.release(fill.lease)
+            self.leases.release(fill.lease, stored)
             fill.lease = None
 
     async def shutdown(self, timeout: float) -> None:

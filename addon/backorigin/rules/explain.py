@@ -39,7 +39,7 @@ def explain(rulebook: RuleBook, url: str, vhost_domains: tuple[str, ...] = ()) -
     if rulebook.writes_through(ref.bucket):
         copy = origin_copy(rulebook, ref)
         lines.append("  writes (PUT, copy, multipart upload, DELETE): " + (
-            f"applied to the origin too, s3://{copy.bucket}/{copy.key} at {copy.endpoint} (WriteThrough; signed with "
+            f"applied to the origin too, s3://{copy.bucket}/{copy.key} at {copy.server} (WriteThrough; signed with "
             f"MirrorAuth {copy.access_key_id})" if copy else "not written through: no Mirror rule covers the key"))
     return "\n".join(lines)
 

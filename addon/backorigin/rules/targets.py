@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from mitmproxy import http
 
+from backorigin.rules.buckets import BUCKET_PLACEHOLDER, host_bucket_base
 from backorigin.rules.model import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
 from backorigin.s3.addressing import ObjectRef, is_store_parameter
 
@@ -119,8 +120,11 @@ class NotAnS3Origin(ValueError):
 
 @dataclass(frozen=True)
 class OriginBucket:
-    """Where a Mirror rule's objects are, as a path-style S3 bucket: MirrorURL = endpoint/bucket/base,
-    and a bucket key K is the origin's key base + K."""
+    """Where a Mirror rule's objects are, as an S3 bucket: MirrorURL = endpoint/bucket/base
+    (path-style), or, with ${bucket} as the first label of MirrorURL's host, the bucket in the host
+    (virtual-hosted style: https://${bucket}.HOST/base, `endpoint` keeping ${bucket} there, which
+    s3.clients.foreign_s3_client fills in with the bucket a request names). A bucket key K is the
+    origin's key base + K."""
 
     endpoint: str
     bucket: str
@@ -138,11 +142,19 @@ class OriginBucket:
                                 "cannot be mapped back to the bucket's")
         if action.MirrorHost:
             raise NotAnS3Origin(f"{where} sets MirrorHost: its S3 endpoint cannot be told from MirrorURL")
-        parts = urlsplit(action.MirrorURL)
+        parts, template = urlsplit(action.MirrorURL), urlsplit(action.mirror_url_template or action.MirrorURL)
+        if BUCKET_PLACEHOLDER in template.netloc:
+            endpoint = f"{template.scheme}://{template.netloc}"
+            base = host_bucket_base(endpoint)
+            rest = base.partition("://")[2] if base else ""
+            if not rest or not parts.netloc.endswith(f".{rest}"):
+                raise NotAnS3Origin(f"{where}: MirrorURL {action.mirror_url_template} is an S3 origin with ${{bucket}} in "
+                                    "its host only as the host's first label: http(s)://${bucket}.HOST[:PORT]/[PREFIX/]")
+            return cls(endpoint, parts.netloc[:-len(rest) - 1], unquote(parts.path).lstrip("/"))
         bucket, _, base = unquote(parts.path).lstrip("/").partition("/")
         if not bucket:
             raise NotAnS3Origin(f"{where}: MirrorURL {action.MirrorURL} names no bucket (an S3 origin is "
-                                "http(s)://HOST[:PORT]/BUCKET/[PREFIX/])")
+                                "http(s)://HOST[:PORT]/BUCKET/[PREFIX/], or http(s)://${bucket}.HOST[:PORT]/[PREFIX/])")
         return cls(f"{parts.scheme}://{parts.netloc}", bucket, base)
 
 

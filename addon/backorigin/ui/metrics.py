@@ -9,6 +9,7 @@ reload never registers a metric twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -55,7 +56,8 @@ def spool_bytes(directory: Path) -> int:
     total = 0
     for entry in os.scandir(directory):
         if entry.is_file(follow_symlinks=False) and entry.name != OWNER:
-            total += entry.stat().st_size
+            with contextlib.suppress(FileNotFoundError):  # the scrape runs in its own thread: a write-back may land meanwhile
+                total += entry.stat().st_size
     return total
 
 
@@ -129,7 +131,7 @@ LEASE_OUTCOMES = ("held", "taken_over", "waited", "waited_too_long", "unavailabl
 def lease_metrics(leases: Leases) -> Iterator[Metric]:
     """How misses took turns with the other proxies of the fleet (miss.leases)."""
     turns = CounterMetricFamily("backorigin_leases", "New misses by their turn in the fleet: held (this proxy fetched), "
-                                "taken_over (from a proxy that stopped renewing), waited (another proxy's fill served), "
+                                "taken_over (a lease that had run out), waited (another proxy's fill served), "
                                 "waited_too_long, unavailable (the store refused the lease), lost (taken over from this "
                                 "proxy)", labels=["outcome"])
     for outcome in LEASE_OUTCOMES:
@@ -189,7 +191,7 @@ class WriteThroughCollector(Collector):
         synced = CounterMetricFamily("backorigin_writethrough_synced", "Keys brought to the store's state at the origin, "
                                      "by action (put, delete, unchanged)", labels=["action"])
         retries = CounterMetricFamily("backorigin_writethrough_retries", "Syncs that failed and wait to be tried again, by "
-                                      "what failed (lane: the origin as a whole; key: that key)", labels=["scope"])
+                                      "what failed (lane: the origin bucket as a whole; key: that key)", labels=["scope"])
         outcomes = dict(supervisor.outcomes)
         for action in ("put", "delete", "unchanged"):
             synced.add_metric([action], outcomes.get(action, 0))
