@@ -24,6 +24,7 @@ from backorigin.context import Context
 from backorigin.decision import METADATA_KEY, RECORDED_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
 from backorigin.deletes.deletes import Deletes
 from backorigin.limits import STREAM_LARGE_BODIES
+from backorigin.listing.hiding import hide_in_force
 from backorigin.listing.mergedlisting import MergedListing
 from backorigin.miss import objectmeta
 from backorigin.miss.delivery import MissDelivery
@@ -32,6 +33,7 @@ from backorigin.miss.mirroring import Mirroring
 from backorigin.miss.originprotection import OriginProtection
 from backorigin.miss.probe import StoreProbe, answer_from_store
 from backorigin.options import GivenOnce, check_choice
+from backorigin.parts import Parts
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
 from backorigin.rules.plan import Act, GetPlan, plan_get
@@ -40,12 +42,12 @@ from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
 from backorigin.s3.storeclient import StoreAnswer, client_facing, upstream_proxy, upstream_verification
-from backorigin.s3.stores import Stores
+from backorigin.s3.stores import SetAsideLog, Stores
 from backorigin.s3.storeservername import StoreServerName
 from backorigin.ui.commands import Commands
 from backorigin.ui.decisionview import DecisionView
 from backorigin.ui.ledger import Ledger
-from backorigin.ui.metrics import MetricsEndpoint
+from backorigin.ui.metrics import AddonState, MetricsEndpoint
 from backorigin.writethrough.writethrough import WriteThrough
 
 logger = logging.getLogger(__name__)
@@ -58,52 +60,35 @@ for library in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3
 
 class BackOrigin:
     def __init__(self) -> None:
-        self.rules_file = RulesFile()
-        self.context = Context(self.rules_file)
-        self.stores = Stores(self.context)
-        self.recorder = Recorder()
-        self.probe = StoreProbe()
-        self.mirroring = Mirroring()
-        self.protection = OriginProtection(self.mirroring)
-        self.delivery = MissDelivery(self.recorder)
-        self.deletes = Deletes(self.context, self.mirroring, self.delivery.refuse)
-        self.listing = MergedListing(self.context, self.deletes.hide,
-                                     leases_under=lambda bucket: self.mirroring.mirror.leases.prefix_in(bucket))
-        self.writethrough = WriteThrough(self.context, self.mirroring)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough,
-                                       self.stores.set_aside)
-        self.addons = [self.rules_file, self.stores, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes,
-                       self.writethrough, self.listing, self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location),
-                       DecisionView(), StoreServerName(), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes),
-                       GivenOnce()]
-        self.mirroring.origin.own_listeners = lambda: own_listeners(self.metrics, self.delivery)
+        """The shared parts first (backorigin.parts), then each child with what it uses, in the
+        order mitmproxy calls them."""
         self._mirror_heads = True
         self._403_is_miss = False
         self._private_origins_ok = False
-        self.rules_file.check = self._check_rules
-        self.recorder.explain = lambda flow, decided: plan.rules_tried(  # the mitmweb view's "rules tried"
-            self.context.rulebook, ObjectRef(decided.bucket, decided.key), flow.request, decided.store_status, self._mirror_heads)
+        self.rules_file = RulesFile(check=self._check_rules)
+        set_aside = SetAsideLog()
+        self.context = Context(self.rules_file, set_aside=set_aside.note)
+        self.parts = parts = Parts.build(own_listeners=self._own_listeners)
+        self.mirror = parts.mirror
+        ledger = Ledger(tombstones_at=lambda: parts.tombstones.location)
+        self.recorder = Recorder(explain=self._rules_tried, listeners=[ledger.append])
+        self.probe = StoreProbe()
+        self.delivery = MissDelivery(self.recorder)
+        self.deletes = Deletes(self.context, parts.mirror, parts.tombstones, self.delivery.refuse)
+        self.writethrough = WriteThrough(self.context, parts.writeback, synced=parts.measures.synced)
+        self.listing = MergedListing(self.context, hide_in_force(parts.tombstones), leases_under=parts.leases.prefix_in)
+        self.metrics = MetricsEndpoint(
+            parts.measures, AddonState(self.recorder.stats, parts.writeback, parts.tombstones.count, parts.guard, parts.leases,
+                                       set_aside.counts),
+            writethrough=lambda: self.writethrough.supervisor)
+        self.mirroring = Mirroring(parts.mirror)
+        self.addons = [self.rules_file, Stores(self.context), self.mirroring, OriginProtection(parts.guard),
+                       FleetLeases(parts.leases), self.deletes, self.writethrough, self.listing, self.delivery, self.metrics,
+                       ledger, DecisionView(), StoreServerName(),
+                       Commands(self.context, self.recorder.stats, parts.writeback, parts.tombstones), GivenOnce()]
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "backorigin_head_on_miss", str, "object",
-            "HEAD of a missing object: 'object' answers it as the object will answer (it is fetched and stored), "
-            "for S3 tools that HEAD before they GET; 'oss' answers 404 unless the rule has MirrorAllowHeadObject.",
-            choices=HEAD_ON_MISS,
-        )
-        loader.add_option(
-            "backorigin_403_is_miss", bool, False,
-            "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
-            "(stores answer 403 instead of 404 to callers without ListBucket).",
-        )
-        loader.add_option(
-            "backorigin_403_is_miss_private_origins", bool, False,
-            "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
-            "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
-            "Refused unless this says so.",
-        )
-        loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
-        loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
+        add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options  # read once here, not per flow: an option read copies its value every time
@@ -120,8 +105,17 @@ class BackOrigin:
             self.probe.client.verify = upstream_verification(options)
 
     def _check_rules(self, book: RuleBook) -> None:
+        """What this addon's options require of the rules (the rules file checks each new book with it)."""
         if self._403_is_miss and not self._private_origins_ok:
             plan.refuse_private_origins(book)
+
+    def _rules_tried(self, flow: http.HTTPFlow, decided: Decision) -> list[str]:
+        """The mitmweb view's "rules tried" before a decision's rule."""
+        return plan.rules_tried(self.context.rulebook, ObjectRef(decided.bucket, decided.key), flow.request,
+                                decided.store_status, self._mirror_heads)
+
+    def _own_listeners(self) -> list[tuple[str, int]]:
+        return own_listeners(self.metrics, self.delivery)
 
     # hooks -----------------------------------------------------------------------------------
 
@@ -138,7 +132,7 @@ class BackOrigin:
         that asking is awaited: every other request costs no coroutine."""
         if flow.request.method not in ("GET", "HEAD"):
             return None
-        if flow.live and flow.response is None and self.mirroring.origin.marker.came_back(flow.request.headers.get_all(LOOP_HEADER)):
+        if flow.live and flow.response is None and self.mirror.origin.marker.came_back(flow.request.headers.get_all(LOOP_HEADER)):
             self._record(flow, refuse_loop(flow, self.context.object(flow) or ObjectRef("", "")))
             return None
         if not flow.live:
@@ -194,7 +188,7 @@ class BackOrigin:
             if 200 <= status < 300:
                 self.recorder.served_by_store(flow, plan.covering_rule_number(self.context.rulebook, ref))
         elif after.act is Act.MIRROR and self.context.acts(flow):
-            mirror = self.mirroring.mirror
+            mirror = self.mirror
             endpoint = self.context.endpoint(flow.request)
             assert endpoint is not None  # ref came from the same reading
             mirror.known.discard((endpoint, ref.bucket, ref.key))
@@ -221,7 +215,7 @@ class BackOrigin:
         """Send the client's request to the store ourselves; on a miss that a rule mirrors,
         deliver the mirror's answer (or answer a redirect rule right here); otherwise the store's
         answer is the client's (miss.probe), unless it is too large to have been read."""
-        mirror = self.mirroring.mirror
+        mirror = self.mirror
         reading = self.context.read(flow)
         assert reading is not None  # ref came from it
         endpoint = reading.endpoint
@@ -304,6 +298,29 @@ class BackOrigin:
 
     def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
         self.recorder.record(flow, decision, acted=self.context.acts(flow))
+
+
+def add_options(loader: Loader) -> None:
+    """BackOrigin's own options: how a GET/HEAD of an object is decided."""
+    loader.add_option(
+        "backorigin_head_on_miss", str, "object",
+        "HEAD of a missing object: 'object' answers it as the object will answer (it is fetched and stored), "
+        "for S3 tools that HEAD before they GET; 'oss' answers 404 unless the rule has MirrorAllowHeadObject.",
+        choices=HEAD_ON_MISS,
+    )
+    loader.add_option(
+        "backorigin_403_is_miss", bool, False,
+        "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
+        "(stores answer 403 instead of 404 to callers without ListBucket).",
+    )
+    loader.add_option(
+        "backorigin_403_is_miss_private_origins", bool, False,
+        "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
+        "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
+        "Refused unless this says so.",
+    )
+    loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
+    loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
 
 
 def refuse_loop(flow: http.HTTPFlow, looped: ObjectRef) -> Decision:

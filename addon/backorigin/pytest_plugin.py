@@ -274,7 +274,7 @@ def backorigin(tmp_path: Path) -> Iterator[BackOriginHarness]:
             loop.run_until_complete(_done(addon))
             loop.close()
         else:
-            release(addon.mirroring.mirror.writeback.spool.directory)
+            release(addon.parts.writeback.spool.directory)
 
 
 @pytest.fixture

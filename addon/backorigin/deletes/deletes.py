@@ -30,11 +30,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.listing.hiding import hide_tombstoned
-from backorigin.listing.merge import Lister
-from backorigin.listing.order import Order
 from backorigin.miss.mirror import Mirror
-from backorigin.miss.mirroring import Mirroring
+from backorigin.miss.mirroring import add_spool_fsync_option
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
 from backorigin.s3 import replies
@@ -51,6 +48,7 @@ from backorigin.tombstones.tombstones import (
     resolve_pending,
     room_for,
 )
+from backorigin.tombstones.tombstonesinforce import TombstonesInForce
 from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
@@ -62,19 +60,24 @@ Refuse = Callable[[http.HTTPFlow, replies.Reply], Awaitable[None]]  # answer a f
 
 
 class Deletes:
-    def __init__(self, context: Context, mirroring: Mirroring, refuse: Refuse) -> None:
-        """`refuse(flow, reply)`: answer a request whose body is still arriving without asking the store."""
+    def __init__(self, context: Context, mirror: Mirror, in_force: TombstonesInForce, refuse: Refuse) -> None:
+        """`mirror`: its fills and write-backs are forgotten when their object is deleted; `in_force`:
+        the tombstones this child opens and writes (backorigin.parts); `refuse(flow, reply)`: answer
+        a request whose body is still arriving without asking the store."""
         self.context = context
-        self.mirroring = mirroring
+        self.mirror = mirror
+        self.in_force = in_force
         self.refuse = refuse
-        self.stick = True
         self.store: str | None = None
-        self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
         self._intents: dict[str, Intent] = {}  # by flow id: deletes on their way to the store
         self._background: set[asyncio.Task[None]] = set()
-        self.location: str | None = None  # where they live (None: deletes do not stick), for the miss ledger
+
+    @property
+    def stick(self) -> bool:
+        return self.in_force.stick
 
     def load(self, loader: Loader) -> None:
+        add_spool_fsync_option(loader)
         loader.add_option(
             "backorigin_deletes", str, "stick",
             "'stick': a DeleteObject/DeleteObjects through the proxy leaves a tombstone, so the key is never mirrored "
@@ -90,35 +93,32 @@ class Deletes:
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
-        self.stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
+        stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
         stores = self.context.names.stores
         self.store = store = stores[0].address if len(stores) == 1 else None  # tombstones in the store: the one store's
-        spool = self.mirroring.mirror.writeback.spool.directory
-        if not hasattr(self, "tombstones") or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
+        writeback = self.mirror.writeback
+        spool = writeback.spool.directory
+        tombstones = self.in_force.tombstones if self.in_force.opened else None
+        if tombstones is None or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
             try:
-                found = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store,
-                                        fsync=options.backorigin_spool_fsync)
+                tombstones = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store,
+                                             fsync=options.backorigin_spool_fsync)
             except TombstonesError as e:
                 raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
-            assert found is not None  # there is a default folder
-            self.tombstones = found
-        self.location = (options.backorigin_tombstones or str(spool / "tombstones")) if self.stick else None
+            assert tombstones is not None  # there is a default folder
+        self.in_force.use(tombstones, options.backorigin_tombstones or str(spool / "tombstones"), stick)
         # the write-back worker checks tombstones before every upload, where they live
-        self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
+        writeback.tombstones = (options.backorigin_tombstones, store) if stick else None
 
     def running(self) -> None:
         """Deletes a crash left on their way are resolved in the background (tombstones.tombstones.resolve_pending)."""
-        self._in_background(resolve_pending(self.tombstones, self.store))
+        self._in_background(resolve_pending(self.in_force.tombstones, self.store))
 
     async def is_deleted(self, ref: ObjectRef) -> bool:
         """Whether a miss of the key must not mirror: it was deleted through the proxy."""
         if not self.stick or not covered_by_mirror(self.context.rulebook, ref):
             return False
-        return await is_tombstoned(self.tombstones, ref.bucket, ref.key)
-
-    def hide(self, bucket: str, base: str, order: Order, lister: Lister) -> Lister:
-        """An origin side's lister for a merged listing, less the keys deleted through the proxy."""
-        return hide_tombstoned(self.tombstones)(bucket, base, order, lister) if self.stick else lister
+        return await is_tombstoned(self.in_force.tombstones, ref.bucket, ref.key)
 
     # hooks -------------------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class Deletes:
         endpoint = self.context.endpoint(flow.request)
         if endpoint is None:  # set aside (s3.reading): refs came from the same reading, so never here
             return None
-        self.mirroring.mirror.writeback.hold((endpoint, ref.bucket, ref.key))
+        self.mirror.writeback.hold((endpoint, ref.bucket, ref.key))
         flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key, versioned]]
         return self._take_room(flow, ref.bucket, ref.key)
 
@@ -155,7 +155,7 @@ class Deletes:
         length = flow.request.headers.get("content-length", "")
         room = room_for(bucket, key, int(length) if length.isascii() and length.isdigit() else None)
         try:
-            self._intents[flow.id] = await asyncio.to_thread(self.tombstones.reserve, bucket, key, room)
+            self._intents[flow.id] = await asyncio.to_thread(self.in_force.tombstones.reserve, bucket, key, room)
         except NoRoom as e:
             logger.error("%s %s refused, the store not asked: %s", flow.request.method, flow.request.pretty_url, e)
             refused = replies.s3_error(503, "ServiceUnavailable", "The proxy has no room on its disk for this delete's "
@@ -185,7 +185,7 @@ class Deletes:
         else:
             keys = [(ref.bucket, ref.key)] if write_kind(flow.request) is not None and (ref := self.context.object(flow)) else []
         for bucket, key in keys:
-            self.mirroring.mirror.guard.not_found.forget(bucket, key)
+            self.mirror.guard.not_found.forget(bucket, key)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The answer to a DeleteObjects is read as it passes (its <Deleted> and <Error> keys). It
@@ -207,7 +207,7 @@ class Deletes:
             self._release(held)
         written = self.context.object(flow) if succeeded and kind is WriteKind.CREATE else None
         if written and await self.is_deleted(written):
-            await asyncio.to_thread(self.tombstones.discard, written.bucket, written.key)
+            await asyncio.to_thread(self.in_force.tombstones.discard, written.bucket, written.key)
             logger.info("tombstone of s3://%s/%s cleared by a write", written.bucket, written.key)
 
     async def _settle(self, flow: http.HTTPFlow, intent: Intent, deleted_one: list[ObjectKey]) -> None:
@@ -226,10 +226,10 @@ class Deletes:
             versioned = {ref.key for ref, only_version in self._deleted_by(flow, []) if only_version} if deleted else set()
         gone = [key for key in deleted if key[2] not in versioned or not await self._still_there(key)]
         if not gone:
-            await asyncio.to_thread(self.tombstones.withdraw, intent)
+            await asyncio.to_thread(self.in_force.tombstones.withdraw, intent)
             return
         try:
-            await asyncio.to_thread(self.tombstones.commit, intent, [key for _, _, key in gone])
+            await asyncio.to_thread(self.in_force.tombstones.commit, intent, [key for _, _, key in gone])
         except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
             logger.error("%s %s: the store deleted, but the tombstones could not be written: %s; the client is told "
                          "to retry", flow.request.method, flow.request.pretty_url, e)
@@ -241,19 +241,16 @@ class Deletes:
                     ObjectRef(intent.bucket, intent.key or ""), [("retry-after", "5")]))
             return
         logger.info("tombstone(s) for %s", ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in gone))
-        self._in_background(overtake(self.mirroring.mirror, self.tombstones, gone, flow.request.timestamp_start))
+        self._in_background(overtake(self.mirror, self.in_force.tombstones, gone, flow.request.timestamp_start))
 
     def error(self, flow: http.HTTPFlow) -> None:
         """No answer from the store (the client or the store went away): the delete did nothing we know of."""
         self._release([(str(e), str(b), str(k)) for e, b, k, _ in flow.metadata.pop(DELETING_KEY, [])])
         intent = self._intents.pop(flow.id, None)
         if intent is not None:
-            self._in_background(asyncio.to_thread(self.tombstones.withdraw, intent))
+            self._in_background(asyncio.to_thread(self.in_force.tombstones.withdraw, intent))
 
     # after a delete ------------------------------------------------------------------------------
-
-    def count(self) -> int | None:
-        return self.tombstones.count()
 
     def done(self) -> Awaitable[object]:
         """Shutdown: what runs in the background (a withdrawal waiting for a stuck upload) stops."""
@@ -277,13 +274,13 @@ class Deletes:
             logger.warning("s3://%s/%s: a version was deleted and the store cannot say what is left (%s): tombstone",
                            bucket, name, describe_error(e))
             return False
-        if there and await is_tombstoned(self.tombstones, bucket, name):
-            await asyncio.to_thread(self.tombstones.discard, bucket, name)
+        if there and await is_tombstoned(self.in_force.tombstones, bucket, name):
+            await asyncio.to_thread(self.in_force.tombstones.discard, bucket, name)
             logger.info("tombstone of s3://%s/%s cleared: a version's delete left it in the store", bucket, name)
         return there
 
     def _release(self, keys: list[ObjectKey]) -> None:
-        writeback = self.mirroring.mirror.writeback
+        writeback = self.mirror.writeback
         for key in keys:
             writeback.release(key)
 

@@ -11,6 +11,7 @@ from typing import Any
 from backorigin.listing.merge import Lister
 from backorigin.listing.order import Order, order_key
 from backorigin.tombstones.tombstones import Tombstones
+from backorigin.tombstones.tombstonesinforce import TombstonesInForce
 
 Hide = Callable[[str, str, Order, Lister], Lister]  # (bucket, base, order, an origin's lister) -> the lister less tombstones
 
@@ -60,3 +61,10 @@ class _Cursor:
             self.window, self.at = listed, 0
             if listed:
                 self.after = listed[-1]
+
+
+def hide_in_force(in_force: TombstonesInForce) -> Hide:
+    """hide_tombstoned over the tombstones in force, while deletes stick; else listers pass as they are."""
+    def hide(bucket: str, base: str, order: Order, lister: Lister) -> Lister:
+        return hide_tombstoned(in_force.tombstones)(bucket, base, order, lister) if in_force.stick else lister
+    return hide

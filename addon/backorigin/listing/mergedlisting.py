@@ -15,7 +15,8 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.listing.merge import Lister, Side, merged_listing
+from backorigin.listing.hiding import Hide
+from backorigin.listing.merge import Side, merged_listing
 from backorigin.listing.order import Learned, Order, reordered
 from backorigin.listing.request import ListingError, is_our_token, list_request
 from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order, without
@@ -30,8 +31,6 @@ from backorigin.s3.storeclient import StoreClient, upstream_proxy, upstream_veri
 logger = logging.getLogger(__name__)
 
 NOT_S3_RETRY = 60.0  # seconds an origin that did not answer like S3 is left out before it is asked again
-# (bucket, base, order, an origin side's lister) -> that lister less the keys deleted through the proxy
-Tombstoned = Callable[[str, str, Order, Lister], Lister]
 
 
 class MergedListing:
@@ -39,11 +38,11 @@ class MergedListing:
     with a probe) and of each origin (learned from its pages), and the store client that asks
     whether the store lets the client list."""
 
-    def __init__(self, context: Context | None = None, tombstoned: Tombstoned | None = None,
+    def __init__(self, context: Context | None = None, tombstoned: Hide | None = None,
                  store_client: Callable[[str], Any] = shared_s3_client,
                  leases_under: Callable[[str], str | None] = lambda bucket: None) -> None:
         """`tombstoned(bucket, base, order, lister)`: an origin side's lister less the keys deleted
-        through the proxy, which origins do not list (listing.hiding.hide_tombstoned: it asks only
+        through the proxy, which origins do not list (listing.hiding.hide_in_force: it asks only
         about the keys listed); `store_client(endpoint)`: a boto3 client with the proxy's own credentials;
         `leases_under(bucket)`: the prefix of the bucket's own keys that are the fleet's leases
         (miss.leases), left out of the store's side."""
@@ -110,7 +109,7 @@ class MergedListing:
             return self._store_orders[endpoint]
 
     async def sides(self, bucket: str, book: RuleBook, store_endpoint: str, request: http.Request,
-                    tombstoned: Tombstoned | None = None) -> list[Side]:
+                    tombstoned: Hide | None = None) -> list[Side]:
         """The store's side and the side of every merged rule's origin that answers like S3, in
         RuleNumber order (less the keys `tombstoned` leaves out); just the store's when no rule is merged.
         Each origin is read in the store's order: as it lists when its pages showed that is its order,
@@ -164,7 +163,7 @@ class MergedListing:
 
     async def answer(
         self, request: http.Request, book: RuleBook, reading: Reading, via: str | None = None,
-        tombstoned: Tombstoned | None = None,
+        tombstoned: Hide | None = None,
     ) -> http.Response | None:
         """The merged answer to a ListObjects(V2) request, or None: not a listing, no merged rule
         for its bucket, a continuation token that is not ours (the store's own), or the store did

@@ -7,9 +7,8 @@ from __future__ import annotations
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.miss.leases import owner_name
+from backorigin.miss.leases import Leases, owner_name
 from backorigin.miss.leasestore import DEFAULT_PLACE, LeasePlace, LeaseSettings
-from backorigin.miss.mirroring import Mirroring
 from backorigin.options import parse_seconds
 from backorigin.tombstones.tombstones import StoreTombstones
 from backorigin.writeback.proxyspools import proxy_name
@@ -27,8 +26,8 @@ def lease_place(where: str) -> LeasePlace | None:
 
 
 class FleetLeases:
-    def __init__(self, mirroring: Mirroring) -> None:
-        self.mirroring = mirroring
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -50,7 +49,7 @@ class FleetLeases:
         )
 
     def configure(self, updated: set[str]) -> None:
-        leases = self.mirroring.mirror.leases
+        leases = self.leases
         if leases.settings.owner and not {*OPTIONS, "listen_host", "listen_port", "mode"} & updated:
             return  # configured before, and nothing it depends on changed
         options = ctx.options

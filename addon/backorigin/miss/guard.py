@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from cachetools import TTLCache
 
+from backorigin.miss.origin import Failure, OriginResult
 from backorigin.rules.targets import OriginRequest
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,10 @@ class GuardSettings:
     cooldown: float = 10.0
 
 
+# failures that count towards opening an origin's circuit, besides its 5xx answers
+BREAKING = frozenset({Failure.NETWORK, Failure.TIMEOUT, Failure.INTEGRITY})
+
+
 @dataclass
 class OriginGuard:
     """The three for every origin host (circuits per host and tenant), made as they are first
@@ -330,6 +335,11 @@ class OriginGuard:
                      lambda: Breaker(f"{host} (bucket {bucket}, {'signed' if signed else 'anonymous'} clients)", s.failures,
                                      s.window, s.cooldown, self.now),
                      Breaker.as_new)
+
+    def observe(self, request: OriginRequest, url: str, result: OriginResult) -> None:
+        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit for
+        the tenant (miss.origin's OriginClient tells the guard of each)."""
+        self.breaker_for(url, request.tenant).record(result.failure in BREAKING or (result.status or 0) >= 500)
 
 
 def _kept(table: OrderedDict[Any, Any], name: Hashable, make: Callable[[], Any], as_new: Callable[[Any], bool]) -> Any:

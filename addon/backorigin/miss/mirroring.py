@@ -14,10 +14,10 @@ from mitmproxy.addonmanager import Loader
 
 from backorigin.limits import MAX_OBJECT_SIZE, SPOOL_MIN_FREE, WHOLE_ANSWER_LIMIT
 from backorigin.miss.mirror import Mirror
-from backorigin.miss.origin import OriginClient, Timeouts
+from backorigin.miss.origin import Timeouts
 from backorigin.options import parse_seconds, parse_size
+from backorigin.s3.stores import add_s3_endpoint_option
 from backorigin.writeback.proxyspools import SpoolInUse, claim, default_spool, describe, left_behind, proxy_name, release
-from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +29,22 @@ _TIMEOUT_OPTIONS = {
 }
 
 
+def add_spool_fsync_option(loader: Loader) -> None:
+    """backorigin_spool_fsync, declared by each child that reads it (the deletes' tombstones follow it)."""
+    loader.add_option(
+        "backorigin_spool_fsync", bool, False,
+        "fsync a mirrored body and its manifest before the last byte of its answer goes out (survives power "
+        "loss); off: they are in the page cache by then (survives a crash of the proxy, kill -9 included).",
+    )
+
+
 class Mirroring:
-    def __init__(self) -> None:
-        self.origin = OriginClient()
-        self.mirror: Mirror  # needs the spool directory: made at the first configure
+    def __init__(self, mirror: Mirror) -> None:
+        """`mirror`: the one mirror of the proxy (backorigin.parts); this child opens its spool at
+        the first configure, starts its write-backs and drains them."""
+        self.mirror = mirror
+        self.origin = mirror.origin
+        self._spool: Path | None = None  # the spool this proxy holds, once claimed
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -58,11 +70,8 @@ class Mirroring:
             "Hosts an origin's redirect may lead to although they are not public (private, loopback...) and not the "
             "rule's own (MirrorURL's or MirrorURLSlave's host). The rule's headers and MirrorAuth never go there.",
         )
-        loader.add_option(
-            "backorigin_spool_fsync", bool, False,
-            "fsync a mirrored body and its manifest before the last byte of its answer goes out (survives power "
-            "loss); off: they are in the page cache by then (survives a crash of the proxy, kill -9 included).",
-        )
+        add_spool_fsync_option(loader)
+        add_s3_endpoint_option(loader)
         loader.add_option(
             "backorigin_spool_dir", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
             "Directory where pending write-backs (and, by default, tombstones) wait; they survive restarts. Default: one "
@@ -97,11 +106,10 @@ class Mirroring:
         for name in ("backorigin_writeback_workers", "backorigin_writeback_queue"):
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name}: must be at least 1")
-        configured = hasattr(self, "mirror")
-        if configured and {"backorigin_spool_dir", "confdir"} & updated:
-            if spool_of(options) != self.mirror.writeback.spool.directory:
+        if self._spool is not None and {"backorigin_spool_dir", "confdir"} & updated:
+            if spool_of(options) != self._spool:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
-        if not configured:  # the listen address names the default spool once: moving it takes a restart
+        if self._spool is None:  # the listen address names the default spool once: moving it takes a restart
             spool = spool_of(options)
             try:
                 claim(spool, proxy_name(options.mode, options.listen_host, options.listen_port))
@@ -109,8 +117,8 @@ class Mirroring:
                 raise exceptions.OptionsError(
                     f"backorigin_spool_dir: {e}; give each proxy its own spool (another listen address, or "
                     f"--set backorigin_spool_dir=DIR)") from None
-            writeback = WriteBackSupervisor(spool, fsync=options.backorigin_spool_fsync)
-            self.mirror = Mirror(self.origin, writeback, fsync=options.backorigin_spool_fsync)
+            self.mirror.writeback.open(spool, fsync=options.backorigin_spool_fsync)
+            self._spool = spool
         writeback = self.mirror.writeback
         self.mirror.min_free = parse_size("backorigin_spool_min_free", options.backorigin_spool_min_free)
         if "backorigin_spool_fsync" in updated:
@@ -133,7 +141,8 @@ class Mirroring:
         """Cancel fetches under way, drain the write-backs (up to backorigin_shutdown_timeout),
         then let go of the spool."""
         await self.mirror.shutdown(parse_seconds("backorigin_shutdown_timeout", ctx.options.backorigin_shutdown_timeout))
-        release(self.mirror.writeback.spool.directory)
+        if self._spool is not None:
+            release(self._spool)
 
 
 def spool_of(options: Any) -> Path:

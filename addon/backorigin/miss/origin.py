@@ -218,6 +218,10 @@ class Answer:
         return self._response.content.iter_any()
 
 
+# told of every URL's result, with the request it was asked for (miss.guard's OriginGuard.observe)
+Observer = Callable[[OriginRequest, str, OriginResult], None]
+
+
 class OriginClient:
     """One connection pool (httpclient) for all origins; follows redirects itself, and only where the
     rule points: to the rule's own hosts (MirrorURL's and MirrorURLSlave's, on any scheme or port),
@@ -230,7 +234,12 @@ class OriginClient:
     body up to that limit must arrive within the total timeout, a larger one within the copy
     timeout. `verify`: TLS verification (certifi's CA store, or a CA file); `pacing`: see Pacing."""
 
-    def __init__(self, timeouts: Timeouts | None = None, pacing: Pacing | None = None, verify: bool | str = True) -> None:
+    def __init__(self, timeouts: Timeouts | None = None, pacing: Pacing | None = None, verify: bool | str = True,
+                 observe: Observer = lambda request, url, result: None,
+                 own_listeners: Callable[[], Iterable[tuple[str, int]]] = lambda: ()) -> None:
+        """`observe(request, url, result)`: told of every URL's result, with the request it was asked
+        for (miss.guard's circuits); `own_listeners()`: (host, port) of every socket the proxy
+        listens on, never fetched from."""
         self.timeouts = timeouts or Timeouts()
         self.max_size = parse_size("backorigin_max_object_size", MAX_OBJECT_SIZE)
         self.allowed_hosts: frozenset[str] = frozenset()
@@ -238,10 +247,8 @@ class OriginClient:
         self._pacing = pacing
         self._probes: dict[str, tuple[float, bool]] = {}
         self.marker = LoopMarker()  # on every request it sends: the proxy knows its own fetches coming back
-        # (host, port) of every socket the proxy listens on: never fetched from (set by the addon)
-        self.own_listeners: Callable[[], Iterable[tuple[str, int]]] = lambda: ()
-        # every URL's result, with the request it was asked for (miss.guard)
-        self.observe: Callable[[OriginRequest, str, OriginResult], None] = lambda request, url, result: None
+        self.own_listeners = own_listeners
+        self.observe = observe
         self._session = httpclient.Session()  # no cookie jar, no proxy variables of this machine
 
     async def aclose(self) -> None:

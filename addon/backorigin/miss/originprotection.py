@@ -7,8 +7,7 @@ from __future__ import annotations
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.miss.guard import GuardSettings
-from backorigin.miss.mirroring import Mirroring
+from backorigin.miss.guard import GuardSettings, OriginGuard
 from backorigin.options import parse_seconds
 
 OPTIONS = ("backorigin_origin_404_ttl", "backorigin_origin_concurrency", "backorigin_origin_queue",
@@ -16,8 +15,8 @@ OPTIONS = ("backorigin_origin_404_ttl", "backorigin_origin_concurrency", "backor
 
 
 class OriginProtection:
-    def __init__(self, mirroring: Mirroring) -> None:
-        self.mirroring = mirroring
+    def __init__(self, guard: OriginGuard) -> None:
+        self.guard = guard
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -56,7 +55,7 @@ class OriginProtection:
                 raise exceptions.OptionsError(f"{name}: must be at least 1")
         if options.backorigin_breaker_failures < 0:
             raise exceptions.OptionsError("backorigin_breaker_failures: must be 0 (never) or more")
-        self.mirroring.mirror.guard.configure(GuardSettings(
+        self.guard.configure(GuardSettings(
             not_found_ttl=parse_seconds("backorigin_origin_404_ttl", options.backorigin_origin_404_ttl, zero_is_off=True),
             concurrency=options.backorigin_origin_concurrency,
             queue=options.backorigin_origin_queue,

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
 from backorigin.deletes.deletes import ReadingBody, deleted_objects, read_as_it_passes
-from backorigin.miss.mirroring import Mirroring
 from backorigin.options import parse_seconds
 from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
@@ -33,6 +32,7 @@ from backorigin.rules.rulesfile import CHECK_EVERY
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
 from backorigin.s3.reading import plain_key
+from backorigin.writeback.supervisor import WriteBackSupervisor
 from backorigin.writethrough.journal import Change
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
 from backorigin.xmlsafe import ObjectsReader
@@ -42,9 +42,13 @@ _READS = ("GET", "HEAD")
 
 
 class WriteThrough:
-    def __init__(self, context: Context, mirroring: Mirroring) -> None:
+    def __init__(self, context: Context, writeback: WriteBackSupervisor,
+                 synced: Callable[[float], None] = lambda seconds: None) -> None:
+        """`writeback`: the journal lives in its spool, which this proxy holds; `synced(seconds)`:
+        told of each entry's time from its write's answer to the origin's copy (ui.metrics)."""
         self.context = context
-        self.mirroring = mirroring  # the journal lives in its spool, which this proxy holds
+        self.writeback = writeback
+        self.synced = synced
         self.supervisor: WriteThroughSupervisor | None = None
         self._book: RuleBook | None = None  # the rules whose secrets the worker has
         self._watcher: asyncio.Task[None] | None = None
@@ -63,7 +67,7 @@ class WriteThrough:
         if options.backorigin_writethrough_workers < 1:
             raise exceptions.OptionsError("backorigin_writethrough_workers: must be at least 1")
         if self.supervisor is None:
-            self.supervisor = WriteThroughSupervisor(self.mirroring.mirror.writeback.spool.directory / "writethrough")
+            self.supervisor = WriteThroughSupervisor(self.writeback.spool.directory / "writethrough", synced=self.synced)
         self.supervisor.workers = options.backorigin_writethrough_workers  # read when a worker starts
         self.supervisor.journal.fsync = options.backorigin_writethrough_fsync
 
