@@ -4,8 +4,9 @@ Loaded by mitmproxy from addon/script.py:
     mitmdump -s addon/script.py --mode reverse:http://STORE:PORT --set backorigin_rules=rules.json
 
 `BackOrigin` holds rules -> decision -> act for GETs and HEADs of objects: which object
-(s3.addressing), what the rules say (rules.plan.plan_get), asking the store first (miss.probe),
-then a redirect (rules.targets), or a mirror (miss.mirror, answered by miss.delivery). Each other
+(s3.addressing), what it gets (decider, the one place that decides, with rules.plan.plan_get),
+asking the store first (miss.probe), then a redirect (rules.targets), or a mirror (miss.mirror,
+answered by miss.delivery); its request and response hooks only adapt the flow to it. Each other
 concern is a child addon with its own options and hooks: the rules file, the mirror machinery
 and its spool, deletes, write-through, the merged listing, the miss delivery, metrics, the ledger,
 commands and the mitmweb view. mitmproxy runs this addon's hook first, then its children's, in order.
@@ -21,7 +22,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.decision import METADATA_KEY, RECORDED_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
+from backorigin.decider import Decided, Decider, settled
+from backorigin.decision import METADATA_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
 from backorigin.deletes.deletes import Deletes
 from backorigin.limits import STREAM_LARGE_BODIES
 from backorigin.listing.hiding import hide_in_force
@@ -36,7 +38,7 @@ from backorigin.options import GivenOnce, check_choice
 from backorigin.parts import Parts
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
-from backorigin.rules.plan import Act, GetPlan, plan_get
+from backorigin.rules.plan import Act, GetPlan
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
@@ -62,8 +64,6 @@ class BackOrigin:
     def __init__(self) -> None:
         """The shared parts first (backorigin.parts), then each child with what it uses, in the
         order mitmproxy calls them."""
-        self._mirror_heads = True
-        self._403_is_miss = False
         self._private_origins_ok = False
         self.rules_file = RulesFile(check=self._check_rules)
         set_aside = SetAsideLog()
@@ -76,6 +76,7 @@ class BackOrigin:
         self.delivery = MissDelivery(self.recorder)
         self.deletes = Deletes(self.context, parts.mirror, parts.tombstones, self.delivery.refuse)
         self.writethrough = WriteThrough(self.context, parts.writeback, synced=parts.measures.synced)
+        self.decider = Decider(self.context, self.writethrough.writing, self.deletes.is_deleted)
         self.listing = MergedListing(self.context, hide_in_force(parts.tombstones), leases_under=parts.leases.prefix_in)
         self.metrics = MetricsEndpoint(
             parts.measures, AddonState(self.recorder.stats, parts.writeback, parts.tombstones.count, parts.guard, parts.leases,
@@ -94,8 +95,8 @@ class BackOrigin:
         options = ctx.options  # read once here, not per flow: an option read copies its value every time
         self.context.dry_run = options.backorigin_dry_run
         self.recorder.debug_header = options.backorigin_debug_header
-        self._mirror_heads = check_choice("backorigin_head_on_miss", options.backorigin_head_on_miss, HEAD_ON_MISS) == "object"
-        self._403_is_miss = options.backorigin_403_is_miss
+        self.decider.mirror_heads = check_choice("backorigin_head_on_miss", options.backorigin_head_on_miss, HEAD_ON_MISS) == "object"
+        self.decider.denied_is_miss = options.backorigin_403_is_miss
         self._private_origins_ok = options.backorigin_403_is_miss_private_origins
         try:
             self._check_rules(self.context.rulebook)
@@ -106,13 +107,13 @@ class BackOrigin:
 
     def _check_rules(self, book: RuleBook) -> None:
         """What this addon's options require of the rules (the rules file checks each new book with it)."""
-        if self._403_is_miss and not self._private_origins_ok:
+        if self.decider.denied_is_miss and not self._private_origins_ok:
             plan.refuse_private_origins(book)
 
     def _rules_tried(self, flow: http.HTTPFlow, decided: Decision) -> list[str]:
         """The mitmweb view's "rules tried" before a decision's rule."""
         return plan.rules_tried(self.context.rulebook, ObjectRef(decided.bucket, decided.key), flow.request,
-                                decided.store_status, self._mirror_heads)
+                                decided.store_status, self.decider.mirror_heads)
 
     def _own_listeners(self) -> list[tuple[str, int]]:
         return own_listeners(self.metrics, self.delivery)
@@ -140,7 +141,7 @@ class BackOrigin:
         ref = self._candidate(flow)
         if ref is None:
             return None
-        before = plan_get(self.context.rulebook, ref, flow.request, None, mirror_heads=self._mirror_heads)
+        before = self.decider.before_store(flow, ref)
         if before.act is Act.REDIRECT:
             self._redirect(flow, ref, before)
         elif before.act is Act.ASK_STORE and self.context.acts(flow) and flow.response is None:
@@ -171,31 +172,40 @@ class BackOrigin:
         ref = self._candidate(flow)
         if ref is None:
             return None
-        book, status = self.context.rulebook, response.status_code
-        if 200 <= status < 300 and self.context.acts(flow) and not book.may_act_on(ref.bucket, status):
-            self.recorder.served_by_store(flow, plan.covering_rule_number(book, ref))
-            return None
-        return self._after_store(flow, response, ref)
+        status = response.status_code
+        body = (response.get_content(strict=False) or b"") if status in (403, 404) else b""
+        decided = self.decider.after_store(flow, ref, status, body, lambda: tuple(response.headers.items(multi=True)),
+                                           unrecorded_replay=flow.is_replay == "response" and not response.raw_content)
+        if isinstance(decided, Decided):
+            return self._act_after_store(flow, response, ref, decided)
+        return self._act_once_decided(flow, response, ref, decided)
 
-    async def _after_store(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef) -> None:
-        status = await self._store_status(flow, response, ref)
-        if status is None:
-            return
-        body = (response.raw_content or b"") if response.status_code >= 400 else b""  # a hit's body may be large, or gone
-        answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), body)
-        after = await self._plan(flow, ref, status, answer)
+    async def _act_once_decided(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef,
+                                decided: Awaitable[Decided]) -> None:
+        if (acting := self._act_after_store(flow, response, ref, await decided)) is not None:
+            await acting
+
+    def _act_after_store(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef,
+                         decided: Decided) -> Awaitable[None] | None:
+        """The store's answer went through mitmproxy: it stands (a hit is counted here, the one
+        place), or a rule redirects, or a mirror answers instead (miss.delivery's late delivery)."""
+        after = decided.plan
         if after.act is Act.STORE:
-            if 200 <= status < 300:
+            if 200 <= response.status_code < 300:
                 self.recorder.served_by_store(flow, plan.covering_rule_number(self.context.rulebook, ref))
         elif after.act is Act.MIRROR and self.context.acts(flow):
-            mirror = self.mirror
-            endpoint = self.context.endpoint(flow.request)
-            assert endpoint is not None  # ref came from the same reading
-            mirror.known.discard((endpoint, ref.bucket, ref.key))
-            miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
-            await self.delivery.deliver_late(flow, mirror, miss, answer, ref)
+            return self._mirror_late(flow, response, ref, after)
         else:
-            self._act_without_origin(flow, ref, after, status)
+            self._act_without_origin(flow, ref, after, decided.status)
+        return None
+
+    async def _mirror_late(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef, after: GetPlan) -> None:
+        endpoint = self.context.endpoint(flow.request)
+        assert endpoint is not None  # ref came from the same reading
+        self.mirror.known.discard((endpoint, ref.bucket, ref.key))
+        miss = await self.mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
+        answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), response.raw_content or b"")
+        await self.delivery.deliver_late(flow, self.mirror, miss, answer, ref)
 
     def done(self) -> asyncio.Task[None]:
         # Synchronous on purpose: mitmproxy calls done() synchronously on script reload, so an
@@ -228,15 +238,10 @@ class BackOrigin:
         stored = plan.shows_object(answer.status)
         if stored:
             mirror.known.add(known)
-        status = plan.rules_status(flow.request.method, answer.status, answer.body)
-        if plan.may_hide_a_miss(answer.status, answer.body, self._403_is_miss):
-            status = await self.probe.denied_status(endpoint, ref)
+        decided = await settled(self.decider.after_store(flow, ref, answer.status, answer.body, lambda: answer.headers))
         if not stored and known in mirror.known:  # stored while we asked: the store answers again
             return
-        if status is None:
-            answer_from_store(flow, answer)
-            return
-        after = await self._plan(flow, ref, status, answer)
+        after = decided.plan
         if after.act is Act.MIRROR:
             miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
             if miss is not None:  # None: stored meanwhile (by this proxy or another), the request goes to the store
@@ -244,14 +249,9 @@ class BackOrigin:
             return
         if after.act is not Act.REDIRECT:
             answer_from_store(flow, answer)
-        self._act_without_origin(flow, ref, after, status)
+        self._act_without_origin(flow, ref, after, decided.status)
 
-    async def _plan(self, flow: http.HTTPFlow, ref: ObjectRef, status: int, answer: StoreAnswer) -> GetPlan:
-        deleted = status == 404 and (self.writethrough.writing(flow, ref) or await self.deletes.is_deleted(ref))
-        return plan_get(self.context.rulebook, ref, flow.request, status, mirror_heads=self._mirror_heads,
-                        delete_marker=plan.is_delete_marker(answer.headers), deleted=deleted)
-
-    def _act_without_origin(self, flow: http.HTTPFlow, ref: ObjectRef, after: GetPlan, status: int) -> None:
+    def _act_without_origin(self, flow: http.HTTPFlow, ref: ObjectRef, after: GetPlan, status: int | None) -> None:
         """A redirect; a miss not mirrored (the store's 404 stands); a mirror only decided (dry run, replay)."""
         if after.act is Act.REDIRECT:
             self._redirect(flow, ref, after, store_status=status)
@@ -261,20 +261,6 @@ class BackOrigin:
             origin_url = after.origin.url if after.origin is not None else ""
             self._record(flow, Decision(ref.bucket, ref.key, Action.MIRROR, after.rule.RuleNumber, after.outcome,
                                         origin_url=origin_url, detail=after.detail, store_status=status))
-
-    async def _store_status(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef) -> int | None:
-        """The store's status as the rules see it (rules.plan), from the store's answer or, for a
-        replayed flow the recording answered itself, from its recorded decision. None: no rule may act."""
-        if not flow.live and (recorded := plan.recorded_status(flow.metadata.get(RECORDED_KEY))):
-            return recorded
-        body = (response.get_content(strict=False) or b"") if response.status_code in (403, 404) else b""
-        unrecorded = flow.is_replay == "response" and not response.raw_content
-        status = plan.rules_status(flow.request.method, response.status_code, body, unrecorded_replay=unrecorded)
-        if plan.may_hide_a_miss(response.status_code, body, self._403_is_miss):
-            if not self.context.acts(flow):
-                return 404  # a replay cannot ask the store; it assumes the object was missing
-            return await self.probe.denied_status(endpoint, ref) if (endpoint := self.context.endpoint(flow.request)) else 403
-        return status
 
     # the pieces ------------------------------------------------------------------------------
 
