@@ -8,7 +8,7 @@ import inspect
 from mitmproxy.test import taddons
 
 from backorigin.context import Context
-from backorigin.decider import Decided, Decider
+from backorigin.decider import Decided, Decider, settled
 from backorigin.rules.plan import Act
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.s3.addressing import ObjectRef
@@ -38,11 +38,11 @@ async def test_a_hit_is_decided_at_once_and_a_miss_is_awaited(rules_file):
     flow = store_answer(ref.bucket, ref.key)
     pending = decider.after_store(flow, ref, 404, error_body("NoSuchKey", "m", ref, "r"), no_headers)
     assert inspect.isawaitable(pending)
-    miss = await pending
+    miss = await settled(pending)
     assert (miss.plan.act, miss.status) == (Act.MIRROR, 404)
     gone = ObjectRef("mirror-bucket", "gone")
-    deleted = await decider.after_store(store_answer(gone.bucket, gone.key), gone, 404,
-                                        error_body("NoSuchKey", "m", gone, "r"), no_headers)
+    deleted = await settled(decider.after_store(store_answer(gone.bucket, gone.key), gone, 404,
+                                                error_body("NoSuchKey", "m", gone, "r"), no_headers))
     assert deleted.plan.act is Act.KEEP_404
 
 
