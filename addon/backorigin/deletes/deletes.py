@@ -31,8 +31,7 @@ from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
 from backorigin.miss.mirror import Mirror
-from backorigin.miss.mirroring import add_spool_fsync_option
-from backorigin.options import check_choice
+from backorigin.options import check_choice, declare
 from backorigin.rules.plan import covered_by_mirror
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectKey, ObjectRef, WriteKind, write_kind
@@ -49,6 +48,7 @@ from backorigin.tombstones.tombstones import (
     room_for,
 )
 from backorigin.tombstones.tombstonesinforce import TombstonesInForce
+from backorigin.writeback.writebacksettings import WriteBackSettings
 from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Deletes:
         return self.in_force.stick
 
     def load(self, loader: Loader) -> None:
-        add_spool_fsync_option(loader)
+        declare(WriteBackSettings, loader)  # backorigin_spool_fsync: the tombstones beside the spool follow it
         loader.add_option(
             "backorigin_deletes", str, "stick",
             "'stick': a DeleteObject/DeleteObjects through the proxy leaves a tombstone, so the key is never mirrored "

@@ -23,6 +23,7 @@ from cachetools import TTLCache
 from backorigin.s3.addressing import ObjectKey
 from backorigin.writeback.process import WorkerProcess
 from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
+from backorigin.writeback.writebacksettings import WriteBackSettings
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class WriteBackSupervisor:
     (`landed`, on the event loop, once a write-back has ended for good)."""
 
     def __init__(
-        self, spool_dir: Path | None = None, workers: int = 4, max_pending: int = 1000, fsync: bool = False,
+        self, spool_dir: Path | None = None, workers: int = WriteBackSettings.workers,
+        max_pending: int = WriteBackSettings.max_pending, fsync: bool = False,
         landed: Callable[[ObjectUpload, WriteBackOutcome, str], None] = lambda upload, outcome, detail: None,
     ) -> None:
         """`spool_dir`: the spool, or None until `open` (the proxy's spool is known at its first configure)."""

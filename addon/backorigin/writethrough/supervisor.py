@@ -17,6 +17,7 @@ from typing import Any
 from backorigin.s3.addressing import ObjectKey
 from backorigin.writeback.process import Message, WorkerProcess
 from backorigin.writethrough.journal import Change, Entry, Journal
+from backorigin.writethrough.writethroughsettings import WriteThroughSettings
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Pending:
 
 
 class WriteThroughSupervisor:
-    def __init__(self, directory: Path, fsync: bool = True, workers: int = 4,
+    def __init__(self, directory: Path, fsync: bool = WriteThroughSettings.fsync, workers: int = WriteThroughSettings.workers,
                  synced: Callable[[float], None] = lambda seconds: None) -> None:
         """`synced(seconds)`: told of each entry's time from its write's answer to the origin's copy (ui.metrics)."""
         self.journal = Journal(directory, fsync)

@@ -20,12 +20,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
 from backorigin.deletes.deletes import ReadingBody, deleted_objects, read_as_it_passes
-from backorigin.options import parse_seconds
+from backorigin.options import declare, parse_seconds, read_settings
 from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
 from backorigin.rules.rulesfile import CHECK_EVERY
@@ -35,6 +35,7 @@ from backorigin.s3.reading import plain_key
 from backorigin.writeback.supervisor import WriteBackSupervisor
 from backorigin.writethrough.journal import Change
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
+from backorigin.writethrough.writethroughsettings import WriteThroughSettings
 from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
@@ -54,22 +55,14 @@ class WriteThrough:
         self._watcher: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("backorigin_writethrough_workers", int, 4,
-                          "Keys the write-through worker copies to origins at once (buckets with \"WriteThrough\": true).")
-        loader.add_option(
-            "backorigin_writethrough_fsync", bool, True,
-            "fsync each write-through journal entry before the write's answer goes out (a write acknowledged reaches "
-            "the origin across a power loss); off: the page cache has it by then (across kill -9 of any process).",
-        )
+        declare(WriteThroughSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
-        options = ctx.options
-        if options.backorigin_writethrough_workers < 1:
-            raise exceptions.OptionsError("backorigin_writethrough_workers: must be at least 1")
+        settings = read_settings(WriteThroughSettings, ctx.options)
         if self.supervisor is None:
             self.supervisor = WriteThroughSupervisor(self.writeback.spool.directory / "writethrough", synced=self.synced)
-        self.supervisor.workers = options.backorigin_writethrough_workers  # read when a worker starts
-        self.supervisor.journal.fsync = options.backorigin_writethrough_fsync
+        self.supervisor.workers = settings.workers  # read when a worker starts
+        self.supervisor.journal.fsync = settings.fsync
 
     def running(self) -> None:
         """Resume what a previous run left journaled; keep the worker's secrets those of the rules in force."""
