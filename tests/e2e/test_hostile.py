@@ -112,7 +112,9 @@ def test_a_delete_the_store_accepts_wins_over_a_pending_write_back(slow_writebac
     key = f"ok/{unique}"
     signed.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     signed.delete_object(Bucket=BUCKET, Key=key)
-    time.sleep(2.5)  # the link's hold is over: a write-back that was not withdrawn would be landing now
+    # the write-back has ended (its manifest left the spool) and the object is not in the store: it
+    # was withdrawn, or landed and was deleted again; one that was not withdrawn would stay stored
+    wait_for(lambda: not list(proxy.spool.glob("*.json")) and stored(s3, BUCKET, key) is None, within=30)
     with pytest.raises(ClientError) as gone:
         signed.get_object(Bucket=BUCKET, Key=key)
     assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
