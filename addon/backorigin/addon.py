@@ -7,16 +7,20 @@ Loaded by mitmproxy from addon/script.py:
 (s3.addressing), what it gets (decider, the one place that decides, with rules.plan.plan_get),
 asking the store first (miss.probe), then a redirect (rules.targets), or a mirror (miss.mirror,
 answered by miss.delivery); its request and response hooks only adapt the flow to it. Each other
-concern is a child addon with its own options and hooks: the rules file, the mirror machinery
-and its spool, deletes, write-through, the merged listing, the miss delivery, metrics, the ledger,
-commands and the mitmweb view. mitmproxy runs this addon's hook first, then its children's, in order.
+concern is a child addon with its own options: the rules file, the mirror machinery and its spool,
+deletes, write-through, the merged listing, metrics, the ledger, commands and the mitmweb view.
+This addon alone has the per-request hooks: each reads the method first and hands the flow to the
+child whose kind it is (deletes and write-through for writes, the listing for a bucket's GET, the
+miss delivery for the flows it answers), so a GET of an object costs one addon's hook functions,
+each returning at its first check when no rule covers the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -54,6 +58,7 @@ from backorigin.writethrough.writethrough import WriteThrough
 
 logger = logging.getLogger(__name__)
 HEAD_ON_MISS = ("object", "oss")
+READS = ("GET", "HEAD")
 # mitmproxy sets the root logger to DEBUG and turns every record into an event on its loop:
 # the HTTP and AWS libraries' dozens of DEBUG records per request would cost more than the work
 for library in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3"):
@@ -84,7 +89,7 @@ class BackOrigin:
             writethrough=lambda: self.writethrough.supervisor)
         self.mirroring = Mirroring(parts.mirror)
         self.addons = [self.rules_file, Stores(self.context), self.mirroring, OriginProtection(parts.guard),
-                       FleetLeases(parts.leases), self.deletes, self.writethrough, self.listing, self.delivery, self.metrics,
+                       FleetLeases(parts.leases), self.deletes, self.writethrough, self.listing, self.metrics,
                        ledger, DecisionView(), StoreServerName(),
                        Commands(self.context, self.recorder.stats, parts.writeback, parts.tombstones), GivenOnce()]
 
@@ -120,10 +125,14 @@ class BackOrigin:
 
     # hooks -----------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Every live request is read once, as sent to the store (s3.reading); one set aside is counted."""
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Every live request is read once, as sent to the store (s3.reading); one set aside is counted.
+        A write's body may be read on its way (a DeleteObjects' keys: deletes, write-through)."""
         if flow.live:
             self.context.read(flow)
+        if flow.request.method in READS:
+            return None
+        return in_order(partial(self.deletes.on_requestheaders, flow), partial(self.writethrough.on_requestheaders, flow))
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Refuse our own origin fetches coming back in (a loop); let redirect rules without a
@@ -131,16 +140,16 @@ class BackOrigin:
         unless an earlier rule needs the store's answer; and ask the store about GETs and HEADs
         that a rule may mirror, so that a miss is decided here and its answer can stream. Only
         that asking is awaited: every other request costs no coroutine."""
-        if flow.request.method not in ("GET", "HEAD"):
-            return None
+        if flow.request.method not in READS:
+            return self.deletes.on_request(flow)
         if flow.live and flow.response is None and self.mirror.origin.marker.came_back(flow.request.headers.get_all(LOOP_HEADER)):
             self._record(flow, refuse_loop(flow, self.context.object(flow) or ObjectRef("", "")))
             return None
         if not flow.live:
             set_aside_recorded(flow)
         ref = self._candidate(flow)
-        if ref is None:
-            return None
+        if ref is None:  # a bucket's listing may be merged (listing.mergedlisting)
+            return None if is_plain_object_call(flow.request) else self.listing.on_request(flow)
         before = self.decider.before_store(flow, ref)
         if before.act is Act.REDIRECT:
             self._redirect(flow, ref, before)
@@ -157,17 +166,28 @@ class BackOrigin:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """An object a mirror stored shows its metadata (x-oss-tag, Last-Modified...), set before
         its headers go out (a streamed body's response hook comes after them)."""
+        if self.delivery.owns(flow):
+            self.delivery.responseheaders(flow)
+            return
         response = flow.response
-        if (response is not None and 200 <= response.status_code < 300 and flow.request.method in ("GET", "HEAD")
-                and not self.delivery.owns(flow) and not flow.metadata.get(METADATA_KEY) and self.context.object(flow)):
+        if flow.request.method not in READS:
+            self.deletes.on_responseheaders(flow)
+            self.writethrough.on_responseheaders(flow)
+        elif (response is not None and 200 <= response.status_code < 300 and not flow.metadata.get(METADATA_KEY)
+                and self.context.object(flow)):
             objectmeta.restore_on_download(response)  # an object of a named store (a request set aside stays untouched)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Hits (counted, without a coroutine), and 404s the request hook did not see coming (a
         replay, a dry run, an object deleted from the store behind our back, a store that could not
         be asked)."""
+        if self.delivery.owns(flow):
+            self.delivery.response(flow)
+            return None
+        if flow.request.method not in READS:  # writes and deletes: what the store did
+            return in_order(partial(self.deletes.on_response, flow), partial(self.writethrough.on_response, flow))
         response = flow.response
-        if response is None or self.delivery.owns(flow) or (self.context.acts(flow) and flow.metadata.get(METADATA_KEY)):
+        if response is None or (self.context.acts(flow) and flow.metadata.get(METADATA_KEY)):
             return None
         ref = self._candidate(flow)
         if ref is None:
@@ -206,6 +226,10 @@ class BackOrigin:
         miss = await self.mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
         answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), response.raw_content or b"")
         await self.delivery.deliver_late(flow, self.mirror, miss, answer, ref)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.deletes.on_error(flow)
+        self.delivery.error(flow)
 
     def done(self) -> asyncio.Task[None]:
         # Synchronous on purpose: mitmproxy calls done() synchronously on script reload, so an
@@ -284,6 +308,22 @@ class BackOrigin:
 
     def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
         self.recorder.record(flow, decision, acted=self.context.acts(flow))
+
+
+def in_order(*parts: Callable[[], Awaitable[None] | None]) -> Awaitable[None] | None:
+    """Hook parts run as mitmproxy runs addons: in order, each awaited before the next begins;
+    no coroutine unless a part needs one."""
+    for done, part in enumerate(parts):
+        if (pending := part()) is not None:
+            return _awaited_in_order(pending, parts[done + 1:])
+    return None
+
+
+async def _awaited_in_order(pending: Awaitable[None], rest: tuple[Callable[[], Awaitable[None] | None], ...]) -> None:
+    await pending
+    for part in rest:
+        if (more := part()) is not None:
+            await more
 
 
 def add_options(loader: Loader) -> None:

@@ -8,9 +8,10 @@ import json
 import urllib.request
 
 import pytest
-from mitmproxy import exceptions
+from mitmproxy import addonmanager, exceptions
 from mitmproxy.test import taddons
 
+from backorigin.addon import BackOrigin
 from backorigin.context import Context
 from backorigin.decision import Action, Decision, Outcome, Recorder, Stats
 from backorigin.deletes.deletes import Deletes
@@ -167,3 +168,12 @@ def test_commands_read_the_write_back_they_were_given(spooled):
     with taddons.context(child) as tctx:
         counts = json.loads(tctx.master.commands.execute("backorigin.stats"))
     assert counts["writebacks.pending"] == 0
+
+
+def test_only_backorigin_has_per_request_hooks():
+    """mitmproxy calls every addon that has a hook function: the children's are BackOrigin's to
+    call, for the flows of their kind, so a GET of an object runs one addon's hook functions."""
+    per_request = ("requestheaders", "request", "responseheaders", "response", "error")
+    hooked = {type(addon).__name__ for addon in addonmanager.traverse([BackOrigin()])
+              for name in per_request if hasattr(addon, name)}
+    assert hooked == {"BackOrigin"}

@@ -122,7 +122,7 @@ class Deletes:
 
     # hooks -------------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A DeleteObjects body passes on to the store as it arrives, read on the way (bounded,
         without DTDs or entities, chunk by chunk: `ReadingBody`); its keys count only once the
         store has said yes. Room for its tombstones is taken first."""
@@ -136,7 +136,7 @@ class Deletes:
         flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})))
         return self._take_room(flow, bucket, None)
 
-    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A DeleteObject on its way to the store: room for its tombstone, and its write-backs held."""
         if flow.request.method != "DELETE" or not self.stick or not self.context.acts(flow) or flow.response is not None:
             return None
@@ -161,14 +161,14 @@ class Deletes:
             refused = replies.s3_error(503, "ServiceUnavailable", "The proxy has no room on its disk for this delete's "
                                        "tombstones; nothing was deleted. Retry later.", ObjectRef(bucket, key or ""),
                                        [("retry-after", "5")])
-            self.error(flow)  # no intent, and the write-backs held for it go on
+            self.on_error(flow)  # no intent, and the write-backs held for it go on
             if flow.request.method == "DELETE":
                 flow.response = replies.to_response(flow.request, refused)
             else:
                 flow.request.stream = True
                 await self.refuse(flow, refused)
 
-    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """The store's answer to a write: the keys a delete deleted get tombstones, lose their fill
         and write-backs; the others' write-backs are released. A PUT, copy or completed multipart
         upload of a key clears its tombstone. Reads cost no coroutine."""
@@ -187,7 +187,7 @@ class Deletes:
         for bucket, key in keys:
             self.mirror.guard.not_found.forget(bucket, key)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         """The answer to a DeleteObjects is read as it passes (its <Deleted> and <Error> keys). It
         goes out chunked, so that the client has all of it only after the response hook has written
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
@@ -243,7 +243,7 @@ class Deletes:
         logger.info("tombstone(s) for %s", ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in gone))
         self._in_background(overtake(self.mirror, self.in_force.tombstones, gone, flow.request.timestamp_start))
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def on_error(self, flow: http.HTTPFlow) -> None:
         """No answer from the store (the client or the store went away): the delete did nothing we know of."""
         self._release([(str(e), str(b), str(k)) for e, b, k, _ in flow.metadata.pop(DELETING_KEY, [])])
         intent = self._intents.pop(flow.id, None)

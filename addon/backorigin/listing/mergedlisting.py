@@ -70,7 +70,7 @@ class MergedListing:
         if {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.store.verify = upstream_verification(ctx.options)
 
-    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A listing through the proxy, merged when its bucket has merged rules; anything else costs no coroutine."""
         context = self.context
         if not self.enabled or flow.request.method != "GET" or context is None or not context.acts(flow) or flow.response is not None:

@@ -87,17 +87,17 @@ class WriteThrough:
 
     # hooks -------------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def on_requestheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects body is read as it passes (its keys), unless the deletes addon reads it already."""
         if self._deletes_many(flow) and not isinstance(flow.request.stream, ReadingBody):
             flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})))
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects answer is read as it passes (its refused keys), and its end waits for the journal."""
         if flow.response is not None and isinstance(flow.request.stream, ReadingBody) and self._deletes_many(flow):
             read_as_it_passes(flow, flow.response)
 
-    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A write the store accepted, of a bucket with WriteThrough: journaled before its answer goes out."""
         response = flow.response
         if flow.request.method in _READS or response is None or not 200 <= response.status_code < 300:
