@@ -149,7 +149,7 @@ class BackOrigin:
             set_aside_recorded(flow)
         ref = self._candidate(flow)
         if ref is None:  # a bucket's listing may be merged (listing.mergedlisting)
-            return None if is_plain_object_call(flow.request) else self.listing.on_request(flow)
+            return self.listing.on_request(flow) if self.context.bucket(flow) else None
         before = self.decider.before_store(flow, ref)
         if before.act is Act.REDIRECT:
             self._redirect(flow, ref, before)
