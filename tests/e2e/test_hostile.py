@@ -119,9 +119,9 @@ def test_a_delete_the_store_accepts_wins_over_a_pending_write_back(slow_writebac
         assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
         return True
 
-    # from the delete's answer on, every GET is 404: while the upload lands and is deleted again too
-    undone = f"write-back of s3://{BUCKET}/{key} dropped"  # the worker's word, once it removed what it stored
-    wait_for(lambda: answers_404() and undone in proxy.log() and stored(s3, BUCKET, key) is None, within=60)
+    # from the delete's answer on, every GET is 404, while the upload lands and is deleted again too;
+    # until the write-back has ended (its manifest left the spool) and the object is not in the store
+    wait_for(lambda: answers_404() and not list(proxy.spool.glob("*.json")) and stored(s3, BUCKET, key) is None, within=60)
     assert answers_404() and origin.count("GET", unique) == 1
 
 

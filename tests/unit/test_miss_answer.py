@@ -17,7 +17,7 @@ from backorigin.miss.fill import Fill, Settled
 from backorigin.miss.origin import Failure, OriginResult
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Reply, error_code_of
-from backorigin.s3.store import StoreAnswer
+from backorigin.s3.storeclient import StoreAnswer
 from tests.unit.test_miss_fill import new_fill
 
 REF = ObjectRef("b", "k")

@@ -14,7 +14,7 @@ from mitmproxy import http
 
 from backorigin.context import Context
 from backorigin.s3 import replies
-from backorigin.writeback.spool import ObjectKey
+from backorigin.s3.addressing import ObjectKey
 
 
 class Undoing:

@@ -23,7 +23,7 @@ from backorigin.miss.fill import Fill, FillBroken
 from backorigin.miss.origin import Failure, OriginResult
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Headers, Reply, mirror_failed, redirect, s3_error, slow_down
-from backorigin.s3.store import StoreAnswer
+from backorigin.s3.storeclient import StoreAnswer
 
 READ_CHUNK = 1024 * 1024
 # How long a HEAD of a miss waits for the write-back to land: tools that HEAD and then list the

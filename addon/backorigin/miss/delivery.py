@@ -26,7 +26,7 @@ from backorigin.miss.mirror import Mirror, Miss
 from backorigin.miss.server import MissServer
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef
-from backorigin.s3.store import StoreAnswer
+from backorigin.s3.storeclient import StoreAnswer
 
 logger = logging.getLogger(__name__)
 
