@@ -22,13 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.services import Mitmdump, Processes, listen_ports, log
+from bench.report import log
+from bench.services.mitmdump import Mitmdump
+from bench.services.processes import Processes, listen_ports
 
 TOMBSTONES = 1_000_000
 REMEMBERED = 100_000
 LISTED_KEYS = 2000
 ORIGIN_BUCKET = "bench-listed"
-REMEMBER_SCRIPT = Path(__file__).resolve().parent / "experiments" / "remembered_404s.py"
+REMEMBER_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "remembered_404s.py"
 
 
 def write_journal(folder: Path, bucket: str, count: int) -> None:
