@@ -32,11 +32,11 @@ from bench.scenarios.miss import reference_miss_rows, scenario_miss
 from bench.scenarios.profiles import record_profiles
 from bench.scenarios.scaleout import scenario_scaleout
 from bench.scenarios.singleflight import scenario_singleflight
-from bench.scenarios.state import scenario_state
+from bench.scenarios.state.curves import AXES, scenario_state, three_points
 from bench.services.install import ensure_debian_packages, ensure_py_spy
 from bench.services.machine import OtherLoad
 from bench.services.processes import CpuPlan, Processes
-from bench.stack import BUCKET, Stack, seed_hit_objects, start_stack
+from bench.stack import Stack, seed_hit_objects, start_stack
 
 Scenario = Callable[[Stack, Report, float], None]  # (the stack, the report, --seconds)
 SCENARIOS: dict[str, Scenario] = {
@@ -47,7 +47,7 @@ SCENARIOS: dict[str, Scenario] = {
     "lag": scenario_lag,
     "memory": lambda stack, report, seconds: scenario_memory(stack, report),
     "largehit": lambda stack, report, seconds: scenario_largehit(stack, report),
-    "state": lambda stack, report, seconds: scenario_state(stack, report, BUCKET, seconds),
+    "state": scenario_state,
     "scaleout": scenario_scaleout,
 }
 # the profile runs before the scale-out, which unpins everything and leaves the first
@@ -66,6 +66,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--with-script", action="append", default=[], metavar="FILE",
                         help="experiments: load FILE as another -s script after the addon in every "
                              "mitmdump+addon (e.g. bench/experiments/quiet_library_logs.py)")
+    parser.add_argument("--state-quick", action="store_true",
+                        help="scenario 10 at three points of each axis (its smallest, a middle one and its largest), "
+                             "for a busy machine")
     parser.add_argument("--no-wait", action="store_true",
                         help="start at once, even if other processes keep the machine busy")
     args = parser.parse_args(argv)
@@ -82,6 +85,8 @@ def run_scenarios(stack: Stack, report: Report, args: argparse.Namespace) -> Non
     for name, scenario in SCENARIOS.items():
         if name == PROFILE_BEFORE and args.profile:
             _timed(report, "profile", "profile", partial(record_profiles, stack, report, args.seconds, OUT))
+        if name == "state" and args.state_quick:
+            scenario = partial(scenario_state, axes=tuple(map(three_points, AXES)))
         if name in args.chosen:
             _timed(report, name, f"scenario {name}", partial(scenario, stack, report, args.seconds))
     reference_hit_rows(report)

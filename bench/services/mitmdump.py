@@ -28,6 +28,7 @@ class Mitmdump:
     cpus: frozenset[int] | None = None
     ca_from: Path | None = None  # copy the CA from this confdir (saves generating one per process)
     extra_scripts: tuple[str, ...] = ()  # experiments (python -m bench --with-script FILE), a scenario's helper
+    open_files: int | None = None  # RLIMIT_NOFILE, when the default will not do
     process: subprocess.Popen | None = None
 
     @property
@@ -63,7 +64,7 @@ class Mitmdump:
             # SIGINT, as a user would stop it: the addon drains pending write-backs.
             self.process = processes.start(f"mitmdump-{self.name}", self.command(), cwd=REPO, stdout=log_file,
                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                           stop_signal=signal.SIGINT, cpus=self.cpus)
+                                           stop_signal=signal.SIGINT, cpus=self.cpus, open_files=self.open_files)
         wait_until_listening(self.process, self.log, ready_within)
         return self
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -25,11 +26,13 @@ def die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def _child_setup(cpus: set[int] | None):
+def _child_setup(cpus: set[int] | None, open_files: int | None):
     def setup() -> None:
         die_with_parent()
         if cpus:
             os.sched_setaffinity(0, cpus)
+        if open_files:  # raising the hard limit takes root (as the bench's installs do)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, max(open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
     return setup
 
 
@@ -40,8 +43,9 @@ class Processes:
         self._children: list[tuple[str, subprocess.Popen, int]] = []
 
     def start(self, name: str, command: list[str], *, stop_signal: int = signal.SIGTERM,
-              cpus: frozenset[int] | None = None, **popen) -> subprocess.Popen:
-        process = subprocess.Popen(command, preexec_fn=_child_setup(set(cpus) if cpus else None), **popen)
+              cpus: frozenset[int] | None = None, open_files: int | None = None, **popen) -> subprocess.Popen:
+        """Start `command` as a child of the run (on `cpus`; with at least `open_files` descriptors allowed)."""
+        process = subprocess.Popen(command, preexec_fn=_child_setup(set(cpus) if cpus else None, open_files), **popen)
         self._children.append((name, process, stop_signal))
         return process
 
