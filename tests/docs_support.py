@@ -240,7 +240,11 @@ class Page:
         return running[-1]
 
     def cwd(self) -> str:
-        return self.run("pwd")[1].strip()
+        """The page's shell's folder; marked, as the terminal may still echo a page's first command."""
+        status, text = self.run("printf '<cwd>%s</cwd>' \"$(pwd | base64 -w0)\"")
+        found = re.search(r"<cwd>([A-Za-z0-9+/=]*)</cwd>", text)
+        assert status == 0 and found, f"cannot read the page's folder: {text!r}"
+        return base64.b64decode(found.group(1)).decode().strip()
 
     def environment(self) -> dict[str, str]:
         """The page's shell's variables now (a user's `export` and `source .venv/bin/activate` included)."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
-from tests.clients import Target, boto3_client
+from tests.clients import VENV_BIN, Target, aws_env, boto3_client
 from tests.modes_support import ModeMitmdump
 from tests.support import mirror_rule, scrape, stored, wait_for
 
@@ -104,3 +105,14 @@ def sha256_of(client: Any, bucket: str, key: str) -> str | None:
     for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def aws(proxy: Proxy, workdir: Path, *arguments: str) -> None:
+    """The AWS CLI through the proxy, signed with the store's keys."""
+    command = [str(VENV_BIN / "aws"), "--endpoint-url", proxy.url, "s3", *arguments, "--only-show-errors"]
+    done = subprocess.run(command, env=aws_env(proxy.target, workdir), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
-from typing import Optional
+from collections.abc import Awaitable
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -32,7 +31,7 @@ from backorigin.miss.delivery import MissDelivery
 from backorigin.miss.fleet import FleetLeases
 from backorigin.miss.probe import StoreProbe, answer_from_store
 from backorigin.miss.protect import OriginProtection
-from backorigin.options import check_choice
+from backorigin.options import GivenOnce, check_choice
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
 from backorigin.rules.plan import Act, GetPlan, plan_get
@@ -41,6 +40,7 @@ from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
 from backorigin.s3.store import StoreAnswer, StoreServerName, client_facing, upstream_proxy, upstream_verification
+from backorigin.s3.stores import Stores
 from backorigin.ui.commands import Commands
 from backorigin.ui.contentview import DecisionView
 from backorigin.ui.ledger import Ledger
@@ -59,6 +59,7 @@ class BackOrigin:
     def __init__(self) -> None:
         self.rules_file = RulesFile()
         self.context = Context(self.rules_file)
+        self.stores = Stores(self.context)
         self.recorder = Recorder()
         self.probe = StoreProbe()
         self.mirroring = Mirroring()
@@ -68,12 +69,13 @@ class BackOrigin:
         self.listing = MergedListing(self.context, self.deletes.hide,
                                      leases_under=lambda bucket: self.mirroring.mirror.leases.prefix_in(bucket))
         self.writethrough = WriteThrough(self.context, self.mirroring)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough)
-        self.addons = [
-            self.rules_file, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes, self.writethrough,
-            self.listing, self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location),
-            Commands(self.context, self.recorder.stats, self.mirroring, self.deletes), DecisionView(), StoreServerName(),
-        ]
+        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough,
+                                       self.stores.set_aside)
+        self.addons = [self.rules_file, self.stores, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes,
+                       self.writethrough, self.listing, self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location),
+                       DecisionView(), StoreServerName(), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes),
+                       GivenOnce()]
+        self.mirroring.origin.own_listeners = lambda: own_listeners(self.metrics, self.delivery)
         self._mirror_heads = True
         self._403_is_miss = False
         self._private_origins_ok = False
@@ -87,14 +89,6 @@ class BackOrigin:
             "HEAD of a missing object: 'object' answers it as the object will answer (it is fetched and stored), "
             "for S3 tools that HEAD before they GET; 'oss' answers 404 unless the rule has MirrorAllowHeadObject.",
             choices=HEAD_ON_MISS,
-        )
-        loader.add_option(
-            "backorigin_s3_endpoint", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
-            "Endpoint for write-backs (e.g. http://127.0.0.1:8333). Default: the scheme, host and port that answered.",
-        )
-        loader.add_option(
-            "backorigin_vhost_domains", Sequence[str], [],
-            "Domains of virtual-hosted-style requests (bucket.DOMAIN/key). In reverse mode they need keep_host_header.",
         )
         loader.add_option(
             "backorigin_403_is_miss", bool, False,
@@ -112,9 +106,7 @@ class BackOrigin:
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options  # read once here, not per flow: an option read copies its value every time
-        self.context.vhost_domains = tuple(options.backorigin_vhost_domains)
         self.context.dry_run = options.backorigin_dry_run
-        self.context.s3_endpoint = options.backorigin_s3_endpoint
         self.recorder.debug_header = options.backorigin_debug_header
         self._mirror_heads = check_choice("backorigin_head_on_miss", options.backorigin_head_on_miss, HEAD_ON_MISS) == "object"
         self._403_is_miss = options.backorigin_403_is_miss
@@ -132,6 +124,11 @@ class BackOrigin:
 
     # hooks -----------------------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Every live request is read once, as sent to the store (s3.reading); one set aside is counted."""
+        if flow.live:
+            self.context.read(flow)
+
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Refuse our own origin fetches coming back in (a loop); let redirect rules without a
         status condition decide before the store is asked (OSS: "hide objects with a prefix"),
@@ -140,7 +137,7 @@ class BackOrigin:
         that asking is awaited: every other request costs no coroutine."""
         if flow.request.method not in ("GET", "HEAD"):
             return None
-        if flow.live and LOOP_HEADER in flow.request.headers and flow.response is None:
+        if flow.live and flow.response is None and self.mirroring.origin.marker.came_back(flow.request.headers.get_all(LOOP_HEADER)):
             self._record(flow, refuse_loop(flow, self.context.object(flow) or ObjectRef("", "")))
             return None
         if not flow.live:
@@ -166,8 +163,8 @@ class BackOrigin:
         its headers go out (a streamed body's response hook comes after them)."""
         response = flow.response
         if (response is not None and 200 <= response.status_code < 300 and flow.request.method in ("GET", "HEAD")
-                and not self.delivery.owns(flow) and not flow.metadata.get(METADATA_KEY)):
-            objectmeta.restore_on_download(response)
+                and not self.delivery.owns(flow) and not flow.metadata.get(METADATA_KEY) and self.context.object(flow)):
+            objectmeta.restore_on_download(response)  # an object of a named store (a request set aside stays untouched)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Hits (counted, without a coroutine), and 404s the request hook did not see coming (a
@@ -198,6 +195,7 @@ class BackOrigin:
         elif after.act is Act.MIRROR and self.context.acts(flow):
             mirror = self.mirroring.mirror
             endpoint = self.context.endpoint(flow.request)
+            assert endpoint is not None  # ref came from the same reading
             mirror.known.discard((endpoint, ref.bucket, ref.key))
             miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
             await self.delivery.deliver_late(flow, mirror, miss, answer, ref)
@@ -223,11 +221,13 @@ class BackOrigin:
         deliver the mirror's answer (or answer a redirect rule right here); otherwise the store's
         answer is the client's (miss.probe), unless it is too large to have been read."""
         mirror = self.mirroring.mirror
-        endpoint = self.context.endpoint(flow.request)
+        reading = self.context.read(flow)
+        assert reading is not None  # ref came from it
+        endpoint = reading.endpoint
         known = (endpoint, ref.bucket, ref.key)
         if known in mirror.known:
             return
-        answer = await self.probe.ask(flow.request, upstream_proxy(flow))
+        answer = await self.probe.ask(flow.request, reading.host, upstream_proxy(flow))
         if answer is None:
             return
         stored = plan.shows_object(answer.status)
@@ -278,7 +278,7 @@ class BackOrigin:
         if plan.may_hide_a_miss(response.status_code, body, self._403_is_miss):
             if not self.context.acts(flow):
                 return 404  # a replay cannot ask the store; it assumes the object was missing
-            return await self.probe.denied_status(self.context.endpoint(flow.request), ref)
+            return await self.probe.denied_status(endpoint, ref) if (endpoint := self.context.endpoint(flow.request)) else 403
         return status
 
     # the pieces ------------------------------------------------------------------------------
@@ -314,3 +314,17 @@ def refuse_loop(flow: http.HTTPFlow, looped: ObjectRef) -> Decision:
     )
     flow.response = replies.to_response(flow.request, replies.mirror_failed(looped, "loop: the origin URL leads back into the proxy"))
     return Decision(looped.bucket, looped.key, Action.LOOP, outcome=Outcome.LOOP)
+
+
+def own_listeners(metrics: MetricsEndpoint, delivery: MissDelivery) -> list[tuple[str, int]]:
+    """Where this process listens: mitmproxy's proxy servers (and mitmweb), the metrics endpoint
+    and the loopback miss server. Origin fetches never go there (miss.addresses)."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    found = [(str(host), int(port)) for host, port, *_ in (proxyserver.listen_addrs() if proxyserver else [])]
+    if metrics.metrics is not None:
+        found.append(metrics.metrics.address)
+    if delivery.server.port:
+        found.append(("127.0.0.1", delivery.server.port))
+    if "web_port" in ctx.options:
+        found.append((ctx.options.web_host, ctx.options.web_port))
+    return found

@@ -104,8 +104,14 @@ class Decision:
         return MARKERS[Action.MIRROR] if self.action == Action.MIRROR else MARKERS["redirect"]
 
     def as_metadata(self) -> dict:
-        """Plain values only: mitmproxy's flow files keep str, not str subclasses."""
-        return {k: str(v) if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
+        """Plain values only: mitmproxy's flow files keep str, not str subclasses, and only text
+        that is UTF-8 (a key's bytes that are not show as \\xNN)."""
+        return {k: str(v) if isinstance(v, StrEnum) else printable(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
+
+
+def printable(text: str) -> str:
+    """Text as UTF-8 can carry it: bytes of a key that are not UTF-8 (kept surrogate-escaped) as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def set_aside_recorded(flow: http.HTTPFlow) -> dict | None:
@@ -174,7 +180,7 @@ class Recorder:
         if self.explain is not None and decision.rule is not None and not decision.rules_tried:
             decision = replace(decision, rules_tried=self.explain(flow, decision))
         flow.metadata[METADATA_KEY] = decision.as_metadata()
-        flow.comment = decision.comment()
+        flow.comment = printable(decision.comment())
         flow.marked = decision.marker()
         if header and self.debug_header and flow.response is not None:
             add_debug_header(flow.response, decision)

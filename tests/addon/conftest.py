@@ -21,7 +21,8 @@ def store_answer(bucket: str, key: str, status: int = 404, code: str = "NoSuchKe
     """A flow as a store at NOBODY answered it (an S3 error body unless `code` is empty)."""
     body = error_body(code, "m", ObjectRef(bucket, key), "r") if code and method != "HEAD" else b""
     return tflow.tflow(
-        req=tutils.treq(host="127.0.0.1", port=NOBODY, path=f"/{bucket}/{key}".encode(), method=method.encode(), content=b""),
+        req=tutils.treq(host="127.0.0.1", port=NOBODY, path=f"/{bucket}/{key}".encode(), method=method.encode(), content=b"",
+                        headers=((b"host", f"127.0.0.1:{NOBODY}".encode()),)),
         resp=tutils.tresp(status_code=status, content=body,
                           headers=tuple((k.encode(), v.encode()) for k, v in (headers or {}).items())),
     )
@@ -37,6 +38,7 @@ def tctx(addon, rules_file, tmp_path):
     with taddons.context(addon) as context:
         # nothing listens where write-backs go: shutdown leaves them spooled at once
         context.configure(addon, backorigin_rules=str(rules_file), backorigin_spool_dir=str(tmp_path / "spool"),
+                          backorigin_stores=[f"http://127.0.0.1:{NOBODY}"],
                           backorigin_origin_timeout="5", backorigin_shutdown_timeout="0.1")
         yield context
     release(tmp_path / "spool")

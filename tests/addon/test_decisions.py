@@ -4,6 +4,8 @@ delete marker, a redirect, a loop."""
 
 from __future__ import annotations
 
+import pytest
+
 from backorigin.decision import METADATA_KEY
 from backorigin.s3.replies import error_code_of
 from tests.addon.conftest import store_answer
@@ -60,8 +62,21 @@ async def test_a_delete_marker_never_mirrors(tctx, addon, origin, unique):
 
 
 async def test_an_origin_fetch_that_comes_back_in_is_refused(tctx, addon, unique):
+    """The loop marker carries this process's secret (miss.loop), here behind another proxy's token."""
     flow = store_answer("mirror-bucket", f"ok/{unique}")
     flow.response = None
-    flow.request.headers["x-backorigin-fetch"] = "1"
+    flow.request.headers["x-backorigin-fetch"] = addon.mirroring.origin.marker.value("another-proxys-token")
     await tctx.cycle(addon, flow)
     assert flow.response.status_code == 424 and flow.metadata[METADATA_KEY]["action"] == "loop"
+
+
+@pytest.mark.parametrize("marker", ["1", "probe", "", "x" * 40])
+async def test_a_client_that_sends_the_loop_header_gets_ordinary_service(tctx, addon, origin, unique, marker):
+    """Issue 25: `x-backorigin-fetch: 1` got 424 for any GET, in any bucket. Now only the
+    process's own secret counts; the store's 404 is mirrored as for anyone else."""
+    flow = store_answer("mirror-bucket", f"ok/{unique}")
+    flow.request.headers["x-backorigin-fetch"] = marker
+    await tctx.cycle(addon, flow)
+    assert flow.response.status_code == 200 and flow.metadata[METADATA_KEY]["action"] == "mirror"
+    assert origin.count("GET", unique) == 1
+    await addon.done()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from mitmproxy import exceptions
 
-from backorigin.miss.leases import LeasePlace
+from backorigin.miss.leasestore import LeasePlace
 
 
 @pytest.mark.parametrize("option, value, message", [

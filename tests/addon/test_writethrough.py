@@ -40,7 +40,7 @@ def write(method: str, path: str, status: int = 200, headers: tuple[tuple[bytes,
           answer: bytes = b""):
     """A write as a store at NOBODY answered it."""
     return tflow.tflow(req=tutils.treq(host="127.0.0.1", port=NOBODY, method=method.encode(), path=path.encode(),
-                                       headers=((b"host", b"store"), *headers), content=content),
+                                       headers=((b"host", f"127.0.0.1:{NOBODY}".encode()), *headers), content=content),
                        resp=tutils.tresp(status_code=status, content=answer))
 
 

@@ -18,17 +18,18 @@ from tests.support import stored
 def flow_for(store, bucket: str, key: str, method: str = "GET"):
     host, port = store.endpoint.removeprefix("http://").split(":")
     return tflow.tflow(
-        req=tutils.treq(host=host, port=int(port), path=f"/{bucket}/{key}".encode(), method=method.encode()),
+        req=tutils.treq(host=host, port=int(port), path=f"/{bucket}/{key}".encode(), method=method.encode(),
+                        headers=((b"host", f"{host}:{port}".encode()),)),
         resp=tutils.tresp(status_code=404, content=error_body("NoSuchKey", "m", ObjectRef(bucket, key), "r")),
     )
 
 
 @pytest.fixture
-def tctx(rules_file, tmp_path):
+def tctx(rules_file, tmp_path, store):
     addon = BackOrigin()
     with taddons.context(addon) as context:
         context.configure(addon, backorigin_rules=str(rules_file), backorigin_spool_dir=str(tmp_path / "spool"),
-                          backorigin_origin_timeout="5")
+                          backorigin_origin_timeout="5", backorigin_stores=[store.endpoint])
         context.addon = addon
         yield context
 

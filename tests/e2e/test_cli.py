@@ -101,7 +101,7 @@ def test_run_regular_mode_serves_the_aws_cli_over_https_proxy(tmp_path, https_st
     rules = write_rules(tmp_path / "rules.json", {HTTPS_BUCKET: [mirror_rule(1, f"{origin.base}/dir1/")]})
     home = tmp_path / "home"  # mitmproxy's confdir: the default ~/.mitmproxy, there
     proxy = BackoriginRun("regular", rules, tmp_path, args=[
-        "--mode", "regular", "--set", f"ssl_verify_upstream_trusted_ca={ca.ca_cert}",
+        "--mode", "regular", "--store", store.https_endpoint, "--set", f"ssl_verify_upstream_trusted_ca={ca.ca_cert}",
     ], env={"HOME": str(home), "AWS_CA_BUNDLE": str(ca.ca_cert), "AWS_ACCESS_KEY_ID": KEYS[0],
             "AWS_SECRET_ACCESS_KEY": KEYS[1]}).start()
     size = 20 * 2**20 + 4321  # three ranged part GETs by the CLI's transfer manager

@@ -247,6 +247,6 @@ def test_origin_that_leads_back_into_the_proxy_is_refused(tmp_path, store, s3, u
     finally:
         proxy.stop()
     assert status == 424 and b"MirrorFailed" in body
-    assert "loop:" in proxy.log() and "came back into the proxy" in proxy.log()
-    assert proxy.log().count("came back into the proxy") == 1  # refused once, no recursion
+    # the proxy's own listener is never fetched from (issue 25): refused before the loop marker is needed
+    assert "is one of the proxy's own listeners" in proxy.log() and "came back into the proxy" not in proxy.log()
     assert stored(s3, BUCKET, unique) is None

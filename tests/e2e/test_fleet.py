@@ -22,13 +22,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backorigin.miss.leases import LONGEST_PAUSE
+from backorigin.miss.leasestore import LeasePlace
 from backorigin.tools.embedded_store import free_ports
 from bench.services.nginx import (
     STORE_LOG,
     STREAM_MODULE,
     Nginx,
     StoreLog,
-    StoreRequest,
     balancer_config,
     counting_relay_config,
     nginx_binary,
@@ -166,7 +166,10 @@ def test_twenty_clients_on_four_proxies_cost_the_origin_one_get(fleet, origin, s
     assert sum(c.get("waited_too_long", 0) + c.get("taken_over", 0) for c in counts) == 0, counts
     s3 = store.client()
     assert hashlib.sha256(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest() == origin.sha256["big"]
-    wait_for(lambda: not s3.list_objects_v2(Bucket="backorigin-leases").get("KeyCount"), within=30)
+    wait_for(lambda: all(samples(proxy, "backorigin_leases_held")[0].value == 0 for proxy in proxies), within=30)
+    lease = s3.head_object(Bucket="backorigin-leases", Key=LeasePlace("backorigin-leases").of(BUCKET, key)[1])
+    holder = proxies[[c.get("held", 0) for c in counts].index(1)]
+    assert f"pid {holder.pid}" in lease["Metadata"]["backorigin-owner"], "its holder left it to run out"
     print(f"20 clients, 4 proxies, one new 120 MiB key: {took:.1f}s, origin GETs {len(origin.gets(key))}, "
           f"leases {[{k: int(v) for k, v in c.items() if v} for c in counts]}")
 
@@ -245,35 +248,39 @@ def test_a_proxy_killed_mid_fill_holds_the_key_no_longer_than_its_lease(pair, or
 
 
 def test_a_miss_no_other_proxy_fills_costs_one_store_request_more(tmp_path_factory, processes, store, origin, unique):
-    """Through nginx logging every store request (bench's counting relay), leases on and off: the
-    lease's write before the origin GET, its removal after the write-back; nothing else."""
+    """Through nginx logging every store request (bench's counting relay), leases on and off, from
+    the miss until the proxy has stopped: the lease's write before the origin GET, nothing else
+    (the lease is left to run out). The key deleted and missed again: the proxy takes its lease
+    back, one request again."""
     workdir = tmp_path_factory.mktemp("counted")
     port = free_ports(1)[0]
     relay = Nginx("store-relay", workdir / "relay", counting_relay_config(port, store.s3_port)).start(processes, [port])
     log = StoreLog(relay.workdir / STORE_LOG)
     rules = write_rules(workdir / "rules.json", {BUCKET: [mirror_rule(1, f"http://127.0.0.1:{origin.port}/")]})
     s3 = store.client()
-    seen = {}
+    seen: dict[str, list[str]] = {}
 
-    def mirrored(client, key: str, leases_on: bool) -> list[StoreRequest]:
-        """Mirror `key` through the proxy; the store requests from then until its lease is gone too."""
-        log.mark()
+    def mirrored(client, key: str) -> None:
         assert hashlib.sha256(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest() == origin.sha256["small"]
         wait_for(lambda: stored(s3, BUCKET, key), within=60)
-        return wait_for(lambda: [r for r in log.since_mark() if r.method == "DELETE" or not leases_on] or None)
 
-    for leases in ("s3://backorigin-leases/", "off"):
-        name = "on" if leases != "off" else "off"
+    for name, leases in (("on", "s3://backorigin-leases/"), ("off", "off")):
         proxy = ModeMitmdump(f"reverse:http://127.0.0.1:{port}", rules, workdir / name,
                              {"keep_host_header": "true", "backorigin_leases": leases}, env=ENV).start()
+        key = f"small/{unique}-{name}"
+        lease = "/backorigin-leases/" + LeasePlace("backorigin-leases").of(BUCKET, key)[1]
         try:
             client = boto3_client(Target(proxy.url, *KEYS))
-            mirrored(client, f"small/{unique}-warm-{name}", leases != "off")  # the lease bucket is looked at once
-            key = f"small/{unique}-{name}"
-            mirrored(client, key, leases != "off")
-            seen[name] = [f"{r.method} {r.status}" + (" lease" if r.target.startswith("/backorigin-leases/") else "")
-                          for r in log.since_mark() if r.target == f"/{BUCKET}/{key}" or r.target.startswith("/backorigin-leases/")]
+            mirrored(client, f"small/{unique}-warm-{name}")  # the lease bucket is looked at once per proxy
+            log.mark()
+            mirrored(client, key)
+            s3.delete_object(Bucket=BUCKET, Key=key)  # straight to the store: the proxy knows nothing of it
+            mirrored(client, key)
         finally:
             proxy.stop()
-    assert seen["off"] == ["GET 404", "PUT 200"], seen  # the probe, the write-back
-    assert seen["on"] == ["GET 404", "PUT 200 lease", "PUT 200", "DELETE 204 lease"], seen
+        seen[name] = [f"{r.method} {r.status}" + (" lease" if r.target == lease else "")
+                      for r in log.since_mark() if r.target in (f"/{BUCKET}/{key}", lease)]
+    miss = ["GET 404", "PUT 200"]  # the probe, the write-back
+    assert seen["off"] == miss + miss, seen
+    assert seen["on"] == ["GET 404", "PUT 200 lease", "PUT 200"] * 2, seen
+    assert len(seen["on"]) <= len(seen["off"]) + 2, "one store request more per miss"

@@ -407,15 +407,24 @@ def test_a_424_says_why_in_short_and_keeps_the_details_to_the_log(proxy, unique)
         assert b"Error:" not in body and b"Errno" not in body and b"127.0.0.1" not in body
 
 
-def test_an_undecodable_path_goes_to_the_store_without_a_traceback(proxy, origin, unique):
+def test_an_undecodable_path_is_asked_of_the_origin_byte_for_byte(proxy, origin, s3, unique):
+    """Keys keep their bytes (issue 25: %ff%fe was fetched as U+FFFD, so distinct keys shared one
+    origin object): the origin is asked for the key's own bytes; the key, not UTF-8 as S3 keys
+    are, is answered and not stored."""
     host, port = proxy.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as raw:
-        raw.sendall(b"GET /mirror-bucket/ok/" + unique.encode() + b"\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answer = b""
-        while chunk := raw.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 ")
-    assert origin.count("GET", unique) == 0 and "Traceback" not in proxy.log()
+    for raw_key in (b"\xff", b"%ff%fe", b"%ef%bf%bd"):
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(b"GET /mirror-bucket/ok/" + unique.encode() + raw_key + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    assert [r.path for r in origin.requests_for(unique)] == [f"/dir1/ok/{unique}%FF", f"/dir1/ok/{unique}%FF%FE",
+                                                             f"/dir1/ok/{unique}%EF%BF%BD"]
+    assert "Traceback" not in proxy.log()
+    wait_stored(s3, "mirror-bucket", f"ok/{unique}\ufffd")  # the one key that is UTF-8 text
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="mirror-bucket", Prefix=f"ok/{unique}").get("Contents", [])] == [
+        f"ok/{unique}\ufffd"]
 
 
 def test_a_bucket_mixing_s3_and_http_origins_is_listed(tmp_path, store, s3, origin, unique):

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
+from urllib.parse import urlsplit
 
 import pytest
 
-from backorigin.miss.leases import IN_BUCKET_PREFIX, LONGEST_PAUSE, TIMEOUT, LeasePlace, Leases, LeaseSettings, LeaseStore
+from backorigin.miss.leases import LONGEST_PAUSE, Leases
+from backorigin.miss.leasestore import IN_BUCKET_PREFIX, TIMEOUT, LeasePlace, LeaseSettings, LeaseStore
 from backorigin.s3.clients import make_s3_client
 from tests.support import running_store
 
@@ -41,16 +44,33 @@ def monkeypatch_module():
         yield patch
 
 
-def proxy(name: str, place: LeasePlace | None = None, ttl: float = 30.0, wait: float = 30.0, store=None) -> Leases:
-    """One proxy's leases (its own store client, as another process would have)."""
+def proxy(name: str, place: LeasePlace | None = None, ttl: float = 30.0, wait: float = 30.0,
+          sent: list[str] | None = None) -> Leases:
+    """One proxy's leases (its own store client, as another process would have); `sent` gets each
+    request it makes of the store ("PUT If-None-Match", "HEAD", ...)."""
     clients: dict[str, object] = {}
 
     def client(endpoint: str) -> object:
         if endpoint not in clients:
-            clients[endpoint] = make_s3_client(endpoint, TIMEOUT)
+            clients[endpoint] = made = make_s3_client(endpoint, TIMEOUT)
+            if sent is not None:
+                made.meta.events.register("before-send.s3", partial(record, sent))
         return clients[endpoint]
 
     return Leases(LeaseSettings(place or LeasePlace("backorigin-leases"), ttl, wait, name), LeaseStore(client))
+
+
+def record(sent: list[str], request, **_) -> None:
+    """An object's request (not the lease bucket's, looked at once per proxy) as "METHOD lease|object
+    [If-Match|If-None-Match]"."""
+    if "/" in urlsplit(request.url).path.strip("/"):
+        sent.append(described(request))
+
+
+def described(request) -> str:
+    condition = next((name for name in ("If-None-Match", "If-Match") if name in request.headers), "")
+    target = "lease" if "/backorigin-leases/" in request.url or IN_BUCKET_PREFIX in request.url else "object"
+    return " ".join(part for part in (request.method, target, condition) if part)
 
 
 def leases_in(client, bucket: str, prefix: str = "") -> list[str]:
@@ -63,7 +83,10 @@ async def settle(*leases: Leases) -> None:
 
 
 async def test_one_proxy_fetches_the_other_waits_for_the_stored_object(store, client, unique):
-    first, second = proxy("first"), proxy("second")
+    """The waiting proxy looks at the object itself: once it is stored the store answers, while
+    the lease is still there; the holder then leaves its lease to run out."""
+    sent: list[str] = []
+    first, second = proxy("first", sent=sent), proxy("second")
     key = (store.endpoint, BUCKET, f"a/{unique}")
     held = await first.take(key)
     assert held.lease is not None and not held.stored
@@ -71,12 +94,57 @@ async def test_one_proxy_fetches_the_other_waits_for_the_stored_object(store, cl
     await asyncio.sleep(0.5)
     assert not waiting.done(), "the second proxy waits while the first holds the lease"
     client.put_object(Bucket=BUCKET, Key=key[2], Body=b"stored by the first proxy's write-back")
-    first.release(held.lease)
     turn = await asyncio.wait_for(waiting, 10)
     assert turn.stored and turn.lease is None
+    first.release(held.lease, stored=True)
     assert (first.counts["held"], second.counts["waited"]) == (1, 1)
     await settle(first, second)
-    assert leases_in(client, "backorigin-leases") == [], "the holder removes its lease"
+    assert sent == ["PUT lease If-None-Match"], "the holder's one request: the lease's write; it is left to run out"
+    (left,) = [name for name in leases_in(client, "backorigin-leases") if name == held.lease.key]
+    assert client.head_object(Bucket="backorigin-leases", Key=left)["ETag"] == held.lease.etag
+
+
+async def test_a_key_missed_again_by_the_proxy_that_left_its_lease_costs_one_request(store, client, unique):
+    """Deleted and missed again within the lease's life: the proxy that left it takes it back
+    (If-Match on the version it left), and that is all it asks of the store."""
+    sent: list[str] = []
+    holder = proxy("holder", sent=sent)
+    key = (store.endpoint, BUCKET, f"again/{unique}")
+    held = await holder.take(key)
+    assert held.lease is not None
+    holder.release(held.lease, stored=True)
+    sent.clear()
+    again = await asyncio.wait_for(holder.take(key), 10)
+    assert again.lease is not None and again.lease.etag != held.lease.etag
+    assert sent == ["PUT lease If-Match"]
+    assert holder.counts["held"] == 2 and holder.counts["taken_over"] == 0
+    await settle(holder)
+
+
+async def test_another_proxy_missing_a_key_again_waits_for_the_left_lease_to_run_out(store, client, unique):
+    """Another proxy cannot tell a left lease from a renewed one before it runs out: it waits at
+    most its time to live, then takes it over (three requests: the create, a look, the take-over)."""
+    ttl = 2.0
+    sent: list[str] = []
+    holder, other = proxy("holder", ttl=ttl), proxy("other", ttl=ttl, sent=sent)
+    key = (store.endpoint, BUCKET, f"deleted/{unique}")
+    held = await holder.take(key)
+    assert held.lease is not None
+    holder.release(held.lease, stored=True)  # stored, then deleted: the key is missed again
+    left = time.monotonic()
+    turn = await asyncio.wait_for(other.take(key), 20)
+    took = time.monotonic() - left
+    assert turn.lease is not None and other.counts["taken_over"] == 1
+    assert ttl - 1 <= took <= ttl + 1 + LONGEST_PAUSE + 1.5, f"held {took:.1f}s by a lease of {ttl}s"
+    assert sent[0] == "PUT lease If-None-Match" and sent[-1] == "PUT lease If-Match"
+    assert set(sent[1:-1]) == {"HEAD lease", "HEAD object"}, "while it waits: the lease and the object"
+    other.release(turn.lease, stored=True)
+    sent.clear()
+    late = proxy("late", ttl=ttl, sent=sent)
+    await asyncio.sleep(ttl + 1.5)
+    assert (await asyncio.wait_for(late.take(key), 10)).lease is not None
+    assert sent == ["PUT lease If-None-Match", "HEAD lease", "PUT lease If-Match"], "a lease that ran out long ago"
+    await settle(holder, other, late)
 
 
 async def test_a_holder_that_gives_up_hands_the_turn_on(store, client, unique):
@@ -86,7 +154,7 @@ async def test_a_holder_that_gives_up_hands_the_turn_on(store, client, unique):
     assert held.lease is not None
     waiting = asyncio.ensure_future(second.take(key))
     await asyncio.sleep(0.3)
-    first.release(held.lease)  # an origin 404, say: nothing is stored
+    first.release(held.lease, stored=False)  # an origin 404, say: nothing is stored, the lease is removed
     turn = await asyncio.wait_for(waiting, 10)
     assert turn.lease is not None and not turn.stored
     await settle(first, second)
@@ -128,20 +196,23 @@ async def test_a_live_holder_renews_its_lease_past_its_time_to_live(store, clien
     await settle(holder, waiter)
 
 
-async def test_in_bucket_leases_of_a_versioned_bucket_leave_no_version_behind(store, client, unique):
-    place = LeasePlace(None)
+@pytest.mark.parametrize("place", [LeasePlace(None), LeasePlace(VERSIONED, "leases/")], ids=["bucket", "s3-prefix"])
+async def test_leases_in_a_versioned_bucket_leave_no_version_behind(store, client, unique, place):
+    """A versioned bucket would keep every version of a lease left to run out: there the holder
+    removes its lease (by version id) once the object is stored, and each renewal's old version."""
     holder, waiter = proxy("holder", place, ttl=1.5), proxy("waiter", place, ttl=1.5)
     key = (store.endpoint, VERSIONED, f"e/{unique}")
     held = await holder.take(key)
-    assert held.lease is not None and held.lease.key.startswith(IN_BUCKET_PREFIX)
+    assert held.lease is not None and not held.lease.may_be_left
     waiting = asyncio.ensure_future(waiter.take(key))
     await asyncio.sleep(2.5)  # renewed at least once: a version to remove
     assert not waiting.done()
     client.put_object(Bucket=VERSIONED, Key=key[2], Body=b"object")
-    holder.release(held.lease)
     assert (await asyncio.wait_for(waiting, 10)).stored
+    holder.release(held.lease, stored=True)
     await settle(holder, waiter)
-    versions = client.list_object_versions(Bucket=VERSIONED, Prefix=IN_BUCKET_PREFIX)
+    lease_prefix = IN_BUCKET_PREFIX if place.bucket is None else place.prefix
+    versions = client.list_object_versions(Bucket=VERSIONED, Prefix=lease_prefix)
     assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
 
 

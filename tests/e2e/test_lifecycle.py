@@ -54,7 +54,7 @@ def test_shutdown_waits_for_pending_write_backs(tmp_path, store, s3, rules_file,
 
 
 def test_regular_proxy_mode_with_absolute_urls(tmp_path, store, s3, origin, rules_file, unique):
-    proxy = Mitmdump("regular", rules_file, tmp_path).start()
+    proxy = Mitmdump("regular", rules_file, tmp_path, {"backorigin_stores": store.endpoint}).start()
     key = f"ok/{unique}"
     try:
         response = requests.get(f"{store.endpoint}/mirror-bucket/{key}", proxies={"http": proxy.url})

@@ -30,6 +30,7 @@ from backorigin.listing.addon import MergedListing
 from backorigin.listing.merge import merged_listing
 from backorigin.listing.request import Entry
 from backorigin.rules.model import RoutingRule, RuleBook
+from backorigin.s3.reading import Names, Reading, SentRequest, Store, read
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.clients import CLEAN_PATH, Target, aws_env, boto3_client, rclone_command, rclone_env
 from tests.listing_support import NS, Listed, model_items, page_through, parse_page, sort_key
@@ -191,6 +192,14 @@ def _signed(store: EmbeddedStore, path: str, secret: str = STORE_KEYS[1]) -> htt
     return http.Request.make("GET", store.endpoint + path, headers=dict(signed.headers.items()))
 
 
+def _asked(store: EmbeddedStore, request: http.Request, book: RuleBook) -> tuple[http.Request, RuleBook, Reading]:
+    """The request, the rules and the store's reading of the request (s3.reading), as the addon hands them over."""
+    sent = SentRequest(request.scheme, request.host, request.port, (f"{request.host}:{request.port}",), request.path)  # as signed
+    reading = read(sent, Names((Store.named(store.endpoint),), frozenset({"127.0.0.1"})))
+    assert isinstance(reading, Reading)
+    return request, book, reading
+
+
 async def test_answer_pages_with_our_tokens_and_the_store_decides_each_page(merged, tmp_path):
     """MergedListing.answer, what the request hook calls: the store lets each page through first."""
     listings, book, store, data = merged
@@ -202,8 +211,7 @@ async def test_answer_pages_with_our_tokens_and_the_store_decides_each_page(merg
     path = "/merged-bucket?list-type=2&max-keys=100&prefix=beta%2F0"
     try:
         for _ in range(len(expected) // 100 + 2):
-            answer = await listings.answer(_signed(store, path), book, store.endpoint,
-                                           tombstoned=hide_tombstoned(tombstones))
+            answer = await listings.answer(*_asked(store, _signed(store, path), book), tombstoned=hide_tombstoned(tombstones))
             assert answer is not None and answer.status_code == 200
             assert answer.headers["content-type"] == "application/xml"
             root, entries = parse_page(answer.content or b"")
@@ -211,13 +219,13 @@ async def test_answer_pages_with_our_tokens_and_the_store_decides_each_page(merg
             token = root.findtext("s3:NextContinuationToken", "", NS)
             if not token:
                 break
-            assert await listings.answer(_signed(store, f"{path}&continuation-token={token}", "wrong"), book,
-                                         store.endpoint) is None  # the store answers that one itself: 403
+            wrong = _signed(store, f"{path}&continuation-token={token}", "wrong")
+            assert await listings.answer(*_asked(store, wrong, book)) is None  # the store answers that one itself: 403
             path = f"/merged-bucket?continuation-token={token}&list-type=2&max-keys=100&prefix=beta%2F0"
         assert sorted(keys) == expected and len(keys) == len(set(keys))
-        assert await listings.answer(_signed(store, "/merged-bucket?list-type=2", "wrong"), book, store.endpoint) is None
-        assert await listings.answer(_signed(store, "/merged-bucket?list-type=2"), RuleBook("none", {}), store.endpoint) is None
-        assert await listings.answer(_signed(store, "/merged-bucket?location"), book, store.endpoint) is None
+        assert await listings.answer(*_asked(store, _signed(store, "/merged-bucket?list-type=2", "wrong"), book)) is None
+        assert await listings.answer(*_asked(store, _signed(store, "/merged-bucket?list-type=2"), RuleBook("none", {}))) is None
+        assert await listings.answer(*_asked(store, _signed(store, "/merged-bucket?location"), book)) is None
     finally:
         await listings.aclose()
 

@@ -91,7 +91,7 @@ def upstream(tmp_path_factory):
 
 
 def test_regular_mode_mirrors_and_writes_back(tmp_path, store, s3, origin, rules_file, unique):
-    proxy = ModeMitmdump("regular", rules_file, tmp_path).start()
+    proxy = ModeMitmdump("regular", rules_file, tmp_path, {"backorigin_stores": store.endpoint}).start()
     key = f"ok/{unique}"
     url = f"{store.endpoint}/mirror-bucket/{key}"  # clients send absolute URLs to an explicit proxy
     try:
@@ -110,7 +110,8 @@ def test_regular_mode_mirrors_and_writes_back(tmp_path, store, s3, origin, rules
 def test_upstream_mode_reaches_the_store_through_another_proxy(tmp_path, store, s3, origin, rules_file, upstream, unique):
     """The README's command: backorigin run --mode upstream:URL."""
     proxy = BackoriginRun(f"upstream:{upstream.url}", rules_file, tmp_path,
-                          args=["--mode", f"upstream:{upstream.url}", "--set", f"confdir={tmp_path / 'confdir'}"]).start()
+                          args=["--mode", f"upstream:{upstream.url}", "--store", store.endpoint,
+                                "--set", f"confdir={tmp_path / 'confdir'}"]).start()
     key = f"ok/{unique}"
     try:
         response = requests.get(f"{store.endpoint}/mirror-bucket/{key}", proxies={"http": proxy.url})
@@ -130,7 +131,7 @@ def test_upstream_mode_reaches_the_store_through_another_proxy(tmp_path, store, 
 def test_upstream_mode_write_backs_follow_http_proxy(tmp_path, store, s3, origin, rules_file, upstream, unique):
     """Where only the upstream reaches the store: HTTP_PROXY in mitmdump's environment sends
     boto3's write-backs through it too (origin fetches ignore proxy variables on purpose)."""
-    proxy = ModeMitmdump(f"upstream:{upstream.url}", rules_file, tmp_path,
+    proxy = ModeMitmdump(f"upstream:{upstream.url}", rules_file, tmp_path, {"backorigin_stores": store.endpoint},
                          env={"HTTP_PROXY": upstream.url, "NO_PROXY": ""}).start()
     key = f"ok/{unique}"
     try:
@@ -166,7 +167,8 @@ def test_transparent_mode_in_a_network_namespace(tmp_path, store, s3, origin, ru
     key = f"ok/{unique}"
     with link.established():
         proxy = BackoriginRun("transparent", rules_file, tmp_path, port=link.proxy_port, listen_host=link.host_addr,
-                              args=["--mode", "transparent", "--set", f"confdir={tmp_path / 'confdir'}"]).start()
+                              args=["--mode", "transparent", "--store", f"http://{link.host_addr}:{store.s3_port}",
+                                    "--set", f"confdir={tmp_path / 'confdir'}"]).start()
         try:
             def get() -> dict:
                 url = f"http://{link.host_addr}:{store.s3_port}/mirror-bucket/{key}"
@@ -239,21 +241,18 @@ def test_vhost_reverse_mode_with_keep_host_header(vhost_reverse, vhost_store, or
     assert len(origin.requests_for(unique)) == 1
 
 
-def test_vhost_reverse_mode_without_keep_host_header_cannot_see_the_bucket(tmp_path, vhost_store, vhost_rules, origin, unique):
-    """mitmproxy rewrites Host to the store's address first: the store and the addon both
-    read /KEY as a bucket name, so nothing is mirrored (hence the option's help text)."""
-    proxy = ModeMitmdump(f"reverse:{vhost_store.endpoint}", vhost_rules, tmp_path, VHOST).start()
-    try:
-        status, _, body = http_get(f"{proxy.url}/{unique}", {"Host": "mirror-bucket.s3.test"})
-    finally:
-        proxy.stop()
-    assert status == 404 and b"NoSuchBucket" in body
-    assert origin.requests_for(unique) == []
+def test_vhost_reverse_mode_without_keep_host_header_is_refused(tmp_path, vhost_store, vhost_rules):
+    """mitmproxy rewrites Host to the store's address first, so no virtual-hosted name reaches
+    the store: options that contradict each other stop the start (issue 25, item 9)."""
+    proxy = ModeMitmdump(f"reverse:{vhost_store.endpoint}", vhost_rules, tmp_path, VHOST)
+    with pytest.raises(RuntimeError, match="backorigin_vhost_domains: in reverse mode mitmproxy gives the store its own address"):
+        proxy.start()
 
 
 @pytest.fixture(scope="module")
-def vhost_regular(tmp_path_factory, vhost_rules):
-    proxy = ModeMitmdump("regular", vhost_rules, tmp_path_factory.mktemp("vhost-regular"), VHOST).start()
+def vhost_regular(tmp_path_factory, vhost_rules, vhost_store):
+    proxy = ModeMitmdump("regular", vhost_rules, tmp_path_factory.mktemp("vhost-regular"),
+                         {**VHOST, "backorigin_stores": vhost_store.endpoint}).start()
     yield proxy
     proxy.stop()
 
@@ -278,7 +277,7 @@ def test_vhost_regular_mode_with_the_host_header(vhost_regular, vhost_store, ori
 
 
 @pytest.fixture(scope="module")
-def vhost_regular_named(tmp_path_factory, vhost_rules):
+def vhost_regular_named(tmp_path_factory, vhost_rules, vhost_store):
     """Regular mode where mirror-bucket.s3.test resolves, for mitmdump only: its own
     /etc/hosts in a private mount namespace (root only), so clients can send the real
     virtual-hosted URL http://mirror-bucket.s3.test:PORT/key."""
@@ -288,7 +287,8 @@ def vhost_regular_named(tmp_path_factory, vhost_rules):
     hosts = workdir / "hosts"
     # the domain resolves too, as it does where bucket names are a wildcard under it
     hosts.write_text(Path("/etc/hosts").read_text() + "\n127.0.0.1 mirror-bucket.s3.test s3.test\n")
-    proxy = ModeMitmdump("regular", vhost_rules, workdir, VHOST, hosts_file=hosts).start()
+    proxy = ModeMitmdump("regular", vhost_rules, workdir, {**VHOST, "backorigin_stores": f"http://s3.test:{vhost_store.s3_port}"},
+                         hosts_file=hosts).start()
     yield proxy
     proxy.stop()
 
@@ -318,8 +318,8 @@ def test_vhost_regular_mode_with_a_resolvable_name_and_an_explicit_store_endpoin
         pytest.skip(f"regular mode with a resolvable bucket host name: {reason}")
     hosts = tmp_path / "hosts"
     hosts.write_text(Path("/etc/hosts").read_text() + "\n127.0.0.1 mirror-bucket.s3.test\n")
-    proxy = ModeMitmdump("regular", vhost_rules, tmp_path, {**VHOST, "backorigin_s3_endpoint": vhost_store.endpoint},
-                         hosts_file=hosts).start()
+    proxy = ModeMitmdump("regular", vhost_rules, tmp_path, {**VHOST, "backorigin_stores": f"http://s3.test:{vhost_store.s3_port}",
+                                                            "backorigin_s3_endpoint": vhost_store.endpoint}, hosts_file=hosts).start()
     key = f"ok/{unique}"
     url = f"http://mirror-bucket.s3.test:{vhost_store.s3_port}/{key}"
     try:
@@ -393,7 +393,8 @@ def test_https_store_behind_a_reverse_proxy_that_keeps_the_clients_host(tmp_path
     sends the store its own name, as mitmproxy does without keep_host_header."""
     ca = str(test_ca.ca_cert)
     proxy = ModeMitmdump(f"reverse:{tls_store.https_endpoint}", tls_rules, tmp_path,
-                         {"ssl_verify_upstream_trusted_ca": ca, "keep_host_header": "true"}, env={"AWS_CA_BUNDLE": ca}).start()
+                         {"ssl_verify_upstream_trusted_ca": ca, "keep_host_header": "true", "backorigin_store_hosts": "proxy.test"},
+                         env={"AWS_CA_BUNDLE": ca}).start()
     key = f"ok/{unique}"
     body = tmp_path / "body"
 

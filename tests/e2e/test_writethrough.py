@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from botocore import UNSIGNED
 from botocore.exceptions import ClientError
 
 from backorigin.writethrough.journal import Journal
-from tests.clients import VENV_BIN, Target, aws_env, boto3_client, sha256_of_file
+from tests.clients import Target, boto3_client, sha256_of_file
 from tests.support import Relay, run_cli, running, wait_for, write_back_worker
 from tests.writethrough_support import (
     AWAY,
@@ -32,6 +31,8 @@ from tests.writethrough_support import (
     STORE_KEYS,
     VERSIONED,
     Proxy,
+    aws,
+    sha,
     sha256_of,
     start_origin,
     start_the_store,
@@ -68,17 +69,6 @@ def file_of(path: Path, size: int, seed: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(hashlib.shake_256(seed.encode()).digest(size))
     return path
-
-
-def sha(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
-def aws(proxy: Proxy, workdir: Path, *arguments: str) -> None:
-    """The AWS CLI through the proxy, signed with the store's keys."""
-    command = [str(VENV_BIN / "aws"), "--endpoint-url", proxy.url, "s3", *arguments, "--only-show-errors"]
-    done = subprocess.run(command, env=aws_env(proxy.target, workdir), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
 
 
 def same_at_both(store, origin, key: str, expected: str | None, bucket: str = BUCKET, origin_bucket: str = ORIGIN_BUCKET) -> None:

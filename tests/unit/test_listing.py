@@ -33,6 +33,7 @@ from backorigin.listing.request import (
 from backorigin.listing.sources import origin_side
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.targets import OriginBucket
+from backorigin.s3.reading import Names, Reading, SentRequest, as_recorded, read
 from tests.listing_support import FakeBucket, Listed, model_items, page_through, parse_page, sort_key
 
 LISTING = tutils.treq(path=b"/bucket?list-type=2")
@@ -338,22 +339,30 @@ def test_roll_up():
 def test_which_requests_are_listings(url, expected):
     request = tutils.treq()
     request.url = url
-    listed = list_request(request)
+    listed = list_request(request, reading_of(request))
     if expected:
         assert listed is not None and (listed.version, listed.bucket) == expected
     else:
         assert listed is None
     request.method = "HEAD"
-    assert list_request(request) is None
+    assert list_request(request, reading_of(request)) is None
 
 
 def test_virtual_hosted_listing():
     request = tutils.treq()
     request.url = "http://photos.s3.test/?list-type=2"
     request.headers["host"] = "photos.s3.test"
-    assert list_request(request, ["s3.test"]) == ListRequest(2, "photos")
+    assert list_request(request, reading_of(request, ("s3.test",))) == ListRequest(2, "photos")
     request.url = "http://photos.s3.test/key?list-type=2"
-    assert list_request(request, ["s3.test"]) is None
+    assert list_request(request, reading_of(request, ("s3.test",))) is None
+
+
+def reading_of(request, domains: tuple[str, ...] = ()) -> Reading:
+    """The store's reading of a request to the store its URL names."""
+    sent = SentRequest(request.scheme, request.host, request.port, (request.host_header or request.host,), request.path)
+    found = read(sent, as_recorded(sent, Names((), frozenset(domains), domains)))
+    assert isinstance(found, Reading)
+    return found
 
 
 def test_an_earlier_rule_and_the_rules_own_conditions_decide_which_keys_an_origin_gives():

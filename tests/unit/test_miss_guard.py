@@ -222,6 +222,32 @@ def test_the_guard_keeps_limits_per_origin_host_circuits_per_host_and_tenant_and
     assert guard.breaker_for("http://a.example:8080/", tenant) is not a and guard.slots_for("http://a.example:8080/").limit == 5
 
 
+def test_hosts_and_circuits_as_new_are_forgotten_past_the_bound_and_no_other(monkeypatch):
+    """A "*" entry with ${bucket} in its host: every bucket a client names has a host and a
+    circuit; past KEPT, those as new go (and their metrics' labels), an open circuit, a failure that
+    still counts and a host with a fetch under way stay."""
+    monkeypatch.setattr("backorigin.miss.guard.KEPT", 10)
+    clock = Clock()
+    guard = OriginGuard(GuardSettings(failures=2), now=clock)
+    opened = guard.breaker_for("http://down.old/", ("down", True))
+    opened.record(failed=True)
+    opened.record(failed=True)
+    failing = guard.breaker_for("http://flaky.old/", ("flaky", True))
+    failing.record(failed=True)
+    busy = guard.slots_for("http://busy.old/")
+    busy.running = 1
+    for n in range(1000):
+        guard.breaker_for(f"http://b{n}.old/", (f"b{n}", True))
+        guard.slots_for(f"http://b{n}.old/")
+    assert len(guard.breakers) <= 11 and len(guard.slots) <= 11
+    assert opened.state is Circuit.OPEN and guard.breaker_for("http://down.old/", ("down", True)) is opened
+    assert guard.breaker_for("http://flaky.old/", ("flaky", True)) is failing and guard.slots_for("http://busy.old/") is busy
+    clock.t += 31  # its failure no longer counts: as new, it may go
+    for n in range(30):
+        guard.breaker_for(f"http://c{n}.old/", (f"c{n}", True))
+    assert ("flaky.old", ("flaky", True)) not in guard.breakers and ("down.old", ("down", True)) in guard.breakers
+
+
 def test_one_key_keeps_a_bounded_number_of_variants():
     seen = NotFound(60, now=Clock())
     for i in range(1000):

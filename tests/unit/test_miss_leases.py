@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backorigin.miss.fleet import lease_place
-from backorigin.miss.leases import DEFAULT_PLACE, IN_BUCKET_PREFIX, LeasePlace, Leases, Seen, Watch
+from backorigin.miss.leases import Leases, Watch
+from backorigin.miss.leasestore import DEFAULT_PLACE, IN_BUCKET_PREFIX, LeasePlace, Seen
 
 
 @given(st.text(min_size=1, max_size=1024))

@@ -52,7 +52,7 @@ def client_request(port: int, method: str = "GET", headers: tuple = ()):
 async def test_the_clients_request_goes_to_the_store_as_it_was_signed(probe):
     store = FakeStore(404, ERROR)
     port = await store.start()
-    answer = await probe.ask(client_request(port))
+    answer = await probe.ask(client_request(port), "127.0.0.1")
     assert answer is not None and answer.status == 404 and answer.body == ERROR and answer.header("x-amz-request-id") == "r"
     head = store.heads[0].decode().lower()
     assert head.startswith("get /b/k%20x?versionid=1 http/1.1") and "authorization: aws4-hmac-sha256 sig" in head
@@ -63,8 +63,8 @@ async def test_the_clients_request_goes_to_the_store_as_it_was_signed(probe):
 async def test_a_head_or_a_ranged_get_is_sent_as_it_is(probe):
     store = FakeStore(200)
     port = await store.start()
-    await probe.ask(client_request(port, "HEAD"))
-    await probe.ask(client_request(port, "GET", ((b"range", b"bytes=5-9"),)))
+    await probe.ask(client_request(port, "HEAD"), "127.0.0.1")
+    await probe.ask(client_request(port, "GET", ((b"range", b"bytes=5-9"),)), "127.0.0.1")
     assert "range" not in store.heads[0].decode().lower()
     assert store.heads[1].decode().lower().count("range:") == 1 and "range: bytes=5-9" in store.heads[1].decode().lower()
 
@@ -73,8 +73,8 @@ async def test_nothing_one_client_got_goes_with_anothers_request(probe):
     store = FakeStore(404, ERROR)
     store.extra = b"set-cookie: balancer=sticky\r\n"
     port = await store.start()
-    await probe.ask(client_request(port))
-    await probe.ask(client_request(port))
+    await probe.ask(client_request(port), "127.0.0.1")
+    await probe.ask(client_request(port), "127.0.0.1")
     assert all(b"cookie" not in head.lower() for head in store.heads)
 
 
@@ -83,11 +83,11 @@ async def test_a_path_that_is_not_ascii_is_not_sent_by_the_probe(probe):
     port = await store.start()
     request = client_request(port)
     request.path = "/b/k\udcff"  # a raw 0xff byte from the client
-    assert await probe.ask(request) is None and store.heads == []
+    assert await probe.ask(request, "127.0.0.1") is None and store.heads == []
 
 
 async def test_a_store_that_cannot_be_reached_is_no_answer(probe):
-    assert await probe.ask(client_request(free_ports(1)[0])) is None
+    assert await probe.ask(client_request(free_ports(1)[0]), "127.0.0.1") is None
 
 
 @pytest.mark.parametrize("method, status, body, complete", [
@@ -98,7 +98,7 @@ async def test_a_store_that_cannot_be_reached_is_no_answer(probe):
 async def test_the_stores_answer_is_kept_whole_up_to_the_limit_exactly_as_sent(probe, method, status, body, complete):
     store = FakeStore(status, body)
     store.extra = b"X-Amz-Meta-Name: caf\xc3\xa9\r\nETag: \"e\"\r\n"
-    answer = await probe.ask(client_request(await store.start(), method))
+    answer = await probe.ask(client_request(await store.start(), method), "127.0.0.1")
     assert answer is not None and answer.complete is complete
     if not complete:
         assert answer.body == b""  # left unread
@@ -125,7 +125,7 @@ async def test_a_body_of_unknown_length_over_the_limit_is_not_kept(probe):
     store.server.close()
     server = await asyncio.start_server(chunked, "127.0.0.1", port)
     try:
-        answer = await probe.ask(client_request(port))
+        answer = await probe.ask(client_request(port), "127.0.0.1")
     finally:
         server.close()
     assert answer is not None and answer.status == 200 and not answer.complete

@@ -386,3 +386,18 @@ def test_redirect_location_without_host_name_stays_in_the_client_bucket(key, buc
     assert parts.netloc == "client.example:8080"
     first, _, rest = parts.path[1:].partition("/")
     assert (unquote(first, errors="strict"), unquote(rest, errors="strict")) == (bucket, key)
+
+
+def test_an_s3_origin_with_the_bucket_in_its_host_keeps_the_placeholder_in_its_endpoint():
+    """https://${bucket}.HOST/: the bucket filled in is the rule's own, its host the one the
+    origin's clients fill in (s3.clients.foreign_s3_client); ${bucket} elsewhere in a host is no S3 origin."""
+    def mirror(url: str, bucket: str = "logs-a") -> OriginBucket:
+        entry = {"Name": "*", "RoutingRules": [{"RuleNumber": 1, "Redirect": {"RedirectType": "Mirror", "MirrorURL": url}}]}
+        return OriginBucket.of(parse_rules(json.dumps({"Buckets": [entry]}), "t").rules_for(bucket)[0])
+
+    assert mirror("https://${bucket}.s3.example.com:8443/p/") == OriginBucket("https://${bucket}.s3.example.com:8443", "logs-a", "p/")
+    assert mirror("http://${bucket}.old/${bucket}/", "a.b") == OriginBucket("http://${bucket}.old", "a.b", "a.b/")
+    assert mirror("http://old/${bucket}/") == OriginBucket("http://old", "logs-a", "")
+    for url in ("https://x${bucket}.s3.example.com/", "https://s3.${bucket}.example.com/", "https://${bucket}/"):
+        with pytest.raises(NotAnS3Origin, match="first label"):
+            mirror(url)

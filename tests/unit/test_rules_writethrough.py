@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from backorigin.rules.files import parse_rules
+from backorigin.rules.model import RulesError
 from backorigin.rules.writethrough import OriginCopy, origin_copy, secrets
 from backorigin.s3.addressing import ObjectRef
 from tests.support import run_cli
@@ -83,3 +86,45 @@ def test_export_leaves_write_through_out_with_a_warning(tmp_path: Path):
     assert (f"warning: {path}: WriteThrough left out of the XML: backorigin only (every write through the proxy is applied "
             "to the bucket's S3 origin too: docs/write-through.md); OSS has no such field") in done.stderr.splitlines()
     assert "WriteThrough" not in run_cli("export-rules", "--bucket", "other", path).stderr
+
+
+def patterns(mirror_url: str, write_through: bool = True) -> dict:
+    """One pattern entry "logs-*" mirroring each bucket from its namesake at the old store."""
+    return {"Buckets": [{"Name": "logs-*", "WriteThrough": write_through, "RoutingRules": [
+        {"RuleNumber": 1, "Redirect": {"RedirectType": "Mirror", "MirrorURL": mirror_url, "MirrorAuth": AUTH}}]}]}
+
+
+def test_a_pattern_entry_writes_each_bucket_through_to_its_namesake():
+    by_path, by_host = book(patterns("http://old:9000/${bucket}/in/")), book(patterns("https://${bucket}.old.example/in/"))
+    assert by_path.writes_through("logs-a") and by_host.writes_through("logs-b") and not by_path.writes_through("other")
+    assert origin_copy(by_path, ObjectRef("logs-a", "k")) == OriginCopy("http://old:9000", "logs-a", "in/k", "eu-west-3", "OLDKEY")
+    copy = origin_copy(by_host, ObjectRef("logs-b.2", "k"))  # a name with dots stays in the host
+    assert copy == OriginCopy("https://${bucket}.old.example", "logs-b.2", "in/k", "eu-west-3", "OLDKEY")
+    assert copy.where == "https://logs-b.2.old.example/in/k" and copy.server == "https://logs-b.2.old.example"
+    assert origin_copy(by_host, ObjectRef("other", "k")) is None and origin_copy(by_host, ObjectRef("other", "k"), False) is None
+
+
+def test_the_worker_gets_a_pattern_entrys_secret_for_its_own_endpoint_only():
+    """The endpoint a change names is the secret's key: a host with ${bucket} keeps it, so the
+    secret signs for that rule's hosts (BUCKET.old.example), never for the bare old.example."""
+    assert secrets(book(patterns("http://old:9000/${bucket}/"))) == {("http://old:9000", "OLDKEY"): "old-secret"}
+    assert secrets(book(patterns("https://${bucket}.old.example/", False))) == {("https://${bucket}.old.example", "OLDKEY"): "old-secret"}
+    assert secrets(book(patterns("https://www-${bucket}.old.example/", False))) == {}, "not an S3 origin: never written to"
+
+
+def test_bucket_in_the_host_writes_through_only_as_the_hosts_first_label():
+    with pytest.raises(RulesError, match=r"RuleNumber 1: field Redirect.MirrorURL: the bucket's WriteThrough needs an S3 "
+                                         r"origin, .* not https://www-\$\{bucket\}.old.example/"):
+        book(patterns("https://www-${bucket}.old.example/"))
+    exact = book({"Buckets": [{"Name": "photos", "WriteThrough": True, "RoutingRules": patterns("http://${bucket}.old/")[
+        "Buckets"][0]["RoutingRules"]}]})  # an exact entry's ${bucket} is filled in when the file is read
+    assert origin_copy(exact, ObjectRef("photos", "k")) == OriginCopy("http://${bucket}.old", "photos", "k", "eu-west-3", "OLDKEY")
+
+
+def test_explain_names_the_buckets_own_host_for_a_pattern_with_the_bucket_in_the_host(tmp_path: Path):
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(patterns("https://${bucket}.old.example/")))
+    done = run_cli("explain", "http://store:8333/logs-a/k", "--rules", path)
+    assert done.returncode == 0, done.stderr
+    assert ("writes (PUT, copy, multipart upload, DELETE): applied to the origin too, s3://logs-a/k at "
+            "https://logs-a.old.example (WriteThrough; signed with MirrorAuth OLDKEY)") in done.stdout

@@ -1,4 +1,4 @@
-"""S3 addressing: which bucket and object a request names, and what kind of call it is."""
+"""S3 addressing: what kind of call a request is (which bucket and key it names: test_s3_reading.py)."""
 
 from __future__ import annotations
 
@@ -6,46 +6,15 @@ import pytest
 from mitmproxy.test import tutils
 
 from backorigin.s3.addressing import (
-    ObjectRef,
     WriteKind,
-    bucket_of,
     is_plain_object_call,
     is_store_parameter,
-    object_ref,
-    target,
-    virtual_host_bucket,
     write_kind,
 )
 
 
 def request(path: str, method: str = "GET", host: str = "store", **kwargs):
     return tutils.treq(path=path.encode(), method=method.encode(), host=host, **kwargs)
-
-
-@pytest.mark.parametrize(
-    "path, expected",
-    [
-        ("/photos/a/b.jpg", ObjectRef("photos", "a/b.jpg")),
-        ("/photos/a%20b%2Bc%E4%B8%AD", ObjectRef("photos", "a b+c\u4e2d")),
-        ("/photos//lead", ObjectRef("photos", "/lead")),
-        ("/photos/k?acl", ObjectRef("photos", "k")),
-        ("/photos/", None),
-        ("/photos", None),
-        ("/", None),
-    ],
-)
-def test_object_ref_is_path_style_and_percent_decoded(path, expected):
-    assert object_ref(request(path)) == expected
-
-
-def test_virtual_hosted_names_are_read_for_the_given_domains_only():
-    assert virtual_host_bucket("Photos.S3.Test.", ["s3.test"]) == ("photos", "s3.test")
-    assert virtual_host_bucket("s3.test", ["s3.test"]) is None
-    vhost = request("/a%20b", headers=((b"host", b"photos.s3.test"),))
-    assert object_ref(vhost, ["s3.test"]) == ObjectRef("photos", "a b")
-    assert object_ref(vhost) is None  # without the domain, /a%20b is a bucket call
-    assert target(request("/", headers=((b"host", b"photos.s3.test"),)), ["s3.test"]) == ObjectRef("photos", "")
-    assert bucket_of(request("/photos?delete")) == "photos" and bucket_of(request("/")) is None
 
 
 def test_subresources_are_not_plain_object_calls():

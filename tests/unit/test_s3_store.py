@@ -24,6 +24,11 @@ def request(port: int, path: str, headers: tuple = SIGNED[:-1], method: str = "G
     return asked
 
 
+async def ask(client: StoreClient, asked, **options):
+    """The store check as the addon makes it: with the Host the store sees (the request's own here)."""
+    return await client.ask(asked, asked.headers.get("host") or f"{asked.host}:{asked.port}", **options)
+
+
 @pytest.fixture
 async def store():
     scripted = Loopback()
@@ -44,13 +49,13 @@ async def test_the_request_goes_out_byte_for_byte_dot_segments_included(store, c
     about a/d, and the client would have been given that other object's bytes."""
     path = "/b//a/./c/../d%2Fe%20f%7e?x=1&y=%7E&z"
     store.answers[f"http://store.test:9000{path}"] = (200, {"ETag": '"dotted"'}, b"the dotted key's")
-    answer = await client.ask(request(store.port, path), keep_up_to=1024)
+    answer = await ask(client, request(store.port, path), keep_up_to=1024)
     assert answer is not None and answer.complete and answer.body == b"the dotted key's"
     assert store.seen[0].head == (f"GET {path} HTTP/1.1\r\n".encode() + b"".join(b"%s: %s\r\n" % field for field in SIGNED[:-1]) + b"\r\n")
 
 
 async def test_a_request_without_host_gets_the_stores_address_and_nothing_else(store, client):
-    answer = await client.ask(request(store.port, "/b/k", headers=((b"x-amz-date", b"d"),)))
+    answer = await ask(client, request(store.port, "/b/k", headers=((b"x-amz-date", b"d"),)))
     assert answer is not None and answer.status == 404
     assert store.seen[0].head == f"GET /b/k HTTP/1.1\r\nHost: 127.0.0.1:{store.port}\r\nx-amz-date: d\r\n\r\n".encode()
 
@@ -63,7 +68,7 @@ async def test_a_request_without_host_gets_the_stores_address_and_nothing_else(s
     ("/b/k", SIGNED),  # a header repeated under a name of another case (aiohttp would keep one of them)
 ])
 async def test_a_request_that_cannot_go_out_as_it_is_is_not_sent(store, client, path, headers):
-    assert await client.ask(request(store.port, path, headers)) is None
+    assert await ask(client, request(store.port, path, headers)) is None
     assert store.seen == []
 
 
@@ -71,12 +76,12 @@ async def test_a_connection_whose_answer_was_read_to_its_end_is_kept_and_one_lef
     small, large = "http://store.test:9000/b/small", "http://store.test:9000/b/large"
     store.answers.update({small: (200, {}, b"s" * 100), large: (200, {}, b"l" * 8 * 1024 * 1024)})  # more than aiohttp buffers
     for _ in range(2):
-        answer = await client.ask(request(store.port, "/b/small"), keep_up_to=1000)
+        answer = await ask(client, request(store.port, "/b/small"), keep_up_to=1000)
         assert answer is not None and answer.complete and answer.body == b"s" * 100
     assert store.connections == 1
-    answer = await client.ask(request(store.port, "/b/large"), keep_up_to=1000)
+    answer = await ask(client, request(store.port, "/b/large"), keep_up_to=1000)
     assert answer is not None and not answer.complete and answer.body == b""  # left unread
-    answer = await client.ask(request(store.port, "/b/small"), keep_up_to=1000)
+    answer = await ask(client, request(store.port, "/b/small"), keep_up_to=1000)
     assert answer is not None and answer.complete
     assert [seen.connection for seen in store.seen] == [1, 1, 1, 2]  # not the half-read connection
 
@@ -86,13 +91,13 @@ async def test_a_store_that_hangs_up_before_answering_is_asked_once(store, clien
         pass
 
     store.answers["http://store.test:9000/b/k"] = hang_up
-    assert await client.ask(request(store.port, "/b/k")) is None  # mitmproxy asks it then
+    assert await ask(client, request(store.port, "/b/k")) is None  # mitmproxy asks it then
     assert len(store.seen) == 1
 
 
 async def test_an_errors_start_is_read_and_the_rest_left(store, client):
     store.answers["http://store.test:9000/b/k"] = (404, {"transfer-encoding": "chunked"}, b"<Error>" + b"x" * STORE_ERROR_BODY_LIMIT)
-    answer = await client.ask(request(store.port, "/b/k"), keep_up_to=1000)
+    answer = await ask(client, request(store.port, "/b/k"), keep_up_to=1000)
     assert answer is not None and answer.status == 404 and not answer.complete
     assert answer.body.startswith(b"<Error>") and STORE_ERROR_BODY_LIMIT < len(answer.body) <= 2 * STORE_ERROR_BODY_LIMIT
 
@@ -103,7 +108,7 @@ async def test_the_answers_headers_and_reason_are_kept_byte_for_byte(store, clie
         await writer.drain()
 
     store.answers["http://store.test:9000/b/k"] = answer
-    got = await client.ask(request(store.port, "/b/k"), keep_up_to=10)
+    got = await ask(client, request(store.port, "/b/k"), keep_up_to=10)
     assert got is not None and got.complete
     response = got.response()
     assert response.reason == "Fine \xe9" and response.raw_content == b"ok"
@@ -117,7 +122,7 @@ async def test_tls_is_verified_as_mitmproxy_does(tmp_path, store):
     for verify, answered in ((True, False), (str(ca.ca_cert), True), (False, True)):  # certifi's CAs, the test CA, none
         client = StoreClient(verify)
         try:
-            answer = await client.ask(request(port, "/b/k", scheme="https"), keep_up_to=100)
+            answer = await ask(client, request(port, "/b/k", scheme="https"), keep_up_to=100)
         finally:
             await client.aclose()
         assert (answer is not None and answer.body == b"over tls") is answered, verify
@@ -127,6 +132,6 @@ async def test_through_mitmproxys_upstream_proxy(store, client):
     """An http store is asked through the proxy in absolute form, the path as it is."""
     asked = tutils.treq(host="store.test", port=9000, method=b"GET", scheme=b"http", path=b"/b/./k", content=b"",
                         headers=((b"Host", b"store.test:9000"),))
-    answer = await client.ask(asked, via=f"http://127.0.0.1:{store.port}")
+    answer = await ask(client, asked, via=f"http://127.0.0.1:{store.port}")
     assert answer is not None and answer.status == 404
     assert store.seen[0].head.startswith(b"GET http://store.test:9000/b/./k HTTP/1.1\r\nHost: store.test:9000\r\n")

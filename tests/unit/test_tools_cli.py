@@ -89,7 +89,7 @@ def test_a_bad_rules_file_is_reported_before_mitmproxy_starts(tmp_path):
 
 
 def test_run_loads_the_packaged_script_in_reverse_mode():
-    command = mitmproxy_command("dump", "http://s:1", Path("r.json"), "[::1]:8080", [], ["--", "-v"])
+    command = mitmproxy_command("dump", ["http://s:1"], Path("r.json"), "[::1]:8080", [], ["--", "-v"])
     assert Path(command[0]).name == "mitmdump"
     script = Path(command[command.index("-s") + 1])
     assert script.read_text().splitlines()[-1] == "addons = [BackOrigin()]"
@@ -98,7 +98,7 @@ def test_run_loads_the_packaged_script_in_reverse_mode():
 
 
 def test_web_ui_gets_one_web_columns_option_per_column(tmp_path):
-    command = mitmproxy_command("web", "http://s:1", tmp_path / "r.json", "127.0.0.1:8080", ["keep_host_header=true"])
+    command = mitmproxy_command("web", ["http://s:1"], tmp_path / "r.json", "127.0.0.1:8080", ["keep_host_header=true"])
     assert Path(command[0]).name == "mitmweb"
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
     assert [s for s in sets if s.startswith("web_columns=")] == [f"web_columns={c}" for c in WEB_COLUMNS]
@@ -113,7 +113,7 @@ def sets_of(command: list[str]) -> list[str]:
 
 
 def command_for(mode: str = "reverse", store: str | None = "http://s:1", options=(), extra=()) -> list[str]:
-    return mitmproxy_command("dump", store, Path("r.json"), "127.0.0.1:8080", list(options), list(extra), mode)
+    return mitmproxy_command("dump", [store] if store else [], Path("r.json"), "127.0.0.1:8080", list(options), list(extra), mode)
 
 
 def test_reverse_mode_keeps_the_clients_host_for_signed_clients():
@@ -135,16 +135,18 @@ def test_reverse_mode_keep_host_header_can_be_turned_off_and_is_then_given_once(
     ("upstream:http://proxy.internal:3128", "upstream:http://proxy.internal:3128"),
     ("upstream:https://proxy.internal:3128/", "upstream:https://proxy.internal:3128"),
 ])
-def test_the_other_modes_need_no_store_and_leave_host_alone(mode, spec):
-    command = command_for(mode, store=None)
+def test_the_other_modes_name_their_stores_and_leave_host_alone(mode, spec):
+    command = command_for(mode)
     assert command[command.index("--mode") + 1] == spec
+    assert "backorigin_stores=http://s:1" in sets_of(command)
     assert not any(s.startswith(("keep_host_header=", "backorigin_s3_endpoint=")) for s in sets_of(command))
 
 
-def test_a_store_in_the_other_modes_is_where_write_backs_go():
-    command = command_for("regular", store="https://store.internal:9000/")
-    assert command[command.index("--mode") + 1] == "regular"
-    assert "backorigin_s3_endpoint=https://store.internal:9000" in sets_of(command)
+def test_each_store_in_the_other_modes_is_one_the_proxy_acts_for():
+    command = mitmproxy_command("dump", ["https://store.internal:9000/", "http://other:1"], Path("r.json"), "127.0.0.1:8080", [],
+                                [], "regular")
+    assert [s for s in sets_of(command) if s.startswith("backorigin_stores=")] == [
+        "backorigin_stores=https://store.internal:9000", "backorigin_stores=http://other:1"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -158,8 +160,8 @@ def test_a_store_in_the_other_modes_is_where_write_backs_go():
     (["--store", "127.0.0.1:8333"], "--store '127.0.0.1:8333': expected http://HOST[:PORT] or https://HOST[:PORT]"),
     (["--store", "http://s:1/bucket"], "only scheme, host and port"),
     (["--store", "http://s:99999"], "--store 'http://s:99999': Port out of range"),
-    (["--mode", "regular", "--store", "http://s:1", "--set", "backorigin_s3_endpoint=http://t:2"],
-     "--store and --set backorigin_s3_endpoint both say where write-backs go"),
+    (["--mode", "regular"], "--mode regular needs --store URL (repeatable): the stores the proxy acts for"),
+    (["--store", "http://a:1", "--store", "http://b:2"], "--mode reverse (the default) needs --store URL, once"),
     (["--store", "http://s:1", "--set", "mode=regular"], "--set mode=... : give it with --mode"),
     (["--store", "http://s:1", "--set", "listen_port=1"], "--set listen_port=... : give it with --listen"),
     (["--store", "http://s:1", "--", "--mode", "regular"], "--mode after --: give it with --mode"),

@@ -19,8 +19,8 @@ from backorigin.writethrough.sync import KeptChanging
 from backorigin.writethrough.worker import NoCredentials, scope_of
 
 
-def change(key: str, origin: str = "http://old") -> Change:
-    return Change("http://store", "b", key, OriginCopy(origin, "ob", key, "us-east-1", "KEY"))
+def change(key: str, origin: str = "http://old", bucket: str = "ob") -> Change:
+    return Change("http://store", bucket, key, OriginCopy(origin, bucket, key, "us-east-1", "KEY"))
 
 
 def entry(name: str, *changes: Change) -> Entry:
@@ -82,6 +82,29 @@ def test_a_failing_origin_is_paused_as_a_whole_and_its_first_key_stays_first():
     assert backlog.take(0) is None and backlog.next_time() == delay
     assert backlog.take(delay) == (a, [Path("1")])  # then in order again
     assert backlog.entries == 3  # nothing dropped
+
+
+def test_a_bucket_the_origin_refuses_holds_up_no_other_bucket_of_the_same_origin():
+    """A pattern entry writes many buckets to one origin endpoint: NoSuchBucket for one (its
+    namesake not made yet) pauses that bucket's lane only."""
+    backlog = Backlog()
+    missing, other = change("a", bucket="tenant-missing"), change("b", bucket="tenant-b")
+    backlog.add(entry("1", missing))
+    backlog.add(entry("2", other))
+    taken = backlog.take(0)
+    assert taken == (missing, [Path("1")])
+    backlog.failed(*taken, now=0, scope="lane")
+    assert backlog.take(0) == (other, [Path("2")])
+
+
+def test_buckets_take_turns_whatever_each_ones_backlog():
+    backlog = Backlog()
+    for n in range(100):
+        backlog.add(entry(f"a{n:03d}", change(f"k{n}", bucket="tenant-a")))
+    backlog.add(entry("b", change("k", bucket="tenant-b")))
+    backlog.add(entry("c", change("k", bucket="tenant-c")))
+    taken = [backlog.take(0) for _ in range(4)]
+    assert [t[0].bucket for t in taken if t] == ["tenant-a", "tenant-b", "tenant-c", "tenant-a"]
 
 
 def test_a_key_refused_alone_waits_alone():

@@ -48,9 +48,9 @@ from backorigin.miss.mirror import Mirror
 from backorigin.options import check_choice
 from backorigin.rules.plan import covered_by_mirror
 from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, write_kind
+from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
 from backorigin.s3.clients import describe_error, shared_s3_client, store_has
-from backorigin.s3.store import reverse_target
+from backorigin.s3.reading import plain_key
 from backorigin.writeback.spool import ObjectKey
 from backorigin.xmlsafe import ObjectsReader
 
@@ -92,7 +92,8 @@ class Deletes:
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
         self.stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
-        self.store = store = options.backorigin_s3_endpoint or reverse_target(options)
+        stores = self.context.names.stores
+        self.store = store = stores[0].address if len(stores) == 1 else None  # tombstones in the store: the one store's
         spool = self.mirroring.mirror.writeback.spool.directory
         if not hasattr(self, "tombstones") or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
             try:
@@ -130,7 +131,7 @@ class Deletes:
             return None
         if write_kind(flow.request) is not WriteKind.DELETE_MANY:
             return None
-        bucket = bucket_of(flow.request, self.context.vhost_domains)
+        bucket = self.context.bucket(flow)
         if bucket is None or not any(rule.Redirect.is_mirror for rule in self.context.rulebook.rules_for(bucket)):
             return None
         flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})))
@@ -145,6 +146,8 @@ class Deletes:
             return None
         (ref, versioned), = refs
         endpoint = self.context.endpoint(flow.request)
+        if endpoint is None:  # set aside (s3.reading): refs came from the same reading, so never here
+            return None
         self.mirroring.mirror.writeback.hold((endpoint, ref.bucket, ref.key))
         flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key, versioned]]
         return self._take_room(flow, ref.bucket, ref.key)
@@ -191,7 +194,7 @@ class Deletes:
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
         response = flow.response
         if flow.request.method == "POST" and response is not None and flow.id in self._intents:
-            read_as_it_passes(response)
+            read_as_it_passes(flow, response)
 
     async def _answered(self, flow: http.HTTPFlow, response: http.Response) -> None:
         intent = self._intents.pop(flow.id, None)
@@ -217,8 +220,8 @@ class Deletes:
         deleted: list[ObjectKey] = deleted_one
         if 200 <= response.status_code < 300 and write_kind(flow.request) is WriteKind.DELETE_MANY:
             endpoint = self.context.endpoint(flow.request)
-            found = self._deleted_by(flow, deleted_objects(flow) or [])
-            deleted = [(endpoint, ref.bucket, ref.key) for ref, _ in found]
+            found = self._deleted_by(flow, deleted_objects(flow) or []) if endpoint is not None else []
+            deleted = [(endpoint, ref.bucket, ref.key) for ref, _ in found if endpoint is not None]
             versioned = {ref.key for ref, only_version in found if only_version}
         else:
             versioned = {ref.key for ref, only_version in self._deleted_by(flow, []) if only_version} if deleted else set()
@@ -295,8 +298,8 @@ class Deletes:
             ref = self.context.object(flow)
             bucket, found = (ref.bucket, [(ref.key, kind is WriteKind.DELETE_VERSION)]) if ref else (None, [])
         elif kind is WriteKind.DELETE_MANY:
-            bucket = bucket_of(flow.request, self.context.vhost_domains)
-            found = [(key, version is not None) for key, version in objects]
+            bucket = self.context.bucket(flow)
+            found = [(key, version is not None) for key, version in objects if plain_key(key)]  # keys stores read alike
         else:
             return []
         if bucket is None:
@@ -323,14 +326,16 @@ async def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey]
                              describe_error(e))
 
 
-def read_as_it_passes(response: http.Response) -> None:
+def read_as_it_passes(flow: http.HTTPFlow, response: http.Response) -> None:
     """A DeleteObjects answer read as it passes (its <Deleted> and <Error> keys: `ReadingBody`),
     unless it is already, and sent chunked, so that the client has all of it only once the response
     hook has run: mitmproxy sends the last chunk after that hook, whatever the answer's size."""
     if isinstance(response.stream, ReadingBody):
         return
     response.stream = ReadingBody(ObjectsReader(frozenset({"Deleted", "Error"})))
-    if response.http_version == "HTTP/1.1" and "content-length" in response.headers:
+    # chunked only towards an HTTP/1.1 client: an HTTP/2 one (the store's answer is HTTP/1.1 all the
+    # same) ends the stream after the response hook anyway, and Transfer-Encoding breaks HTTP/2
+    if flow.request.http_version == "HTTP/1.1" and "content-length" in response.headers:
         del response.headers["content-length"]
         response.headers["transfer-encoding"] = "chunked"
 
@@ -357,10 +362,12 @@ class ReadingBody:
 
     def __init__(self, reader: ObjectsReader) -> None:
         self.reader = reader
+        self.finished = False
 
     def __call__(self, chunk: bytes) -> bytes:
         if chunk:
             self.reader.feed(chunk)
-        else:
+        elif not self.finished:  # over HTTP/2 mitmproxy calls it with b"" more than once
+            self.finished = True
             self.reader.finish()
         return chunk

@@ -164,7 +164,7 @@ def open_tombstones(where: str | None, default_folder: Path | None, store: str |
     if where.startswith("s3://"):
         bucket, prefix = StoreTombstones.parse(where)
         if not store:
-            raise TombstonesError("s3://... needs the store's endpoint (backorigin_s3_endpoint outside reverse-proxy mode)")
+            raise TombstonesError("s3://... needs one named store (reverse mode's target, or one of backorigin_stores)")
         return StoreTombstones(make_s3_client(store), bucket, prefix)
     if not Path(where).is_dir():
         raise TombstonesError(f"{where} is not a folder (give the proxy's SPOOL/tombstones or s3://BUCKET/PREFIX/)")

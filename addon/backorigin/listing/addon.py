@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import botocore.exceptions
@@ -24,6 +24,7 @@ from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import shared_s3_client
+from backorigin.s3.reading import Reading
 from backorigin.s3.store import StoreClient, upstream_proxy, upstream_verification
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ class MergedListing:
         return self._list(flow, context)
 
     async def _list(self, flow: http.HTTPFlow, context: Context) -> None:
-        listing = await self.answer(flow.request, context.rulebook, context.endpoint(flow.request), upstream_proxy(flow),
-                                    self.tombstoned, context.vhost_domains)
+        reading = context.read(flow)
+        if reading is None:
+            return
+        listing = await self.answer(flow.request, context.rulebook, reading, upstream_proxy(flow), self.tombstoned)
         if listing is not None:
             flow.response = listing
 
@@ -146,13 +149,13 @@ class MergedListing:
                 sides.append(side)
         return sides
 
-    async def store_allows(self, request: http.Request, via: str | None, continuing: bool) -> bool:
+    async def store_allows(self, request: http.Request, host: str, via: str | None, continuing: bool) -> bool:
         """Whether the store lets the client list: the client's own request, sent as is (so its
         signature holds). 200 says yes; on a page after the first, so does a 400 InvalidArgument
         (stores that check the signature and the right to list before they read the token do not
         know ours; SeaweedFS reads it as a start-after and answers 200). Anything else, or no
         answer, is the store's to give: False."""
-        answer = await self.store.ask(request, via)
+        answer = await self.store.ask(request, host, via)
         if answer is None:
             return False
         return answer.status == 200 or (
@@ -160,8 +163,8 @@ class MergedListing:
         )
 
     async def answer(
-        self, request: http.Request, book: RuleBook, store_endpoint: str, via: str | None = None,
-        tombstoned: Tombstoned | None = None, virtual_host_domains: Sequence[str] = (),
+        self, request: http.Request, book: RuleBook, reading: Reading, via: str | None = None,
+        tombstoned: Tombstoned | None = None,
     ) -> http.Response | None:
         """The merged answer to a ListObjects(V2) request, or None: not a listing, no merged rule
         for its bucket, a continuation token that is not ours (the store's own), or the store did
@@ -169,17 +172,17 @@ class MergedListing:
         Every page is answered only once the store let the client's own request through
         (`store_allows`): the store decides who may list, the proxy lists with its own credentials.
         `via`: mitmproxy's upstream proxy (s3.store.upstream_proxy)."""
-        listed = list_request(request, virtual_host_domains)
+        listed = list_request(request, reading)
         if listed is None or not any(_merged(rule) for rule in book.rules_for(listed.bucket)):
             return None
         token = request.query.get("continuation-token", "") if listed.version == 2 else ""
         if token and not is_our_token(token):
             return None  # the store's own token (a listing begun before merging was on): the store answers
-        if not await self.store_allows(request, via, continuing=bool(token)):
+        if not await self.store_allows(request, reading.host, via, continuing=bool(token)):
             return None
         query = {name: value for name, value in reversed(request.query.items(multi=True))}  # the first of each wins
         try:
-            sides = await self.sides(listed.bucket, book, store_endpoint, request, tombstoned)
+            sides = await self.sides(listed.bucket, book, reading.endpoint, request, tombstoned)
             body = await merged_listing(query, listed.bucket, sides[0], sides[1:], version=listed.version)
         except ListingError as e:
             logger.warning("merged listing of %s: %s", listed.bucket, e.message)

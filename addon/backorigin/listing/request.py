@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from mitmproxy import http
 
-from backorigin.s3.addressing import is_store_parameter, target
+from backorigin.s3.addressing import is_store_parameter
+from backorigin.s3.reading import Reading
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_KEYS = 1000  # S3's default and cap
@@ -65,19 +66,16 @@ class ListRequest:
     bucket: str
 
 
-def list_request(request: http.Request, virtual_host_domains: Sequence[str] = ()) -> ListRequest | None:
+def list_request(request: http.Request, reading: Reading) -> ListRequest | None:
     """The listing a request asks for: GET /bucket?list-type=2 (v2) or GET /bucket with only
-    ListObjects parameters (v1), path-style or virtual-hosted; None for anything else
-    (another bucket sub-resource, an object, the service)."""
-    if request.method != "GET":
-        return None
-    found = target(request, virtual_host_domains)
-    if found is None or not found.bucket or found.key:
+    ListObjects parameters (v1), path-style or virtual-hosted (the store's `reading` of it); None
+    for anything else (another bucket sub-resource, an object, the service)."""
+    if request.method != "GET" or not reading.bucket or reading.key:
         return None
     names = {name for name in request.query.keys() if not is_store_parameter(name)}
     if request.query.get("list-type") == "2":
-        return ListRequest(2, found.bucket) if names <= _V2_PARAMS else None
-    return ListRequest(1, found.bucket) if names <= _V1_PARAMS else None
+        return ListRequest(2, reading.bucket) if names <= _V2_PARAMS else None
+    return ListRequest(1, reading.bucket) if names <= _V1_PARAMS else None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from backorigin.miss.conditional import Validators
 from backorigin.miss.integrity import decimal, multipart_parts
-from backorigin.miss.leases import Lease
+from backorigin.miss.leasestore import Lease
 from backorigin.miss.origin import OriginResult, SinkFailed
 from backorigin.writeback.spool import ObjectKey, ObjectUpload
 

@@ -9,7 +9,8 @@ from mitmproxy.addonmanager import Loader
 
 from backorigin.deletes.tombstones import StoreTombstones
 from backorigin.miss.addon import Mirroring
-from backorigin.miss.leases import DEFAULT_PLACE, LeasePlace, LeaseSettings, owner_name
+from backorigin.miss.leases import owner_name
+from backorigin.miss.leasestore import DEFAULT_PLACE, LeasePlace, LeaseSettings
 from backorigin.options import parse_seconds
 from backorigin.writeback.spools import proxy_name
 

@@ -16,7 +16,10 @@ that may be the weakest machine in the story, and what keeps one tenant from spo
   opens it again.
 
 Pure cores with a clock of their own (`now`), tested alone; `OriginGuard` puts them together for
-`Mirror`, and counts what they did for the metrics.
+`Mirror`, and counts what they did for the metrics. Its tables of hosts and circuits are bounded
+(KEPT): with a pattern entry ("*") they grow with the buckets and, with ${bucket} in a host, the
+hosts clients name, so the least recently used entries that are as new go (a circuit closed with no
+recent failure, a host with nothing running or waiting), and with them their metrics' labels.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,6 +45,7 @@ Clock = Callable[[], float]
 Tenant = tuple[str, bool]  # (bucket, signed): whose misses share a fair part of an origin's slots and a circuit
 NOT_FOUND_KEPT = 100_000  # origin 404s remembered at most (the oldest go first)
 VARIANTS_KEPT = 64  # 404s remembered for one key (other queries or headers): no key's forgetting costs more
+KEPT = 10_000  # origin hosts, and circuits, kept past their use while they are as new (OriginGuard)
 
 
 def origin_host(url: str) -> str:
@@ -263,6 +267,10 @@ class Breaker:
         if self.state is Circuit.CLOSED and self._count >= self.failures:
             self._open(now, f"{self._count} failures in a row")
 
+    def as_new(self) -> bool:
+        """Closed, with no failure that still counts: a new breaker would behave the same."""
+        return self.state is Circuit.CLOSED and (self._count == 0 or self.now() - self._last_failure > self.window)
+
     def release(self) -> None:
         """After a fetch: a test fetch that recorded nothing (it raised, or was cancelled) failed."""
         if self._testing:
@@ -296,8 +304,8 @@ class OriginGuard:
     now: Clock = time.monotonic
     counts: Counter[str] = field(default_factory=Counter)  # not_found_hits, queued, refused, failed_fast
     not_found: NotFound = field(init=False)
-    slots: dict[str, Slots] = field(default_factory=dict)
-    breakers: dict[tuple[str, Tenant], Breaker] = field(default_factory=dict)
+    slots: OrderedDict[str, Slots] = field(default_factory=OrderedDict)  # the least recently used first
+    breakers: OrderedDict[tuple[str, Tenant], Breaker] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.configure(self.settings)
@@ -310,17 +318,34 @@ class OriginGuard:
         self.breakers.clear()
 
     def slots_for(self, url: str) -> Slots:
-        host = origin_host(url)
-        if host not in self.slots:
-            self.slots[host] = Slots(self.settings.concurrency, self.settings.queue)
-        return self.slots[host]
+        s = self.settings
+        return _kept(self.slots, origin_host(url), lambda: Slots(s.concurrency, s.queue),
+                     lambda slots: not slots.running and not slots.waiting)
 
     def breaker_for(self, url: str, tenant: Tenant) -> Breaker:
         """The circuit of `url`'s host for `tenant`: one tenant's failing keys open no other's."""
-        host = origin_host(url)
-        if (host, tenant) not in self.breakers:
-            s = self.settings
-            bucket, signed = tenant
-            self.breakers[(host, tenant)] = Breaker(f"{host} (bucket {bucket}, {'signed' if signed else 'anonymous'} clients)",
-                                                    s.failures, s.window, s.cooldown, self.now)
-        return self.breakers[(host, tenant)]
+        host, s = origin_host(url), self.settings
+        bucket, signed = tenant
+        return _kept(self.breakers, (host, tenant),
+                     lambda: Breaker(f"{host} (bucket {bucket}, {'signed' if signed else 'anonymous'} clients)", s.failures,
+                                     s.window, s.cooldown, self.now),
+                     Breaker.as_new)
+
+
+def _kept(table: OrderedDict[Any, Any], name: Hashable, make: Callable[[], Any], as_new: Callable[[Any], bool]) -> Any:
+    """`table[name]`, made when missing, now the most recently used. Past KEPT entries, the least
+    recently used goes if it is `as_new` (else it counts as used): a few steps per new entry, so
+    that entries as new never pile up behind one in use, and no request pays for many."""
+    found = table.get(name)
+    if found is None:
+        found = table[name] = make()
+        for _ in range(3):
+            if len(table) <= KEPT:
+                break
+            oldest, entry = next(iter(table.items()))
+            if as_new(entry):
+                del table[oldest]
+            else:
+                table.move_to_end(oldest)
+    table.move_to_end(name)
+    return found

@@ -1,119 +1,62 @@
 """One origin fetch per fleet: proxies in front of one store take turns at a new object through a
-lease, a small object in the store written create-only (`If-None-Match: *`).
+lease, a small object in the store written create-only (miss.leasestore).
 
-The proxy that writes the lease fetches the object (its fill, miss.mirror) and keeps the lease
-until the write-back has landed, renewing it every third of its time to live; then it removes it.
-Another proxy that misses the object meanwhile finds the lease (412), and waits, looking at the lease
-with a growing pause (50 ms, doubling, at most 1 s): once the lease is gone and the object is in
-the store, the store answers its clients; when the lease's time has run out without a renewal (its
-proxy was killed), it takes the lease over (`If-Match` on the stale lease: one proxy wins) and
-fetches the object itself; after `wait` seconds it fetches it itself in any case. Time is the
-store's: a lease has run out when the store's `Date` is more than its time to live past the lease's
-`Last-Modified`, so the proxies' clocks do not matter.
+The proxy that writes the lease fetches the object (its fill, miss.mirror) and renews the lease
+every third of its time to live until the write-back has landed. Then it leaves it to run out: the
+object in the store is what the other proxies wait for, so nothing more is asked of the store. A
+miss of the same key by this proxy later takes its lease back with `If-Match` on the version it
+left (one request, as a new lease). A fill that stores nothing (an origin 404, a failure, a delete
+meanwhile) removes its lease, so a waiting proxy takes its turn at once; so does every lease that
+cannot be left: in the object's own bucket (its clients would see it) or in a versioned bucket
+(each version would stay).
 
-A miss no other proxy fills costs one store request more than without leases (the lease's write);
-the lease's removal comes after the write-back, off the client's path. A store that refuses a
-lease, or takes longer than TIMEOUT to answer (an error, no permission, a store that hangs), costs
-that attempt: then misses whose leases live there go on without one, as without leases, for
-TROUBLE_PAUSE seconds. Where leases live: `LeasePlace`.
+Another proxy that misses the object meanwhile finds the lease (412), looks at it (a HEAD) and
+then, while it is renewed, at the object with a growing pause (50 ms, doubling, at most 1 s):
+ - the object is in the store: the store answers its clients;
+ - the lease is gone (its holder stored nothing): it writes the lease itself;
+ - the lease has run out (its holder was killed, or its fill ended long ago and the key was
+   deleted since): it takes it over (`If-Match` on the version seen: of several proxies, one
+   wins) and fetches the object itself;
+ - `wait` seconds have passed: it fetches the object itself in any case.
+
+A miss no other proxy fills costs one store request more than without leases (the lease's write,
+before the origin GET), plus a renewal for each third of the time to live its fill and write-back
+take. A store that refuses a lease, or takes longer than TIMEOUT to answer (an error, no
+permission, a store that hangs), costs that attempt: then misses whose leases live there go on
+without one, as without leases, for TROUBLE_PAUSE seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import json
 import logging
 import os
 import random
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from backorigin.s3.clients import code_of, describe_error, make_s3_client, status_of, store_has
+from backorigin.miss.leasestore import Lease, LeaseSettings, LeaseStore, Seen
+from backorigin.s3.clients import describe_error
 from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_PLACE = "s3://backorigin-leases/"  # backorigin_leases' default
-IN_BUCKET_PREFIX = ".backorigin-lease-"  # backorigin_leases=bucket: a key at the root, no folder left behind
-FIRST_PAUSE = 0.05  # seconds before a waiting proxy first looks at the lease again
+FIRST_PAUSE = 0.05  # seconds before a waiting proxy first looks at the object and the lease again
 LONGEST_PAUSE = 1.0
 NEAR_THE_END = 0.2  # the shortest pause while a lease is about to run out
-TIMEOUT = 5.0  # seconds a lease request may take: past it the miss goes on without a lease
 TROUBLE_PAUSE = 30.0  # seconds a store (and lease bucket) that failed a lease request is left alone
-LOST = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})  # someone else's turn
 CLIENT_POOL = 10  # connections a boto3 client pools (botocore's max_pool_connections)
-LEFT_FOR = 1  # days after which the lease bucket the proxy creates expires what a killed proxy left
-
-
-@dataclass(frozen=True)
-class LeasePlace:
-    """Where the lease of an object lives: in a bucket of its own under `prefix` (the default,
-    s3://backorigin-leases/, which a proxy creates when the store lacks it), or, with `bucket`
-    None, in the object's own bucket, at its root, while the object is being fetched and stored.
-    Named by a hash of the key (and bucket), so any key has a lease of fixed length."""
-
-    bucket: str | None
-    prefix: str = ""
-
-    def of(self, bucket: str, key: str) -> tuple[str, str]:
-        if self.bucket is None:
-            return bucket, IN_BUCKET_PREFIX + _digest(key)
-        return self.bucket, self.prefix + _digest(f"{bucket}/{key}")
-
-    def prefix_in(self, bucket: str) -> str | None:
-        """The prefix of `bucket`'s own keys that are leases (merged listings leave them out)."""
-        return IN_BUCKET_PREFIX if self.bucket is None else None
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A lease this proxy holds: where, and the version of it the store has (its ETag, its
-    VersionId in a versioned bucket)."""
-
-    endpoint: str
-    bucket: str
-    key: str
-    of: tuple[str, str]  # the object's bucket and key
-    etag: str
-    version: str | None
-    renewed: float  # time.monotonic() of the write
-
-
-@dataclass(frozen=True)
-class Seen:
-    """Another proxy's lease, as a HEAD of it shows it."""
-
-    etag: str
-    version: str | None
-    owner: str
-    ttl: float
-    age: float | None  # seconds since it was written, by the store's clock; None if the store sent no Date
-
-    def left(self, watched: float) -> float:
-        """Seconds until it runs out: by the store's clock, or else by how long this proxy has
-        watched the same version of it (`watched` seconds)."""
-        return self.ttl - (self.age if self.age is not None else watched)
-
-    def ran_out(self, watched: float) -> bool:
-        """Whether its holder stopped renewing it. HTTP dates have whole seconds: an age read from
-        them is more than the time to live only once the lease is (up to a second past it)."""
-        return self.left(watched) < 0
+LEFT_KEPT = 10_000  # leases left to run out that this proxy remembers, to take back in one request
+LeaseName = tuple[str, str, str]  # (endpoint, lease bucket, lease key)
 
 
 class Watch:
@@ -145,114 +88,6 @@ class Turn:
     stored: bool = False
 
 
-@dataclass(frozen=True)
-class LeaseSettings:
-    """backorigin_leases, backorigin_lease_ttl, backorigin_lease_wait (miss.fleet), and who this proxy is."""
-
-    place: LeasePlace | None = None  # None: off, each proxy fetches on its own
-    ttl: float = 30.0
-    wait: float = 30.0
-    owner: str = ""
-
-
-@functools.cache
-def lease_client(endpoint: str) -> Any:
-    """The store's client for leases: the proxy's own credentials, short timeouts (a lease is small,
-    and a store that cannot take one soon must not hold a miss up)."""
-    return make_s3_client(endpoint, TIMEOUT)
-
-
-def _version(answer: dict[str, Any]) -> str | None:
-    version = answer.get("VersionId")
-    return version if version and version != "null" else None
-
-
-class LeaseStore:
-    """The lease requests, blocking (boto3; callers run them in a thread), with the proxy's own
-    credentials to the store the object belongs to."""
-
-    def __init__(self, client: Callable[[str], Any] = lease_client) -> None:
-        self._client = client
-        self._ready: set[tuple[str, str]] = set()  # lease buckets known to exist, by endpoint
-
-    def prepare(self, endpoint: str, place: LeasePlace) -> None:
-        """The lease bucket, created (with a rule expiring what killed proxies leave) when the
-        store lacks it; once per store and bucket."""
-        if place.bucket is None or (endpoint, place.bucket) in self._ready:
-            return
-        client = self._client(endpoint)
-        try:
-            client.head_bucket(Bucket=place.bucket)
-        except botocore.exceptions.ClientError as e:
-            if status_of(e) != 404:
-                raise
-            try:
-                client.create_bucket(Bucket=place.bucket)
-                logger.info("created the bucket %s for the fleet's leases (backorigin_leases)", place.bucket)
-            except botocore.exceptions.ClientError as created:
-                if code_of(created) != "BucketAlreadyOwnedByYou":  # another proxy was first
-                    raise
-            rule = {"ID": "backorigin-leases", "Status": "Enabled", "Filter": {"Prefix": place.prefix},
-                    "Expiration": {"Days": LEFT_FOR}}
-            try:
-                client.put_bucket_lifecycle_configuration(Bucket=place.bucket, LifecycleConfiguration={"Rules": [rule]})
-            except botocore.exceptions.ClientError as e:
-                logger.info("no lifecycle rule on %s (leases a killed proxy leaves stay): %s", place.bucket, describe_error(e))
-        self._ready.add((endpoint, place.bucket))
-
-    def write(self, settings: LeaseSettings, endpoint: str, where: tuple[str, str], of: tuple[str, str],
-              **condition: str) -> Lease | None:
-        """Write the lease of `of` (bucket, key) under `condition` (IfNoneMatch="*" to create,
-        IfMatch=ETag to take over or renew); None when the condition fails (another proxy's turn)."""
-        if settings.place is not None:
-            self.prepare(endpoint, settings.place)
-        owner = settings.owner.encode("ascii", "replace").decode()  # metadata is ASCII
-        body = json.dumps({"owner": owner, "bucket": of[0], "key": of[1], "ttl": settings.ttl, "written": time.time()})
-        try:
-            answer = self._client(endpoint).put_object(
-                Bucket=where[0], Key=where[1], Body=body.encode(), ContentType="application/json",
-                Metadata={"backorigin-owner": owner, "backorigin-ttl": f"{settings.ttl:g}"}, **condition)
-        except botocore.exceptions.ClientError as e:
-            if code_of(e) in LOST or status_of(e) == 412:
-                return None
-            raise
-        return Lease(endpoint, where[0], where[1], of, answer.get("ETag", ""), _version(answer), time.monotonic())
-
-    def look(self, endpoint: str, where: tuple[str, str], ttl: float) -> Seen | None:
-        try:
-            head = self._client(endpoint).head_object(Bucket=where[0], Key=where[1])
-        except botocore.exceptions.ClientError as e:
-            if status_of(e) == 404:
-                return None
-            raise
-        date, written = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"), head.get("LastModified")
-        try:
-            age = (parsedate_to_datetime(date) - written).total_seconds() if date and written else None
-        except (TypeError, ValueError):  # a Date that is no HTTP date: this proxy's own watching decides
-            age = None
-        metadata = head.get("Metadata", {})
-        try:  # the holder's own time to live (proxies may be configured differently)
-            ttl = float(metadata.get("backorigin-ttl", ttl))
-        except ValueError:
-            pass
-        return Seen(head.get("ETag", ""), _version(head), metadata.get("backorigin-owner", "?"), ttl, age)
-
-    def remove(self, lease: Lease, version: str | None = None) -> None:
-        """Delete the lease if it is still this version: by VersionId in a versioned bucket (no
-        delete marker is left), else with If-Match (a proxy that took it over keeps its own)."""
-        client = self._client(lease.endpoint)
-        condition = {"VersionId": version} if version else {"IfMatch": lease.etag}
-        try:
-            client.delete_object(Bucket=lease.bucket, Key=lease.key, **condition)
-        except botocore.exceptions.ClientError as e:
-            if code_of(e) not in LOST and status_of(e) not in (404, 412):
-                raise
-
-    def stored(self, key: ObjectKey) -> bool:
-        endpoint, bucket, name = key
-        return bool(store_has(self._client(endpoint), bucket, name))
-
-
 def owner_name(listen: str) -> str:
     """Which proxy holds a lease, for people reading it: host, listen address, pid."""
     return f"{socket.gethostname()} {listen} pid {os.getpid()}"
@@ -268,7 +103,8 @@ class Leases:
         # threads of their own (boto3 blocks): a burst of misses never takes every thread of the loop's
         # default executor, nor waits for them; as many as a boto3 client pools connections
         self._threads = ThreadPoolExecutor(CLIENT_POOL, thread_name_prefix="backorigin-leases")
-        self.held: dict[tuple[str, str, str], Lease] = {}  # by (endpoint, lease bucket, lease key)
+        self.held: dict[LeaseName, Lease] = {}
+        self.left: OrderedDict[LeaseName, Lease] = OrderedDict()  # left to run out, the most recent last (LEFT_KEPT)
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task] = set()
         self._renewer: asyncio.Task | None = None
@@ -290,7 +126,7 @@ class Leases:
             self.counts["unavailable"] += 1
             return Turn()
         try:
-            lease = await self._run(self.store.write, settings, endpoint, where, (bucket, name), IfNoneMatch="*")
+            lease = await self._write(settings, key, where)
             if lease is not None:
                 return self._holding(lease, "held")
             return await self._wait(settings, key, where)
@@ -302,14 +138,23 @@ class Leases:
             self.counts["unavailable"] += 1
             return Turn()
 
+    async def _write(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str]) -> Lease | None:
+        """The lease, taken back when this proxy left it to run out and nobody took it over since
+        (`If-Match` on the version left), else created; None when another proxy's lease is there."""
+        left = self.left.pop((key[0], *where), None)
+        if left is not None and (lease := await self._run(self.store.write, settings, key[0], where, key[1:],
+                                                          IfMatch=left.etag)) is not None:
+            return lease
+        return await self._run(self.store.write, settings, key[0], where, key[1:], IfNoneMatch="*")
+
     async def _wait(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str]) -> Turn:
-        """Look at another proxy's lease, with a growing pause (and once more right when it would
-        run out), until it is gone, has run out, or `wait` seconds have passed."""
+        """Look at the lease, and at the object while the lease is renewed, with a growing pause
+        (and once more right when the lease would run out), until the object is stored, the lease
+        is gone or has run out, or `wait` seconds have passed."""
         deadline = time.monotonic() + settings.wait
-        pause = sleep = FIRST_PAUSE
+        pause = FIRST_PAUSE
         watch = Watch()
         while True:
-            await asyncio.sleep(sleep)
             seen = await self._run(self.store.look, key[0], where, settings.ttl)
             turn = await (self._after_release(settings, key, where) if seen is None else
                           self._after_look(settings, key, where, seen, watch))
@@ -320,51 +165,64 @@ class Leases:
                                settings.wait, seen.owner)
                 self.counts["waited_too_long"] += 1
                 return Turn()
-            pause = min(pause * 2, LONGEST_PAUSE)
             sleep = pause * random.uniform(0.5, 1.0)  # jitter: waiting proxies do not ask in step
             if seen is not None:
                 sleep = min(sleep, max(seen.left(watch.seconds), NEAR_THE_END))
+            await asyncio.sleep(sleep)
+            pause = min(pause * 2, LONGEST_PAUSE)
 
     async def _after_release(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str]) -> Turn | None:
-        """The lease is gone: the object is stored, or its holder gave up (an origin 404, a failure)
-        and this proxy takes its turn; None when another proxy took it first."""
-        if await self._run(self.store.stored, key):
-            self.counts["waited"] += 1
+        """The lease is gone: the object is stored, or its holder stored nothing and this proxy
+        takes its turn; None when another proxy took it first."""
+        if await self._stored(key):
             return Turn(stored=True)
         lease = await self._run(self.store.write, settings, key[0], where, key[1:], IfNoneMatch="*")
         return self._holding(lease, "held") if lease is not None else None
 
     async def _after_look(self, settings: LeaseSettings, key: ObjectKey, where: tuple[str, str], seen: Seen,
                           watch: Watch) -> Turn | None:
-        """The lease is there: take it over when it has run out (one proxy wins); None: wait on."""
+        """The lease is there: take it over when it has run out (one proxy wins); while it is
+        renewed, the object once it is stored; None: wait on."""
         if watch.see(seen):
             logger.info("s3://%s/%s: %s is fetching it; waiting (up to %gs)", key[1], key[2], seen.owner, settings.wait)
         if not seen.ran_out(watch.seconds):
-            return None
+            return Turn(stored=True) if await self._stored(key) else None
         lease = await self._run(self.store.write, settings, key[0], where, key[1:], IfMatch=seen.etag)
         if lease is None:
             return None
-        logger.warning("s3://%s/%s: the lease of %s ran out (%gs without renewal): fetching it here", key[1], key[2],
-                       seen.owner, seen.ttl)
+        logger.info("s3://%s/%s: the lease of %s ran out (%gs without renewal: its fill ended, or its proxy was "
+                    "killed): fetching it here", key[1], key[2], seen.owner, seen.ttl)
         if seen.version:  # the stale version of a versioned bucket's lease goes now, or removing ours would revive it
             await self._run(self.store.remove, replace(lease, etag=seen.etag), seen.version)
         return self._holding(lease, "taken_over")
+
+    async def _stored(self, key: ObjectKey) -> bool:
+        stored = await self._run(self.store.stored, key)
+        if stored:
+            self.counts["waited"] += 1
+        return stored
 
     async def _run(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, partial(call, *args, **kwargs))
 
     def _holding(self, lease: Lease, outcome: str) -> Turn:
         self.counts[outcome] += 1
-        self.held[(lease.endpoint, lease.bucket, lease.key)] = lease
+        self.held[lease.name] = lease
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.ensure_future(self._renew_forever())
         return Turn(lease)
 
-    def release(self, lease: Lease) -> None:
-        """The fill is over (its write-back landed, or nothing will be stored): remove the lease,
-        in the background."""
-        current = self.held.pop((lease.endpoint, lease.bucket, lease.key), None)
-        if current is not None:
+    def release(self, lease: Lease, stored: bool = False) -> None:
+        """The fill is over. Its object is `stored`: the lease is left to run out when it may be
+        (see the module's description), and remembered; else it is removed, in the background."""
+        current = self.held.pop(lease.name, None)
+        if current is None:
+            return
+        if stored and current.may_be_left:
+            self.left[current.name] = current
+            while len(self.left) > LEFT_KEPT:
+                self.left.popitem(last=False)
+        else:
             self._in_background(self.store.remove, current, current.version)
 
     async def _renew_forever(self) -> None:
@@ -377,10 +235,10 @@ class Leases:
                 if time.monotonic() - lease.renewed >= third and self.held.get(name) is lease:
                     await self._renew(name, lease)
 
-    async def _renew(self, name: tuple[str, str, str], lease: Lease) -> None:
+    async def _renew(self, name: LeaseName, lease: Lease) -> None:
         try:
             renewed = await self._run(self.store.write, self.settings, lease.endpoint, (lease.bucket, lease.key),
-                                              lease.of, IfMatch=lease.etag)
+                                      lease.of, IfMatch=lease.etag)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
             logger.warning("cannot renew the lease s3://%s/%s: %s", lease.bucket, lease.key, describe_error(e))
             return
@@ -390,14 +248,18 @@ class Leases:
             self.counts["lost"] += 1
             del self.held[name]
             return
-        if renewed is not None and lease.version:
+        if renewed is None:
+            return
+        if lease.version:
             # a versioned bucket keeps the renewed-away version: it goes before the renewal is the one held, or
             # removing the renewal would make it the lease again
             await self._run(self.store.remove, lease, lease.version)
-        if renewed is not None and self.held.get(name) is not lease:  # released meanwhile: the renewal goes too
-            self._in_background(self.store.remove, renewed, renewed.version)
-        elif renewed is not None:
+        if self.held.get(name) is lease:
             self.held[name] = renewed
+        elif self.left.get(name) is lease:  # left to run out meanwhile: the renewal is the version to take back
+            self.left[name] = renewed
+        else:  # removed meanwhile (its removal found the renewal instead): the renewal goes too
+            self._in_background(self.store.remove, renewed, renewed.version)
 
     def _in_background(self, call: Callable[..., None], *args: Any) -> None:
         async def run() -> None:

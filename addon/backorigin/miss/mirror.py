@@ -69,6 +69,15 @@ class Miss:
         )
 
 
+def is_utf8(text: str) -> bool:
+    """Text from a client's path holds bytes that are not UTF-8 surrogate-escaped (s3.reading)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Mirror:
     def __init__(self, origin: OriginClient, writeback: WriteBackSupervisor, fsync: bool = False) -> None:
         self.origin = origin
@@ -101,6 +110,8 @@ class Mirror:
         if key in self.known:
             return None
         not_storing = "MirrorProxyPass" if rule.Redirect.MirrorProxyPass else ""
+        if not is_utf8(ref.key):
+            not_storing = "the key is not UTF-8 text, which S3 keys are"
         if key in self.refused:
             not_storing = f"the store refused it before: {self.refused[key]}"
             logger.info("s3://%s/%s is served from the origin without storing: %s", ref.bucket, ref.key, not_storing)
@@ -283,18 +294,19 @@ class Mirror:
             self.refused[key] = detail or "refused"
             while len(self.refused) > REFUSED_KEPT:
                 self.refused.popitem(last=False)
+        stored = outcome in ("stored", "exists")
         fill = self.fills.get(key)
         if fill is not None and fill.settled is not None:
             fill.landed.set()
-            self._drop(fill)
-        if outcome in ("stored", "exists"):
+            self._drop(fill, stored)
+        if stored:
             self.known.add(key)
 
-    def _drop(self, fill: Fill) -> None:
-        """No new miss joins `fill`, and its lease goes: its object is in the store, or was given up."""
+    def _drop(self, fill: Fill, stored: bool = False) -> None:
+        """No new miss joins `fill`, and its lease is let go: its object is `stored`, or was given up."""
         self.fills.drop(fill)
         if fill.lease is not None:
-            self.leases.release(fill.lease)
+            self.leases.release(fill.lease, stored)
             fill.lease = None
 
     async def shutdown(self, timeout: float) -> None:

@@ -7,18 +7,16 @@ OriginResult value, never raises for origin faults.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from typing import Protocol
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from botocore.auth import S3SigV4Auth
@@ -27,10 +25,12 @@ from botocore.credentials import Credentials
 
 from backorigin import httpclient
 from backorigin.limits import MAX_OBJECT_SIZE, PART_SIZE, WHOLE_ANSWER_LIMIT
+from backorigin.miss.addresses import RedirectRefused, checked_address
 from backorigin.miss.folders import folder_redirect
 from backorigin.miss.integrity import BodyCheck, decimal, multipart_parts, part_layout
+from backorigin.miss.loop import LOOP_HEADER, LoopMarker
 from backorigin.options import parse_size
-from backorigin.rules.model import LOOP_HEADER, OriginCredentials
+from backorigin.rules.model import OriginCredentials
 from backorigin.rules.targets import OriginRequest
 
 logger = logging.getLogger(__name__)
@@ -199,10 +199,6 @@ class Pacing(Protocol):
         """After every chunk of an answer's body read."""
 
 
-class RedirectRefused(Exception):
-    """A redirect the fetch does not follow; the message says why."""
-
-
 class SinkFailed(Exception):
     """The sink could not keep the body (a full disk): the fetch ends, nothing is stored."""
 
@@ -241,6 +237,9 @@ class OriginClient:
         self.verify = verify
         self._pacing = pacing
         self._probes: dict[str, tuple[float, bool]] = {}
+        self.marker = LoopMarker()  # on every request it sends: the proxy knows its own fetches coming back
+        # (host, port) of every socket the proxy listens on: never fetched from (set by the addon)
+        self.own_listeners: Callable[[], Iterable[tuple[str, int]]] = lambda: ()
         # every URL's result, with the request it was asked for (miss.guard)
         self.observe: Callable[[OriginRequest, str, OriginResult], None] = lambda request, url, result: None
         self._session = httpclient.Session()  # no cookie jar, no proxy variables of this machine
@@ -278,7 +277,7 @@ class OriginClient:
         checked_at, healthy = self._probes.get(probe_url, (0.0, False))
         if time.monotonic() - checked_at > PROBE_TTL:
             try:
-                async with asyncio.timeout(self.timeouts.total), self._send("GET", probe_url, {LOOP_HEADER: "probe"}) as answer:
+                async with asyncio.timeout(self.timeouts.total), self._send("GET", probe_url, {LOOP_HEADER: self.marker.value()}) as answer:
                     healthy = answer.status == 200
             except (TimeoutError, aiohttp.ClientError, OSError):
                 healthy = False
@@ -310,11 +309,12 @@ class OriginClient:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
             own = host in request.hosts and (parts.scheme == "https" or not secure)  # never the rule's headers over a downgrade
-            headers = {**dict(request.headers), LOOP_HEADER: "1"} if own else {LOOP_HEADER: "1"}
+            marker = {LOOP_HEADER: self.marker.value(request.loop)}
+            headers = {**dict(request.headers), **marker} if own else marker
             if own and parts.netloc != urlsplit(first_url).netloc:
                 headers.pop("host", None)  # a Host meant for one origin never follows to another
             auth = request.auth if own else None
-            pinned = None if host in request.hosts or host in self.allowed_hosts else await _public_address(parts)
+            pinned = await checked_address(parts, host in request.hosts or host in self.allowed_hosts, self.own_listeners())
             async with self._send(method, url, _signed(method, url, headers, auth), pinned) as response:
                 location = response.headers.get("location", "")
                 if response.status in REDIRECT_STATUSES and location:
@@ -330,17 +330,17 @@ class OriginClient:
                     return OriginResult(first_url, response.status, response.fields, final_url=url)
                 first_part = None
                 if response.status == 200 and own and multipart_parts(response.headers.get("etag")):
-                    first_part = await self._first_part(url, headers, auth)
+                    first_part = await self._first_part(url, headers, auth, pinned)
                 return await self._read(request, first_url, url, response, sink, deadline, first_part)
         return OriginResult.failed(first_url, Failure.REDIRECT, f"more than {MAX_REDIRECTS} redirects")
 
-    async def _first_part(self, url: str, headers: dict[str, str], auth: OriginCredentials | None) -> int | None:
+    async def _first_part(self, url: str, headers: dict[str, str], auth: OriginCredentials | None, pinned: str | None) -> int | None:
         """The size of an S3 object's first part (HEAD ?partNumber=1), so a write-back can upload it
         as the origin did and the store gives it the origin's multipart ETag; None when the origin
         does not say (not S3, or it refuses)."""
         asked = f"{url}{'&' if urlsplit(url).query else '?'}partNumber=1"
         try:
-            async with self._send("HEAD", asked, _signed("HEAD", asked, headers, auth)) as answer:
+            async with self._send("HEAD", asked, _signed("HEAD", asked, headers, auth), pinned) as answer:
                 length = decimal(answer.headers.get("content-length"))
                 return length if answer.status == 206 or (answer.status == 200 and "x-amz-mp-parts-count" in answer.headers) else None
         except aiohttp.ClientError as e:
@@ -419,29 +419,3 @@ class OriginClient:
         not_storable = f"the origin answered {status}" if status != 200 else check.mismatch()
         return found(body=b"".join(kept), not_storable=not_storable, size=check.size, md5=check.md5_base64,
                      etag=check.digests.value(), part_size=part_size)
-
-
-async def _public_address(parts: SplitResult) -> str:
-    """The address to connect to for a redirect to a host that is not the rule's: it must resolve,
-    and every address it resolves to must be public (not loopback, private, link-local, ...)."""
-    host = parts.hostname or ""
-    try:
-        found = await asyncio.get_running_loop().getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
-                                                              type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise RedirectRefused(f"redirect to {host}, which does not resolve: {e}") from None
-    addresses = [str(info[4][0]) for info in found]
-    private = [a for a in addresses if not is_public(a)]
-    if private or not addresses:
-        raise RedirectRefused(f"redirect to {host} ({', '.join(private) or 'no address'}), not a public address "
-                              "and not one of the rule's hosts (backorigin_origin_hosts allows more)")
-    return addresses[0]
-
-
-def is_public(address: str) -> bool:
-    """A unicast address reachable on the internet: not loopback, private, link-local (169.254/16,
-    fe80::/10, the cloud metadata address among them), unique local, unspecified, reserved or shared."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast

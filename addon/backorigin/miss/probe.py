@@ -54,11 +54,11 @@ class StoreProbe:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def ask(self, request: http.Request, via: str | None = None) -> StoreAnswer | None:
-        """The store's answer to the client's request, complete when its body is at most
+    async def ask(self, request: http.Request, host: str, via: str | None = None) -> StoreAnswer | None:
+        """The store's answer to the client's request (with the Host the store sees), complete when its body is at most
         PROBE_ANSWER_LIMIT; None (logged) when the store cannot be reached: mitmproxy then sends the
         request and reports what it gets."""
-        return await self.client.ask(request, via, PROBE_ANSWER_LIMIT)
+        return await self.client.ask(request, host, via, PROBE_ANSWER_LIMIT)
 
     @staticmethod
     async def denied_status(endpoint: str, ref: ObjectRef) -> int:

@@ -57,6 +57,16 @@ def fill_in(url: str, bucket: str) -> str:
     return url.replace(BUCKET_PLACEHOLDER, bucket)
 
 
+def host_bucket_base(endpoint: str) -> str | None:
+    """For an S3 endpoint whose host is ${bucket}.HOST (virtual-hosted style: each bucket at a
+    host of its own), the endpoint of HOST; None for any other endpoint."""
+    scheme, found, rest = endpoint.partition(_HOST_BUCKET)
+    return f"{scheme}://{rest}" if found and rest and BUCKET_PLACEHOLDER not in rest else None
+
+
+_HOST_BUCKET = f"://{BUCKET_PLACEHOLDER}."
+
+
 class PatternIndex:
     """Pattern entries by prefix: the longest prefix a bucket name starts with wins."""
 

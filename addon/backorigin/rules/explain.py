@@ -11,12 +11,18 @@ from backorigin.rules.model import RuleBook
 from backorigin.rules.plan import Act, GetPlan, plan_get
 from backorigin.rules.targets import location
 from backorigin.rules.writethrough import origin_copy
-from backorigin.s3.addressing import ObjectRef, object_ref
+from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.reading import Names, SentRequest, SetAside, as_recorded, dns_name, read
 
 
 def explain(rulebook: RuleBook, url: str, vhost_domains: tuple[str, ...] = ()) -> str:
     request = http.Request.make("GET", url)
-    ref = object_ref(request, vhost_domains)
+    sent = SentRequest(request.scheme, request.host, request.port, (request.host_header or request.pretty_host,), request.path)
+    domains = tuple(dns_name(domain) for domain in vhost_domains)
+    reading = read(sent, as_recorded(sent, Names((), frozenset(domains), domains)))  # the URL names the store
+    if isinstance(reading, SetAside):
+        return f"{url}: the proxy forwards it untouched ({reading.reason}: {reading.hint})"
+    ref = reading.ref
     if ref is None:
         return f"{url}: names no object (path-style /bucket/key{', or a virtual host' if vhost_domains else ''})"
     entry = rulebook.entry_for(ref.bucket)
@@ -33,7 +39,7 @@ def explain(rulebook: RuleBook, url: str, vhost_domains: tuple[str, ...] = ()) -
     if rulebook.writes_through(ref.bucket):
         copy = origin_copy(rulebook, ref)
         lines.append("  writes (PUT, copy, multipart upload, DELETE): " + (
-            f"applied to the origin too, s3://{copy.bucket}/{copy.key} at {copy.endpoint} (WriteThrough; signed with "
+            f"applied to the origin too, s3://{copy.bucket}/{copy.key} at {copy.server} (WriteThrough; signed with "
             f"MirrorAuth {copy.access_key_id})" if copy else "not written through: no Mirror rule covers the key"))
     return "\n".join(lines)
 

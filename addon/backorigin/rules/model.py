@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -219,6 +220,12 @@ class RuleAction(_Model):
     MirrorSaveOssMeta: OssBool = False
     MirrorAuth: OriginCredentials | None = None
     MirrorHost: HostText | None = None
+    _mirror_url_template: str | None = PrivateAttr(default=None)  # MirrorURL as written, when ${bucket} was filled in
+
+    @property
+    def mirror_url_template(self) -> str | None:
+        """MirrorURL as the rules file has it: with ${bucket}, in a rule filled in for a bucket."""
+        return self._mirror_url_template or self.MirrorURL
 
     @field_validator("MirrorCheckMd5")
     @classmethod
@@ -303,7 +310,12 @@ class RoutingRule(_Model):
         action = self.Redirect
         urls = {name: fill_in(url, bucket) for name in ("MirrorURL", "MirrorURLSlave")
                 if (url := getattr(action, name)) and BUCKET_PLACEHOLDER in url}
-        return self.model_copy(update={"Redirect": action.model_copy(update=urls)}) if urls else self
+        if not urls:
+            return self
+        filled = action.model_copy(update=urls)
+        if "MirrorURL" in urls:
+            filled._mirror_url_template = action.MirrorURL
+        return self.model_copy(update={"Redirect": filled})
 
     def unmet(self, key: str, method: str, header: Callable[[str], str | None], status: int | None,
               mirror_heads: bool = False) -> str | None:

@@ -15,7 +15,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 from mitmproxy import http
 
-from backorigin.rules.model import OriginCredentials, RoutingRule, is_protected_header
+from backorigin.rules.buckets import BUCKET_PLACEHOLDER, host_bucket_base
+from backorigin.rules.model import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
 from backorigin.s3.addressing import ObjectRef, is_store_parameter
 
 # OSS adds a header for Alibaba Cloud CDN to AliCDN redirects but does not document its
@@ -39,18 +40,17 @@ class OriginRequest:
     switch_all_errors: bool = False
     transparent_codes: frozenset[int] = frozenset()
     auth: OriginCredentials | None = None
+    loop: str = ""  # the client request's loop marker, passed on (miss.loop)
     tenant: tuple[str, bool] = ("", False)  # (bucket, signed): whose miss it is (miss.guard shares per tenant)
 
 
 def origin_url(mirror_url: str, key: str, query: str = "") -> str:
-    """MirrorURL + key, the key percent-encoded as a path and never normalised."""
+    """MirrorURL + key, the key's own bytes percent-encoded as a path (bytes that are not UTF-8
+    too: the key holds them surrogate-escaped), never normalised."""
     segments = key.split("/")
     if any(s in (".", "..") for s in segments):
         raise UnsafeKey(f"key {key!r} has '.' or '..' segments that would leave {mirror_url}")
-    try:
-        url = mirror_url + quote(key, safe="/-._~")
-    except UnicodeEncodeError:  # bytes of the client's path that are not UTF-8
-        raise UnsafeKey(f"key {key!r} is not UTF-8 text") from None
+    url = mirror_url + quote(key, safe="/-._~", errors="surrogateescape")
     base = urlsplit(mirror_url)
     if urlsplit(url).netloc != base.netloc:  # defence in depth: the key never picks the host
         raise UnsafeKey(f"key {key!r} would change the origin host")
@@ -110,6 +110,7 @@ def build_request(rule: RoutingRule, key: str, request: http.Request) -> OriginR
         switch_all_errors=action.MirrorSwitchAllErrors,
         transparent_codes=frozenset(action.TransparentMirrorResponseCodes),
         auth=action.MirrorAuth,
+        loop=", ".join(request.headers.get_all(LOOP_HEADER)),
     )
 
 
@@ -119,8 +120,11 @@ class NotAnS3Origin(ValueError):
 
 @dataclass(frozen=True)
 class OriginBucket:
-    """Where a Mirror rule's objects are, as a path-style S3 bucket: MirrorURL = endpoint/bucket/base,
-    and a bucket key K is the origin's key base + K."""
+    """Where a Mirror rule's objects are, as an S3 bucket: MirrorURL = endpoint/bucket/base
+    (path-style), or, with ${bucket} as the first label of MirrorURL's host, the bucket in the host
+    (virtual-hosted style: https://${bucket}.HOST/base, `endpoint` keeping ${bucket} there, which
+    s3.clients.foreign_s3_client fills in with the bucket a request names). A bucket key K is the
+    origin's key base + K."""
 
     endpoint: str
     bucket: str
@@ -138,11 +142,19 @@ class OriginBucket:
                                 "cannot be mapped back to the bucket's")
         if action.MirrorHost:
             raise NotAnS3Origin(f"{where} sets MirrorHost: its S3 endpoint cannot be told from MirrorURL")
-        parts = urlsplit(action.MirrorURL)
+        parts, template = urlsplit(action.MirrorURL), urlsplit(action.mirror_url_template or action.MirrorURL)
+        if BUCKET_PLACEHOLDER in template.netloc:
+            endpoint = f"{template.scheme}://{template.netloc}"
+            base = host_bucket_base(endpoint)
+            rest = base.partition("://")[2] if base else ""
+            if not rest or not parts.netloc.endswith(f".{rest}"):
+                raise NotAnS3Origin(f"{where}: MirrorURL {action.mirror_url_template} is an S3 origin with ${{bucket}} in "
+                                    "its host only as the host's first label: http(s)://${bucket}.HOST[:PORT]/[PREFIX/]")
+            return cls(endpoint, parts.netloc[:-len(rest) - 1], unquote(parts.path).lstrip("/"))
         bucket, _, base = unquote(parts.path).lstrip("/").partition("/")
         if not bucket:
             raise NotAnS3Origin(f"{where}: MirrorURL {action.MirrorURL} names no bucket (an S3 origin is "
-                                "http(s)://HOST[:PORT]/BUCKET/[PREFIX/])")
+                                "http(s)://HOST[:PORT]/BUCKET/[PREFIX/], or http(s)://${bucket}.HOST[:PORT]/[PREFIX/])")
         return cls(f"{parts.scheme}://{parts.netloc}", bucket, base)
 
 

@@ -1,15 +1,13 @@
-"""S3 request addressing: which bucket and object a request names, and what kind of call it is.
+"""S3 request addressing: what kind of call a request is (the bucket and key it names are the
+store's reading, s3.reading), and the keys of a DeleteObjects body.
 
-Pure functions over mitmproxy requests. Path-style (`/bucket/key`) and virtual-hosted style
-(`bucket.DOMAIN/key`, for the domains given) are read by one parser, `target`.
+Pure functions over mitmproxy requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import unquote
 
 from mitmproxy import http
 
@@ -50,41 +48,6 @@ def is_store_parameter(name: str) -> bool:
 class ObjectRef:
     bucket: str
     key: str
-
-
-def virtual_host_bucket(host: str, domains: Sequence[str]) -> tuple[str, str] | None:
-    """(bucket, domain) when `host` is bucket.DOMAIN for one of the domains."""
-    host = host.lower().rstrip(".")
-    for domain in domains:
-        if host.endswith("." + domain.lower()):
-            return host[: -len(domain) - 1], domain
-    return None
-
-
-def target(request: http.Request, domains: Sequence[str] = ()) -> ObjectRef | None:
-    """The bucket and the (decoded) key a request's URL names; the key is "" for a bucket call,
-    the bucket "" for the service. None for a request whose target is not a path."""
-    path = request.path.split("?", 1)[0]
-    if not path.startswith("/"):
-        return None
-    if domains:  # pretty_host parses the authority: only when it can matter
-        found = virtual_host_bucket(request.pretty_host, domains)
-        if found is not None:
-            return ObjectRef(found[0], unquote(path[1:]))
-    bucket, _, key = path[1:].partition("/")
-    return ObjectRef(unquote(bucket), unquote(key))
-
-
-def object_ref(request: http.Request, domains: Sequence[str] = ()) -> ObjectRef | None:
-    """The object a request names, or None for bucket and service calls."""
-    found = target(request, domains)
-    return found if found is not None and found.bucket and found.key else None
-
-
-def bucket_of(request: http.Request, domains: Sequence[str] = ()) -> str | None:
-    """The bucket a request names (`/bucket?delete`, `/bucket/key`)."""
-    found = target(request, domains)
-    return found.bucket if found is not None and found.bucket else None
 
 
 def is_signed(request: http.Request) -> bool:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import botocore.exceptions
@@ -19,6 +21,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from backorigin import xmlsafe
+from backorigin.rules.buckets import host_bucket_base
 
 
 @functools.cache
@@ -52,7 +55,10 @@ def foreign_s3_client(endpoint: str, region: str = "us-east-1", keys: tuple[str,
     """A boto3 client for an S3 origin (not the store): signed with `keys` (access key id, secret:
     SigV4), else unsigned. Like the origin fetches, it reads no credentials, config or proxy
     variables of this machine: an origin's requests are signed as its rule says, and nothing else;
-    and its answers are read without DTDs or entities (refuse_xml_bombs)."""
+    and its answers are read without DTDs or entities (refuse_xml_bombs). An endpoint whose host is
+    ${bucket}.HOST (rules.targets.OriginBucket) is asked at BUCKET.HOST, BUCKET the one each request
+    names: the rule's own host for that bucket, and no other."""
+    base = host_bucket_base(endpoint)
     session = botocore.session.Session()
     session.set_config_variable("config_file", os.devnull)
     session.set_config_variable("credentials_file", os.devnull)
@@ -61,10 +67,27 @@ def foreign_s3_client(endpoint: str, region: str = "us-east-1", keys: tuple[str,
         read_timeout=30, signature_version="s3v4" if keys else UNSIGNED, proxies={},
         request_checksum_calculation="when_required",  # as make_s3_client: Content-MD5 guards bodies
     )
-    return refuse_xml_bombs(boto3.session.Session(botocore_session=session).client(
-        "s3", endpoint_url=endpoint, region_name=region, config=config,
+    client = refuse_xml_bombs(boto3.session.Session(botocore_session=session).client(
+        "s3", endpoint_url=base or endpoint, region_name=region, config=config,
         aws_access_key_id=keys[0] if keys else None, aws_secret_access_key=keys[1] if keys else None,
     ))
+    if base is not None:
+        client.meta.events.register("before-sign.s3", bucket_into_host)
+    return client
+
+
+def bucket_into_host(request: Any, **_: Any) -> None:
+    """Move the bucket of a path-style request (HOST/BUCKET/KEY) into its host (BUCKET.HOST/KEY)
+    before it is signed. Not botocore's own virtual-hosted addressing, which falls back to the path
+    (the bare HOST) for a bucket name with dots."""
+    parts = urlsplit(request.url)
+    bucket, _, rest = parts.path.removeprefix("/").partition("/")
+    if not _HOST_LABELS.fullmatch(bucket):
+        raise ValueError(f"{bucket!r} cannot be put in a host name")
+    request.url = urlunsplit((parts.scheme, f"{bucket}.{parts.netloc}", f"/{rest}", parts.query, parts.fragment))
+
+
+_HOST_LABELS = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
 
 
 def store_has(client: Any, bucket: str, key: str) -> bool:

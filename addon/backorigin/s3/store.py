@@ -8,45 +8,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from mitmproxy import ctx, http
 from mitmproxy.http import Headers
-from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, UpstreamMode
+from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from backorigin import httpclient
 from backorigin.limits import STORE_ERROR_BODY_LIMIT
-from backorigin.s3.addressing import virtual_host_bucket
 
 logger = logging.getLogger(__name__)
 
 _TIMEOUT = httpclient.timeout(connect=5.0, read=30.0)
 # Framing of a body the proxy does not send: a request sent without its body announces none.
 _NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect"})
-
-
-def store_endpoint(request: http.Request, vhost_domains: Sequence[str] = ()) -> str:
-    """scheme://host:port of the store that answered this request. A virtual-hosted name
-    (bucket.DOMAIN) becomes DOMAIN: write-backs address buckets path-style."""
-    host = request.host
-    if vhost_domains and (found := virtual_host_bucket(host, vhost_domains)):
-        host = found[1]
-    host = f"[{host}]" if ":" in host else host
-    return f"{request.scheme}://{host}:{request.port}"
-
-
-def reverse_target(options: Any) -> str | None:
-    """The store of a reverse proxy (--mode reverse:URL), when there is one."""
-    for spec in getattr(options, "mode", []):
-        mode = ProxyMode.parse(spec)
-        if isinstance(mode, ReverseMode):
-            host, port = mode.address
-            return f"{mode.scheme}://{host}:{port}"
-    return None
 
 
 class StoreServerName:
@@ -91,6 +70,18 @@ def client_facing(flow: http.HTTPFlow) -> tuple[str, str]:
     return scheme, flow.request.host_header or flow.request.pretty_host
 
 
+def _with_host(fields: Iterable[tuple[bytes, bytes]], host: str) -> list[tuple[bytes, bytes]]:
+    """The fields the store check sends: framing left out, and `host` as the one Host, where the
+    request had its first (first when it had none: HTTP/2 carries it as `:authority`)."""
+    value = host.encode("utf-8", "surrogateescape")
+    sent = [(name, value) if name.lower() == b"host" else (name, field) for name, field in fields
+            if name.lower() not in _NOT_FORWARDED]
+    hosts = [i for i, (name, _) in enumerate(sent) if name.lower() == b"host"]
+    for extra in reversed(hosts[1:]):
+        del sent[extra]
+    return sent if hosts else [(b"Host", value), *sent]
+
+
 def _length(value: str | None) -> int | None:
     """A Content-Length of ASCII digits (at most 18 of them), else None."""
     return int(value) if value and value.isascii() and value.isdigit() and len(value) <= 18 else None
@@ -132,15 +123,17 @@ class StoreClient:
     async def aclose(self) -> None:
         await self._session.aclose()
 
-    async def ask(self, request: http.Request, via: str | None = None, keep_up_to: int = 0) -> StoreAnswer | None:
+    async def ask(self, request: http.Request, host: str, via: str | None = None, keep_up_to: int = 0) -> StoreAnswer | None:
         """The store's answer to `request` as the client sent it, without its body (a GET or HEAD
-        has none); through the proxy `via` in upstream mode. A body up to `keep_up_to` bytes is read
+        has none), with `host` as its Host: the one the store sees from mitmproxy (an HTTP/2
+        request carries `:authority`, not a Host header; s3.reading); through the proxy `via` in
+        upstream mode. A body up to `keep_up_to` bytes is read
         whole (the answer is then `complete`); a larger one is left unread, and the connection
         dropped. None (logged) when the store cannot be reached or the request cannot be sent as it
         is (a path that is not ASCII): mitmproxy then sends it and reports the store's answer."""
         try:
             url = httpclient.exact_url(request.scheme, request.host, request.port, request.path)
-            headers = httpclient.wire_headers((k, v) for k, v in request.headers.fields if k.lower() not in _NOT_FORWARDED)
+            headers = httpclient.wire_headers(_with_host(request.headers.fields, host))
             answer = await self._session.get().request(request.method, url, headers=headers, allow_redirects=False, timeout=_TIMEOUT,
                                                        ssl=httpclient.tls(self.verify), proxy=via)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:

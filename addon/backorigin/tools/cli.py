@@ -62,10 +62,10 @@ def parser() -> argparse.ArgumentParser:
                           "keep_host_header=true unless you --set it), regular (clients set HTTP_PROXY/HTTPS_PROXY), "
                           "transparent (the OS redirects the clients' connections; run sets up no redirection), or "
                           "upstream:URL (regular, through another proxy at URL)")
-    run.add_argument("--store", default=None, metavar="URL",
-                     help="the S3 store, e.g. http://127.0.0.1:8333; required in reverse mode; in the other modes "
-                          "clients name the store in their URLs, and --store (optional) is where write-backs go "
-                          "(backorigin_s3_endpoint)")
+    run.add_argument("--store", action="append", default=[], metavar="URL",
+                     help="the S3 store, e.g. http://127.0.0.1:8333: in reverse mode the one behind the proxy; in the "
+                          "other modes each store the proxy acts for (repeatable, backorigin_stores), as clients name "
+                          "it in their URLs; requests to any other host are forwarded untouched")
     run.add_argument("--rules", type=Path, default=Path("rules.json"), metavar="FILE", help="the rules file (default: rules.json)")
     run.add_argument("--ui", choices=("dump", "web"), default="dump", help="mitmdump (default) or mitmweb")
     run.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="where clients connect (default: 127.0.0.1:8080)")

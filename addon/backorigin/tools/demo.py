@@ -139,7 +139,7 @@ def run_demo(rules: Path | None, state: Path, ports: DemoPorts, ui: str, origin_
     rules_path = demo_rules(rules, state, ports.origin)
     book = load_rules(rules_path, MAX_RULES_CEILING)  # fail before starting anything if the rules are bad
     store = EmbeddedStore(state / "store", ports.store)
-    command = mitmproxy_command(ui, store.endpoint, rules_path, f"127.0.0.1:{ports.proxy}", [*web, *options])
+    command = mitmproxy_command(ui, [store.endpoint], rules_path, f"127.0.0.1:{ports.proxy}", [*web, *options])
     wanted = {"--proxy-port": ports.proxy, "--store-port": ports.store, "--origin-port": ports.origin}
     if ui == "web":
         wanted["--web-port"] = ports.web

@@ -5,8 +5,9 @@ proxy modes, checked before mitmproxy starts; then mitmproxy takes over the proc
   it. `keep_host_header=true` unless the user sets it: SigV4 covers Host, so every signed client
   needs it, and the addon reads the client's Host for redirects, vhost buckets and header rules.
 - regular and upstream:URL: clients send their requests for the store through the proxy
-  (HTTP_PROXY/HTTPS_PROXY); their URLs name the store, so `--store` is optional and, when given,
-  is where write-backs go (backorigin_s3_endpoint).
+  (HTTP_PROXY/HTTPS_PROXY); their URLs name the store, and `--store` (repeatable, at least one)
+  names the stores the proxy acts for (backorigin_stores): a request to any other host is
+  forwarded untouched, and nothing the proxy sends itself goes to a host only a client named.
 - transparent: as regular, but the operating system sends the clients' connections to the proxy;
   `run` sets up no redirection (that takes root and the OS's NAT rules; see the README).
 """
@@ -39,7 +40,7 @@ class RunError(ValueError):
     """A `backorigin run` command line that cannot work: reported before mitmproxy starts, exit status 2."""
 
 
-def mitmproxy_command(ui: str, store: str | None, rules: Path, listen: str, options: Sequence[str],
+def mitmproxy_command(ui: str, stores: list[str], rules: Path, listen: str, options: Sequence[str],
                       extra: Sequence[str] = (), mode: str = "reverse") -> list[str]:
     """The mitmdump/mitmweb command line `backorigin run` starts (RunError when it cannot work)."""
     host, _, port = listen.rpartition(":")
@@ -53,7 +54,7 @@ def mitmproxy_command(ui: str, store: str | None, rules: Path, listen: str, opti
     for arg in extra:
         if (flag := arg.split("=", 1)[0]) in _OWN_FLAGS:
             raise RunError(f"{flag} after --: give it with {_OWN_FLAGS[flag]}")
-    spec, implied = mode_spec(mode, store, given)
+    spec, implied = mode_spec(mode, stores, given)
     program = "mitmweb" if ui == "web" else "mitmdump"
     installed = Path(sys.executable).with_name(program)
     # web_columns is a list option: each --set adds one column (a comma would make one unknown name)
@@ -67,20 +68,19 @@ def mitmproxy_command(ui: str, store: str | None, rules: Path, listen: str, opti
     ]
 
 
-def mode_spec(mode: str, store: str | None, given: set[str]) -> tuple[str, list[str]]:
-    """mitmproxy's --mode for `--mode MODE [--store URL]`, and the options it implies."""
+def mode_spec(mode: str, stores: list[str], given: set[str]) -> tuple[str, list[str]]:
+    """mitmproxy's --mode for `--mode MODE --store URL...`, and the options it implies."""
     kind, _, data = mode.partition(":")
     if kind not in MODES:
         raise RunError(f"--mode {mode!r}: expected one of reverse, regular, transparent, upstream:URL")
-    if store is not None:
-        store = checked_url(store, "--store")
+    stores = [checked_url(store, "--store") for store in stores]
     if kind == "reverse":
         if data:
             raise RunError(f"--mode {mode!r}: name the store with --store URL and leave --mode reverse bare")
-        if store is None:
-            raise RunError("--mode reverse (the default) needs --store URL: the store clients reach through the proxy")
+        if len(stores) != 1:
+            raise RunError("--mode reverse (the default) needs --store URL, once: the store clients reach through the proxy")
         # SigV4 covers Host: without it every signed client would get SignatureDoesNotMatch
-        return f"reverse:{store}", [] if "keep_host_header" in given else ["keep_host_header=true"]
+        return f"reverse:{stores[0]}", [] if "keep_host_header" in given else ["keep_host_header=true"]
     if kind == "upstream":
         if not data:
             raise RunError("--mode upstream:URL needs the proxy to go through, e.g. upstream:http://proxy.internal:3128")
@@ -89,11 +89,10 @@ def mode_spec(mode: str, store: str | None, given: set[str]) -> tuple[str, list[
         raise RunError(f"--mode {mode!r}: {kind} mode takes no URL")
     else:
         spec = kind
-    if store is None:
-        return spec, []
-    if "backorigin_s3_endpoint" in given:
-        raise RunError("--store and --set backorigin_s3_endpoint both say where write-backs go: give one of them")
-    return spec, [f"backorigin_s3_endpoint={store}"]
+    if not stores and "backorigin_stores" not in given:
+        raise RunError(f"--mode {kind} needs --store URL (repeatable): the stores the proxy acts for; "
+                       "a request to any other host is forwarded untouched")
+    return spec, [f"backorigin_stores={store}" for store in stores]
 
 
 def checked_url(url: str, what: str) -> str:

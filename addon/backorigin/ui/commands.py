@@ -34,7 +34,7 @@ class Commands:
     @command.command("backorigin.explain")
     def explain(self, url: str) -> str:
         """Which rule would act on URL, and the origin URL or Location it would build (nothing is fetched)."""
-        return explain(self.context.rulebook, url, self.context.vhost_domains)
+        return explain(self.context.rulebook, url, self.context.names.vhost_domains)
 
     @command.command("backorigin.stats")
     def show_stats(self) -> str:

@@ -9,9 +9,10 @@ reload never registers a metric twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,7 @@ from backorigin.miss.addon import Mirroring
 from backorigin.miss.guard import Circuit, OriginGuard
 from backorigin.miss.leases import Leases
 from backorigin.miss.origin import OriginResult
+from backorigin.s3.reading import Aside
 from backorigin.writeback.spools import OWNER
 from backorigin.writethrough.addon import WriteThrough
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
@@ -54,7 +56,8 @@ def spool_bytes(directory: Path) -> int:
     total = 0
     for entry in os.scandir(directory):
         if entry.is_file(follow_symlinks=False) and entry.name != OWNER:
-            total += entry.stat().st_size
+            with contextlib.suppress(FileNotFoundError):  # the scrape runs in its own thread: a write-back may land meanwhile
+                total += entry.stat().st_size
     return total
 
 
@@ -70,6 +73,7 @@ class AddonState:
     spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
     guard: Callable[[], OriginGuard]  # the origins' 404s, limits and circuits (miss.guard)
     leases: Callable[[], Leases]  # the turns taken with the fleet's other proxies (miss.leases)
+    set_aside: Mapping[str, int]  # live requests forwarded untouched, by reason (s3.stores)
 
 
 @dataclass(eq=False)  # registries key collectors by identity
@@ -111,6 +115,12 @@ class AddonCollector(Collector):
         if (tombstones := self.state.tombstones()) is not None:
             yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
                                     value=tombstones)
+        aside = CounterMetricFamily("backorigin_requests_set_aside", "Requests forwarded untouched: the proxy could not "
+                                    "place them on a named store with a Host it knows, read as the store reads them",
+                                    labels=["reason"])
+        for reason in Aside:
+            aside.add_metric([reason], self.state.set_aside.get(reason, 0))
+        yield aside
         yield from guard_metrics(self.state.guard())
         yield from lease_metrics(self.state.leases())
 
@@ -121,7 +131,7 @@ LEASE_OUTCOMES = ("held", "taken_over", "waited", "waited_too_long", "unavailabl
 def lease_metrics(leases: Leases) -> Iterator[Metric]:
     """How misses took turns with the other proxies of the fleet (miss.leases)."""
     turns = CounterMetricFamily("backorigin_leases", "New misses by their turn in the fleet: held (this proxy fetched), "
-                                "taken_over (from a proxy that stopped renewing), waited (another proxy's fill served), "
+                                "taken_over (a lease that had run out), waited (another proxy's fill served), "
                                 "waited_too_long, unavailable (the store refused the lease), lost (taken over from this "
                                 "proxy)", labels=["outcome"])
     for outcome in LEASE_OUTCOMES:
@@ -181,7 +191,7 @@ class WriteThroughCollector(Collector):
         synced = CounterMetricFamily("backorigin_writethrough_synced", "Keys brought to the store's state at the origin, "
                                      "by action (put, delete, unchanged)", labels=["action"])
         retries = CounterMetricFamily("backorigin_writethrough_retries", "Syncs that failed and wait to be tried again, by "
-                                      "what failed (lane: the origin as a whole; key: that key)", labels=["scope"])
+                                      "what failed (lane: the origin bucket as a whole; key: that key)", labels=["scope"])
         outcomes = dict(supervisor.outcomes)
         for action in ("put", "delete", "unchanged"):
             synced.add_metric([action], outcomes.get(action, 0))
@@ -224,6 +234,7 @@ class Metrics:
             buckets=WRITE_THROUGH_BUCKETS, registry=self.registry)
         self._server: WSGIServer | None = None
         self._server, _ = start_http_server(port, host, registry=self.registry)
+        self.address = (host, port)  # one of the proxy's own listeners: origin fetches never go there
         logger.info("metrics on http://%s:%d/metrics", host, port)
 
     def add(self, collector: Collector) -> None:
@@ -239,8 +250,10 @@ class Metrics:
 class MetricsEndpoint:
     """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
 
-    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int | None], writethrough: WriteThrough) -> None:
+    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int | None], writethrough: WriteThrough,
+                 set_aside: Mapping[str, int]) -> None:
         self.stats = stats
+        self.set_aside = set_aside
         self.mirroring = mirroring
         self.tombstones = tombstones
         self.writethrough = writethrough
@@ -271,6 +284,7 @@ class MetricsEndpoint:
             self.stats, lambda: dict(writeback.outcomes), lambda: writeback.pending,
             lambda: writeback.spool.directory, self.tombstones, writeback.spool.failed_count, lambda: mirror.guard,
             lambda: mirror.leases,
+            self.set_aside,
         ))
         metrics.add(collector)
         metrics.add(WriteThroughCollector(lambda: self.writethrough.supervisor))

@@ -31,7 +31,8 @@ from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
 from backorigin.rules.rulesfile import CHECK_EVERY
 from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, WriteKind, bucket_of, write_kind
+from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
+from backorigin.s3.reading import plain_key
 from backorigin.writethrough.journal import Change
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
 from backorigin.xmlsafe import ObjectsReader
@@ -84,7 +85,8 @@ class WriteThrough:
     def writing(self, flow: http.HTTPFlow, ref: ObjectRef) -> bool:
         """Whether the key has a write the origin has not had yet: its origin copy is stale, so a
         miss of it must not be mirrored back (a delete would be undone)."""
-        return self.supervisor is not None and self.supervisor.writing((self.context.endpoint(flow.request), ref.bucket, ref.key))
+        endpoint = self.context.endpoint(flow.request)
+        return self.supervisor is not None and endpoint is not None and self.supervisor.writing((endpoint, ref.bucket, ref.key))
 
     # hooks -------------------------------------------------------------------------------------
 
@@ -96,7 +98,7 @@ class WriteThrough:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects answer is read as it passes (its refused keys), and its end waits for the journal."""
         if flow.response is not None and isinstance(flow.request.stream, ReadingBody) and self._deletes_many(flow):
-            read_as_it_passes(flow.response)
+            read_as_it_passes(flow, flow.response)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A write the store accepted, of a bucket with WriteThrough: journaled before its answer goes out."""
@@ -114,14 +116,14 @@ class WriteThrough:
     def _deletes_many(self, flow: http.HTTPFlow) -> bool:
         if flow.request.method != "POST" or not self.context.acts(flow) or write_kind(flow.request) is not WriteKind.DELETE_MANY:
             return False
-        bucket = bucket_of(flow.request, self.context.vhost_domains)
+        bucket = self.context.bucket(flow)
         return bucket is not None and self.context.rulebook.writes_through(bucket)
 
     def _changes(self, flow: http.HTTPFlow, kind: WriteKind) -> list[Change]:
         """The keys the store's 2xx says the write changed, each with its origin copy."""
         book = self.context.rulebook
         if kind is WriteKind.DELETE_MANY:
-            bucket = bucket_of(flow.request, self.context.vhost_domains)
+            bucket = self.context.bucket(flow)
             if bucket is None or not book.writes_through(bucket):
                 return []
             refs = [ObjectRef(bucket, key) for key in self._deleted_keys(flow, bucket)]
@@ -129,6 +131,8 @@ class WriteThrough:
             ref = self.context.object(flow)
             refs = [ref] if ref is not None else []
         endpoint = self.context.endpoint(flow.request)
+        if endpoint is None:  # set aside (s3.reading): not a write the proxy can place
+            return []
         return [Change(endpoint, ref.bucket, ref.key, copy) for ref in refs if (copy := rules.origin_copy(book, ref)) is not None]
 
     def _deleted_keys(self, flow: http.HTTPFlow, bucket: str) -> list[str]:
@@ -139,7 +143,7 @@ class WriteThrough:
             logger.error("write-through: a DeleteObjects of bucket %s could not be read: the keys it deleted do not "
                          "reach the origin; backorigin verify --check origin finds them", bucket)
             return []
-        return list(dict.fromkeys(key for key, _ in deleted))
+        return [key for key in dict.fromkeys(key for key, _ in deleted) if plain_key(key)]  # keys stores read alike (s3.reading)
 
     async def _record(self, flow: http.HTTPFlow, kind: WriteKind, changes: list[Change]) -> None:
         assert self.supervisor is not None

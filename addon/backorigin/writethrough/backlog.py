@@ -1,12 +1,15 @@
 """The write-through worker's queue (pure): the journal's entries by key, so that one key is synced
 by one thread at a time (a later write of a key never lands before an earlier one) and any number
-of entries for a key are applied by one sync (of its latest state); keys in the order they were
-first written; an origin that fails is paused as a whole, and a key that fails alone backs off
-alone. Nothing is ever dropped: an entry leaves only once every key it names has been applied.
+of entries for a key are applied by one sync (of its latest state); keys of an origin bucket in the
+order they were first written; an origin bucket that fails is paused as a whole, and a key that
+fails alone backs off alone. Nothing is ever dropped: an entry leaves only once every key it names has been applied.
 
-Keys are grouped in lanes, one per origin endpoint and MirrorAuth key: what fails together (the
-origin is down, or refuses the key's signature) pauses together, so a backlog of a million keys
-behind a dead origin costs one attempt per pause, not a million.
+Keys are grouped in lanes, one per origin bucket (its endpoint, MirrorAuth key and bucket): what
+fails together (the origin is down, refuses the key's signature, or lacks the bucket) pauses
+together, so a backlog of a million keys behind a dead origin costs one attempt per bucket per
+pause, not a million, and a bucket the origin refuses (a pattern entry's namesake not made yet)
+holds up no other bucket. Lanes take turns, one key each (round robin): no bucket's backlog waits
+behind another's.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from typing import Literal
 
 from backorigin.writethrough.journal import Change, Entry
 
-Lane = tuple[str, str]  # (origin endpoint, MirrorAuth AccessKeyId)
-Scope = Literal["lane", "key"]  # what a failure is about: the origin as a whole, or this key only
+Lane = tuple[str, str, str]  # (origin endpoint, MirrorAuth AccessKeyId, origin bucket)
+Scope = Literal["lane", "key"]  # what a failure is about: the origin bucket as a whole, or this key only
 LANE_WAIT_MAX = 10.0  # seconds: the longest pause of a failing origin (as the miss path's circuit cooldown)
 KEY_WAIT_MAX = 300.0  # seconds: the longest wait of a key the origin refuses alone
 
 
 def lane_of(change: Change) -> Lane:
-    return change.origin.endpoint, change.origin.access_key_id
+    return change.origin.endpoint, change.origin.access_key_id, change.origin.bucket
 
 
 def backoff(failures: int, longest: float) -> float:
@@ -84,8 +87,9 @@ class Backlog:
                 if change in self._syncing:  # at most one per thread: a short skip
                     continue
                 del ready[change]
-                if not ready:
-                    del self._ready[lane]
+                del self._ready[lane]
+                if ready:  # its next key after every other lane's: lanes take turns
+                    self._ready[lane] = ready
                 taken = self._syncing[change] = self._entries.pop(change)
                 return change, taken
         return None

@@ -5,8 +5,8 @@ to the origins, started, restarted and drained by the proxy (writethrough.superv
 Each key is synced by one thread at a time (writethrough.backlog), a journal by one worker at a
 time (an flock), its origin copy made what the store holds now (writethrough.sync); an entry is
 removed from the journal once every key it names has been synced after it was written. Failures
-wait and are tried again, without end: a failing origin is paused as a whole (exponential backoff
-up to 10 s), a key the origin refuses alone waits alone (up to 300 s). The MirrorAuth secrets come
+wait and are tried again, without end: a failing origin bucket is paused as a whole (exponential
+backoff up to 10 s), a key the origin refuses alone waits alone (up to 300 s). The MirrorAuth secrets come
 from the proxy on stdin, never from a file.
 
   supervisor -> worker (stdin):   {"credentials": [[ENDPOINT, ACCESS_KEY_ID, SECRET], ...]}
@@ -33,13 +33,13 @@ import botocore.exceptions
 
 from backorigin.s3.clients import code_of, describe_error, foreign_s3_client, shared_s3_client, status_of
 from backorigin.writeback.process import commands, reply, run
-from backorigin.writethrough.backlog import Backlog, Lane, Scope, lane_of
+from backorigin.writethrough.backlog import Backlog, Scope
 from backorigin.writethrough.journal import Change, Journal
 from backorigin.writethrough.sync import Action, sync
 
 logger = logging.getLogger(__name__)
 
-# what a refusal names that is about the origin (or the store) as a whole, not about one key
+# what a refusal names that is about the origin bucket (or the store) as a whole, not about one key
 WHOLE_SIDE_CODES = frozenset({"NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"})
 
 
@@ -48,8 +48,8 @@ class NoCredentials(Exception):
 
 
 def scope_of(error: BaseException) -> Scope:
-    """Whether a failure is about the origin (or the store) as a whole, down, slow, refusing every
-    request of this signature, or this machine's disk full; or about the key alone."""
+    """Whether a failure is about the origin bucket (or the store) as a whole, down, slow, refusing
+    every request of this signature or to this bucket, or this machine's disk full; or about the key alone."""
     if isinstance(error, botocore.exceptions.ClientError):
         status = status_of(error)
         return "lane" if status >= 500 or status in (401, 403, 409, 429) or code_of(error) in WHOLE_SIDE_CODES else "key"
@@ -65,8 +65,8 @@ class Applier:
         self.journal = journal
         self.backlog = Backlog()
         self.workers = workers
-        self.secrets: dict[Lane, str] = {}
-        self._origins: dict[tuple[Lane, str], Any] = {}  # boto3 clients by lane and region
+        self.secrets: dict[tuple[str, str], str] = {}  # by origin endpoint and AccessKeyId
+        self._origins: dict[tuple[str, str, str], Any] = {}  # boto3 clients by endpoint, AccessKeyId and region
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backorigin-writethrough")
         self._running: set[Future[tuple[Action, int]]] = set()
         self._wake = asyncio.Event()
@@ -123,12 +123,13 @@ class Applier:
         future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._ended, change, taken, done))
 
     def _origin_client(self, change: Change) -> Any:
-        lane, region = lane_of(change), change.origin.region
-        if (lane, region) not in self._origins:
-            if lane not in self.secrets:
-                raise NoCredentials(f"the rules in force have no MirrorAuth with AccessKeyId {lane[1]} for {lane[0]}")
-            self._origins[lane, region] = foreign_s3_client(lane[0], region, (lane[1], self.secrets[lane]), attempts=1)
-        return self._origins[lane, region]
+        endpoint, key_id, region = change.origin.endpoint, change.origin.access_key_id, change.origin.region
+        if (endpoint, key_id, region) not in self._origins:
+            if (endpoint, key_id) not in self.secrets:
+                raise NoCredentials(f"the rules in force have no MirrorAuth with AccessKeyId {key_id} for {endpoint}")
+            secret = self.secrets[endpoint, key_id]
+            self._origins[endpoint, key_id, region] = foreign_s3_client(endpoint, region, (key_id, secret), attempts=1)
+        return self._origins[endpoint, key_id, region]
 
     def _ended(self, change: Change, taken: list[Path], future: Future[tuple[Action, int]]) -> None:
         self._running.discard(future)
@@ -151,7 +152,7 @@ class Applier:
         scope = scope_of(error)
         after = self.backlog.failed(change, taken, time.monotonic(), scope)
         why = describe_error(error)
-        held = f"its origin {change.origin.endpoint} is paused" if scope == "lane" else "it waits"
+        held = f"its origin bucket {change.origin.bucket} is paused" if scope == "lane" else "it waits"
         logger.warning("write-through of %s to %s: %s; %s, tried again in %.1fs", change.where, change.origin.where, why,
                        held, after)
         reply({"retrying": list(change.object_key), "scope": scope, "why": why, "after": round(after, 3)})
