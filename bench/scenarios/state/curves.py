@@ -69,11 +69,11 @@ def _is_small(body: bytes) -> str:
 
 
 OPERATIONS = (
-    Operation("hit", "GET", lambda who, n, i: f"/{BUCKET}/small/hit", 200, check=_is_small),
+    Operation("hit", "GET", lambda who, n, i: f"/{BUCKET}/small/hit", 100, check=_is_small),
     Operation("miss", "GET", lambda who, n, i: f"/{BUCKET}/small/state-{who}-{n}-{i}", 50, check=_is_small),
     Operation("PUT", "PUT", lambda who, n, i: f"/{BUCKET}/state/{who}-{n}-{i}", 50, body=b"s" * KiB),
     Operation("DELETE", "DELETE", lambda who, n, i: f"/{BUCKET}/state/{who}-{n}-{i}", 50, status=204),
-    Operation("listing page", "GET", lambda who, n, i: f"/{BUCKET}?list-type=2&prefix=listed/", 5, check=_has_keys),
+    Operation("listing page", "GET", lambda who, n, i: f"/{BUCKET}?list-type=2&prefix=listed/", 3, check=_has_keys),
 )
 
 

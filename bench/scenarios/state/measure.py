@@ -1,8 +1,9 @@
-"""What one kind of request costs a proxy, measured side by side: each proxy of an axis gets rounds
-of sequential requests on one kept-alive connection, in alternating order (ABC, CBA, ABC, CBA), so
-that drift and other load on the machine fall on all alike; the proxy's own CPU time for each round
-is read from /proc (utime + stime of the mitmdump process, its threads included; the write-back
-worker is a process of its own and is left out), and every request's latency is kept."""
+"""What one kind of request costs a proxy, measured side by side: the proxies of an axis are asked
+in lockstep, request i of a round going to each proxy in turn (the order reversed at every other
+i), each proxy on its own kept-alive connection, so that drift and other load on the machine fall
+on all alike; the proxy's own CPU time for each round is read from /proc (utime + stime of the
+mitmdump process, its threads included; the write-back worker is a process of its own and is left
+out), and every request's latency is kept."""
 
 from __future__ import annotations
 
@@ -53,41 +54,46 @@ class Cost:
                 **{f"p{p}_ms": round(self.latency_ms(p), 3) for p in (50, 90, 99)}, "wrong": self.wrong[:5]}
 
 
-def one_round(port: int, pid: int, operation: Operation, who: str, number: int, count: int, cost: Cost) -> None:
-    """`count` requests of `operation` on one kept-alive connection, added to `cost`. The round's CPU
-    runs until the proxy is quiet again: what the requests left it to do (a miss's write-back
-    ending, a delete's background work) is theirs too."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    before = cpu_seconds(pid)
+def ask(connection: http.client.HTTPConnection, operation: Operation, path: str, cost: Cost) -> None:
+    """One request of `operation`, its latency and whether its answer was right added to `cost`."""
+    started = time.perf_counter()
+    connection.request(operation.method, path, body=operation.body or None)
+    answer = connection.getresponse()
+    body = answer.read()
+    cost.latencies_s.append(time.perf_counter() - started)
+    why = f"status {answer.status}" if answer.status != operation.status else operation.check(body)
+    if why:
+        cost.wrong.append(f"{operation.method} {path}: {why}")
+
+
+def one_round(proxies: dict[str, tuple[int, int]], operation: Operation, number: int, count: int,
+              costs: dict[str, Cost]) -> None:
+    """`count` requests of `operation` to every proxy (name -> (port, pid)) in lockstep, added to
+    `costs`. Each proxy's CPU for the round runs until all are quiet again: what the requests left
+    them to do (a miss's write-back ending, a delete's background work) is theirs too."""
+    names = list(proxies)
+    connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=120) for name, (port, _) in proxies.items()}
+    before = {name: cpu_seconds(pid) for name, (_, pid) in proxies.items()}
     try:
         for i in range(count):
-            path = operation.path(who, number, i)
-            started = time.perf_counter()
-            connection.request(operation.method, path, body=operation.body or None)
-            answer = connection.getresponse()
-            body = answer.read()
-            cost.latencies_s.append(time.perf_counter() - started)
-            why = f"status {answer.status}" if answer.status != operation.status else operation.check(body)
-            if why:
-                cost.wrong.append(f"{operation.method} {path}: {why}")
+            for name in names if i % 2 == 0 else reversed(names):
+                ask(connections[name], operation, operation.path(name, number, i), costs[name])
     finally:
-        connection.close()
-        settle([pid], within=10.0, window=0.5)
-        cost.cpu_s += cpu_seconds(pid) - before
+        for connection in connections.values():
+            connection.close()
+        settle([pid for _, pid in proxies.values()], within=10.0, window=0.5)
+        for name, (_, pid) in proxies.items():
+            costs[name].cpu_s += cpu_seconds(pid) - before[name]
 
 
 def side_by_side(proxies: dict[str, tuple[int, int]], operation: Operation, scale: float) -> dict[str, Cost]:
-    """The cost of `operation` for each proxy (name -> (port, pid)), in ROUNDS alternating rounds,
+    """The cost of `operation` for each proxy (name -> (port, pid)), over ROUNDS rounds in lockstep,
     after a short warm-up of each (connections, clients, caches: not counted)."""
     count = max(2, round(operation.per_round * scale))
-    for name, (port, pid) in proxies.items():
-        one_round(port, pid, operation, name, -1, min(3, count), Cost())
+    one_round(proxies, operation, -1, min(3, count), {name: Cost() for name in proxies})
     costs = {name: Cost() for name in proxies}
-    order = list(proxies)
     for number in range(ROUNDS):
-        for name in order if number % 2 == 0 else reversed(order):
-            port, pid = proxies[name]
-            one_round(port, pid, operation, name, number, count, costs[name])
+        one_round(proxies, operation, number, count, costs)
     return costs
 
 
