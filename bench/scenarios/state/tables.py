@@ -49,7 +49,9 @@ def draw(state: STATE, whats: dict[str, str], path: Path) -> None:
             panel.axhline(1.0, color="grey", linewidth=0.8)
             for bound in (FLAT, 1 / FLAT):
                 panel.axhline(bound, color="grey", linewidth=0.8, linestyle="--")
-            panel.set_xticks(list(positions), found["points"], rotation=30, ha="right", fontsize=8)
+            ticks = [f"{size:,}" + (" (a pattern's)" if pattern else "")
+                     for size, pattern in zip(found["sizes"], found["pattern"], strict=True)]
+            panel.set_xticks(list(positions), ticks, rotation=30, ha="right", fontsize=8)
             panel.set_title(f"{unit} as {whats[axis]} grow", fontsize=9)
             panel.legend(fontsize=7, loc="upper left")
             if column == 0:
