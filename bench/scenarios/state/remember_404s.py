@@ -20,7 +20,10 @@ class Remember404s:
 
     def running(self) -> None:
         count, bucket = ctx.options.bench_remembered_404s, ctx.options.bench_remembered_404s_bucket
-        not_found = ctx.master.addons.get("backorigin").mirroring.mirror.guard.not_found
+        addon = ctx.master.addons.get("backorigin")
+        # the guard as the addon holds it: its shared parts (issue 28's restructure), or through the mirroring child
+        guard = addon.parts.guard if hasattr(addon, "parts") else addon.mirroring.mirror.guard
+        not_found = guard.not_found
         for i in range(count):
             key = f"missing/{i:07d}"
             not_found.add(bucket, key, OriginRequest(url=f"http://127.0.0.1/{bucket}/{key}", headers=()))
