@@ -78,7 +78,7 @@ class BackOrigin:
         ledger = Ledger(tombstones_at=lambda: parts.tombstones.location)
         self.recorder = Recorder(explain=self._rules_tried, listeners=[ledger.append])
         self.probe = StoreProbe()
-        self.delivery = MissDelivery(self.recorder)
+        self.delivery = MissDelivery(self.recorder, self.context.endpoint)
         self.deletes = Deletes(self.context, parts.mirror, parts.tombstones, self.delivery.refuse)
         self.writethrough = WriteThrough(self.context, parts.writeback, synced=parts.measures.synced)
         self.decider = Decider(self.context, self.writethrough.writing, self.deletes.is_deleted)
@@ -194,7 +194,8 @@ class BackOrigin:
         if response is None or (self.context.acts(flow) and flow.metadata.get(METADATA_KEY)):
             return None
         ref = self._candidate(flow)
-        if ref is None:
+        if ref is None:  # a listing right after a failed HEAD of its folder's name (miss.failedheads)
+            self.delivery.failed_heads.on_listing(flow, self.context.bucket(flow))
             return None
         status = response.status_code
         body = (response.get_content(strict=False) or b"") if status in (403, 404) else b""

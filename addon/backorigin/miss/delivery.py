@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
 
 from backorigin.decision import Outcome, Recorder, add_debug_header
 from backorigin.miss.answer import answers_whole, collect
+from backorigin.miss.failedheads import FailedHeads
 from backorigin.miss.mirror import Mirror, Miss
 from backorigin.miss.server import MissServer
 from backorigin.s3 import replies
@@ -41,8 +43,10 @@ class Rerouted:
 
 
 class MissDelivery:
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, endpoint: Callable[[http.Request], str | None]) -> None:
+        """`endpoint(request)`: the store a request was read as sent to (Context.endpoint)."""
         self.recorder = recorder
+        self.failed_heads = FailedHeads(endpoint)  # so that rclone's listing after a failed HEAD fails too
         self.server = MissServer()
         self.rerouted: dict[str, Rerouted] = {}  # flow id -> its miss, while the miss server answers it
 
@@ -97,6 +101,7 @@ class MissDelivery:
     def _served(self, flow: http.HTTPFlow, miss: Miss, header: bool = True) -> None:
         if flow.request.method == "GET" and flow.response is not None and flow.response.status_code < 300:
             self.recorder.stats.served["origin"] += 1
+        self.failed_heads.note(flow, miss.ref, miss.reply.failure if miss.reply else "")
         self.recorder.record(flow, miss.decision(), acted=True, header=header)
 
     # hooks of re-routed flows ---------------------------------------------------------------
