@@ -198,6 +198,8 @@ class WriteThroughCollector(Collector):
         for scope in ("lane", "key"):
             retries.add_metric([scope], outcomes.get(f"retry_{scope}", 0))
         yield synced
+        yield CounterMetricFamily("backorigin_writethrough_not_utf8", "Writes of keys that are not UTF-8 text, left out "
+                                  "of write-through (S3 keys are UTF-8)", value=outcomes.get("not_utf8", 0))
         yield retries
 
 
