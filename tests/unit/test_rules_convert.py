@@ -287,6 +287,30 @@ def test_doctype_and_entity_declarations_are_refused(prolog):
         oss_xml_to_rules(xml, "b")
 
 
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("filler", ["x", "\u00e9"])  # one byte a character, and two
+def test_a_configuration_over_one_mebibyte_is_refused_naming_the_file(tmp_path, filler):
+    """OSS takes no WebsiteConfiguration over 1 MiB, and nor does import-rules: exit status 2 and
+    one line naming the file, before any parsing; the same document at the bound converts."""
+    document = oss_xml(mirror_rule_xml(1))
+    padding = "<!--" + filler * ((MiB - len(document.encode()) - len("<!---->")) // len(filler.encode())) + "-->"
+    at_the_bound = tmp_path / "at-the-bound.xml"
+    at_the_bound.write_text(document.replace("<RoutingRules>", padding + "<RoutingRules>"), encoding="utf-8")
+    assert len(at_the_bound.read_bytes()) <= MiB
+    done = run_cli("import-rules", at_the_bound, "--bucket", "b")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["Buckets"][0]["RoutingRules"][0]["Redirect"]["MirrorURL"] == "http://o.example/"
+    over = tmp_path / "over.xml"
+    over.write_text(document.replace("<RoutingRules>", padding + filler * 2 + "<RoutingRules>"), encoding="utf-8")
+    assert len(over.read_bytes()) > MiB
+    refused = run_cli("import-rules", over, "--bucket", "b")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == f"{over}: larger than {MiB} bytes\n"
+
+
 # -- AWS JSON -> rules -----------------------------------------------------------------------
 
 def test_aws_documentation_examples_import_as_external_redirects_in_list_order():
