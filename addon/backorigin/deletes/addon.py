@@ -52,7 +52,7 @@ from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
 from backorigin.s3.clients import describe_error, shared_s3_client, store_has
 from backorigin.s3.reading import plain_key
 from backorigin.writeback.spool import ObjectKey
-from backorigin.xmlsafe import ObjectsReader
+from backorigin.xmlsafe import ObjectsReader, XMLRefused, parse
 
 logger = logging.getLogger(__name__)
 
@@ -350,16 +350,27 @@ def read_as_it_passes(flow: http.HTTPFlow, response: http.Response) -> None:
 
 def refuse_unread(flow: http.HTTPFlow, bucket: str) -> None:
     """A DeleteObjects body the proxy could not read reached the store spoilt (`ReadingBody`), which
-    refused it: the client learns why, from the proxy."""
+    refused it for what the proxy did to it (a body or digest error): the client learns why, from
+    the proxy. Any other refusal (AccessDenied) is the store's own, and passes as it is."""
     asked, response = flow.request.stream, flow.response
     if isinstance(asked, ReadingBody) and asked.reader.failed and response is not None and not response.stream \
-            and not 200 <= response.status_code < 300:
+            and (response.status_code == 400 or _error_code(response) in _SPOILT_BODY_ERRORS):
         logger.warning("DeleteObjects of %s refused: its body could not be read as the store reads it (%s)",
                        flow.request.pretty_url, asked.reader.failed)
         flow.response = replies.to_response(flow.request, replies.s3_error(
             400, "MalformedXML", f"The proxy could not read this DeleteObjects body as the store would "
             f"({asked.reader.failed}); it did not pass it on whole, and nothing was deleted.",
             ObjectRef(bucket, "")))
+
+
+_SPOILT_BODY_ERRORS = ("SignatureDoesNotMatch", "XAmzContentSHA256Mismatch")  # 403s a spoilt signed body gets
+
+
+def _error_code(response: http.Response) -> str:
+    try:
+        return parse(response.raw_content or b"", 64 * 1024).findtext("Code") or ""
+    except XMLRefused:
+        return ""
 
 
 def deleted_objects(flow: http.HTTPFlow) -> list[tuple[str, str | None]] | None:
