@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import httpx
 import pytest
 import requests
 from hypothesis import HealthCheck, example, given, note, settings
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
+from tests.e2e.test_reading import h2_first
 from tests.reading_support import signed, tombstoned
 from tests.support import stored
 from tests.writethrough_support import ORIGIN_BUCKET, STORE_KEYS, Proxy, start_origin, write_through_rules
@@ -90,13 +92,21 @@ def bodies(draw) -> str:
     return before + element(root, "".join(child() for _ in range(draw(st.integers(1, 4))))) + after
 
 
-def post(proxy, body: bytes, keys=PREFIXED) -> requests.Response:
+def post(proxy, body: bytes, keys=PREFIXED, protocol: str = "HTTP/1.1") -> httpx.Response:
+    """POST ?delete, signed; over HTTP/2 through TLS (h2 offered first, as curl and Go do)."""
     host = proxy.url.removeprefix("http://")
-    return requests.post(f"{proxy.url}/{BUCKET}?delete", data=body,
-                         headers=signed("POST", host, f"/{BUCKET}?delete", body, keys), timeout=60)
+    headers = signed("POST", host, f"/{BUCKET}?delete", body, keys)
+    if protocol == "HTTP/2":
+        with httpx.Client(http2=True, verify=h2_first(str(proxy.client_ca)), timeout=60) as client:
+            answer = client.post(f"https://{host}/{BUCKET}?delete", content=body, headers=headers)
+    else:
+        with httpx.Client(timeout=60) as client:
+            answer = client.post(f"{proxy.url}/{BUCKET}?delete", content=body, headers=headers)
+    assert answer.http_version == protocol
+    return answer
 
 
-def check_one(world, template: str, keys=PREFIXED) -> tuple[set[str], requests.Response]:
+def check_one(world, template: str, keys=PREFIXED, protocol: str = "HTTP/1.1") -> tuple[set[str], httpx.Response]:
     """Puts NAMES (in the store and at the origin), sends the body; asserts the proxy's tombstones
     and the origin's copies agree with what the store deleted. Returns the keys the store deleted."""
     store, origin, proxy = world
@@ -107,7 +117,7 @@ def check_one(world, template: str, keys=PREFIXED) -> tuple[set[str], requests.R
         admin.put_object(Bucket=BUCKET, Key=key, Body=b"store " + key.encode())
         old.put_object(Bucket=ORIGIN_BUCKET, Key=key, Body=b"origin " + key.encode())
     body = template.format(*keys_of).encode()
-    answer = post(proxy, body, keys)
+    answer = post(proxy, body, keys, protocol)
     if currently_in_test_context():
         note(f"{body.decode()}\n{answer.status_code} {answer.text}")
     deleted = {key for key in keys_of if stored(admin, BUCKET, key) is None}
@@ -127,8 +137,9 @@ def check_one(world, template: str, keys=PREFIXED) -> tuple[set[str], requests.R
 @example(template="<Delete><Object><Key>{1}</Key><Extra><Key>{2}</Key></Extra></Object></Delete>")
 @example(template="<Delete><Quiet>true</Quiet><Object><Key>{0}</Key></Object><x:Junk/></Delete>")
 @example(template="<Delete><Object><Key>{0}</Key></Object></Delete><junk/>")
-def test_the_proxy_acts_on_exactly_what_the_store_deleted(world, template):
-    check_one(world, template)
+@pytest.mark.parametrize("protocol", ["HTTP/1.1", "HTTP/2"])
+def test_the_proxy_acts_on_exactly_what_the_store_deleted(world, protocol, template):
+    check_one(world, template, protocol=protocol)
 
 
 def test_an_undeclared_prefix_in_a_quiet_delete_is_read_and_the_key_stays_deleted(world):
@@ -143,8 +154,9 @@ def test_an_undeclared_prefix_in_a_quiet_delete_is_read_and_the_key_stays_delete
     "text before the root<Delete><Quiet>true</Quiet><Object><Key>{0}</Key></Object></Delete>",
     "<Delete><Quiet>true</Quiet>" + "<Object><Key>{0}</Key></Object>" * 1001 + "</Delete>",
 ])
-def test_a_body_the_proxy_cannot_read_never_reaches_the_store_whole(world, template):
-    deleted, answer = check_one(world, template)
+@pytest.mark.parametrize("protocol", ["HTTP/1.1", "HTTP/2"])
+def test_a_body_the_proxy_cannot_read_never_reaches_the_store_whole(world, template, protocol):
+    deleted, answer = check_one(world, template, protocol=protocol)
     assert deleted == set() and answer.status_code == 400 and "<Code>MalformedXML</Code>" in answer.text, answer.text
     assert "nothing was deleted" in answer.text
 
