@@ -4,7 +4,7 @@
 Side by side in one run, against one nginx on 127.0.0.1 (HTTP/1.1 keep-alive, and HTTPS with a
 certificate from a CA made for the run), four clients used the way the addon would use them:
 
-  (a) httpx.AsyncHTTPTransport, as s3/store.py and miss/origin.py use it now;
+  (a) httpx.AsyncHTTPTransport, as s3/storeclient.py and miss/origin.py use it now;
   (b) httpcore.AsyncConnectionPool, used directly;
   (c) aiohttp.ClientSession (C parser and writer; auto_decompress=False, DummyCookieJar, a
       TCPConnector with keep-alive), when aiohttp is installed (`pip install aiohttp`);

@@ -35,6 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from bench import loadgen
+from bench.missttfb import scenario_missttfb
 from bench.services import (
     STORE_LOG,
     CpuPlan,
@@ -70,7 +71,7 @@ ORIGIN_FILES = {
     "huge": ("huge.bin", 1 * GiB),
 }
 OUT = Path(__file__).resolve().parent / "out"
-SCENARIOS = ("hit", "coldhit", "miss", "singleflight", "lag", "memory", "largehit", "state", "scaleout")
+SCENARIOS = ("hit", "coldhit", "miss", "singleflight", "lag", "memory", "largehit", "state", "missttfb", "scaleout")
 HIT_OBJECTS = ("small", "medium", "large")  # existing objects: <prefix>/hit
 EXTRA_SCRIPTS: list[str] = []  # --with-script: experiments loaded after the addon
 EMPTY_SCRIPT = Path(__file__).resolve().parent / "experiments" / "empty_script.py"  # the hit scenario's control
@@ -1260,6 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": lambda: scenario_memory(stack, report),
             "largehit": lambda: scenario_largehit(stack, report),
             "state": lambda: scenario_state(stack, report, BUCKET, args.seconds),
+            "missttfb": lambda: scenario_missttfb(stack, report),
             "scaleout": lambda: scenario_scaleout(stack, report, args.seconds),
         }
         # the profile runs before the scale-out, which unpins everything and leaves the first

@@ -18,7 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -174,6 +175,14 @@ def aws_cp_stdout(target: Target, bucket: str, key: str, workdir: Path) -> Outco
     return run_to_file(command, aws_env(target, workdir), workdir / "aws-cp-stdout.out", stdout_is_output=True)
 
 
+def aws_get_object(target: Target, bucket: str, key: str, workdir: Path) -> Outcome:
+    """`aws s3api get-object --bucket b --key k FILE`: one GET, no HEAD first."""
+    out = workdir / "aws-get-object.out"
+    command = [str(VENV_BIN / "aws"), "--endpoint-url", target.endpoint, "s3api", "get-object", "--bucket", bucket,
+               "--key", key, str(out)]
+    return run_to_file(command, aws_env(target, workdir), out)
+
+
 # boto3 (in this process) -----------------------------------------------------------------
 
 
@@ -197,7 +206,7 @@ def boto3_client(target: Target, signature_version: str | None = None):
 
 def _failed(error: Exception) -> Outcome:
     """A boto3 error as a client outcome: exit status 1, the HTTP status if there was one."""
-    status = getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    status = (getattr(error, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
     return Outcome(1, None, 0, tail(f"{type(error).__name__}: {error}"), status=status)
 
 
@@ -314,14 +323,15 @@ def rclone_cat(target: Target, bucket: str, key: str, workdir: Path) -> Outcome:
 
 
 def curl(target: Target, bucket: str, key: str, workdir: Path, first: int | None = None,
-         last: int | None = None) -> Outcome:
-    """`curl -fsS` of a presigned URL, with `-r first-last` when given. -q: no ~/.curlrc. It
-    follows no redirect, so a 302 is written as an empty file with exit status 0."""
+         last: int | None = None, options: Sequence[str] = ()) -> Outcome:
+    """`curl -fsS` of a presigned URL, with `-r first-last` when given, and `options` (--http1.0,
+    -H "Connection: close"...). -q: no ~/.curlrc. It follows no redirect, so a 302 is written as
+    an empty file with exit status 0."""
     out, headers, status_file = workdir / "curl.out", workdir / "curl.headers", workdir / "curl.status"
     for stale in (out, headers):
         stale.unlink(missing_ok=True)
     ranged = ["-r", f"{first}-{last}"] if first is not None else []
-    command = ["curl", "-q", "-fsS", "--connect-timeout", "10", "--max-time", str(int(TIMEOUT - 10)), *ranged,
+    command = ["curl", "-q", "-fsS", "--connect-timeout", "10", "--max-time", str(int(TIMEOUT - 10)), *ranged, *options,
                "-o", str(out), "-D", str(headers), "-w", "%{http_code}", presigned_url(target, bucket, key)]
     # -w writes to stdout, which goes to its own file; the body goes to -o
     outcome = run_to_file(command, clean_env(workdir / "home"), status_file, stdout_is_output=True)
@@ -330,6 +340,21 @@ def curl(target: Target, bucket: str, key: str, workdir: Path, first: int | None
     return Outcome(outcome.returncode, sha256_of_file(out), size, outcome.stderr,
                    status=int(code) if code.isdigit() and code != "000" else None,
                    content_range=_header(headers, "content-range"))
+
+
+def urllib_get(target: Target, bucket: str, key: str, workdir: Path) -> Outcome:
+    """What many scripts do: shutil.copyfileobj(urllib.request.urlopen(presigned URL), file), with
+    no proxy from the environment. urllib sends `Connection: close`, and http.client reading in
+    pieces does not notice a body shorter than its Content-Length: only the bytes tell."""
+    out = workdir / "urllib.out"
+    workdir.mkdir(parents=True, exist_ok=True)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(presigned_url(target, bucket, key), timeout=60) as answer, open(out, "wb") as file:
+            shutil.copyfileobj(answer, file)
+    except Exception as e:  # a reset, an HTTP error: the client's result
+        return Outcome(1, sha256_of_file(out), 0, tail(f"{type(e).__name__}: {e}"), status=getattr(e, "code", None))
+    return Outcome(0, sha256_of_file(out), out.stat().st_size, "", status=answer.status)
 
 
 def _header(dump: Path, name: str) -> str | None:

@@ -364,8 +364,8 @@ def check_data(language: str, source: str) -> None:
     if language == "json":
         document = json.loads(source)
         if isinstance(document, dict) and "Buckets" in document:
-            from backorigin.rules.files import parse_rules
             from backorigin.rules.model import MAX_RULES_CEILING
+            from backorigin.rules.parsing import parse_rules
 
             parse_rules(source, "the page's rules", MAX_RULES_CEILING)
     elif language == "yaml":

@@ -25,6 +25,7 @@ STORABLE = {
     "Access-Control-Allow-Origin": "*",
 }
 LAST_MODIFIED = "Tue, 01 Jan 2030 00:00:00 GMT"
+BREAK_AFTER = 2.0  # seconds the `shortsized` body stalls before the origin hangs up
 PRIVATE = {"X-Origin-Private": "secret", "Set-Cookie": "session=abc", "ETag": '"origin-etag"'}
 
 
@@ -45,6 +46,14 @@ def sized_body(size: int):
         yield piece
         sent += len(piece)
         index += 1
+
+
+def sized_md5(size: int) -> str:
+    """The hex MD5 of the `sized` body of `size` bytes."""
+    digest = hashlib.md5()
+    for piece in sized_body(size):
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -278,13 +287,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def scenario_shortsized(self, path: str) -> None:
-        """/<dir>/shortsized/<bytes>/<name>: declares that many bytes, sends half, hangs up."""
+        """/<dir>/shortsized/<bytes>/<name>: declares that many bytes, sends half, stalls for
+        BREAK_AFTER seconds (so that a proxy streaming the answer has begun it: a body already known
+        broken is a clean 424), hangs up. With a name ending in .md5etag, the whole body's MD5 as
+        its ETag (as an S3 origin sends it)."""
         size = int(path.split("/")[path.split("/").index("shortsized") + 1])
         self.send_response(200)
         self.send_header("Content-Length", str(size))
+        if path.endswith(".md5etag"):
+            self.send_header("ETag", f'"{sized_md5(size)}"')
         self.end_headers()
         for piece in sized_body(size // 2):
             self.wfile.write(piece)
+        self.wfile.flush()
+        time.sleep(BREAK_AFTER)
         self.close_connection = True
 
     def scenario_picky(self, path: str) -> None:

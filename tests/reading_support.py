@@ -19,7 +19,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from backorigin.deletes.journal import LocalTombstones
+from backorigin.tombstones.journal import LocalTombstones
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.support import wait_for
 

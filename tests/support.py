@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from backorigin.tools import cli
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
-from backorigin.writeback.spools import default_spool
+from backorigin.writeback.proxyspools import default_spool
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -331,7 +331,7 @@ def _pipe(source: socket.socket, sink: socket.socket, rate: int | None = None,
 
 def rule_of(redirect: dict | None = None, condition: dict | None = None, number: int = 1):
     """One RoutingRule, validated as a rules file would be (default: a Mirror rule to http://o/)."""
-    from backorigin.rules.files import parse_rules
+    from backorigin.rules.parsing import parse_rules
 
     rule: dict = {"RuleNumber": number, "Redirect": redirect or {"RedirectType": "Mirror", "MirrorURL": "http://o/"}}
     if condition is not None:
@@ -341,7 +341,7 @@ def rule_of(redirect: dict | None = None, condition: dict | None = None, number:
 
 def book_of(bucket: str, rules: list[dict]):
     """A RuleBook of one bucket's rules (as a rules file's RoutingRules)."""
-    from backorigin.rules.files import parse_rules
+    from backorigin.rules.parsing import parse_rules
 
     return parse_rules(json.dumps({"Buckets": [{"Name": bucket, "RoutingRules": rules}]}), "t")
 

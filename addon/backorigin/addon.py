@@ -4,51 +4,61 @@ Loaded by mitmproxy from addon/script.py:
     mitmdump -s addon/script.py --mode reverse:http://STORE:PORT --set backorigin_rules=rules.json
 
 `BackOrigin` holds rules -> decision -> act for GETs and HEADs of objects: which object
-(s3.addressing), what the rules say (rules.plan.plan_get), asking the store first (miss.probe),
-then a redirect (rules.targets), or a mirror (miss.mirror, answered by miss.delivery). Each other
-concern is a child addon with its own options and hooks: the rules file, the mirror machinery
-and its spool, deletes, write-through, the merged listing, the miss delivery, metrics, the ledger,
-commands and the mitmweb view. mitmproxy runs this addon's hook first, then its children's, in order.
+(s3.addressing), what it gets (decider, the one place that decides, with rules.plan.plan_get),
+asking the store first (miss.probe), then a redirect (rules.targets), or a mirror (miss.mirror,
+answered by miss.delivery); its request and response hooks only adapt the flow to it. Each other
+concern is a child addon with its own options: the rules file, the mirror machinery and its spool,
+deletes, write-through, the merged listing, metrics, the ledger, commands and the mitmweb view.
+This addon alone has the per-request hooks: each reads the method first and hands the flow to the
+child whose kind it is (deletes and write-through for writes, the listing for a bucket's GET, the
+miss delivery for the flows it answers), so a GET of an object costs one addon's hook functions,
+each returning at its first check when no rule covers the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.decision import METADATA_KEY, RECORDED_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
-from backorigin.deletes.addon import Deletes
+from backorigin.decider import Decided, Decider, settled
+from backorigin.decision import METADATA_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
+from backorigin.deletes.deletes import Deletes
 from backorigin.limits import STREAM_LARGE_BODIES
-from backorigin.listing.addon import MergedListing
+from backorigin.listing.hiding import hide_in_force
+from backorigin.listing.mergedlisting import MergedListing
 from backorigin.miss import objectmeta
-from backorigin.miss.addon import Mirroring
 from backorigin.miss.delivery import MissDelivery
-from backorigin.miss.fleet import FleetLeases
+from backorigin.miss.fleetleases import FleetLeases
+from backorigin.miss.mirroring import Mirroring
+from backorigin.miss.originprotection import OriginProtection
 from backorigin.miss.probe import StoreProbe, answer_from_store
-from backorigin.miss.protect import OriginProtection
 from backorigin.options import GivenOnce, check_choice
+from backorigin.parts import Parts
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
-from backorigin.rules.plan import Act, GetPlan, plan_get
+from backorigin.rules.plan import Act, GetPlan
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
-from backorigin.s3.store import StoreAnswer, StoreServerName, client_facing, upstream_proxy, upstream_verification
-from backorigin.s3.stores import Stores
+from backorigin.s3.storeclient import StoreAnswer, client_facing, upstream_proxy, upstream_verification
+from backorigin.s3.stores import SetAsideLog, Stores
+from backorigin.s3.storeservername import StoreServerName
 from backorigin.ui.commands import Commands
-from backorigin.ui.contentview import DecisionView
+from backorigin.ui.decisionview import DecisionView
 from backorigin.ui.ledger import Ledger
-from backorigin.ui.metrics import MetricsEndpoint
-from backorigin.writethrough.addon import WriteThrough
+from backorigin.ui.metrics import AddonState, MetricsEndpoint
+from backorigin.writethrough.writethrough import WriteThrough
 
 logger = logging.getLogger(__name__)
 HEAD_ON_MISS = ("object", "oss")
+READS = ("GET", "HEAD")
 # mitmproxy sets the root logger to DEBUG and turns every record into an event on its loop:
 # the HTTP and AWS libraries' dozens of DEBUG records per request would cost more than the work
 for library in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3"):
@@ -57,59 +67,41 @@ for library in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3
 
 class BackOrigin:
     def __init__(self) -> None:
-        self.rules_file = RulesFile()
-        self.context = Context(self.rules_file)
-        self.stores = Stores(self.context)
-        self.recorder = Recorder()
-        self.probe = StoreProbe()
-        self.mirroring = Mirroring()
-        self.protection = OriginProtection(self.mirroring)
-        self.delivery = MissDelivery(self.recorder)
-        self.deletes = Deletes(self.context, self.mirroring, self.delivery.refuse)
-        self.listing = MergedListing(self.context, self.deletes.hide,
-                                     leases_under=lambda bucket: self.mirroring.mirror.leases.prefix_in(bucket))
-        self.writethrough = WriteThrough(self.context, self.mirroring)
-        self.metrics = MetricsEndpoint(self.recorder.stats, self.mirroring, self.deletes.count, self.writethrough,
-                                       self.stores.set_aside)
-        self.addons = [self.rules_file, self.stores, self.mirroring, self.protection, FleetLeases(self.mirroring), self.deletes,
-                       self.writethrough, self.listing, self.delivery, self.metrics, Ledger(self.recorder, lambda: self.deletes.location),
-                       DecisionView(), StoreServerName(), Commands(self.context, self.recorder.stats, self.mirroring, self.deletes),
-                       GivenOnce()]
-        self.mirroring.origin.own_listeners = lambda: own_listeners(self.metrics, self.delivery)
-        self._mirror_heads = True
-        self._403_is_miss = False
+        """The shared parts first (backorigin.parts), then each child with what it uses, in the
+        order mitmproxy calls them."""
         self._private_origins_ok = False
-        self.rules_file.check = self._check_rules
-        self.recorder.explain = lambda flow, decided: plan.rules_tried(  # the mitmweb view's "rules tried"
-            self.context.rulebook, ObjectRef(decided.bucket, decided.key), flow.request, decided.store_status, self._mirror_heads)
+        self.rules_file = RulesFile(check=self._check_rules)
+        set_aside = SetAsideLog()
+        self.context = Context(self.rules_file, set_aside=set_aside.note)
+        self.parts = parts = Parts.build(own_listeners=self._own_listeners)
+        self.mirror = parts.mirror
+        ledger = Ledger(tombstones_at=lambda: parts.tombstones.location)
+        self.recorder = Recorder(explain=self._rules_tried, listeners=[ledger.append])
+        self.probe = StoreProbe()
+        self.delivery = MissDelivery(self.recorder)
+        self.deletes = Deletes(self.context, parts.mirror, parts.tombstones, self.delivery.refuse)
+        self.writethrough = WriteThrough(self.context, parts.writeback, synced=parts.measures.synced)
+        self.decider = Decider(self.context, self.writethrough.writing, self.deletes.is_deleted)
+        self.listing = MergedListing(self.context, hide_in_force(parts.tombstones), leases_under=parts.leases.prefix_in)
+        self.metrics = MetricsEndpoint(
+            parts.measures, AddonState(self.recorder.stats, parts.writeback, parts.tombstones.count, parts.guard, parts.leases,
+                                       set_aside.counts),
+            writethrough=lambda: self.writethrough.supervisor)
+        self.mirroring = Mirroring(parts.mirror)
+        self.addons = [self.rules_file, Stores(self.context), self.mirroring, OriginProtection(parts.guard),
+                       FleetLeases(parts.leases), self.deletes, self.writethrough, self.listing, self.metrics,
+                       ledger, DecisionView(), StoreServerName(),
+                       Commands(self.context, self.recorder.stats, parts.writeback, parts.tombstones), GivenOnce()]
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "backorigin_head_on_miss", str, "object",
-            "HEAD of a missing object: 'object' answers it as the object will answer (it is fetched and stored), "
-            "for S3 tools that HEAD before they GET; 'oss' answers 404 unless the rule has MirrorAllowHeadObject.",
-            choices=HEAD_ON_MISS,
-        )
-        loader.add_option(
-            "backorigin_403_is_miss", bool, False,
-            "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
-            "(stores answer 403 instead of 404 to callers without ListBucket).",
-        )
-        loader.add_option(
-            "backorigin_403_is_miss_private_origins", bool, False,
-            "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
-            "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
-            "Refused unless this says so.",
-        )
-        loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
-        loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
+        add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options  # read once here, not per flow: an option read copies its value every time
         self.context.dry_run = options.backorigin_dry_run
         self.recorder.debug_header = options.backorigin_debug_header
-        self._mirror_heads = check_choice("backorigin_head_on_miss", options.backorigin_head_on_miss, HEAD_ON_MISS) == "object"
-        self._403_is_miss = options.backorigin_403_is_miss
+        self.decider.mirror_heads = check_choice("backorigin_head_on_miss", options.backorigin_head_on_miss, HEAD_ON_MISS) == "object"
+        self.decider.denied_is_miss = options.backorigin_403_is_miss
         self._private_origins_ok = options.backorigin_403_is_miss_private_origins
         try:
             self._check_rules(self.context.rulebook)
@@ -119,15 +111,28 @@ class BackOrigin:
             self.probe.client.verify = upstream_verification(options)
 
     def _check_rules(self, book: RuleBook) -> None:
-        if self._403_is_miss and not self._private_origins_ok:
+        """What this addon's options require of the rules (the rules file checks each new book with it)."""
+        if self.decider.denied_is_miss and not self._private_origins_ok:
             plan.refuse_private_origins(book)
+
+    def _rules_tried(self, flow: http.HTTPFlow, decided: Decision) -> list[str]:
+        """The mitmweb view's "rules tried" before a decision's rule."""
+        return plan.rules_tried(self.context.rulebook, ObjectRef(decided.bucket, decided.key), flow.request,
+                                decided.store_status, self.decider.mirror_heads)
+
+    def _own_listeners(self) -> list[tuple[str, int]]:
+        return own_listeners(self.metrics, self.delivery)
 
     # hooks -----------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Every live request is read once, as sent to the store (s3.reading); one set aside is counted."""
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Every live request is read once, as sent to the store (s3.reading); one set aside is counted.
+        A write's body may be read on its way (a DeleteObjects' keys: deletes, write-through)."""
         if flow.live:
             self.context.read(flow)
+        if flow.request.method in READS:
+            return None
+        return in_order(partial(self.deletes.on_requestheaders, flow), partial(self.writethrough.on_requestheaders, flow))
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Refuse our own origin fetches coming back in (a loop); let redirect rules without a
@@ -135,17 +140,21 @@ class BackOrigin:
         unless an earlier rule needs the store's answer; and ask the store about GETs and HEADs
         that a rule may mirror, so that a miss is decided here and its answer can stream. Only
         that asking is awaited: every other request costs no coroutine."""
-        if flow.request.method not in ("GET", "HEAD"):
-            return None
-        if flow.live and flow.response is None and self.mirroring.origin.marker.came_back(flow.request.headers.get_all(LOOP_HEADER)):
+        if flow.request.method not in READS:
+            return self.deletes.on_request(flow)
+        if flow.live and flow.response is None and self.mirror.origin.marker.came_back(flow.request.headers.get_all(LOOP_HEADER)):
             self._record(flow, refuse_loop(flow, self.context.object(flow) or ObjectRef("", "")))
             return None
         if not flow.live:
             set_aside_recorded(flow)
+        if self.deletes.undoing:  # a key whose write-back is being undone reads as deleted (deletes.undoing)
+            self.deletes.undoing.hide(flow, self.context)
+            if flow.response is not None:
+                return None
         ref = self._candidate(flow)
-        if ref is None:
-            return None
-        before = plan_get(self.context.rulebook, ref, flow.request, None, mirror_heads=self._mirror_heads)
+        if ref is None:  # a bucket's listing may be merged (listing.mergedlisting)
+            return self.listing.on_request(flow) if self.context.bucket(flow) else None
+        before = self.decider.before_store(flow, ref)
         if before.act is Act.REDIRECT:
             self._redirect(flow, ref, before)
         elif before.act is Act.ASK_STORE and self.context.acts(flow) and flow.response is None:
@@ -161,46 +170,70 @@ class BackOrigin:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """An object a mirror stored shows its metadata (x-oss-tag, Last-Modified...), set before
         its headers go out (a streamed body's response hook comes after them)."""
+        if self.delivery.owns(flow):
+            self.delivery.responseheaders(flow)
+            return
         response = flow.response
-        if (response is not None and 200 <= response.status_code < 300 and flow.request.method in ("GET", "HEAD")
-                and not self.delivery.owns(flow) and not flow.metadata.get(METADATA_KEY) and self.context.object(flow)):
+        if flow.request.method not in READS:
+            self.deletes.on_responseheaders(flow)
+            self.writethrough.on_responseheaders(flow)
+        elif (response is not None and 200 <= response.status_code < 300 and not flow.metadata.get(METADATA_KEY)
+                and self.context.object(flow)):
             objectmeta.restore_on_download(response)  # an object of a named store (a request set aside stays untouched)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Hits (counted, without a coroutine), and 404s the request hook did not see coming (a
         replay, a dry run, an object deleted from the store behind our back, a store that could not
         be asked)."""
+        if self.delivery.owns(flow):
+            self.delivery.response(flow)
+            return None
+        if flow.request.method not in READS:  # writes and deletes: what the store did
+            return in_order(partial(self.deletes.on_response, flow), partial(self.writethrough.on_response, flow))
         response = flow.response
-        if response is None or self.delivery.owns(flow) or (self.context.acts(flow) and flow.metadata.get(METADATA_KEY)):
+        if response is None or (self.context.acts(flow) and flow.metadata.get(METADATA_KEY)):
             return None
         ref = self._candidate(flow)
         if ref is None:
             return None
-        book, status = self.context.rulebook, response.status_code
-        if 200 <= status < 300 and self.context.acts(flow) and not book.may_act_on(ref.bucket, status):
-            self.recorder.served_by_store(flow, plan.covering_rule_number(book, ref))
-            return None
-        return self._after_store(flow, response, ref)
+        status = response.status_code
+        body = (response.get_content(strict=False) or b"") if status in (403, 404) else b""
+        decided = self.decider.after_store(flow, ref, status, body, lambda: tuple(response.headers.items(multi=True)),
+                                           unrecorded_replay=flow.is_replay == "response" and not response.raw_content)
+        if isinstance(decided, Decided):
+            return self._act_after_store(flow, response, ref, decided)
+        return self._act_once_decided(flow, response, ref, decided)
 
-    async def _after_store(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef) -> None:
-        status = await self._store_status(flow, response, ref)
-        if status is None:
-            return
-        body = (response.raw_content or b"") if response.status_code >= 400 else b""  # a hit's body may be large, or gone
-        answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), body)
-        after = await self._plan(flow, ref, status, answer)
+    async def _act_once_decided(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef,
+                                decided: Awaitable[Decided]) -> None:
+        if (acting := self._act_after_store(flow, response, ref, await decided)) is not None:
+            await acting
+
+    def _act_after_store(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef,
+                         decided: Decided) -> Awaitable[None] | None:
+        """The store's answer went through mitmproxy: it stands (a hit is counted here, the one
+        place), or a rule redirects, or a mirror answers instead (miss.delivery's late delivery)."""
+        after = decided.plan
         if after.act is Act.STORE:
-            if 200 <= status < 300:
+            if 200 <= response.status_code < 300:
                 self.recorder.served_by_store(flow, plan.covering_rule_number(self.context.rulebook, ref))
         elif after.act is Act.MIRROR and self.context.acts(flow):
-            mirror = self.mirroring.mirror
-            endpoint = self.context.endpoint(flow.request)
-            assert endpoint is not None  # ref came from the same reading
-            mirror.known.discard((endpoint, ref.bucket, ref.key))
-            miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
-            await self.delivery.deliver_late(flow, mirror, miss, answer, ref)
+            return self._mirror_late(flow, response, ref, after)
         else:
-            self._act_without_origin(flow, ref, after, status)
+            self._act_without_origin(flow, ref, after, decided.status)
+        return None
+
+    async def _mirror_late(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef, after: GetPlan) -> None:
+        endpoint = self.context.endpoint(flow.request)
+        assert endpoint is not None  # ref came from the same reading
+        self.mirror.known.discard((endpoint, ref.bucket, ref.key))
+        miss = await self.mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
+        answer = StoreAnswer(response.status_code, tuple(response.headers.items(multi=True)), response.raw_content or b"")
+        await self.delivery.deliver_late(flow, self.mirror, miss, answer, ref)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.deletes.on_error(flow)
+        self.delivery.error(flow)
 
     def done(self) -> asyncio.Task[None]:
         # Synchronous on purpose: mitmproxy calls done() synchronously on script reload, so an
@@ -220,7 +253,7 @@ class BackOrigin:
         """Send the client's request to the store ourselves; on a miss that a rule mirrors,
         deliver the mirror's answer (or answer a redirect rule right here); otherwise the store's
         answer is the client's (miss.probe), unless it is too large to have been read."""
-        mirror = self.mirroring.mirror
+        mirror = self.mirror
         reading = self.context.read(flow)
         assert reading is not None  # ref came from it
         endpoint = reading.endpoint
@@ -233,15 +266,10 @@ class BackOrigin:
         stored = plan.shows_object(answer.status)
         if stored:
             mirror.known.add(known)
-        status = plan.rules_status(flow.request.method, answer.status, answer.body)
-        if plan.may_hide_a_miss(answer.status, answer.body, self._403_is_miss):
-            status = await self.probe.denied_status(endpoint, ref)
+        decided = await settled(self.decider.after_store(flow, ref, answer.status, answer.body, lambda: answer.headers))
         if not stored and known in mirror.known:  # stored while we asked: the store answers again
             return
-        if status is None:
-            answer_from_store(flow, answer)
-            return
-        after = await self._plan(flow, ref, status, answer)
+        after = decided.plan
         if after.act is Act.MIRROR:
             miss = await mirror.start(endpoint, ref, after.rule, after.origin, is_signed(flow.request))  # type: ignore[arg-type]
             if miss is not None:  # None: stored meanwhile (by this proxy or another), the request goes to the store
@@ -249,14 +277,9 @@ class BackOrigin:
             return
         if after.act is not Act.REDIRECT:
             answer_from_store(flow, answer)
-        self._act_without_origin(flow, ref, after, status)
+        self._act_without_origin(flow, ref, after, decided.status)
 
-    async def _plan(self, flow: http.HTTPFlow, ref: ObjectRef, status: int, answer: StoreAnswer) -> GetPlan:
-        deleted = status == 404 and (self.writethrough.writing(flow, ref) or await self.deletes.is_deleted(ref))
-        return plan_get(self.context.rulebook, ref, flow.request, status, mirror_heads=self._mirror_heads,
-                        delete_marker=plan.is_delete_marker(answer.headers), deleted=deleted)
-
-    def _act_without_origin(self, flow: http.HTTPFlow, ref: ObjectRef, after: GetPlan, status: int) -> None:
+    def _act_without_origin(self, flow: http.HTTPFlow, ref: ObjectRef, after: GetPlan, status: int | None) -> None:
         """A redirect; a miss not mirrored (the store's 404 stands); a mirror only decided (dry run, replay)."""
         if after.act is Act.REDIRECT:
             self._redirect(flow, ref, after, store_status=status)
@@ -266,20 +289,6 @@ class BackOrigin:
             origin_url = after.origin.url if after.origin is not None else ""
             self._record(flow, Decision(ref.bucket, ref.key, Action.MIRROR, after.rule.RuleNumber, after.outcome,
                                         origin_url=origin_url, detail=after.detail, store_status=status))
-
-    async def _store_status(self, flow: http.HTTPFlow, response: http.Response, ref: ObjectRef) -> int | None:
-        """The store's status as the rules see it (rules.plan), from the store's answer or, for a
-        replayed flow the recording answered itself, from its recorded decision. None: no rule may act."""
-        if not flow.live and (recorded := plan.recorded_status(flow.metadata.get(RECORDED_KEY))):
-            return recorded
-        body = (response.get_content(strict=False) or b"") if response.status_code in (403, 404) else b""
-        unrecorded = flow.is_replay == "response" and not response.raw_content
-        status = plan.rules_status(flow.request.method, response.status_code, body, unrecorded_replay=unrecorded)
-        if plan.may_hide_a_miss(response.status_code, body, self._403_is_miss):
-            if not self.context.acts(flow):
-                return 404  # a replay cannot ask the store; it assumes the object was missing
-            return await self.probe.denied_status(endpoint, ref) if (endpoint := self.context.endpoint(flow.request)) else 403
-        return status
 
     # the pieces ------------------------------------------------------------------------------
 
@@ -303,6 +312,45 @@ class BackOrigin:
 
     def _record(self, flow: http.HTTPFlow, decision: Decision) -> None:
         self.recorder.record(flow, decision, acted=self.context.acts(flow))
+
+
+def in_order(*parts: Callable[[], Awaitable[None] | None]) -> Awaitable[None] | None:
+    """Hook parts run as mitmproxy runs addons: in order, each awaited before the next begins;
+    no coroutine unless a part needs one."""
+    for done, part in enumerate(parts):
+        if (pending := part()) is not None:
+            return _awaited_in_order(pending, parts[done + 1:])
+    return None
+
+
+async def _awaited_in_order(pending: Awaitable[None], rest: tuple[Callable[[], Awaitable[None] | None], ...]) -> None:
+    await pending
+    for part in rest:
+        if (more := part()) is not None:
+            await more
+
+
+def add_options(loader: Loader) -> None:
+    """BackOrigin's own options: how a GET/HEAD of an object is decided."""
+    loader.add_option(
+        "backorigin_head_on_miss", str, "object",
+        "HEAD of a missing object: 'object' answers it as the object will answer (it is fetched and stored), "
+        "for S3 tools that HEAD before they GET; 'oss' answers 404 unless the rule has MirrorAllowHeadObject.",
+        choices=HEAD_ON_MISS,
+    )
+    loader.add_option(
+        "backorigin_403_is_miss", bool, False,
+        "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
+        "(stores answer 403 instead of 404 to callers without ListBucket).",
+    )
+    loader.add_option(
+        "backorigin_403_is_miss_private_origins", bool, False,
+        "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
+        "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
+        "Refused unless this says so.",
+    )
+    loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
+    loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
 
 
 def refuse_loop(flow: http.HTTPFlow, looped: ObjectRef) -> Decision:

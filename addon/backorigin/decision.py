@@ -11,7 +11,7 @@ as they are (a shortcode needs an emoji font): M a mirror, R a redirect, X a fai
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
@@ -160,12 +160,14 @@ class Recorder:
     """Where every decision goes: onto its flow, into the counters, into an optional header, and
     to the listeners (the miss ledger). A flow that is only decided (a dry run, a replay) says so."""
 
-    def __init__(self) -> None:
+    def __init__(self, explain: Callable[[http.HTTPFlow, Decision], list[str]] | None = None,
+                 listeners: Sequence[Callable[[Decision], None]] = ()) -> None:
+        """`explain(flow, decision)`: the rules tried before a decision's rule, and why each did not
+        act (rules.plan.rules_tried); `listeners`: told of every decision (the miss ledger)."""
         self.stats = Stats()
         self.debug_header = False
-        self.listeners: list[Callable[[Decision], None]] = []
-        # the rules tried before a decision's rule, and why each did not act (rules.plan.rules_tried)
-        self.explain: Callable[[http.HTTPFlow, Decision], list[str]] | None = None
+        self.listeners = list(listeners)
+        self.explain = explain
 
     def served_by_store(self, flow: http.HTTPFlow, rule: int | None) -> None:
         """The store answered a request for a key that Mirror rule `rule` covers: a GET counts

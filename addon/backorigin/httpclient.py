@@ -1,4 +1,4 @@
-"""The HTTP client of the proxy's own requests: the store check (s3/store.py StoreClient) and the
+"""The HTTP client of the proxy's own requests: the store check (s3/storeclient.py StoreClient) and the
 origin fetch (miss/origin.py OriginClient), on aiohttp (a third of httpx's CPU per request; see
 BENCHMARKS.md "Which HTTP client").
 

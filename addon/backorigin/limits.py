@@ -2,9 +2,10 @@
 
 A miss is answered *whole* (the whole body has arrived and been checked before the answer goes
 out: its ETag is known, and a broken origin is a clean 424) or *streamed* (the answer goes out as
-the body arrives). Whole answers: every HEAD, every request with an ETag condition, every body of
-unknown length or up to `backorigin_max_inline`, every miss the response hook finds late, and an
-origin's transparent error answer. A fetch whose body is larger than that limit gets the copy
+the body arrives). Whole answers: every HEAD, every body of unknown length, every miss the
+response hook finds late, and an origin's transparent error answer; when the ETag is known before
+the body (miss.answer.answers_whole), a body up to STREAM_FROM; otherwise a body up to
+`backorigin_max_inline` and every request with an ETag condition. A fetch whose body is larger than that limit gets the copy
 timeout instead of the total timeout, since its client is already being answered.
 """
 
@@ -15,6 +16,9 @@ MiB = 1024 * KiB
 
 # backorigin_max_inline's default: the largest body answered whole (see above).
 WHOLE_ANSWER_LIMIT = "64m"
+# A miss whose ETag is known in advance streams from its first byte above this size; a body this
+# small arrives in about the time the hop through the loopback miss server costs.
+STREAM_FROM = 1 * MiB
 # A miss this small (and answered whole) is answered from memory in the request hook, without the
 # hop through the loopback miss server: the part size of the S3 transfer managers (s3transfer, the
 # AWS CLI), so their ranged part GETs of larger objects fit too. Never more than the whole limit.

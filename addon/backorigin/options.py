@@ -1,13 +1,76 @@
-"""Option values given as text (mitmproxy's --set parses no floats) and read as numbers."""
+"""Options declared once per subsystem, as fields of its settings dataclass (as s3transfer's
+TransferConfig): each field made by `seconds`, `size`, `count` or `flag` names its option, its
+help and how its value reads, so the option's declaration (`declare`), its validation and the
+settings themselves (`read_settings`), and the options reference in the docs all come from it.
+Seconds and sizes are given as text (mitmproxy's --set parses no floats)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from mitmproxy import exceptions
 from mitmproxy.addonmanager import Loader
+from mitmproxy.utils import human
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+T = TypeVar("T")
+OPTION = "backorigin_option"  # the key of a settings field's Option in its metadata
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    help: str
+    typespec: type
+    default: Any  # as mitmproxy holds it (seconds and sizes as text)
+    read: Callable[[Any], Any]  # the option's value -> the field's, OptionsError naming the option when it is bad
+
+
+def seconds(name: str, default: float, help: str, zero_is_off: bool = False) -> Any:
+    return field(default=default, metadata={OPTION: Option(
+        name, help, str, f"{default:g}", lambda text: parse_seconds(name, text, zero_is_off))})
+
+
+def size(name: str, default: str, help: str) -> Any:
+    return field(default=parse_size(name, default), metadata={OPTION: Option(
+        name, help, str, default, lambda text: parse_size(name, text))})
+
+
+def count(name: str, default: int, help: str, least: int = 1, zero_means: str = "") -> Any:
+    def read(value: int) -> int:
+        if value < least:
+            raise exceptions.OptionsError(f"{name}: must be 0 ({zero_means}) or more" if zero_means else
+                                          f"{name}: must be at least {least}")
+        return value
+    return field(default=default, metadata={OPTION: Option(name, help, int, default, read)})
+
+
+def flag(name: str, default: bool, help: str) -> Any:
+    return field(default=default, metadata={OPTION: Option(name, help, bool, default, bool)})
+
+
+def _options(settings: type) -> Iterable[tuple[str, Option]]:
+    for f in fields(settings):
+        if OPTION in f.metadata:
+            yield f.name, f.metadata[OPTION]
+
+
+def declare(settings: type, loader: Loader) -> None:
+    """The options of `settings`' fields, as mitmproxy options (a child that reads some of them
+    declares them all: mitmproxy takes a declaration made again with the same signature)."""
+    for _, option in _options(settings):
+        loader.add_option(option.name, option.typespec, option.default, option.help)
+
+
+def option_names(settings: type) -> frozenset[str]:
+    return frozenset(option.name for _, option in _options(settings))
+
+
+def read_settings(settings: type[T], options: Any, **others: Any) -> T:
+    """`settings` from mitmproxy's `options`, each value checked (OptionsError naming the
+    option), with `others` for the fields that are no options."""
+    return settings(**{name: option.read(getattr(options, option.name)) for name, option in _options(settings)}, **others)
 
 
 def parse_seconds(option: str, text: str, zero_is_off: bool = False) -> float:
@@ -26,11 +89,15 @@ def parse_seconds(option: str, text: str, zero_is_off: bool = False) -> float:
 
 
 def parse_size(option: str, text: str) -> int:
-    """Bytes given as text: "65536", "512k", "64m", "1g" (binary multiples)."""
-    match = _SIZE.match(text)
-    if not match:
+    """Bytes given as text, read by mitmproxy's own parser (as its stream_large_bodies): "65536",
+    "512k", "64m", "1g" (binary multiples; the unit in either case)."""
+    try:
+        found = human.parse_size(text.strip().lower())
+    except ValueError:
+        found = None
+    if found is None or found < 0:
         raise exceptions.OptionsError(f"{option}: {text!r} is not a size (like 512k, 64m, 1g)")
-    return int(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
+    return found
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:

@@ -108,8 +108,8 @@ class BackOriginHarness:
             path = Path(rules)
         from mitmproxy.exceptions import OptionsError
 
-        from backorigin.rules.files import load_rules
         from backorigin.rules.model import RulesError
+        from backorigin.rules.parsing import load_rules
 
         try:  # checked first: a refused option is rolled back, and the roll-back's error would hide this one
             load_rules(path, self.tctx.options.backorigin_max_rules)
@@ -260,7 +260,7 @@ def backorigin(tmp_path: Path) -> Iterator[BackOriginHarness]:
     from mitmproxy.test import taddons
 
     from backorigin.addon import BackOrigin
-    from backorigin.writeback.spools import release
+    from backorigin.writeback.proxyspools import release
 
     owns_loop = not _loop_running()  # taddons.context makes its own event loop then
     addon = BackOrigin()
@@ -274,7 +274,7 @@ def backorigin(tmp_path: Path) -> Iterator[BackOriginHarness]:
             loop.run_until_complete(_done(addon))
             loop.close()
         else:
-            release(addon.mirroring.mirror.writeback.spool.directory)
+            release(addon.parts.writeback.spool.directory)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 class Remember404s:
     def running(self) -> None:
         addon = ctx.master.addons.get("backorigin")
-        not_found = addon.mirroring.mirror.guard.not_found
+        not_found = addon.parts.guard.not_found
         for i in range(COUNT):
             key = f"missing/{i:07d}"
             not_found.add("bench", key, OriginRequest(url=f"http://127.0.0.1/bench-listed/{key}", headers=()))

@@ -11,7 +11,7 @@ from backorigin.addon import BackOrigin
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import error_body
 from backorigin.tools.embedded_store import free_ports
-from backorigin.writeback.spools import release
+from backorigin.writeback.proxyspools import release
 
 NOBODY = free_ports(1)[0]  # a loopback port nothing listens on: the store probe cannot ask
 

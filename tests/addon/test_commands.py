@@ -40,7 +40,7 @@ async def test_commands_list_and_clear_tombstones_in_the_background(tctx, addon,
         return caplog.text
 
     for key in (f"a/{unique}-1", f"a/{unique}-2", f"b/{unique}"):
-        addon.deletes.tombstones.add("mirror-bucket", key)
+        addon.parts.tombstones.tombstones.add("mirror-bucket", key)
     listed = await logged("backorigin.tombstones")
     assert f"s3://mirror-bucket/a/{unique}-1" in listed and listed.count(unique) == 3
     assert (await logged("backorigin.tombstones", "s3://mirror-bucket/a/*")).count(unique) == 2

@@ -36,7 +36,7 @@ async def test_a_late_miss_is_answered_from_memory_and_spooled(tctx, addon, orig
     await tctx.cycle(addon, flow)
     assert flow.response.status_code == 200 and flow.response.raw_content == body_for(f"/dir1/ok/{unique}")
     assert flow.metadata[METADATA_KEY]["outcome"] == "mirrored" and flow.metadata[METADATA_KEY]["writeback"] == "queued"
-    assert [upload.where for _, upload in addon.mirroring.mirror.writeback.spool.pending()] == [f"s3://mirror-bucket/ok/{unique}"]
+    assert [upload.where for _, upload in addon.parts.writeback.spool.pending()] == [f"s3://mirror-bucket/ok/{unique}"]
     assert origin.count("GET", unique) == 1
     await addon.done()
 
@@ -65,7 +65,7 @@ async def test_an_origin_fetch_that_comes_back_in_is_refused(tctx, addon, unique
     """The loop marker carries this process's secret (miss.loop), here behind another proxy's token."""
     flow = store_answer("mirror-bucket", f"ok/{unique}")
     flow.response = None
-    flow.request.headers["x-backorigin-fetch"] = addon.mirroring.origin.marker.value("another-proxys-token")
+    flow.request.headers["x-backorigin-fetch"] = addon.mirror.origin.marker.value("another-proxys-token")
     await tctx.cycle(addon, flow)
     assert flow.response.status_code == 424 and flow.metadata[METADATA_KEY]["action"] == "loop"
 

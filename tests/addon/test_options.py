@@ -36,7 +36,7 @@ def test_the_spool_cannot_move_while_running(tctx, addon, tmp_path):
 
 
 def test_the_lease_options_reach_the_mirrors_leases(tctx, addon):
-    leases = addon.mirroring.mirror.leases
+    leases = addon.parts.leases
     assert leases.settings.place == LeasePlace("backorigin-leases") and "pid" in leases.settings.owner  # on by default
     tctx.configure(addon, backorigin_lease_ttl="12", backorigin_lease_wait="0", backorigin_leases="bucket")
     assert (leases.settings.place, leases.settings.ttl, leases.settings.wait) == (LeasePlace(None), 12.0, 0.0)

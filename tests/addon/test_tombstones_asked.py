@@ -10,9 +10,9 @@ from typing import Any
 
 import requests
 
-from backorigin.deletes.journal import LocalTombstones, room_for
-from backorigin.deletes.tombstones import hide_tombstoned
+from backorigin.listing.hiding import hide_tombstoned
 from backorigin.listing.request import Entry
+from backorigin.tombstones.journal import LocalTombstones, room_for
 from backorigin.tools.embedded_store import free_ports
 
 BUCKET, BASE = "b", "origin-root/"
@@ -74,7 +74,7 @@ async def test_a_merged_listing_page_asks_only_the_tombstones_in_its_range(tmp_p
 
 def test_a_metrics_scrape_reads_the_count_and_lists_no_tombstone(tctx, addon, tmp_path):
     tombstones = buried(tmp_path / "tombstones")
-    addon.deletes.tombstones = tombstones
+    addon.parts.tombstones.use(tombstones, str(tmp_path / "tombstones"), stick=True)  # the tombstones in force
     port = free_ports(1)[0]
     tctx.configure(addon, backorigin_metrics_port=port)
     scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

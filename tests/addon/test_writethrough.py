@@ -122,17 +122,18 @@ async def test_a_write_that_cannot_be_journaled_is_answered_503_to_be_retried(tc
 async def test_the_answer_waits_for_its_journal_entry(tctx, wt):
     """mitmproxy sends the answer once the response hook is done: while the entry is being written
     (a slow disk, held here), the hook is not."""
-    journal, gate = wt.writethrough.supervisor.journal, threading.Event()
+    journal, gate, writing = wt.writethrough.supervisor.journal, threading.Event(), threading.Event()
     add = journal.add
 
     def slow_add(*arguments):
+        writing.set()
         gate.wait(10)
         return add(*arguments)
 
     journal.add = slow_add
     flow = write("PUT", "/wt/slow-disk")
     hook = asyncio.ensure_future(tctx.master.addons.invoke_addon(wt, HttpResponseHook(flow)))
-    await asyncio.sleep(0.3)
+    assert await asyncio.to_thread(writing.wait, 10)  # the entry is being written
     assert not hook.done() and journaled(wt) == []
     gate.set()
     await hook

@@ -111,12 +111,18 @@ def test_a_delete_the_store_accepts_wins_over_a_pending_write_back(slow_writebac
     signed = client(proxy.url)
     key = f"ok/{unique}"
     signed.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    signed.delete_object(Bucket=BUCKET, Key=key)
-    time.sleep(2.5)  # the link's hold is over: a write-back that was not withdrawn would be landing now
-    with pytest.raises(ClientError) as gone:
-        signed.get_object(Bucket=BUCKET, Key=key)
-    assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
-    assert stored(s3, BUCKET, key) is None and origin.count("GET", unique) == 1
+    signed.delete_object(Bucket=BUCKET, Key=key)  # answered at once: the write-back is uploading (the link holds it)
+
+    def answers_404() -> bool:
+        with pytest.raises(ClientError) as gone:
+            signed.get_object(Bucket=BUCKET, Key=key)
+        assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        return True
+
+    # from the delete's answer on, every GET is 404, while the upload lands and is deleted again too;
+    # until the write-back has ended (its manifest left the spool) and the object is not in the store
+    wait_for(lambda: answers_404() and not list(proxy.spool.glob("*.json")) and stored(s3, BUCKET, key) is None, within=60)
+    assert answers_404() and origin.count("GET", unique) == 1
 
 
 def test_spool_files_are_the_proxys_alone(tmp_path, store, rules_file, unique):

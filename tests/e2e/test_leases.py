@@ -60,6 +60,14 @@ def proxy(name: str, place: LeasePlace | None = None, ttl: float = 30.0, wait: f
     return Leases(LeaseSettings(place or LeasePlace("backorigin-leases"), ttl, wait, name), LeaseStore(client))
 
 
+async def until(check, within: float = 15.0) -> None:
+    """Poll `check()` on the event loop until it holds (at most `within` seconds)."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"condition not met within {within:g}s"
+        await asyncio.sleep(0.01)
+
+
 def record(sent: list[str], request, **_) -> None:
     """An object's request (not the lease bucket's, looked at once per proxy) as "METHOD lease|object
     [If-Match|If-None-Match]"."""
@@ -86,12 +94,13 @@ async def test_one_proxy_fetches_the_other_waits_for_the_stored_object(store, cl
     """The waiting proxy looks at the object itself: once it is stored the store answers, while
     the lease is still there; the holder then leaves its lease to run out."""
     sent: list[str] = []
-    first, second = proxy("first", sent=sent), proxy("second")
+    looked: list[str] = []
+    first, second = proxy("first", sent=sent), proxy("second", sent=looked)
     key = (store.endpoint, BUCKET, f"a/{unique}")
     held = await first.take(key)
     assert held.lease is not None and not held.stored
     waiting = asyncio.ensure_future(second.take(key))
-    await asyncio.sleep(0.5)
+    await until(lambda: "HEAD object" in looked)  # it found the lease taken and waits, looking at the object
     assert not waiting.done(), "the second proxy waits while the first holds the lease"
     client.put_object(Bucket=BUCKET, Key=key[2], Body=b"stored by the first proxy's write-back")
     turn = await asyncio.wait_for(waiting, 10)
@@ -149,12 +158,13 @@ async def test_another_proxy_missing_a_key_again_waits_for_the_left_lease_to_run
 
 
 async def test_a_holder_that_gives_up_hands_the_turn_on(store, client, unique):
-    first, second = proxy("first"), proxy("second")
+    looked: list[str] = []
+    first, second = proxy("first"), proxy("second", sent=looked)
     key = (store.endpoint, BUCKET, f"b/{unique}")
     held = await first.take(key)
     assert held.lease is not None
     waiting = asyncio.ensure_future(second.take(key))
-    await asyncio.sleep(0.3)
+    await until(lambda: "HEAD lease" in looked)  # it found the lease taken and waits
     first.release(held.lease, stored=False)  # an origin 404, say: nothing is stored, the lease is removed
     turn = await asyncio.wait_for(waiting, 10)
     assert turn.lease is not None and not turn.stored
@@ -164,7 +174,9 @@ async def test_a_holder_that_gives_up_hands_the_turn_on(store, client, unique):
 async def test_a_lease_nobody_renews_is_taken_over_once_its_time_has_run_out(store, client, unique):
     """A proxy killed mid-fill: its lease stays in the store, unrenewed."""
     ttl = 2.0
-    killed, waiter, other = proxy("killed", ttl=ttl), proxy("waiter", ttl=ttl), proxy("other", ttl=ttl)
+    looked: dict[str, list[str]] = {"waiter": [], "other": []}
+    killed, waiter, other = (proxy("killed", ttl=ttl), proxy("waiter", ttl=ttl, sent=looked["waiter"]),
+                             proxy("other", ttl=ttl, sent=looked["other"]))
     key = (store.endpoint, BUCKET, f"c/{unique}")
     place = LeasePlace("backorigin-leases")
     assert LeaseStore().write(killed.settings, store.endpoint, place.of(BUCKET, key[2]), (BUCKET, key[2]), IfNoneMatch="*")
@@ -178,8 +190,10 @@ async def test_a_lease_nobody_renews_is_taken_over_once_its_time_has_run_out(sto
     assert turn.lease is not None and tasks[first].counts["taken_over"] == 1
     # the store's Last-Modified has whole seconds; a waiter looks at least every LONGEST_PAUSE
     assert took <= ttl + 1 + LONGEST_PAUSE + 1.5, f"the key was held {took:.1f}s, its lease lasts {ttl}s"
-    await asyncio.sleep(0.5)
     (still,) = pending
+    its = looked[tasks[still].settings.owner]
+    seen = len(its)
+    await until(lambda: "HEAD lease" in its[seen:])  # it has looked at the new holder's lease, and waits on
     assert not still.done()
     tasks[first].release(turn.lease)  # the new holder gives up in its turn: the last waiter takes it
     assert (await asyncio.wait_for(still, 10)).lease is not None
@@ -201,12 +215,13 @@ async def test_a_live_holder_renews_its_lease_past_its_time_to_live(store, clien
 async def test_leases_in_a_versioned_bucket_leave_no_version_behind(store, client, unique, place):
     """A versioned bucket would keep every version of a lease left to run out: there the holder
     removes its lease (by version id) once the object is stored, and each renewal's old version."""
-    holder, waiter = proxy("holder", place, ttl=1.5), proxy("waiter", place, ttl=1.5)
+    renewals: list[str] = []
+    holder, waiter = proxy("holder", place, ttl=1.5, sent=renewals), proxy("waiter", place, ttl=1.5)
     key = (store.endpoint, VERSIONED, f"e/{unique}")
     held = await holder.take(key)
     assert held.lease is not None and not held.lease.may_be_left
     waiting = asyncio.ensure_future(waiter.take(key))
-    await asyncio.sleep(2.5)  # renewed at least once: a version to remove
+    await until(lambda: any(sent.startswith("PUT") and sent.endswith("If-Match") for sent in renewals))  # renewed: a version to remove
     assert not waiting.done()
     client.put_object(Bucket=VERSIONED, Key=key[2], Body=b"object")
     assert (await asyncio.wait_for(waiting, 10)).stored

@@ -25,12 +25,13 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from mitmproxy import http
 
-from backorigin.deletes.tombstones import LocalTombstones, hide_tombstoned
-from backorigin.listing.addon import MergedListing
+from backorigin.listing.hiding import hide_tombstoned
 from backorigin.listing.merge import merged_listing
+from backorigin.listing.mergedlisting import MergedListing
 from backorigin.listing.request import Entry
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.s3.reading import Names, Reading, SentRequest, Store, read
+from backorigin.tombstones.tombstones import LocalTombstones
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.clients import CLEAN_PATH, Target, aws_env, boto3_client, rclone_command, rclone_env
 from tests.listing_support import NS, Listed, model_items, page_through, parse_page, sort_key

@@ -19,7 +19,7 @@ from backorigin.pytest_plugin import (
     read_flows,
 )
 from backorigin.tools.embedded_store import free_ports
-from backorigin.writeback.spools import default_spool
+from backorigin.writeback.proxyspools import default_spool
 from tests.data.record_trial import BUCKET, HIT_BODY, OTHER
 from tests.origin_server import body_for
 from tests.replay_support import PATHS, TRIAL, expected_redecisions, new_rules

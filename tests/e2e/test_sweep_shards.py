@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.deletes.tombstones import LocalTombstones
+from backorigin.tombstones.tombstones import LocalTombstones
 from backorigin.tools.shards import shard_of
 from tests.origin_server import body_for
 from tests.support import BACKORIGIN, mirror_rule, run_cli, write_rules

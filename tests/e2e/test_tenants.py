@@ -353,8 +353,10 @@ def test_a_delete_never_waits_for_an_upload_even_a_stuck_one(tmp_path, anonymous
             assert requests.delete(f"{proxy.url}/{BUCKET}/{key}", timeout=90).status_code == 204
             assert time.monotonic() - started < 2.0
         os.kill(worker, signal.SIGCONT)
-        time.sleep(3)  # the link's hold is over: what was on its way has landed, and been removed again
-        wait_for(lambda: stored(s3, BUCKET, uploading) is None and stored(s3, BUCKET, queued) is None, within=30)
+        # both write-backs have ended (their manifests left the spool: withdrawn, or landed and removed
+        # again) and neither object is in the store
+        wait_for(lambda: not list(proxy.spool.glob("*.json")) and stored(s3, BUCKET, uploading) is None
+                 and stored(s3, BUCKET, queued) is None, within=30)
         for key in (uploading, queued):
             assert http_get(f"{proxy.url}/{BUCKET}/{key}")[0] == 404
         assert own_origin.count("GET", unique) == 2

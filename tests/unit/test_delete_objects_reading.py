@@ -1,11 +1,11 @@
 """A DeleteObjects body read as Go's encoding/xml reads it (the store's parser), and a body the
-proxy cannot read held back from the store (deletes.addon.ReadingBody)."""
+proxy cannot read held back from the store (deletes.deletes.ReadingBody)."""
 
 from __future__ import annotations
 
 import pytest
 
-from backorigin.deletes.addon import GUARD_HELD, ReadingBody
+from backorigin.deletes.deletes import GUARD_HELD, ReadingBody
 from backorigin.xmlsafe import ObjectsReader, go_local_name
 
 

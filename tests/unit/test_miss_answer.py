@@ -17,7 +17,7 @@ from backorigin.miss.fill import Fill, Settled
 from backorigin.miss.origin import Failure, OriginResult
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Reply, error_code_of
-from backorigin.s3.store import StoreAnswer
+from backorigin.s3.storeclient import StoreAnswer
 from tests.unit.test_miss_fill import new_fill
 
 REF = ObjectRef("b", "k")
@@ -103,6 +103,25 @@ async def test_a_body_streamed_before_it_has_arrived_carries_the_etag_known_in_a
     fill.write(BODY[30:])
     fill.settle(Settled(OriginResult("http://o/k", 200, size=len(BODY), md5="m", etag=ETAG), "queued"))
     assert await reading == BODY
+
+
+@pytest.mark.parametrize("etag, waits", [(ETAG, False), (None, True)], ids=["etag-known", "etag-unknown"])
+async def test_under_the_whole_limit_only_a_body_whose_etag_is_known_streams(tmp_path, monkeypatch, etag, waits):
+    """A body over STREAM_FROM but within the whole limit: with its ETag known in advance the
+    answer starts before the body has arrived; without, it waits for the whole body (and its ETag)."""
+    monkeypatch.setattr(answer, "STREAM_FROM", 10)
+    fill = new_fill(tmp_path)
+    fill.begin(200, (("content-length", str(len(BODY))),), "http://o/k", etag)
+    fill.write(BODY[:30])
+    replying = asyncio.ensure_future(respond(fill, "GET", headers(), REF, STORE_404, WHOLE, frozenset()))
+    done, _ = await asyncio.wait([replying], timeout=0.5)
+    assert (replying not in done) is waits
+    assert answer.answers_whole(fill, "GET", headers(), WHOLE) is waits
+    assert answer.answers_whole(fill, "HEAD", headers(), WHOLE)  # a HEAD always waits
+    fill.write(BODY[30:])
+    fill.settle(Settled(OriginResult("http://o/k", 200, size=len(BODY), md5="m", etag=ETAG), "queued"))
+    reply = await replying
+    assert dict(reply.headers)["etag"] == ETAG and await body_of(reply) == BODY
 
 
 @pytest.mark.parametrize("result, status, outcome", [

@@ -40,7 +40,7 @@ async def test_a_reader_gets_bytes_as_they_arrive_but_the_last_one_only_once_set
         fill.write(b"def")
         assert await fill.read(fd, 3, 5, 1024) == b"de"  # the last byte waits for the fill to settle
         last = asyncio.ensure_future(fill.read(fd, 5, 5, 1024))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: the reader runs to its one await, the fill's growing
         assert not last.done()
         settle_ok(fill, b"abcdef")
         assert await last == b"f"

@@ -185,6 +185,19 @@ def test_the_part_layout_keeps_the_origins_etag_when_it_can(etag, size, first_pa
     assert MIN_PART == 5 * MiB
 
 
+@pytest.mark.parametrize("etag, content_md5, layout", [
+    (None, base64.b64encode(bytes.fromhex(MD5)).decode(), (SINGLE_PUT_MAX + 1, f'"{MD5}"')),
+    ('"5e-1a2b"', base64.b64encode(bytes.fromhex(MD5)).decode(), (SINGLE_PUT_MAX + 1, f'"{MD5}"')),  # nginx's ETag
+    ('"' + "0" * 32 + '"', base64.b64encode(bytes.fromhex(MD5)).decode(), (SINGLE_PUT_MAX + 1, '"' + "0" * 32 + '"')),
+    (f'"{MD5}-3"', base64.b64encode(bytes.fromhex(MD5)).decode(), (PART_SIZE, None)),  # parts it cannot redo
+    (None, "not base64!", (PART_SIZE, None)),
+    (None, base64.b64encode(b"short").decode(), (PART_SIZE, None)),
+])
+def test_a_content_md5_announces_the_etag_of_a_single_put(etag, content_md5, layout):
+    """Without an MD5 ETag of its own, an origin's Content-MD5 says the ETag of a single PUT in advance."""
+    assert part_layout(etag, 100 * MiB, None, content_md5) == layout
+
+
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=16), st.lists(st.integers(1, 64), max_size=8))
 @PROPERTY
 def test_the_etag_of_an_s3_multipart_upload_is_announced_for_its_layout(body, part, cuts):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backorigin.miss.fleet import lease_place
+from backorigin.miss.fleetleases import lease_place
 from backorigin.miss.leases import Leases, Watch
 from backorigin.miss.leasestore import DEFAULT_PLACE, IN_BUCKET_PREFIX, LeasePlace, Seen
 

@@ -9,13 +9,13 @@ from backorigin.options import check_choice, parse_seconds, parse_size
 
 
 @pytest.mark.parametrize(
-    "text, size", [("65536", 65536), ("512k", 512 * 1024), ("64m", 64 * 1024**2), ("1G", 1024**3), ("2gib", 2 * 1024**3)]
+    "text, size", [("65536", 65536), ("512k", 512 * 1024), ("64m", 64 * 1024**2), ("1G", 1024**3), (" 2g ", 2 * 1024**3)]
 )
 def test_sizes(text, size):
     assert parse_size("o", text) == size
 
 
-@pytest.mark.parametrize("text", ["", "big", "-1k", "1.5m", "1p"])
+@pytest.mark.parametrize("text", ["", "big", "-1k", "1.5m", "1p", "2gib"])
 def test_a_size_that_is_not_one_is_refused(text):
     with pytest.raises(exceptions.OptionsError, match=f"o: {text!r} is not a size"):
         parse_size("o", text)

@@ -17,8 +17,8 @@ from mitmproxy.test import tutils
 from backorigin.rules.buckets import is_bucket_name, pattern_prefix
 from backorigin.rules.convert import bucket_rules, rules_to_oss_xml
 from backorigin.rules.explain import explain
-from backorigin.rules.files import parse_rules
 from backorigin.rules.model import RuleBook, RulesError
+from backorigin.rules.parsing import parse_rules
 from backorigin.rules.plan import Act, covered_by_mirror, plan_get, refuse_private_origins
 from backorigin.rules.targets import OriginBucket
 from backorigin.s3.addressing import ObjectRef

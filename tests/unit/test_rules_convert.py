@@ -19,8 +19,8 @@ from backorigin.rules.convert import (
     rules_to_oss_xml,
     website_to_rules,
 )
-from backorigin.rules.files import load_rules, parse_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RulesError
+from backorigin.rules.parsing import load_rules, parse_rules
 from backorigin.rules.vocabulary import BACKORIGIN_ONLY_FIELDS, xml_fields
 from backorigin.tools.demo import SAMPLE_RULES
 from tests.support import DATA, REPO, Ran, run_cli

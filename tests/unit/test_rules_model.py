@@ -8,8 +8,8 @@ import pytest
 from mitmproxy.test import tutils
 
 from backorigin.rules import model as rules_module
-from backorigin.rules.files import load_rules, parse_rules
 from backorigin.rules.model import RoutingRule, RulesError
+from backorigin.rules.parsing import load_rules, parse_rules
 from backorigin.rules.plan import Act, plan_get
 from backorigin.rules.vocabulary import xml_fields
 from backorigin.s3.addressing import ObjectRef

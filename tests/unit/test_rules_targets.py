@@ -13,8 +13,8 @@ from mitmproxy.test import tutils
 
 from backorigin.httpclient import absolute_url
 from backorigin.rules import targets as redirect
-from backorigin.rules.files import parse_rules
 from backorigin.rules.model import RoutingRule, RulesError
+from backorigin.rules.parsing import parse_rules
 from backorigin.rules.targets import (
     NotAnS3Origin,
     OriginBucket,

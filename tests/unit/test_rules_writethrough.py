@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.rules.files import parse_rules
 from backorigin.rules.model import RulesError
+from backorigin.rules.parsing import parse_rules
 from backorigin.rules.writethrough import OriginCopy, origin_copy, secrets
 from backorigin.s3.addressing import ObjectRef
 from tests.support import run_cli

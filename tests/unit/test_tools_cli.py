@@ -12,7 +12,7 @@ import pytest
 
 from backorigin.tools import cli
 from backorigin.tools.run import WEB_COLUMNS, mitmproxy_command, notes
-from backorigin.writeback.spools import SPOOLS
+from backorigin.writeback.proxyspools import SPOOLS
 from tests.support import REPO, run_cli, write_rules
 
 

@@ -18,9 +18,11 @@ class Worker:
         self.writeback = WriteBack(spool, workers=1, report=lambda manifest, outcome, detail: self.reports.append((manifest.stem, outcome)))
         self.uploaded: list[str] = []
         self.gate = threading.Event()
+        self.started = threading.Event()  # an upload is under way (its thread took it)
         self.writeback._upload = self._upload  # type: ignore[assignment]
 
     def _upload(self, upload: ObjectUpload, body: Path, wanted) -> str:
+        self.started.set()
         self.gate.wait(10)
         self.uploaded.append(upload.key)
         return "stored"
@@ -47,7 +49,7 @@ async def test_a_held_write_back_waits_for_its_release(tmp_path):
     worker.writeback.hold(held)
     worker.gate.set()
     await worker.until(1)
-    await asyncio.sleep(0.1)
+    assert held in worker.writeback._parked and held not in worker.writeback._pending  # no thread can take it
     assert worker.uploaded == ["busy"] and worker.reports == [(busy.stem, "stored")]
     worker.writeback.release(held)
     await worker.until(2)
@@ -84,7 +86,7 @@ async def test_a_held_write_back_that_is_withdrawn_never_runs_and_leaves_the_spo
 async def test_an_upload_under_way_goes_on_when_held(tmp_path):
     worker = Worker(tmp_path / "spool")
     running = worker.spool("running")
-    await asyncio.sleep(0.05)  # the thread has taken it
+    assert await asyncio.to_thread(worker.started.wait, 10)  # the thread has taken it
     worker.writeback.hold(running)
     worker.gate.set()
     await worker.until(1)

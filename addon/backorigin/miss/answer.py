@@ -16,13 +16,14 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 
 from backorigin.decision import Outcome
+from backorigin.limits import STREAM_FROM
 from backorigin.miss import objectmeta
 from backorigin.miss.conditional import Answer, needs_etag, plan
 from backorigin.miss.fill import Fill, FillBroken
 from backorigin.miss.origin import Failure, OriginResult
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import Headers, Reply, mirror_failed, redirect, s3_error, slow_down
-from backorigin.s3.store import StoreAnswer
+from backorigin.s3.storeclient import StoreAnswer
 
 READ_CHUNK = 1024 * 1024
 # How long a HEAD of a miss waits for the write-back to land: tools that HEAD and then list the
@@ -35,17 +36,12 @@ async def respond(
     fill: Fill, method: str, header: Callable[[str], str | None], ref: ObjectRef, store_404: StoreAnswer,
     whole_limit: int, transparent_codes: frozenset[int],
 ) -> Reply:
-    """The client's answer. It waits for the whole body (so a broken origin is a clean 424
-    and the ETag is known) for a HEAD, a body up to `whole_limit` or of unknown length, and
-    ETag conditionals unless the ETag is known in advance (Fill.announced); a larger GET is
-    streamed as it arrives, with that ETag or none. A HEAD also waits (a while) for the object to
-    land in the store."""
+    """The client's answer: whole, or streamed as the body arrives (see `answers_whole`). A HEAD
+    also waits (a while) for the object to land in the store."""
     await fill.began()
     if fill.upload is None:  # the origin gave no body to store
         return _without_body((await fill.wait_settled()).result, ref, store_404, transparent_codes)
-    waits = (method == "HEAD" or fill.declared is None or fill.declared <= whole_limit
-             or (needs_etag(header) and fill.announced is None))
-    if waits:
+    if answers_whole(fill, method, header, whole_limit):
         settled = await fill.wait_settled()
         if not settled.result.ok:
             return _without_body(settled.result, ref, store_404, transparent_codes)
@@ -67,6 +63,21 @@ async def respond(
     if answer.status == 304 or method == "HEAD":
         return Reply(answer.status, headers, outcome=Outcome.MIRRORED, origin_status=200)
     return Reply(answer.status, headers, stream=_body(fill, answer), outcome=Outcome.MIRRORED, origin_status=200)
+
+
+def answers_whole(fill: Fill, method: str, header: Callable[[str], str | None], whole_limit: int) -> bool:
+    """Whether the answer waits for the whole body (its ETag is then known, and a broken origin is
+    a clean 424) rather than streaming as the body arrives (the client's connection is reset if it
+    breaks off). A GET whose ETag is known in advance (Fill.announced: an S3 origin's, an MD5 ETag,
+    a Content-MD5) streams from its first byte once over STREAM_FROM; one whose ETag is not streams
+    only over `whole_limit` (backorigin_max_inline), without an ETag, and never for an ETag
+    condition. A HEAD and a body of unknown length always wait (an answer is trivially whole once
+    the fill has settled)."""
+    if fill.settled is not None or fill.upload is None or method == "HEAD" or fill.declared is None:
+        return True
+    if fill.declared > whole_limit:
+        return needs_etag(header) and fill.announced is None
+    return fill.announced is None or fill.declared <= STREAM_FROM
 
 
 def _object_headers(fill: Fill, answer: Answer) -> Headers:

@@ -6,21 +6,29 @@ memory, when it is small (limits.IN_HOOK_ANSWER_LIMIT), or re-routed to the loop
 (miss.server), whose answer mitmproxy streams with backpressure. A miss that only the response
 hook sees (a late miss) is answered from memory up to the whole-answer limit, and otherwise gets
 503 SlowDown, which S3 clients retry (the retry is decided in the request hook and streams).
+
+An answer that breaks once its headers are out breaks the client's side too: mitmproxy resets the
+HTTP/2 stream, and an HTTP/1 connection is reset rather than closed (`reset_on_close`).
 """
 
 from __future__ import annotations
 
+import logging
+import socket
+import struct
 from dataclasses import dataclass
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from backorigin.decision import Outcome, Recorder, add_debug_header
-from backorigin.miss.answer import collect
+from backorigin.miss.answer import answers_whole, collect
 from backorigin.miss.mirror import Mirror, Miss
 from backorigin.miss.server import MissServer
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef
-from backorigin.s3.store import StoreAnswer
+from backorigin.s3.storeclient import StoreAnswer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,12 @@ class MissDelivery:
         return flow.id in self.rerouted
 
     async def deliver(self, flow: http.HTTPFlow, mirror: Mirror, miss: Miss, store_404: StoreAnswer) -> None:
-        """From the request hook: a small answer right here, a larger one through the miss server."""
+        """From the request hook: a small answer that waits for the whole body right here, any other
+        through the miss server."""
         if not store_404.body:
             store_404 = _answer_of(replies.no_such_key(miss.ref))
-        if await mirror.fits_in_memory(miss):
+        if await mirror.fits_in_memory(miss) and answers_whole(miss.fill, flow.request.method, flow.request.headers.get,
+                                                               mirror.origin.timeouts.whole_limit):
             await self._answer_here(flow, mirror, miss, store_404, mirror.in_hook_limit)
             return
         await self.server.ensure_started()
@@ -105,12 +115,28 @@ class MissDelivery:
 
     def error(self, flow: http.HTTPFlow) -> None:
         if rerouted := self.rerouted.pop(flow.id, None):
+            if flow.response is not None and rerouted.client_request.http_version.startswith("HTTP/1"):
+                reset_on_close(flow)  # its headers went out: the body broke off (mitmproxy closes the connection next)
             self.server.withdraw(rerouted.ticket)  # unused when the client left before mitmproxy came to it
             flow.request = rerouted.client_request
             self.recorder.record(flow, rerouted.miss.decision(Outcome.BROKEN, str(flow.error)), acted=True)
 
     async def aclose(self) -> None:
         await self.server.stop()
+
+
+def reset_on_close(flow: http.HTTPFlow) -> None:
+    """Make mitmproxy's close of the flow's client connection a reset (SO_LINGER 0). A close after
+    part of a body passes for the end of a whole one with clients that read to the close and do
+    not check Content-Length (CPython's http.client reading in pieces: shutil.copyfileobj over
+    urlopen); a reset fails their read. mitmproxy 11 offers no reset of its own: its proxyserver
+    holds the client's transport."""
+    try:
+        handler = ctx.master.addons.get("proxyserver").connections[flow.client_conn.id]
+        sock = handler.transports[flow.client_conn].writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (AttributeError, KeyError, OSError) as e:  # no live connection (a test's flow), or it is gone already
+        logger.debug("cannot reset the client connection of %s: %r", flow.id, e)
 
 
 async def _ready(reply: replies.Reply) -> replies.Reply:

@@ -25,7 +25,8 @@ from backorigin.miss.conditional import Validators
 from backorigin.miss.integrity import decimal, multipart_parts
 from backorigin.miss.leasestore import Lease
 from backorigin.miss.origin import OriginResult, SinkFailed
-from backorigin.writeback.spool import ObjectKey, ObjectUpload
+from backorigin.s3.addressing import ObjectKey
+from backorigin.writeback.spool import ObjectUpload
 
 RESERVE_CHECKED_EVERY = 1024 * 1024  # bytes written between two looks at the disk's free space
 

@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 
 from cachetools import TTLCache
 
+from backorigin.miss.origin import Failure, OriginResult
+from backorigin.options import count, seconds
 from backorigin.rules.targets import OriginRequest
 
 logger = logging.getLogger(__name__)
@@ -285,14 +287,35 @@ class Breaker:
         self.state = state
 
 
-@dataclass
+@dataclass(frozen=True)
 class GuardSettings:
-    not_found_ttl: float = 60.0
-    concurrency: int = 64
-    queue: int = 1000
-    failures: int = 5
-    window: float = 30.0
-    cooldown: float = 10.0
+    """The guard's options (miss.originprotection declares and reads them)."""
+
+    not_found_ttl: float = seconds(
+        "backorigin_origin_404_ttl", 60.0,
+        "Seconds an origin's 404 for a key is remembered (per rule): within it, misses of the key get the 404 "
+        "without asking the origin. A write or delete of the key through the proxy forgets it. 0: off.", zero_is_off=True)
+    concurrency: int = count(
+        "backorigin_origin_concurrency", 64,
+        "Most origin fetches at once per origin host; further misses wait (see backorigin_origin_queue).")
+    queue: int = count(
+        "backorigin_origin_queue", 1000,
+        "Most misses waiting for an origin host's fetch; past it a miss gets 503 SlowDown, which S3 clients retry.")
+    failures: int = count(
+        "backorigin_breaker_failures", 5,
+        "Failures in a row (network errors, timeouts, 5xx) that open an origin host's circuit: its misses then "
+        "fail at once (424, or the rule's MirrorURLSlave) for backorigin_breaker_cooldown. 0: never.",
+        least=0, zero_means="never")
+    window: float = seconds(
+        "backorigin_breaker_window", 30.0,
+        "Seconds within which failures count as in a row (a failure after a longer quiet starts the count again).")
+    cooldown: float = seconds(
+        "backorigin_breaker_cooldown", 10.0,
+        "Seconds an open circuit waits before one fetch tests the origin (its success closes the circuit).")
+
+
+# failures that count towards opening an origin's circuit, besides its 5xx answers
+BREAKING = frozenset({Failure.NETWORK, Failure.TIMEOUT, Failure.INTEGRITY})
 
 
 @dataclass
@@ -330,6 +353,11 @@ class OriginGuard:
                      lambda: Breaker(f"{host} (bucket {bucket}, {'signed' if signed else 'anonymous'} clients)", s.failures,
                                      s.window, s.cooldown, self.now),
                      Breaker.as_new)
+
+    def observe(self, request: OriginRequest, url: str, result: OriginResult) -> None:
+        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit for
+        the tenant (miss.origin's OriginClient tells the guard of each)."""
+        self.breaker_for(url, request.tenant).record(result.failure in BREAKING or (result.status or 0) >= 500)
 
 
 def _kept(table: OrderedDict[Any, Any], name: Hashable, make: Callable[[], Any], as_new: Callable[[Any], bool]) -> Any:

@@ -39,20 +39,32 @@ def plain_md5(etag: str | None) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def md5_of_content_md5(value: str | None) -> str | None:
+    """The hex MD5 a Content-MD5 header (base64 of the 16 bytes) says, when it is one."""
+    try:
+        digest = base64.b64decode((value or "").strip(), validate=True)
+    except ValueError:
+        return None
+    return digest.hex() if len(digest) == 16 else None
+
+
 def multipart_parts(etag: str | None) -> int | None:
     """How many parts an S3 multipart ETag ("<md5 of the parts' md5s>-N") says the object has."""
     match = _MULTIPART_ETAG.match((etag or "").strip())
     return int(match.group(2)) if match else None
 
 
-def part_layout(etag: str | None, size: int | None, first_part: int | None) -> tuple[int, str | None]:
+def part_layout(etag: str | None, size: int | None, first_part: int | None,
+                content_md5: str | None = None) -> tuple[int, str | None]:
     """The part size to store a body with so that the store gives it the origin's ETag, and that
     ETag (then announced before the body has arrived): a single PUT for an origin's plain MD5 ETag
-    (up to S3's largest PUT), the origin's own parts for its multipart ETag (equal parts of the first
-    part's size, which S3 needs to be at least MIN_PART). Otherwise today's layout (single PUT below
-    PART_SIZE, PART_SIZE parts above) and no ETag known before the body."""
-    if plain_md5(etag) and size is not None and size <= SINGLE_PUT_MAX:
-        return SINGLE_PUT_MAX + 1, f'"{plain_md5(etag)}"'
+    or, without one, its Content-MD5 (up to S3's largest PUT), the origin's own parts for its
+    multipart ETag (equal parts of the first part's size, which S3 needs to be at least MIN_PART).
+    Otherwise today's layout (single PUT below PART_SIZE, PART_SIZE parts above) and no ETag known
+    before the body."""
+    md5 = plain_md5(etag) or (None if multipart_parts(etag) else md5_of_content_md5(content_md5))
+    if md5 and size is not None and size <= SINGLE_PUT_MAX:
+        return SINGLE_PUT_MAX + 1, f'"{md5}"'
     parts = multipart_parts(etag)
     if parts and size and first_part and (parts == 1 or first_part >= MIN_PART) and (parts - 1) * first_part < size <= parts * first_part:
         return first_part, '"' + (etag or "").strip().strip('"') + '"'

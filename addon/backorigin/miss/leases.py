@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 import botocore.exceptions
 
 from backorigin.miss.leasestore import Lease, LeaseSettings, LeaseStore, Seen
+from backorigin.s3.addressing import ObjectKey
 from backorigin.s3.clients import describe_error
-from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -22,8 +22,9 @@ from typing import Any
 
 import botocore.exceptions
 
+from backorigin.options import seconds
+from backorigin.s3.addressing import ObjectKey
 from backorigin.s3.clients import code_of, describe_error, make_s3_client, status_of, store_has
-from backorigin.writeback.spool import ObjectKey
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +61,17 @@ def _digest(text: str) -> str:
 
 @dataclass(frozen=True)
 class LeaseSettings:
-    """backorigin_leases, backorigin_lease_ttl, backorigin_lease_wait (miss.fleet), and who this proxy is."""
+    """backorigin_leases, backorigin_lease_ttl, backorigin_lease_wait (miss.fleetleases), and who this proxy is."""
 
     place: LeasePlace | None = None  # None: off, each proxy fetches on its own
-    ttl: float = 30.0
-    wait: float = 30.0
+    ttl: float = seconds(
+        "backorigin_lease_ttl", 30.0,
+        "Seconds a lease lasts unless its proxy renews it (every third of it, while it fetches and stores the "
+        "object): how long a proxy that was killed keeps other proxies waiting for an object.")
+    wait: float = seconds(
+        "backorigin_lease_wait", 30.0,
+        "Most seconds a miss waits for another proxy to fetch and store an object before it fetches it too.",
+        zero_is_off=True)
     owner: str = ""
 
 

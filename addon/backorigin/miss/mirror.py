@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,23 +21,19 @@ from backorigin.httpclient import describe_error
 from backorigin.limits import IN_HOOK_ANSWER_LIMIT
 from backorigin.miss import objectmeta
 from backorigin.miss.answer import respond
-from backorigin.miss.fill import Fill, Fills, Settled
+from backorigin.miss.fill import Fill, Settled
 from backorigin.miss.guard import Full, OriginGuard
-from backorigin.miss.leases import Leases
+from backorigin.miss.mirroredobjects import MirroredObjects
 from backorigin.miss.origin import Failure, OriginClient, OriginResult
-from backorigin.miss.probe import ExistenceCache
 from backorigin.rules.model import RoutingRule
 from backorigin.rules.targets import OriginRequest
-from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.addressing import ObjectKey, ObjectRef
 from backorigin.s3.replies import Reply
-from backorigin.s3.store import StoreAnswer
-from backorigin.writeback.spool import ObjectKey, ObjectUpload, WriteBackOutcome
+from backorigin.s3.storeclient import StoreAnswer
+from backorigin.writeback.spool import ObjectUpload
 from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
-REFUSED_KEPT = 10_000  # objects the store refused for good, remembered (the oldest are forgotten)
-# failures that count towards opening an origin's circuit, besides its 5xx answers
-BREAKING = frozenset({Failure.NETWORK, Failure.TIMEOUT, Failure.INTEGRITY})
 
 
 @dataclass
@@ -79,22 +74,22 @@ def is_utf8(text: str) -> bool:
 
 
 class Mirror:
-    def __init__(self, origin: OriginClient, writeback: WriteBackSupervisor, fsync: bool = False) -> None:
+    def __init__(self, origin: OriginClient, writeback: WriteBackSupervisor, guard: OriginGuard, objects: MirroredObjects,
+                 fsync: bool = False, on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None) -> None:
+        """`origin` tells `guard` of each of its answers and `writeback` tells `objects` of each
+        write-back that ended (both made so by their makers: backorigin.parts); `on_fetched(result,
+        seconds)`: told of every origin fetch and how long it took (ui.metrics)."""
         self.origin = origin
         self.writeback = writeback
+        self.guard = guard  # the origins' 404s, concurrency limits and circuits
+        self.objects = objects
+        self.fills, self.known, self.refused = objects.fills, objects.known, objects.refused
+        self.leases = objects.leases  # taking turns with the other proxies of a fleet; off until miss.fleetleases configures it
         self.fsync = fsync
-        self.fills = Fills()
-        self.known = ExistenceCache()  # objects the store has: their requests go straight to it
-        self.refused: OrderedDict[ObjectKey, str] = OrderedDict()  # objects the store refused for good, and why
+        self.on_fetched = on_fetched
         self.min_free = 0  # bytes the spool's disk keeps free (backorigin_spool_min_free)
         self._fetches: set[asyncio.Task] = set()
         self._claims: dict[ObjectKey, asyncio.Future[Fill | None]] = {}  # new fills waiting for their turn in the fleet
-        self.leases = Leases()  # taking turns with the other proxies of a fleet; off until miss.fleet configures it
-        self.guard = OriginGuard()  # the origins' 404s, concurrency limits and circuits
-        origin.observe = self._observed
-        writeback.landed = self._landed
-        # told of every origin fetch and how long it took (addon.metrics)
-        self.on_fetched: Callable[[OriginResult, float], None] = lambda result, seconds: None
 
     async def start(self, endpoint: str, ref: ObjectRef, rule: RoutingRule, request: OriginRequest,
                     signed: bool = False) -> Miss | None:
@@ -211,7 +206,7 @@ class Mirror:
         finally:  # every fill settles, whatever happened: no reader waits, no key hangs
             fill.settle(Settled(result, writeback))
             if writeback != "queued":  # nothing will land: the next miss asks the origin again
-                self._drop(fill)
+                self.objects.drop(fill)
             if not result.ok:
                 fill.give_back()
 
@@ -237,10 +232,6 @@ class Mirror:
             return OriginResult.failed(request.url, Failure.BUSY, f"{breaker.host}: {e}")
         finally:
             breaker.release()
-
-    def _observed(self, request: OriginRequest, url: str, result: OriginResult) -> None:
-        """Every answer (or failure) of an origin, the secondary's too, goes to its host's circuit for the tenant."""
-        self.guard.breaker_for(url, request.tenant).record(result.failure in BREAKING or (result.status or 0) >= 500)
 
     def _spool(self, fill: Fill, result: OriginResult, not_storing: str) -> str:
         """Spool a good body with its manifest (the promise to store it), or give it up."""
@@ -284,30 +275,9 @@ class Mirror:
         self.known.discard(key)
         fill = self.fills.get(key)
         if fill is not None:
-            self._drop(fill)
+            self.objects.drop(fill)
             fill.deleted = True
         return await self.writeback.withdraw(key, since)
-
-    def _landed(self, upload: ObjectUpload, outcome: WriteBackOutcome, detail: str) -> None:
-        key = upload.object_key
-        if outcome in ("failed", "refused"):  # served from the origin from now on, not stored and refused again
-            self.refused[key] = detail or "refused"
-            while len(self.refused) > REFUSED_KEPT:
-                self.refused.popitem(last=False)
-        stored = outcome in ("stored", "exists")
-        fill = self.fills.get(key)
-        if fill is not None and fill.settled is not None:
-            fill.landed.set()
-            self._drop(fill, stored)
-        if stored:
-            self.known.add(key)
-
-    def _drop(self, fill: Fill, stored: bool = False) -> None:
-        """No new miss joins `fill`, and its lease is let go: its object is `stored`, or was given up."""
-        self.fills.drop(fill)
-        if fill.lease is not None:
-            self.leases.release(fill.lease, stored)
-            fill.lease = None
 
     async def shutdown(self, timeout: float) -> None:
         for claim in self._claims.values():

@@ -29,7 +29,7 @@ from backorigin.miss.addresses import RedirectRefused, checked_address
 from backorigin.miss.folders import folder_redirect
 from backorigin.miss.integrity import BodyCheck, decimal, multipart_parts, part_layout
 from backorigin.miss.loop import LOOP_HEADER, LoopMarker
-from backorigin.options import parse_size
+from backorigin.options import parse_size, seconds, size
 from backorigin.rules.model import OriginCredentials
 from backorigin.rules.targets import OriginRequest
 
@@ -162,11 +162,24 @@ def sigv4_headers(method: str, url: str, headers: dict[str, str], auth: OriginCr
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float = 5.0
-    read: float = 10.0  # between two reads of the answer: a stalled origin
-    total: float = 10.0  # a whole fetch of a body answered whole (up to `whole_limit`), redirects included
-    copy: float = 3600.0  # a whole fetch of a larger body, which its clients get as it arrives
-    whole_limit: int = parse_size("backorigin_max_inline", WHOLE_ANSWER_LIMIT)  # see backorigin.limits
+    """The origin fetch's limits in time, and the size past which an answer streams (miss.mirroring
+    declares and reads their options)."""
+
+    connect: float = seconds("backorigin_origin_connect_timeout", 5.0, "Seconds to connect to an origin.")
+    read: float = seconds(  # between two reads of the answer: a stalled origin
+        "backorigin_origin_read_timeout", 10.0, "Seconds an origin may stay silent mid-answer.")
+    total: float = seconds(  # a whole fetch of a body answered whole (up to `whole_limit`), redirects included
+        "backorigin_origin_timeout", 10.0,
+        "Seconds an origin fetch may take in all, redirects included (text, e.g. \"0.5\").")
+    copy: float = seconds(  # a whole fetch of a larger body, which its clients get as it arrives
+        "backorigin_copy_timeout", 3600.0, "Seconds the fetch of a body over backorigin_max_inline may take.")
+    whole_limit: int = size(  # see backorigin.limits
+        "backorigin_max_inline", WHOLE_ANSWER_LIMIT,
+        "Largest miss answered only once its whole body has arrived and been checked (with its ETag; a broken "
+        "origin gets 424). Larger GETs are streamed as the body arrives (no ETag in that first answer; a broken "
+        "origin resets the connection). A GET whose ETag is known before its body (the origin's MD5 or S3 "
+        "multipart ETag, or its Content-MD5) streams from its first byte above 1 MiB, with that ETag, whatever "
+        "this says. Memory stays bounded either way: bodies go through the spool.")
 
     def per_operation(self) -> aiohttp.ClientTimeout:
         """Each request's own: `connect` to open a connection, `read` between two reads."""
@@ -218,6 +231,10 @@ class Answer:
         return self._response.content.iter_any()
 
 
+# told of every URL's result, with the request it was asked for (miss.guard's OriginGuard.observe)
+Observer = Callable[[OriginRequest, str, OriginResult], None]
+
+
 class OriginClient:
     """One connection pool (httpclient) for all origins; follows redirects itself, and only where the
     rule points: to the rule's own hosts (MirrorURL's and MirrorURLSlave's, on any scheme or port),
@@ -230,7 +247,12 @@ class OriginClient:
     body up to that limit must arrive within the total timeout, a larger one within the copy
     timeout. `verify`: TLS verification (certifi's CA store, or a CA file); `pacing`: see Pacing."""
 
-    def __init__(self, timeouts: Timeouts | None = None, pacing: Pacing | None = None, verify: bool | str = True) -> None:
+    def __init__(self, timeouts: Timeouts | None = None, pacing: Pacing | None = None, verify: bool | str = True,
+                 observe: Observer = lambda request, url, result: None,
+                 own_listeners: Callable[[], Iterable[tuple[str, int]]] = lambda: ()) -> None:
+        """`observe(request, url, result)`: told of every URL's result, with the request it was asked
+        for (miss.guard's circuits); `own_listeners()`: (host, port) of every socket the proxy
+        listens on, never fetched from."""
         self.timeouts = timeouts or Timeouts()
         self.max_size = parse_size("backorigin_max_object_size", MAX_OBJECT_SIZE)
         self.allowed_hosts: frozenset[str] = frozenset()
@@ -238,10 +260,8 @@ class OriginClient:
         self._pacing = pacing
         self._probes: dict[str, tuple[float, bool]] = {}
         self.marker = LoopMarker()  # on every request it sends: the proxy knows its own fetches coming back
-        # (host, port) of every socket the proxy listens on: never fetched from (set by the addon)
-        self.own_listeners: Callable[[], Iterable[tuple[str, int]]] = lambda: ()
-        # every URL's result, with the request it was asked for (miss.guard)
-        self.observe: Callable[[OriginRequest, str, OriginResult], None] = lambda request, url, result: None
+        self.own_listeners = own_listeners
+        self.observe = observe
         self._session = httpclient.Session()  # no cookie jar, no proxy variables of this machine
 
     async def aclose(self) -> None:
@@ -389,7 +409,7 @@ class OriginClient:
         if status == 200 and declared > self.max_size:
             return OriginResult.failed(url, Failure.TOO_LARGE, f"Content-Length {declared} is over backorigin_max_object_size")
         part_size, announced = part_layout(response.headers.get("etag"), declared if "content-length" in response.headers else None,
-                                           first_part)
+                                           first_part, response.headers.get("content-md5"))
         check = BodyCheck.for_headers(response.headers, part_size)
         if status == 200:
             sink.begin(status, headers, url, announced)

@@ -2,7 +2,7 @@
 
 A miss must be decided in the request hook for its answer to be streamed, and the store must
 still be the one that authorises the client: so the proxy sends the client's request itself
-(s3.store.StoreClient: same method, target and headers, so a SigV4 signature stays valid) and
+(s3.storeclient.StoreClient: same method, target and headers, so a SigV4 signature stays valid) and
 reads only the status line and headers, plus the small body of an error. A GET that carries no
 Range of its own asks for one byte (`Range` is not among the signed headers then), so a probe of
 a stored object costs next to nothing. Objects known to exist skip the probe (`ExistenceCache`).
@@ -19,10 +19,9 @@ from cachetools import TTLCache
 from mitmproxy import http
 
 from backorigin.limits import PROBE_ANSWER_LIMIT
-from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.addressing import ObjectKey, ObjectRef
 from backorigin.s3.clients import shared_s3_client, store_has
-from backorigin.s3.store import StoreAnswer, StoreClient
-from backorigin.writeback.spool import ObjectKey
+from backorigin.s3.storeclient import StoreAnswer, StoreClient
 
 logger = logging.getLogger(__name__)
 

@@ -3,9 +3,12 @@ mitmproxy streams its answer (mitmproxy 11 streams a body only from a server con
 
 It listens on 127.0.0.1 on a free port, inside mitmproxy's event loop, and serves only
 tickets: one-time random paths that the request hook issues for a miss it has decided. The
-answer comes from `delivery.respond`, streamed with backpressure; an origin body that breaks
-off after the headers went out aborts the connection, so the client sees a broken answer,
-never a short one that looks whole.
+answer comes from `delivery.respond`, streamed with backpressure, and always declares its
+length. A connection ends in one of two ways: once its answer is whole (or none is owed) it is
+closed after everything buffered has gone out; an answer that can no longer be finished (an
+origin body that broke off after the headers went out) is aborted, so mitmproxy sees the
+connection end before the declared length and breaks the client's connection or HTTP/2 stream:
+the client sees a broken answer, never a short one that looks whole.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ logger = logging.getLogger(__name__)
 Serve = Callable[[], Awaitable[Reply]]
 TICKET_PREFIX = "/backorigin-miss/"
 RECEIVE = 64 * 1024
+# Where the connection stands when nothing is owed: no request pending (IDLE), or the answer whole,
+# kept open for the next request (DONE) or to be closed (MUST_CLOSE: the request said Connection:
+# close, or was HTTP/1.0; mitmproxy passes on what the client sent).
+ANSWERED = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE})
 
 
 class MissServer:
@@ -72,9 +79,9 @@ class MissServer:
         except asyncio.CancelledError:  # shutdown: mitmproxy has let go of its connections
             pass
         finally:
-            if connection.our_state is h11.DONE:
+            if connection.our_state in ANSWERED:  # what is still buffered goes out before the connection closes
                 writer.close()
-            else:  # mid-answer: a reset, so the broken answer can never pass for a whole one
+            else:  # mid-answer: dropped unsent, so the answer ends short of its length and can never pass for whole
                 writer.transport.abort()
 
     async def _answer(self, connection: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request) -> None:
@@ -84,6 +91,8 @@ class MissServer:
             reply = Reply(404, [("content-type", "text/plain")], b"no such ticket\n")
         else:
             reply = await serve()
+        # without a length, a stream that breaks off would end like a whole body (HTTP/1.0 reads to the close)
+        assert reply.stream is None or reply.has_length(), "a streamed answer declares its Content-Length"
         headers = [(k.encode("latin-1"), v.encode("utf-8", "surrogateescape")) for k, v in reply.headers]
         if reply.stream is None and reply.status not in (204, 304) and not reply.has_length():
             headers.append((b"content-length", str(len(reply.body)).encode()))

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from backorigin import xmlsafe
 from backorigin.rules.buckets import pattern_prefix
-from backorigin.rules.files import parse_rules, read_json
 from backorigin.rules.model import (
     DEFAULT_MAX_RULES,
     MAX_RULES_CEILING,
@@ -25,6 +24,7 @@ from backorigin.rules.model import (
     RuleBook,
     RulesError,
 )
+from backorigin.rules.parsing import parse_rules, read_json
 from backorigin.rules.values import oss_boolean, oss_codes, oss_integer
 from backorigin.rules.vocabulary import (
     BACKORIGIN_ONLY_FIELDS,

@@ -1,5 +1,5 @@
 """The rules document: OSS RoutingRule field names, validated (pydantic: unknown fields are
-errors), ordered and matched. Reading a file and wording its errors is backorigin.rules.files.
+errors), ordered and matched. Reading a file and wording its errors is backorigin.rules.parsing.
 
 The document is JSON: {"Buckets": [{"Name": ..., "RoutingRules": [RoutingRule, ...]}]}.
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from mitmproxy import command, ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.rules.files import load_rules
 from backorigin.rules.model import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RuleBook, RulesError
+from backorigin.rules.parsing import load_rules
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ def modified_at(path: Path) -> float:
 
 
 class RulesFile:
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[RuleBook], None] = lambda book: None) -> None:
+        """`check(book)`: what other addons require of the rules with their options (RulesError when not met)."""
         self.rulebook = RuleBook(source="", buckets={})
-        # what other addons require of the rules with their options (RulesError when not met)
-        self.check: Callable[[RuleBook], None] = lambda book: None
+        self.check = check
         self._mtime = 0.0
         self._watcher: asyncio.Task[None] | None = None
 

@@ -46,8 +46,13 @@ def is_store_parameter(name: str) -> bool:
 
 @dataclass(frozen=True)
 class ObjectRef:
+    """An object as a request names it: its bucket and key."""
+
     bucket: str
     key: str
+
+
+ObjectKey = tuple[str, str, str]  # (store endpoint, bucket, key): one object in one store
 
 
 def is_signed(request: http.Request) -> bool:

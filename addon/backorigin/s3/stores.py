@@ -25,12 +25,20 @@ OPTIONS = frozenset({"backorigin_stores", "backorigin_store_hosts", "backorigin_
                      "mode", "keep_host_header", "listen_host"})
 
 
+def add_s3_endpoint_option(loader: Loader) -> None:
+    """backorigin_s3_endpoint, declared by each child that reads it (mitmproxy takes a declaration
+    made again with the same signature)."""
+    loader.add_option(
+        "backorigin_s3_endpoint", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
+        "Where the proxy's own requests to the store go (write-backs, deletes, listings, its HEADs), e.g. "
+        "http://127.0.0.1:8333, when the name clients use does not work from the proxy. Names the store when "
+        "no other option does; with several stores it cannot say whose address it is, and is refused.",
+    )
+
+
 class Stores:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.set_aside: Counter[str] = Counter()  # requests set aside, by reason
-        self._logged: set[str] = set()
-        context.set_aside = self.note
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -48,12 +56,7 @@ class Stores:
             "Domains of virtual-hosted-style names (BUCKET.DOMAIN/key) the store answers. In reverse mode they need "
             "keep_host_header.",
         )
-        loader.add_option(
-            "backorigin_s3_endpoint", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
-            "Where the proxy's own requests to the store go (write-backs, deletes, listings, its HEADs), e.g. "
-            "http://127.0.0.1:8333, when the name clients use does not work from the proxy. Names the store when "
-            "no other option does; with several stores it cannot say whose address it is, and is refused.",
-        )
+        add_s3_endpoint_option(loader)
 
     def configure(self, updated: set[str]) -> None:
         if OPTIONS & updated:
@@ -62,9 +65,18 @@ class Stores:
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from None
 
+
+class SetAsideLog:
+    """Live requests set aside (Context's `set_aside`): counted by reason (ui.metrics), and logged
+    the first time each Host (or store) is seen."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()  # requests set aside, by reason
+        self._logged: set[str] = set()
+
     def note(self, aside: SetAside) -> None:
         """A live request set aside: counted, and logged the first time its Host (or store) is seen."""
-        self.set_aside[aside.reason] += 1
+        self.counts[aside.reason] += 1
         subject = f"{aside.reason}:{aside.subject}"
         if subject in self._logged or len(self._logged) > LOGGED_LIMIT:
             return

@@ -38,12 +38,12 @@ from typing import Any, TextIO
 
 import botocore.exceptions
 
-from backorigin.deletes.tombstones import Tombstones, is_tombstoned
 from backorigin.miss import objectmeta
 from backorigin.miss.origin import OriginClient, Timeouts
 from backorigin.rules.model import RuleBook
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import describe_error, make_s3_client, store_has
+from backorigin.tombstones.tombstones import Tombstones, is_tombstoned
 from backorigin.tools.report import Finished, Report
 from backorigin.tools.shards import Shard
 from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep

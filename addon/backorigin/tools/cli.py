@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RulesError
+from backorigin.rules.parsing import load_rules
 from backorigin.tools.demo import DemoPorts
 from backorigin.tools.run import RunError, run_proxy
 from backorigin.tools.shards import parse_shard
@@ -370,7 +370,7 @@ def print_ledger_missing(ledger: Path, store: str, tombstones_at: str | None) ->
 
 
 def list_spools(confdir: Path, remove_empty: bool) -> int:
-    from backorigin.writeback.spools import inventory, remove_if_empty
+    from backorigin.writeback.proxyspools import inventory, remove_if_empty
 
     found = inventory(confdir)
     for spool in found:

@@ -34,8 +34,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RuleBook
+from backorigin.rules.parsing import load_rules
 from backorigin.tools.embedded_store import EmbeddedStore, port_is_free
 from backorigin.tools.run import RunError, mitmproxy_command
 

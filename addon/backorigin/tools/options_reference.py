@@ -3,8 +3,10 @@
 The addons mitmproxy loads (scripts/mitmproxy_addon.py's `addons`, children included, as
 mitmproxy traverses them) declare their options into a mitmproxy OptManager through
 mitmproxy's own Loader, exactly as at start-up; the page lists what that OptManager then holds:
-every `backorigin_*` option with its type, default, choices and help text. Whatever declares
-the options (`load()` today, settings dataclasses later), the page follows what mitmproxy sees.
+every `backorigin_*` option with its type, default, choices and help text. Most options are
+fields of a subsystem's settings dataclass (backorigin.options: GuardSettings, Timeouts,
+WriteBackSettings, LeaseSettings, WriteThroughSettings), declared from it in `load()`; the page
+follows what mitmproxy sees.
 
     python -m backorigin.tools.options_reference docs/options.md   # what `make docs` runs
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING
+from backorigin.rules.parsing import load_rules
 
 ADDON_SCRIPT = Path(__file__).parent.parent / "scripts" / "mitmproxy_addon.py"  # what mitmdump/mitmweb load with -s
 # mitmweb's flow list, with the comment column, where each flow says what backorigin decided

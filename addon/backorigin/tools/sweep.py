@@ -20,14 +20,14 @@ from urllib.parse import quote
 import botocore.exceptions
 from mitmproxy import http
 
-from backorigin.deletes.tombstones import Tombstones, TombstonesError, is_tombstoned, open_tombstones
 from backorigin.listing.sources import origin_s3_client
-from backorigin.rules.files import load_rules
 from backorigin.rules.model import MAX_RULES_CEILING, RoutingRule, RuleBook
+from backorigin.rules.parsing import load_rules
 from backorigin.rules.plan import Act, GetPlan, plan_get
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import make_s3_client
+from backorigin.tombstones.tombstones import Tombstones, TombstonesError, is_tombstoned, open_tombstones
 from backorigin.tools.report import Report, human_bytes, write_report
 from backorigin.tools.shards import Shard, ShardError, shard_from_environment
 from backorigin.ui import ledger as miss_ledger

@@ -24,7 +24,6 @@ from typing import Any
 
 import botocore.exceptions
 
-from backorigin.deletes.tombstones import Tombstones, is_tombstoned
 from backorigin.listing.sources import origin_s3_client
 from backorigin.miss.integrity import plain_md5
 from backorigin.miss.origin import OriginClient, OriginResult, Timeouts
@@ -34,6 +33,7 @@ from backorigin.rules.targets import NotAnS3Origin
 from backorigin.rules.writethrough import origin_copy
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import describe_error, head, status_of
+from backorigin.tombstones.tombstones import Tombstones, is_tombstoned
 from backorigin.tools.report import Finished, Report
 from backorigin.tools.sweep import Progress, SweepError, plan_key, prepare, run_and_report, sweep
 

@@ -14,21 +14,21 @@ from mitmproxy import command, exceptions
 
 from backorigin.context import Context
 from backorigin.decision import Stats
-from backorigin.deletes.addon import Deletes
-from backorigin.deletes.tombstones import describe
-from backorigin.miss.addon import Mirroring
 from backorigin.rules.explain import explain
+from backorigin.tombstones.tombstones import describe
+from backorigin.tombstones.tombstonesinforce import TombstonesInForce
+from backorigin.writeback.supervisor import WriteBackSupervisor
 
 logger = logging.getLogger(__name__)
 LISTED_AT_MOST = 1000  # tombstones backorigin.tombstones writes to the event log
 
 
 class Commands:
-    def __init__(self, context: Context, stats: Stats, mirroring: Mirroring, deletes: Deletes) -> None:
+    def __init__(self, context: Context, stats: Stats, writeback: WriteBackSupervisor, in_force: TombstonesInForce) -> None:
         self.context = context
         self.stats = stats
-        self.mirroring = mirroring
-        self.deletes = deletes
+        self.writeback = writeback
+        self.in_force = in_force
         self.background: set[asyncio.Task[None]] = set()  # commands' work off the event loop
 
     @command.command("backorigin.explain")
@@ -39,7 +39,7 @@ class Commands:
     @command.command("backorigin.stats")
     def show_stats(self) -> str:
         """Counters: decisions, outcomes, bytes from origins, write-backs pending and done."""
-        writeback = self.mirroring.mirror.writeback
+        writeback = self.writeback
         counts = {**self.stats.counts, **{f"writebacks.{k}": v for k, v in writeback.outcomes.items()}}
         counts["writebacks.pending"] = writeback.pending
         return json.dumps(dict(sorted(counts.items())), indent=1)
@@ -50,7 +50,7 @@ class Commands:
         all of them, those of s3://bucket/, or those under s3://bucket/prefix*, in the event log
         (the first LISTED_AT_MOST); read in the background, the event loop never waits for it."""
         bucket, prefix = _where(url, bucket_optional=True)
-        tombstones = self.deletes.tombstones
+        tombstones = self.in_force.tombstones
 
         def listing() -> str:
             if bucket:
@@ -70,7 +70,7 @@ class Commands:
         log says how many were cleared."""
         bucket, path = _where(url)
         prefix, every = (path[:-1], True) if path.endswith("*") else (path, False)
-        tombstones = self.deletes.tombstones
+        tombstones = self.in_force.tombstones
 
         def clearing() -> str:
             if not every:
@@ -102,7 +102,7 @@ class Commands:
     @command.command("backorigin.pending")
     def pending(self) -> Sequence[str]:
         """Write-backs waiting in the spool (s3://bucket/key, bytes)."""
-        return [f"{upload.where} ({upload.size} bytes)" for _, upload in self.mirroring.mirror.writeback.spool.pending()]
+        return [f"{upload.where} ({upload.size} bytes)" for _, upload in self.writeback.spool.pending()]
 
 
 def _where(url: str, bucket_optional: bool = False) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from mitmproxy import ctx
 from mitmproxy.addonmanager import Loader
 
-from backorigin.decision import Action, Decision, Recorder
+from backorigin.decision import Action, Decision
 from backorigin.s3.clients import store_has
 
 
@@ -22,10 +22,10 @@ class Ledger:
     proxy keeps its tombstones (`tombstones_at`), so that the backfill list made from the
     ledger leaves out the keys deleted through that proxy without being told where they are."""
 
-    def __init__(self, recorder: Recorder, tombstones_at: Callable[[], str | None]) -> None:
+    def __init__(self, tombstones_at: Callable[[], str | None]) -> None:
+        """`append` is a listener of the proxy's Recorder (decision.Recorder's `listeners`)."""
         self.path: Path | None = None
         self.tombstones_at = tombstones_at
-        recorder.listeners.append(self.append)
 
     def load(self, loader: Loader) -> None:
         loader.add_option("backorigin_ledger", Optional[str], None,  # type: ignore[arg-type]

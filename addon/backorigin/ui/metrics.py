@@ -25,13 +25,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from backorigin.decision import Stats
-from backorigin.miss.addon import Mirroring
 from backorigin.miss.guard import Circuit, OriginGuard
 from backorigin.miss.leases import Leases
 from backorigin.miss.origin import OriginResult
 from backorigin.s3.reading import Aside
-from backorigin.writeback.spools import OWNER
-from backorigin.writethrough.addon import WriteThrough
+from backorigin.writeback.proxyspools import OWNER
+from backorigin.writeback.supervisor import WriteBackSupervisor
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
 
 logger = logging.getLogger(__name__)
@@ -66,13 +65,10 @@ class AddonState:
     """What the collector reads at scrape time."""
 
     stats: Stats
-    writeback_outcomes: Callable[[], dict[str, int]]
-    writebacks_pending: Callable[[], int]
-    spool_dir: Callable[[], Path]
+    writeback: WriteBackSupervisor  # its outcomes, pending write-backs, spool (bytes, and those refused for good)
     tombstones: Callable[[], int | None]  # kept as they change; None: shared, not counted
-    spool_failed: Callable[[], int]  # write-backs the store refused for good, kept in spool/failed/
-    guard: Callable[[], OriginGuard]  # the origins' 404s, limits and circuits (miss.guard)
-    leases: Callable[[], Leases]  # the turns taken with the fleet's other proxies (miss.leases)
+    guard: OriginGuard  # the origins' 404s, limits and circuits (miss.guard)
+    leases: Leases  # the turns taken with the fleet's other proxies (miss.leases)
     set_aside: Mapping[str, int]  # live requests forwarded untouched, by reason (s3.stores)
 
 
@@ -103,15 +99,15 @@ class AddonCollector(Collector):
             errors.add_metric([kind], count)
         yield errors
         writebacks = CounterMetricFamily("backorigin_writebacks", "Write-backs that ended, by outcome", labels=["outcome"])
-        for outcome, count in sorted(self.state.writeback_outcomes().items()):
+        for outcome, count in sorted(self.state.writeback.outcomes.items()):
             writebacks.add_metric([outcome], count)
         yield writebacks
         yield GaugeMetricFamily("backorigin_writebacks_pending", "Write-backs spooled and not yet stored",
-                                value=self.state.writebacks_pending())
+                                value=self.state.writeback.pending)
         yield GaugeMetricFamily("backorigin_spool_bytes", "Bytes in the spool directory (bodies and manifests)",
-                                value=spool_bytes(self.state.spool_dir()))
+                                value=spool_bytes(self.state.writeback.spool.directory))
         yield GaugeMetricFamily("backorigin_spool_failed", "Write-backs the store refused for good, kept in spool/failed/",
-                                value=self.state.spool_failed())
+                                value=self.state.writeback.spool.failed_count())
         if (tombstones := self.state.tombstones()) is not None:
             yield GaugeMetricFamily("backorigin_tombstones", "Keys deleted through a proxy that never mirror again",
                                     value=tombstones)
@@ -121,8 +117,8 @@ class AddonCollector(Collector):
         for reason in Aside:
             aside.add_metric([reason], self.state.set_aside.get(reason, 0))
         yield aside
-        yield from guard_metrics(self.state.guard())
-        yield from lease_metrics(self.state.leases())
+        yield from guard_metrics(self.state.guard)
+        yield from lease_metrics(self.state.leases)
 
 
 LEASE_OUTCOMES = ("held", "taken_over", "waited", "waited_too_long", "unavailable", "lost")
@@ -224,16 +220,34 @@ class BackfillCollector(Collector):
         yield results
 
 
-class Metrics:
-    """The endpoint and the one metric observed as it happens."""
+class Measures:
+    """What is observed as it happens, in this addon instance's own registry (a script reload never
+    registers a metric twice): origin fetch times and errors (the mirror's `on_fetched`), write-
+    through sync times (the write-through's `synced`). Made with the proxy; served by Metrics."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.fetch_seconds = Histogram("backorigin_origin_fetch_seconds", "Origin fetch time, whole body included",
                                        buckets=FETCH_BUCKETS, registry=self.registry)
         self.writethrough_seconds = Histogram(
             "backorigin_writethrough_seconds", "Time from a write's answer to its key's copy at the origin (write-through)",
             buckets=WRITE_THROUGH_BUCKETS, registry=self.registry)
+        self.errors: dict[str, int] = {}  # origin fetches that failed, by kind
+
+    def fetched(self, result: OriginResult, seconds: float) -> None:
+        self.fetch_seconds.observe(seconds)
+        if kind := origin_error_kind(result):
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def synced(self, seconds: float) -> None:
+        self.writethrough_seconds.observe(seconds)
+
+
+class Metrics:
+    """The endpoint, serving `measures`' registry (its own when none is given)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", measures: Measures | None = None) -> None:
+        self.registry = (measures or Measures()).registry
         self._server: WSGIServer | None = None
         self._server, _ = start_http_server(port, host, registry=self.registry)
         self.address = (host, port)  # one of the proxy's own listeners: origin fetches never go there
@@ -252,14 +266,14 @@ class Metrics:
 class MetricsEndpoint:
     """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
 
-    def __init__(self, stats: Stats, mirroring: Mirroring, tombstones: Callable[[], int | None], writethrough: WriteThrough,
-                 set_aside: Mapping[str, int]) -> None:
-        self.stats = stats
-        self.set_aside = set_aside
-        self.mirroring = mirroring
-        self.tombstones = tombstones
-        self.writethrough = writethrough
+    def __init__(self, measures: Measures, state: AddonState,
+                 writethrough: Callable[[], WriteThroughSupervisor | None]) -> None:
+        """`measures`: observed as it happens; `state`: read at scrape time; `writethrough()`: the
+        write-through's supervisor, once it has one."""
+        self.measures = measures
         self.metrics: Metrics | None = None
+        measures.registry.register(AddonCollector(state, measures.errors))
+        measures.registry.register(WriteThroughCollector(writethrough))
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -273,37 +287,15 @@ class MetricsEndpoint:
             self.serve(ctx.options.backorigin_metrics_port, ctx.options.backorigin_metrics_host)
 
     def serve(self, port: int | None, host: str) -> None:
-        mirror = self.mirroring.mirror
         self.close()
         if port is None:
             return
         try:
-            self.metrics = metrics = Metrics(port, host)
+            self.metrics = Metrics(port, host, self.measures)
         except OSError as e:
             raise exceptions.OptionsError(f"backorigin_metrics_port: cannot listen on {host}:{port}: {e.strerror}") from None
-        writeback = mirror.writeback
-        collector = AddonCollector(AddonState(
-            self.stats, lambda: dict(writeback.outcomes), lambda: writeback.pending,
-            lambda: writeback.spool.directory, self.tombstones, writeback.spool.failed_count, lambda: mirror.guard,
-            lambda: mirror.leases,
-            self.set_aside,
-        ))
-        metrics.add(collector)
-        metrics.add(WriteThroughCollector(lambda: self.writethrough.supervisor))
-        if (supervisor := self.writethrough.supervisor) is not None:
-            supervisor.on_synced = metrics.writethrough_seconds.observe
-
-        def fetched(result: OriginResult, seconds: float) -> None:
-            metrics.fetch_seconds.observe(seconds)
-            if kind := origin_error_kind(result):
-                collector.errors[kind] = collector.errors.get(kind, 0) + 1
-
-        mirror.on_fetched = fetched
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
-            self.mirroring.mirror.on_fetched = lambda result, seconds: None
-            if (supervisor := self.writethrough.supervisor) is not None:
-                supervisor.on_synced = lambda seconds: None

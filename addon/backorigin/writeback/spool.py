@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from backorigin.limits import PART_SIZE
+from backorigin.s3.addressing import ObjectKey
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ PUT_PARAMS = {
     "cache-control": "CacheControl",
     "content-language": "ContentLanguage",
 }
-
-ObjectKey = tuple[str, str, str]  # (store endpoint, bucket, key): one object in one store
 
 FAILED_KEPT = 1000  # write-backs the store refused for good, kept in spool/failed/ for a person to look at
 

@@ -20,8 +20,10 @@ from typing import Any, cast
 
 from cachetools import TTLCache
 
+from backorigin.s3.addressing import ObjectKey
 from backorigin.writeback.process import WorkerProcess
-from backorigin.writeback.spool import ObjectKey, ObjectUpload, Spool, WriteBackOutcome
+from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
+from backorigin.writeback.writebacksettings import WriteBackSettings
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +35,12 @@ class WriteBackSupervisor:
     (`landed`, on the event loop, once a write-back has ended for good)."""
 
     def __init__(
-        self, spool_dir: Path, workers: int = 4, max_pending: int = 1000, fsync: bool = False,
+        self, spool_dir: Path | None = None, workers: int = WriteBackSettings.workers,
+        max_pending: int = WriteBackSettings.max_pending, fsync: bool = False,
         landed: Callable[[ObjectUpload, WriteBackOutcome, str], None] = lambda upload, outcome, detail: None,
     ) -> None:
-        self.spool = Spool(spool_dir, fsync)
+        """`spool_dir`: the spool, or None until `open` (the proxy's spool is known at its first configure)."""
+        self._spool = Spool(spool_dir, fsync) if spool_dir is not None else None
         self.workers = workers
         self.max_pending = max_pending
         self.landed = landed
@@ -54,6 +58,15 @@ class WriteBackSupervisor:
         # for one an earlier worker finished without a word); a withdrawal waits for it (kept)
         self.process = WorkerProcess("write-back worker", self.command, lambda: [
             self._upload_line(manifest, upload) for manifest, (upload, _) in self._pending.items()], self._heard)
+
+    def open(self, spool_dir: Path, fsync: bool = False) -> None:
+        self._spool = Spool(spool_dir, fsync)
+
+    @property
+    def spool(self) -> Spool:
+        if self._spool is None:
+            raise RuntimeError("the write-back spool is opened at the first configure (miss.mirroring)")
+        return self._spool
 
     @property
     def pending(self) -> int:

@@ -32,11 +32,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from backorigin.deletes.tombstones import open_tombstones
 from backorigin.s3.clients import is_transient, shared_s3_client
+from backorigin.tombstones.tombstones import open_tombstones
 from backorigin.writeback.process import commands, reply, run
 from backorigin.writeback.spool import ObjectUpload, Spool, WriteBackOutcome
 from backorigin.writeback.upload import KeyRefused, Unwanted, remove_if_ours, retrying, upload_object
+from backorigin.writeback.writebacksettings import WriteBackSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class WriteBack:
     write-back ended, "deferred" (the store is unreachable; it stays spooled) included."""
 
     def __init__(
-        self, spool_dir: Path, workers: int = 4, attempts: int = 8, fsync: bool = False,
+        self, spool_dir: Path, workers: int = WriteBackSettings.workers, attempts: int = 8, fsync: bool = False,
         report: Callable[[Path, WriteBackOutcome, str], None] = lambda manifest, outcome, detail: None,
     ) -> None:
         self.spool = Spool(spool_dir, fsync)
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m backorigin.writeback.worker",
                                      description="Upload the write-backs of a backorigin spool (started by the addon).")
     parser.add_argument("--spool", required=True, help="the spool directory")
-    parser.add_argument("--workers", type=int, default=4, help="uploads running at once")
+    parser.add_argument("--workers", type=int, default=WriteBackSettings.workers, help="uploads running at once")
     parser.add_argument("--fsync", action="store_true", help="the spool is kept with fsync")
     parser.add_argument("--endpoint", help="store every write-back here (backorigin_s3_endpoint)")
     parser.add_argument("--deletes-stick", action="store_true", help="never store an object that has a tombstone")

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backorigin.rules.writethrough import OriginCopy
-from backorigin.writeback.spool import ObjectKey, write_whole
+from backorigin.s3.addressing import ObjectKey
+from backorigin.writeback.spool import write_whole
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backorigin.s3.addressing import ObjectKey
 from backorigin.writeback.process import Message, WorkerProcess
-from backorigin.writeback.spool import ObjectKey
 from backorigin.writethrough.journal import Change, Entry, Journal
+from backorigin.writethrough.writethroughsettings import WriteThroughSettings
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +31,14 @@ class Pending:
 
 
 class WriteThroughSupervisor:
-    def __init__(self, directory: Path, fsync: bool = True, workers: int = 4) -> None:
+    def __init__(self, directory: Path, fsync: bool = WriteThroughSettings.fsync, workers: int = WriteThroughSettings.workers,
+                 synced: Callable[[float], None] = lambda seconds: None) -> None:
+        """`synced(seconds)`: told of each entry's time from its write's answer to the origin's copy (ui.metrics)."""
         self.journal = Journal(directory, fsync)
         self.workers = workers
         self.outcomes: Counter[str] = Counter()  # synced keys by action; retries by scope
         self.oldest_at: float | None = None  # when the oldest entry not yet applied was acknowledged
-        # told of each entry's time from its write's answer to the origin's copy (addon.metrics)
-        self.on_synced: Callable[[float], None] = lambda seconds: None
+        self.synced = synced
         self._pending: OrderedDict[Path, Pending] = OrderedDict()  # in the order of the writes
         self._keys: Counter[ObjectKey] = Counter()  # entries not yet applied, by key
         self._secrets: list[list[str]] = []
@@ -136,7 +138,7 @@ class WriteThroughSupervisor:
             now = time.time()
             for path in map(Path, message["entries"]):
                 if self._forget((store, bucket, key), path):
-                    self.on_synced(now - self._at(path, now))
+                    self.synced(now - self._at(path, now))
             self._settle([Path(path) for path in message["entries"]])
         elif "retrying" in message:
             self.outcomes[f"retry_{message['scope']}"] += 1

@@ -36,6 +36,7 @@ from backorigin.writeback.process import commands, reply, run
 from backorigin.writethrough.backlog import Backlog, Scope
 from backorigin.writethrough.journal import Change, Journal
 from backorigin.writethrough.sync import Action, sync
+from backorigin.writethrough.writethroughsettings import WriteThroughSettings
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m backorigin.writethrough.worker",
                                      description="Apply a backorigin write-through journal to the origins (started by the addon).")
     parser.add_argument("--journal", required=True, help="the journal directory")
-    parser.add_argument("--workers", type=int, default=4, help="keys synced at once")
+    parser.add_argument("--workers", type=int, default=WriteThroughSettings.workers, help="keys synced at once")
     run(serve(parser.parse_args(argv)))
 
 

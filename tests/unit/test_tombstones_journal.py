@@ -1,4 +1,4 @@
-"""Tombstones in a folder (deletes.journal): a journal indexed in memory by bucket and key order;
+"""Tombstones in a folder (tombstones.journal): a journal indexed in memory by bucket and key order;
 room taken before a delete goes to the store, committed or withdrawn after; followed by another
 process; earlier versions' files imported; and nothing any request asks costs more with their number."""
 
@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from backorigin.deletes.journal import LocalTombstones, NoRoom, count_in, room_for
+from backorigin.tombstones.journal import LocalTombstones, NoRoom, count_in, room_for
 
 
 def test_concurrent_tombstones_of_one_key_all_succeed(tmp_path):
@@ -82,7 +82,7 @@ def test_a_key_range_and_asking_cost_the_same_with_many_tombstones(tmp_path):
 
 def test_deletes_on_their_way_hold_a_bounded_room(tmp_path):
     """Slow clients sending DeleteObjects bodies cannot make the proxy hold its whole disk."""
-    from backorigin.deletes.journal import ROOM_AT_MOST
+    from backorigin.tombstones.journal import ROOM_AT_MOST
 
     tombstones = LocalTombstones(tmp_path / "t")
     room = room_for("b", None, 8 * 1024 * 1024)

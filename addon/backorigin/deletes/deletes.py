@@ -1,4 +1,4 @@
-"""Deletes that stick, as a child addon of BackOrigin (see deletes.tombstones for where the
+"""Deletes that stick, as a child addon of BackOrigin (see tombstones.tombstones for where the
 tombstones live).
 
 The store authorises: nothing a delete does takes effect before the store has answered it 2xx.
@@ -30,28 +30,26 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.deletes.tombstones import (
+from backorigin.deletes.undoing import Undoing
+from backorigin.miss.mirror import Mirror
+from backorigin.options import check_choice, declare
+from backorigin.rules.plan import covered_by_mirror
+from backorigin.s3 import replies
+from backorigin.s3.addressing import ObjectKey, ObjectRef, WriteKind, write_kind
+from backorigin.s3.clients import describe_error, shared_s3_client, store_has
+from backorigin.s3.reading import plain_key
+from backorigin.tombstones.tombstones import (
     Intent,
     NoRoom,
     Tombstones,
     TombstonesError,
-    hide_tombstoned,
     is_tombstoned,
     open_tombstones,
     resolve_pending,
     room_for,
 )
-from backorigin.listing.merge import Lister
-from backorigin.listing.order import Order
-from backorigin.miss.addon import Mirroring
-from backorigin.miss.mirror import Mirror
-from backorigin.options import check_choice
-from backorigin.rules.plan import covered_by_mirror
-from backorigin.s3 import replies
-from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
-from backorigin.s3.clients import describe_error, shared_s3_client, store_has
-from backorigin.s3.reading import plain_key
-from backorigin.writeback.spool import ObjectKey
+from backorigin.tombstones.tombstonesinforce import TombstonesInForce
+from backorigin.writeback.writebacksettings import WriteBackSettings
 from backorigin.xmlsafe import ObjectsReader, XMLRefused, parse
 
 logger = logging.getLogger(__name__)
@@ -65,19 +63,25 @@ Refuse = Callable[[http.HTTPFlow, replies.Reply], Awaitable[None]]  # answer a f
 
 
 class Deletes:
-    def __init__(self, context: Context, mirroring: Mirroring, refuse: Refuse) -> None:
-        """`refuse(flow, reply)`: answer a request whose body is still arriving without asking the store."""
+    def __init__(self, context: Context, mirror: Mirror, in_force: TombstonesInForce, refuse: Refuse) -> None:
+        """`mirror`: its fills and write-backs are forgotten when their object is deleted; `in_force`:
+        the tombstones this child opens and writes (backorigin.parts); `refuse(flow, reply)`: answer
+        a request whose body is still arriving without asking the store."""
         self.context = context
-        self.mirroring = mirroring
+        self.mirror = mirror
+        self.in_force = in_force
         self.refuse = refuse
-        self.stick = True
         self.store: str | None = None
-        self.tombstones: Tombstones  # made in configure: beside the spool, or in the store
         self._intents: dict[str, Intent] = {}  # by flow id: deletes on their way to the store
         self._background: set[asyncio.Task[None]] = set()
-        self.location: str | None = None  # where they live (None: deletes do not stick), for the miss ledger
+        self.undoing = Undoing()  # keys whose write-backs the proxy undoes after a delete (deletes.undoing)
+
+    @property
+    def stick(self) -> bool:
+        return self.in_force.stick
 
     def load(self, loader: Loader) -> None:
+        declare(WriteBackSettings, loader)  # backorigin_spool_fsync: the tombstones beside the spool follow it
         loader.add_option(
             "backorigin_deletes", str, "stick",
             "'stick': a DeleteObject/DeleteObjects through the proxy leaves a tombstone, so the key is never mirrored "
@@ -93,39 +97,36 @@ class Deletes:
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
-        self.stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
+        stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
         stores = self.context.names.stores
         self.store = store = stores[0].address if len(stores) == 1 else None  # tombstones in the store: the one store's
-        spool = self.mirroring.mirror.writeback.spool.directory
-        if not hasattr(self, "tombstones") or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
+        writeback = self.mirror.writeback
+        spool = writeback.spool.directory
+        tombstones = self.in_force.tombstones if self.in_force.opened else None
+        if tombstones is None or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
             try:
-                found = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store,
-                                        fsync=options.backorigin_spool_fsync)
+                tombstones = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store,
+                                             fsync=options.backorigin_spool_fsync)
             except TombstonesError as e:
                 raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
-            assert found is not None  # there is a default folder
-            self.tombstones = found
-        self.location = (options.backorigin_tombstones or str(spool / "tombstones")) if self.stick else None
+            assert tombstones is not None  # there is a default folder
+        self.in_force.use(tombstones, options.backorigin_tombstones or str(spool / "tombstones"), stick)
         # the write-back worker checks tombstones before every upload, where they live
-        self.mirroring.mirror.writeback.tombstones = (options.backorigin_tombstones, store) if self.stick else None
+        writeback.tombstones = (options.backorigin_tombstones, store) if stick else None
 
     def running(self) -> None:
-        """Deletes a crash left on their way are resolved in the background (deletes.tombstones.resolve_pending)."""
-        self._in_background(resolve_pending(self.tombstones, self.store))
+        """Deletes a crash left on their way are resolved in the background (tombstones.tombstones.resolve_pending)."""
+        self._in_background(resolve_pending(self.in_force.tombstones, self.store))
 
     async def is_deleted(self, ref: ObjectRef) -> bool:
         """Whether a miss of the key must not mirror: it was deleted through the proxy."""
         if not self.stick or not covered_by_mirror(self.context.rulebook, ref):
             return False
-        return await is_tombstoned(self.tombstones, ref.bucket, ref.key)
-
-    def hide(self, bucket: str, base: str, order: Order, lister: Lister) -> Lister:
-        """An origin side's lister for a merged listing, less the keys deleted through the proxy."""
-        return hide_tombstoned(self.tombstones)(bucket, base, order, lister) if self.stick else lister
+        return await is_tombstoned(self.in_force.tombstones, ref.bucket, ref.key)
 
     # hooks -------------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A DeleteObjects body passes on to the store as it arrives, read on the way (bounded,
         without DTDs or entities, chunk by chunk: `ReadingBody`); its keys count only once the
         store has said yes. Room for its tombstones is taken first."""
@@ -139,7 +140,7 @@ class Deletes:
         flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})), guard=True)
         return self._take_room(flow, bucket, None)
 
-    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A DeleteObject on its way to the store: room for its tombstone, and its write-backs held."""
         if flow.request.method != "DELETE" or not self.stick or not self.context.acts(flow) or flow.response is not None:
             return None
@@ -150,7 +151,7 @@ class Deletes:
         endpoint = self.context.endpoint(flow.request)
         if endpoint is None:  # set aside (s3.reading): refs came from the same reading, so never here
             return None
-        self.mirroring.mirror.writeback.hold((endpoint, ref.bucket, ref.key))
+        self.mirror.writeback.hold((endpoint, ref.bucket, ref.key))
         flow.metadata[DELETING_KEY] = [[endpoint, ref.bucket, ref.key, versioned]]
         return self._take_room(flow, ref.bucket, ref.key)
 
@@ -158,20 +159,20 @@ class Deletes:
         length = flow.request.headers.get("content-length", "")
         room = room_for(bucket, key, int(length) if length.isascii() and length.isdigit() else None)
         try:
-            self._intents[flow.id] = await asyncio.to_thread(self.tombstones.reserve, bucket, key, room)
+            self._intents[flow.id] = await asyncio.to_thread(self.in_force.tombstones.reserve, bucket, key, room)
         except NoRoom as e:
             logger.error("%s %s refused, the store not asked: %s", flow.request.method, flow.request.pretty_url, e)
             refused = replies.s3_error(503, "ServiceUnavailable", "The proxy has no room on its disk for this delete's "
                                        "tombstones; nothing was deleted. Retry later.", ObjectRef(bucket, key or ""),
                                        [("retry-after", "5")])
-            self.error(flow)  # no intent, and the write-backs held for it go on
+            self.on_error(flow)  # no intent, and the write-backs held for it go on
             if flow.request.method == "DELETE":
                 flow.response = replies.to_response(flow.request, refused)
             else:
                 flow.request.stream = True
                 await self.refuse(flow, refused)
 
-    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """The store's answer to a write: the keys a delete deleted get tombstones, lose their fill
         and write-backs; the others' write-backs are released. A PUT, copy or completed multipart
         upload of a key clears its tombstone. Reads cost no coroutine."""
@@ -189,9 +190,9 @@ class Deletes:
         else:
             keys = [(ref.bucket, ref.key)] if write_kind(flow.request) is not None and (ref := self.context.object(flow)) else []
         for bucket, key in keys:
-            self.mirroring.mirror.guard.not_found.forget(bucket, key)
+            self.mirror.guard.not_found.forget(bucket, key)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         """The answer to a DeleteObjects is read as it passes (its <Deleted> and <Error> keys). It
         goes out chunked, so that the client has all of it only after the response hook has written
         the tombstones (mitmproxy sends the last chunk after that hook), whatever its size."""
@@ -210,8 +211,10 @@ class Deletes:
         finally:
             self._release(held)
         written = self.context.object(flow) if succeeded and kind is WriteKind.CREATE else None
+        if written and (endpoint := self.context.endpoint(flow.request)) is not None:
+            self.undoing.written((endpoint, written.bucket, written.key))
         if written and await self.is_deleted(written):
-            await asyncio.to_thread(self.tombstones.discard, written.bucket, written.key)
+            await asyncio.to_thread(self.in_force.tombstones.discard, written.bucket, written.key)
             logger.info("tombstone of s3://%s/%s cleared by a write", written.bucket, written.key)
 
     async def _settle(self, flow: http.HTTPFlow, intent: Intent, deleted_one: list[ObjectKey]) -> None:
@@ -230,10 +233,10 @@ class Deletes:
             versioned = {ref.key for ref, only_version in self._deleted_by(flow, []) if only_version} if deleted else set()
         gone = [key for key in deleted if key[2] not in versioned or not await self._still_there(key)]
         if not gone:
-            await asyncio.to_thread(self.tombstones.withdraw, intent)
+            await asyncio.to_thread(self.in_force.tombstones.withdraw, intent)
             return
         try:
-            await asyncio.to_thread(self.tombstones.commit, intent, [key for _, _, key in gone])
+            await asyncio.to_thread(self.in_force.tombstones.commit, intent, [key for _, _, key in gone])
         except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
             logger.error("%s %s: the store deleted, but the tombstones could not be written: %s; the client is told "
                          "to retry", flow.request.method, flow.request.pretty_url, e)
@@ -247,19 +250,17 @@ class Deletes:
         shown = ", ".join(f"s3://{bucket}/{key}" for _, bucket, key in gone[:LOGGED_KEYS])
         logger.info("tombstone(s) for %s%s", shown, f" and {len(gone) - LOGGED_KEYS} more ({len(gone)} keys)"
                     if len(gone) > LOGGED_KEYS else "")
-        self._in_background(overtake(self.mirroring.mirror, self.tombstones, gone, flow.request.timestamp_start))
+        self._in_background(self.undoing.during(gone, overtake(self.mirror, self.in_force.tombstones, gone,
+                                                               flow.request.timestamp_start)))
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def on_error(self, flow: http.HTTPFlow) -> None:
         """No answer from the store (the client or the store went away): the delete did nothing we know of."""
         self._release([(str(e), str(b), str(k)) for e, b, k, _ in flow.metadata.pop(DELETING_KEY, [])])
         intent = self._intents.pop(flow.id, None)
         if intent is not None:
-            self._in_background(asyncio.to_thread(self.tombstones.withdraw, intent))
+            self._in_background(asyncio.to_thread(self.in_force.tombstones.withdraw, intent))
 
     # after a delete ------------------------------------------------------------------------------
-
-    def count(self) -> int | None:
-        return self.tombstones.count()
 
     def done(self) -> Awaitable[object]:
         """Shutdown: what runs in the background (a withdrawal waiting for a stuck upload) stops."""
@@ -283,13 +284,13 @@ class Deletes:
             logger.warning("s3://%s/%s: a version was deleted and the store cannot say what is left (%s): tombstone",
                            bucket, name, describe_error(e))
             return False
-        if there and await is_tombstoned(self.tombstones, bucket, name):
-            await asyncio.to_thread(self.tombstones.discard, bucket, name)
+        if there and await is_tombstoned(self.in_force.tombstones, bucket, name):
+            await asyncio.to_thread(self.in_force.tombstones.discard, bucket, name)
             logger.info("tombstone of s3://%s/%s cleared: a version's delete left it in the store", bucket, name)
         return there
 
     def _release(self, keys: list[ObjectKey]) -> None:
-        writeback = self.mirroring.mirror.writeback
+        writeback = self.mirror.writeback
         for key in keys:
             writeback.release(key)
 

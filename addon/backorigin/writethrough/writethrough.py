@@ -18,25 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
 from backorigin.decision import printable
-from backorigin.deletes.addon import ReadingBody, deleted_objects, read_as_it_passes
-from backorigin.miss.addon import Mirroring
+from backorigin.deletes.deletes import ReadingBody, deleted_objects, read_as_it_passes
 from backorigin.miss.mirror import is_utf8
-from backorigin.options import parse_seconds
+from backorigin.options import declare, parse_seconds, read_settings
 from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
 from backorigin.rules.rulesfile import CHECK_EVERY
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
 from backorigin.s3.reading import plain_key
+from backorigin.writeback.supervisor import WriteBackSupervisor
 from backorigin.writethrough.journal import Change
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
+from backorigin.writethrough.writethroughsettings import WriteThroughSettings
 from backorigin.xmlsafe import ObjectsReader
 
 logger = logging.getLogger(__name__)
@@ -44,30 +45,26 @@ _READS = ("GET", "HEAD")
 
 
 class WriteThrough:
-    def __init__(self, context: Context, mirroring: Mirroring) -> None:
+    def __init__(self, context: Context, writeback: WriteBackSupervisor,
+                 synced: Callable[[float], None] = lambda seconds: None) -> None:
+        """`writeback`: the journal lives in its spool, which this proxy holds; `synced(seconds)`:
+        told of each entry's time from its write's answer to the origin's copy (ui.metrics)."""
         self.context = context
-        self.mirroring = mirroring  # the journal lives in its spool, which this proxy holds
+        self.writeback = writeback
+        self.synced = synced
         self.supervisor: WriteThroughSupervisor | None = None
         self._book: RuleBook | None = None  # the rules whose secrets the worker has
         self._watcher: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("backorigin_writethrough_workers", int, 4,
-                          "Keys the write-through worker copies to origins at once (buckets with \"WriteThrough\": true).")
-        loader.add_option(
-            "backorigin_writethrough_fsync", bool, True,
-            "fsync each write-through journal entry before the write's answer goes out (a write acknowledged reaches "
-            "the origin across a power loss); off: the page cache has it by then (across kill -9 of any process).",
-        )
+        declare(WriteThroughSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
-        options = ctx.options
-        if options.backorigin_writethrough_workers < 1:
-            raise exceptions.OptionsError("backorigin_writethrough_workers: must be at least 1")
+        settings = read_settings(WriteThroughSettings, ctx.options)
         if self.supervisor is None:
-            self.supervisor = WriteThroughSupervisor(self.mirroring.mirror.writeback.spool.directory / "writethrough")
-        self.supervisor.workers = options.backorigin_writethrough_workers  # read when a worker starts
-        self.supervisor.journal.fsync = options.backorigin_writethrough_fsync
+            self.supervisor = WriteThroughSupervisor(self.writeback.spool.directory / "writethrough", synced=self.synced)
+        self.supervisor.workers = settings.workers  # read when a worker starts
+        self.supervisor.journal.fsync = settings.fsync
 
     def running(self) -> None:
         """Resume what a previous run left journaled; keep the worker's secrets those of the rules in force."""
@@ -92,17 +89,17 @@ class WriteThrough:
 
     # hooks -------------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def on_requestheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects body is read as it passes (its keys), unless the deletes addon reads it already."""
         if self._deletes_many(flow) and not isinstance(flow.request.stream, ReadingBody):
             flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})), guard=True)
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects answer is read as it passes (its refused keys), and its end waits for the journal."""
         if flow.response is not None and isinstance(flow.request.stream, ReadingBody) and self._deletes_many(flow):
             read_as_it_passes(flow, flow.response)
 
-    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A write the store accepted, of a bucket with WriteThrough: journaled before its answer goes out."""
         response = flow.response
         if flow.request.method in _READS or response is None or not 200 <= response.status_code < 300:
@@ -145,7 +142,7 @@ class WriteThrough:
 
     def _deleted_keys(self, flow: http.HTTPFlow, bucket: str) -> list[str]:
         """The keys a DeleteObjects named, less those its answer lists as <Error> (read as they
-        passed: deletes.addon.deleted_objects)."""
+        passed: deletes.deletes.deleted_objects)."""
         deleted = deleted_objects(flow)
         if deleted is None:
             logger.error("write-through: a DeleteObjects of bucket %s could not be read: the keys it deleted do not "

@@ -9,7 +9,7 @@ from mitmproxy import contentviews
 from mitmproxy.test import taddons, tflow
 
 from backorigin.decision import METADATA_KEY, RECORDED_KEY, Action, Decision, Outcome, Recorder
-from backorigin.ui.contentview import (
+from backorigin.ui.decisionview import (
     DECISION_PRIORITY,
     NO_DECISION,
     VIEW_NAME,

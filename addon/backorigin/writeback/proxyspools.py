@@ -30,7 +30,7 @@ from pathlib import Path
 
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from backorigin.deletes.journal import count_in
+from backorigin.tombstones.journal import count_in
 
 SPOOLS = "backorigin-spools"  # CONFDIR/backorigin-spools/NAME: one default spool per proxy
 LEGACY_SPOOL = "backorigin-spool"  # the one default spool every proxy shared before

@@ -6,11 +6,11 @@ asking the origin, no write-back recreates it, and a merged listing leaves it ou
 CopyObject or CompleteMultipartUpload of the key clears it.
 
 Where they live: by default a folder beside the spool (one proxy; they survive restarts:
-deletes.journal), or with `backorigin_tombstones=s3://BUCKET/PREFIX/` objects in the store itself,
+tombstones.journal), or with `backorigin_tombstones=s3://BUCKET/PREFIX/` objects in the store itself,
 written create-only, so every proxy in front of the store shares them. Either way the set is read
 through the same small interface, and no request's cost grows with their number: asking about a
 key is O(1) (one HEAD for the shared kind), and a listing page consults only the tombstones of the
-keys it lists (`hide_tombstoned`).
+keys it lists (listing.hiding).
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import botocore.exceptions
 
-from backorigin.deletes.journal import Intent, LocalTombstones, NoRoom, room_for
-from backorigin.listing.merge import Lister
-from backorigin.listing.order import Order, order_key
 from backorigin.s3.clients import code_of, make_s3_client, shared_s3_client, status_of, store_has
+from backorigin.tombstones.journal import Intent, LocalTombstones, NoRoom, room_for
 
 logger = logging.getLogger(__name__)
 
@@ -180,56 +177,6 @@ async def is_tombstoned(tombstones: Tombstones, bucket: str, key: str) -> bool:
     if tombstones.blocking:
         return await asyncio.to_thread(tombstones.__contains__, (bucket, key))
     return (bucket, key) in tombstones
-
-
-Hide = Callable[[str, str, Order, Lister], Lister]  # (bucket, base, order, an origin's lister) -> the lister less tombstones
-
-
-def hide_tombstoned(tombstones: Tombstones) -> Hide:
-    """What a merged listing does to an origin side's lister (its keys are `base` + the bucket's
-    key): the keys with a tombstone are left out as they come, each asked in O(1) (the local
-    kind), or checked against the store's tombstones listed from the same start in the same order
-    as far as the origin's keys go, never further (the shared kind)."""
-
-    def hide(bucket: str, base: str, order: Order, lister: Lister) -> Lister:
-        async def entries(prefix: str, delimiter: str, start_after: str, first_page: int) -> AsyncGenerator[Any, None]:
-            holds = _Cursor(tombstones, bucket, prefix[len(base):], start_after[len(base):], order, first_page)
-            async with aclosing(lister(prefix, delimiter, start_after, first_page)) as listed:
-                async for entry in listed:
-                    if entry.is_prefix or not entry.key.startswith(base) or not await holds(entry.key[len(base):]):
-                        yield entry
-
-        return entries
-
-    return hide
-
-
-class _Cursor:
-    """Whether keys asked in the listing's order have tombstones."""
-
-    def __init__(self, tombstones: Tombstones, bucket: str, prefix: str, start_after: str, order: Order, page: int) -> None:
-        self.tombstones, self.bucket, self.prefix, self.after = tombstones, bucket, prefix, start_after
-        self.sort = order_key(order)
-        self.page = max(1, min(1000, page))
-        self.window: list[str] = []  # the last page of tombstones listed, in order
-        self.at = 0  # the first of them not passed yet by the keys asked
-        self.done = False
-
-    async def __call__(self, key: str) -> bool:
-        if not self.tombstones.blocking:
-            return (self.bucket, key) in self.tombstones
-        wanted = self.sort(key)
-        while True:
-            while self.at < len(self.window) and self.sort(self.window[self.at]) < wanted:
-                self.at += 1
-            if self.at < len(self.window) or self.done:
-                return self.at < len(self.window) and self.window[self.at] == key
-            listed = await asyncio.to_thread(self.tombstones.keys, self.bucket, self.prefix, self.after, self.page)
-            self.done = len(listed) < self.page
-            self.page = min(1000, self.page * 2)
-            self.window, self.at = listed, 0
-            if listed:
-                self.after = listed[-1]
 
 
 async def resolve_pending(tombstones: Tombstones, store: str | None) -> None:

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from backorigin.rules.files import load_rules, parse_rules
 from backorigin.rules.model import RuleBook, RulesError
+from backorigin.rules.parsing import load_rules, parse_rules
 from backorigin.rules.vocabulary import UNSUPPORTED_OSS_FIELDS
 from tests.support import DATA
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backorigin.writeback.spools import (
+from backorigin.writeback.proxyspools import (
     LEGACY_SPOOL,
     OWNER,
     SPOOLS,

@@ -9,7 +9,7 @@ import pytest
 from mitmproxy.test import tutils
 
 from backorigin.limits import STORE_ERROR_BODY_LIMIT
-from backorigin.s3.store import StoreClient
+from backorigin.s3.storeclient import StoreClient
 from tests.loopback import Loopback, server_context
 from tests.modes_support import make_test_ca
 

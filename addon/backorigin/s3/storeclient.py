@@ -1,7 +1,7 @@
-"""The store as a flow sees it: its endpoint, the upstream proxy and TLS verification mitmproxy
-uses for it, the host the client addressed; and `StoreClient`, which sends the client's own
-request to the store before mitmproxy does (the store still authorises: a SigV4 signature stays
-valid because nothing it covers changes).
+"""The store as a flow sees it: the upstream proxy and TLS verification mitmproxy uses for it, the
+host the client addressed; and `StoreClient`, which sends the client's own request to the store
+before mitmproxy does (the store still authorises: a SigV4 signature stays valid because nothing
+it covers changes).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import aiohttp
 from mitmproxy import ctx, http
 from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
-from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from backorigin import httpclient
 from backorigin.limits import STORE_ERROR_BODY_LIMIT
@@ -26,20 +25,6 @@ logger = logging.getLogger(__name__)
 _TIMEOUT = httpclient.timeout(connect=5.0, read=30.0)
 # Framing of a body the proxy does not send: a request sent without its body announces none.
 _NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect"})
-
-
-class StoreServerName:
-    """A child addon. In reverse mode with keep_host_header (SigV4 clients need it), mitmproxy
-    sends an HTTPS store the name the client used for the proxy (SNI) and checks the store's
-    certificate against it: a client that reaches the proxy by a name of its own would get 502
-    "hostname mismatch" on every request mitmproxy forwards. The store is sent its own name, as
-    mitmproxy does without keep_host_header; the Host header is left as the client sent it."""
-
-    def server_connect(self, data: ServerConnectionHookData) -> None:
-        mode = data.client.proxy_mode
-        if (isinstance(mode, ReverseMode) and mode.scheme == "https" and data.server.address == mode.address
-                and getattr(ctx.options, "keep_host_header", False)):
-            data.server.sni = mode.address[0]
 
 
 def upstream_verification(options: Any) -> bool | str:

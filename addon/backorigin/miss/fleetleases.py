@@ -7,12 +7,11 @@ from __future__ import annotations
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
-from backorigin.deletes.tombstones import StoreTombstones
-from backorigin.miss.addon import Mirroring
-from backorigin.miss.leases import owner_name
+from backorigin.miss.leases import Leases, owner_name
 from backorigin.miss.leasestore import DEFAULT_PLACE, LeasePlace, LeaseSettings
-from backorigin.options import parse_seconds
-from backorigin.writeback.spools import proxy_name
+from backorigin.options import declare, read_settings
+from backorigin.tombstones.tombstones import StoreTombstones
+from backorigin.writeback.proxyspools import proxy_name
 
 OPTIONS = ("backorigin_leases", "backorigin_lease_ttl", "backorigin_lease_wait")
 
@@ -27,8 +26,8 @@ def lease_place(where: str) -> LeasePlace | None:
 
 
 class FleetLeases:
-    def __init__(self, mirroring: Mirroring) -> None:
-        self.mirroring = mirroring
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -39,18 +38,10 @@ class FleetLeases:
             "the object is fetched and stored (for a store where the proxy may not create a bucket); 'off': each "
             "proxy fetches on its own.",
         )
-        loader.add_option(
-            "backorigin_lease_ttl", str, "30",
-            "Seconds a lease lasts unless its proxy renews it (every third of it, while it fetches and stores the "
-            "object): how long a proxy that was killed keeps other proxies waiting for an object.",
-        )
-        loader.add_option(
-            "backorigin_lease_wait", str, "30",
-            "Most seconds a miss waits for another proxy to fetch and store an object before it fetches it too.",
-        )
+        declare(LeaseSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
-        leases = self.mirroring.mirror.leases
+        leases = self.leases
         if leases.settings.owner and not {*OPTIONS, "listen_host", "listen_port", "mode"} & updated:
             return  # configured before, and nothing it depends on changed
         options = ctx.options
@@ -59,9 +50,4 @@ class FleetLeases:
         except ValueError as e:
             raise exceptions.OptionsError(f"backorigin_leases: {e} (give s3://BUCKET/PREFIX/, bucket or off)") from None
         owner = owner_name(proxy_name(options.mode, options.listen_host, options.listen_port))
-        leases.settings = LeaseSettings(
-            place,
-            ttl=parse_seconds("backorigin_lease_ttl", options.backorigin_lease_ttl),
-            wait=parse_seconds("backorigin_lease_wait", options.backorigin_lease_wait, zero_is_off=True),
-            owner=owner,
-        )
+        leases.settings = read_settings(LeaseSettings, options, place=place, owner=owner)

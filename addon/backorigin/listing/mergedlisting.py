@@ -15,7 +15,8 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
-from backorigin.listing.merge import Lister, Side, merged_listing
+from backorigin.listing.hiding import Hide
+from backorigin.listing.merge import Side, merged_listing
 from backorigin.listing.order import Learned, Order, reordered
 from backorigin.listing.request import ListingError, is_our_token, list_request
 from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order, without
@@ -25,13 +26,11 @@ from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.clients import shared_s3_client
 from backorigin.s3.reading import Reading
-from backorigin.s3.store import StoreClient, upstream_proxy, upstream_verification
+from backorigin.s3.storeclient import StoreClient, upstream_proxy, upstream_verification
 
 logger = logging.getLogger(__name__)
 
 NOT_S3_RETRY = 60.0  # seconds an origin that did not answer like S3 is left out before it is asked again
-# (bucket, base, order, an origin side's lister) -> that lister less the keys deleted through the proxy
-Tombstoned = Callable[[str, str, Order, Lister], Lister]
 
 
 class MergedListing:
@@ -39,11 +38,11 @@ class MergedListing:
     with a probe) and of each origin (learned from its pages), and the store client that asks
     whether the store lets the client list."""
 
-    def __init__(self, context: Context | None = None, tombstoned: Tombstoned | None = None,
+    def __init__(self, context: Context | None = None, tombstoned: Hide | None = None,
                  store_client: Callable[[str], Any] = shared_s3_client,
                  leases_under: Callable[[str], str | None] = lambda bucket: None) -> None:
         """`tombstoned(bucket, base, order, lister)`: an origin side's lister less the keys deleted
-        through the proxy, which origins do not list (deletes.tombstones.hide_tombstoned: it asks only
+        through the proxy, which origins do not list (listing.hiding.hide_in_force: it asks only
         about the keys listed); `store_client(endpoint)`: a boto3 client with the proxy's own credentials;
         `leases_under(bucket)`: the prefix of the bucket's own keys that are the fleet's leases
         (miss.leases), left out of the store's side."""
@@ -71,7 +70,7 @@ class MergedListing:
         if {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.store.verify = upstream_verification(ctx.options)
 
-    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def on_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A listing through the proxy, merged when its bucket has merged rules; anything else costs no coroutine."""
         context = self.context
         if not self.enabled or flow.request.method != "GET" or context is None or not context.acts(flow) or flow.response is not None:
@@ -110,7 +109,7 @@ class MergedListing:
             return self._store_orders[endpoint]
 
     async def sides(self, bucket: str, book: RuleBook, store_endpoint: str, request: http.Request,
-                    tombstoned: Tombstoned | None = None) -> list[Side]:
+                    tombstoned: Hide | None = None) -> list[Side]:
         """The store's side and the side of every merged rule's origin that answers like S3, in
         RuleNumber order (less the keys `tombstoned` leaves out); just the store's when no rule is merged.
         Each origin is read in the store's order: as it lists when its pages showed that is its order,
@@ -164,14 +163,14 @@ class MergedListing:
 
     async def answer(
         self, request: http.Request, book: RuleBook, reading: Reading, via: str | None = None,
-        tombstoned: Tombstoned | None = None,
+        tombstoned: Hide | None = None,
     ) -> http.Response | None:
         """The merged answer to a ListObjects(V2) request, or None: not a listing, no merged rule
         for its bucket, a continuation token that is not ours (the store's own), or the store did
         not let the client list (then mitmproxy sends the request on and the store answers it).
         Every page is answered only once the store let the client's own request through
         (`store_allows`): the store decides who may list, the proxy lists with its own credentials.
-        `via`: mitmproxy's upstream proxy (s3.store.upstream_proxy)."""
+        `via`: mitmproxy's upstream proxy (s3.storeclient.upstream_proxy)."""
         listed = list_request(request, reading)
         if listed is None or not any(_merged(rule) for rule in book.rules_for(listed.bucket)):
             return None
