@@ -29,7 +29,10 @@ import urllib.request
 from pathlib import Path
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
-from bench.services import Mitmdump, Nginx, Processes, log, origin_config, wait_for_port
+from bench.report import log
+from bench.services.mitmdump import Mitmdump
+from bench.services.nginx import Nginx, origin_config
+from bench.services.processes import Processes, wait_for_port
 from tests.support import REPO, mirror_rule, write_rules
 
 DASHBOARD = REPO / "docs" / "dashboard.json"

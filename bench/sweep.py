@@ -28,7 +28,7 @@ from pathlib import Path
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from bench.profile import summarise
-from bench.services import ensure_py_spy
+from bench.services.install import ensure_py_spy
 from tests.support import REPO, write_rules
 from tests.sweep_support import s3_origin_rule, start_s3_origin, stop_quickly
 

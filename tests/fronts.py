@@ -1,4 +1,4 @@
-"""nginx in the end-to-end tests (the bench's runner, bench.services.Nginx): a web-server origin
+"""nginx in the end-to-end tests (the bench's runner, bench.services.nginx.Nginx): a web-server origin
 serving a folder tree, which logs every request it answers, and a front that proxies a store or
 an S3 origin and hides its Server header, as a load balancer or a hardened nginx does."""
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backorigin.tools.embedded_store import free_ports
-from bench.services import NGINX_BASICS, Nginx, Processes
+from bench.services.nginx import NGINX_BASICS, Nginx
+from bench.services.processes import Processes
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from backorigin.tools.embedded_store import free_ports
-from bench.services import HTTP_COMMON, Nginx, Processes, nginx_binary
+from bench.services.nginx import HTTP_COMMON, Nginx, nginx_binary
+from bench.services.processes import Processes
 from tests.origin_server import sized_body
 
 

@@ -1,5 +1,5 @@
 """One origin fetch per fleet, measured: four proxies (mitmdump with the addon, default options) in
-front of one SigV4 SeaweedFS, behind nginx's stream balancer (bench.services, as `make bench`
+front of one SigV4 SeaweedFS, behind nginx's stream balancer (bench.services.nginx, as `make bench`
 runs it); the origin is nginx serving files, whose own access log counts the GETs. Twenty
 clients at once (aws s3 cp and boto3 download_file: a HEAD, then 8 MiB ranged GETs with If-Match)
 on one new 120 MiB key; a proxy killed (kill -9) mid-fill; a fill that outlasts its lease's time
@@ -24,17 +24,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from backorigin.miss.leases import LONGEST_PAUSE
 from backorigin.miss.leasestore import LeasePlace
 from backorigin.tools.embedded_store import free_ports
-from bench.services import (
+from bench.services.nginx import (
     STORE_LOG,
     STREAM_MODULE,
     Nginx,
-    Processes,
     StoreLog,
     balancer_config,
     counting_relay_config,
     nginx_binary,
     origin_config,
 )
+from bench.services.processes import Processes
 from tests.clients import Outcome, Target, aws_cp_file, boto3_client, boto3_download_file
 from tests.modes_support import ModeMitmdump
 from tests.support import mirror_rule, running_store, stored, wait_for, write_rules

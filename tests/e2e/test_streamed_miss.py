@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bench.services import Processes
+from bench.services.processes import Processes
 from tests.clients import (
     Outcome,
     Target,

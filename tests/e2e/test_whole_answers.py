@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from backorigin.tools.embedded_store import free_ports
-from bench.services import NGINX_BASICS, Nginx, Processes
+from bench.services.nginx import NGINX_BASICS, Nginx
+from bench.services.processes import Processes
 from tests.clients import (
     Outcome,
     Target,

@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from bench.run import NO_TARGET, GiB, Report, _stored_huge
-from bench.services import StoreLog, StoreRequest, counting_relay_config
+from bench.report import NO_TARGET, Report
+from bench.scenarios.largehit import _stored_huge
+from bench.services.nginx import StoreLog, StoreRequest, counting_relay_config
+from bench.stack import GiB
 
 
 def test_a_log_line_is_one_store_request_per_upstream_attempt() -> None:

@@ -1,28 +1,34 @@
-"""The package reads top-down: small modules, a thin addon class, and no import cycles between
-modules (imports made only for type checking count too)."""
+"""The package and the benchmarks read top-down: small modules, thin classes (the addon class above
+all), no import cycles between modules (imports made only for type checking count too), and in
+bench/ no long function either."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 from tests.support import REPO
 
 PACKAGE = REPO / "addon" / "backorigin"
+BENCH = REPO / "bench"
+TREES = {"addon": PACKAGE, "bench": BENCH}
 MAX_MODULE_LINES = 450
 MAX_ADDON_CLASS_LINES = 250
+MAX_BENCH_FUNCTION_LINES = 80
 
 
-def modules() -> dict[str, Path]:
+def modules(package: Path) -> dict[str, Path]:
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
 def imports(path: Path, known: set[str]) -> set[str]:
-    """The package's modules that `path` imports (`from backorigin.x import y` may name module x.y)."""
+    """The tree's modules that `path` imports (`from backorigin.x import y` may name module x.y)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -65,15 +71,27 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycles():
-    known = modules()
+def definitions(package: Path, kind: type[ast.AST] | tuple[type[ast.AST], ...]) -> dict[str, int]:
+    """Lines of every definition of `kind` in the tree, by module:name (nested ones too)."""
+    found = {}
+    for name, path in modules(package).items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and isinstance(node, kind):
+                found[f"{name}:{node.name}"] = (node.end_lineno or node.lineno) - node.lineno + 1
+    return found
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_no_import_cycles(tree: str):
+    known = modules(TREES[tree])
     graph = {name: imports(path, set(known)) - {name.rsplit(".", 1)[0] if path.name != "__init__.py" else ""}
              for name, path in known.items()}
     assert cycles(graph) == []
 
 
-def test_no_module_is_long():
-    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+@pytest.mark.parametrize("tree", TREES)
+def test_no_module_is_long(tree: str):
+    long = {name: n for name, path in modules(TREES[tree]).items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
     assert long == {}
 
 
@@ -81,6 +99,13 @@ def test_the_addon_class_is_thin():
     tree = ast.parse((PACKAGE / "addon.py").read_text())
     (addon,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "BackOrigin"]
     assert addon.end_lineno is not None and addon.end_lineno - addon.lineno + 1 < MAX_ADDON_CLASS_LINES
+
+
+def test_no_bench_class_or_function_is_long():
+    classes = {name: n for name, n in definitions(BENCH, ast.ClassDef).items() if n > MAX_ADDON_CLASS_LINES}
+    functions = {name: n for name, n in definitions(BENCH, (ast.FunctionDef, ast.AsyncFunctionDef)).items()
+                 if n > MAX_BENCH_FUNCTION_LINES}
+    assert (classes, functions) == ({}, {})
 
 
 def test_the_cycle_finder_finds_cycles():

@@ -69,7 +69,7 @@ class AddonState:
     tombstones: Callable[[], int | None]  # kept as they change; None: shared, not counted
     guard: OriginGuard  # the origins' 404s, limits and circuits (miss.guard)
     leases: Leases  # the turns taken with the fleet's other proxies (miss.leases)
-    set_aside: Mapping[str, int]  # live requests forwarded untouched, by reason (s3.stores)
+    set_aside: Mapping[str, int]  # live requests forwarded untouched, by reason (backorigin.stores)
 
 
 @dataclass(eq=False)  # registries key collectors by identity

@@ -146,3 +146,12 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+async def request_once(port: int, path: str, method: str = "GET", timeout: float = 120) -> Answer:
+    """One request on a connection of its own."""
+    connection = Connection(port)
+    try:
+        return await connection.request(method, path, timeout=timeout)
+    finally:
+        connection.close()

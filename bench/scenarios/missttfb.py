@@ -17,7 +17,7 @@ through its own mitmdump+addon in front of the store, from one nginx origin:
 
 Each round asks every kind once, on a new key (the write-backs of the round land before the
 next begins), then the hit; the figures are medians over the rounds. Run alone with
-`.venv/bin/python -m bench.missttfb [--rounds N]`.
+`.venv/bin/python -m bench.scenarios.missttfb [--rounds N]`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ from botocore.exceptions import ClientError
 
 from backorigin.limits import STREAM_LARGE_BODIES
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
-from bench import loadgen
-from bench.services import HTTP_COMMON, Mitmdump, Nginx, Processes, listen_ports, log
+from bench.load import client as loadgen
+from bench.report import log
+from bench.services.mitmdump import Mitmdump
+from bench.services.nginx import HTTP_COMMON, Nginx
+from bench.services.processes import Processes, listen_ports
 
 MiB = 1 << 20
 SIZES = (8 * MiB, 32 * MiB, 64 * MiB)
@@ -232,7 +235,7 @@ def add_rows(add: Add, measured: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.missttfb", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.scenarios.missttfb", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)

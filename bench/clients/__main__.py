@@ -1,0 +1,5 @@
+import sys
+
+from bench.clients.run import main
+
+sys.exit(main())
