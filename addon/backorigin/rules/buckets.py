@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-BUCKET_PLACEHOLDER = "${bucket}"
+from backorigin.s3.addressing import BUCKET_PLACEHOLDER
+
 # What validation puts in for ${bucket} to check the URL around it.
 SAMPLE_BUCKET = "bucket"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -65,15 +66,6 @@ def check_placeholders(url: str, allowed: bool = True) -> str:
 def fill_in(url: str, bucket: str) -> str:
     return url.replace(BUCKET_PLACEHOLDER, bucket)
 
-
-def host_bucket_base(endpoint: str) -> str | None:
-    """For an S3 endpoint whose host is ${bucket}.HOST (virtual-hosted style: each bucket at a
-    host of its own), the endpoint of HOST; None for any other endpoint."""
-    scheme, found, rest = endpoint.partition(_HOST_BUCKET)
-    return f"{scheme}://{rest}" if found and rest and BUCKET_PLACEHOLDER not in rest else None
-
-
-_HOST_BUCKET = f"://{BUCKET_PLACEHOLDER}."
 
 
 class PatternIndex:
