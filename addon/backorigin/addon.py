@@ -48,8 +48,8 @@ from backorigin.rules.targets import extra_headers, location
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, is_plain_object_call, is_signed
 from backorigin.s3.storeclient import StoreAnswer, client_facing, upstream_proxy, upstream_verification
-from backorigin.s3.stores import SetAsideLog, Stores
 from backorigin.s3.storeservername import StoreServerName
+from backorigin.stores import SetAsideLog, Stores
 from backorigin.ui.commands import Commands
 from backorigin.ui.decisionview import DecisionView
 from backorigin.ui.ledger import Ledger

@@ -19,9 +19,9 @@ from backorigin.s3.reading import Names, Reading, SentRequest, SetAside, as_reco
 @dataclass
 class Context:
     rules_file: RulesFile
-    names: Names = field(default_factory=Names)  # the stores and host names (s3.stores sets them)
+    names: Names = field(default_factory=Names)  # the stores and host names (backorigin.stores sets them)
     dry_run: bool = False
-    # told of each live request set aside (s3.stores logs and counts it)
+    # told of each live request set aside (backorigin.stores logs and counts it)
     set_aside: Callable[[SetAside], None] = lambda aside: None
     _readings: weakref.WeakKeyDictionary[http.Request, Reading | SetAside] = field(default_factory=weakref.WeakKeyDictionary)
 

@@ -26,7 +26,7 @@ from backorigin.rules.model import RuleBook, RulesError
 from backorigin.rules.rulesfile import RulesFile
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.reading import Aside, SetAside
-from backorigin.s3.stores import SetAsideLog, Stores
+from backorigin.stores import SetAsideLog, Stores
 from backorigin.tools.embedded_store import free_ports
 from backorigin.ui.commands import Commands
 from backorigin.ui.ledger import Ledger

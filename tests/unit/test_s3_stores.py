@@ -1,4 +1,4 @@
-"""The stores and names the options give (s3.stores.names_of), options that contradict each
+"""The stores and names the options give (backorigin.stores.names_of), options that contradict each
 other, the loop marker (miss.loop) and the proxy's own listeners (miss.addresses)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from backorigin.miss.addresses import RedirectRefused, checked_address, is_listener
 from backorigin.miss.loop import LoopMarker
-from backorigin.s3.stores import names_of
+from backorigin.stores import names_of
 
 
 def options(**given):

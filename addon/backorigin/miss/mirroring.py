@@ -16,7 +16,7 @@ from backorigin.limits import MAX_OBJECT_SIZE
 from backorigin.miss.mirror import Mirror
 from backorigin.miss.origin import Timeouts
 from backorigin.options import declare, option_names, parse_size, read_settings
-from backorigin.s3.stores import add_s3_endpoint_option
+from backorigin.stores import add_s3_endpoint_option
 from backorigin.writeback.proxyspools import SpoolInUse, claim, default_spool, describe, left_behind, proxy_name, release
 from backorigin.writeback.writebacksettings import WriteBackSettings
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from typing import Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import aiohttp
 from botocore.auth import S3SigV4Auth
@@ -324,11 +324,13 @@ class OriginClient:
     async def _follow(self, request: OriginRequest, first_url: str, sink: BodySink | None, deadline: asyncio.Timeout) -> OriginResult:
         method = "GET" if sink is not None else "HEAD"
         url = first_url
-        secure = urlsplit(first_url).scheme == "https"
+        first = _scheme_host_port(urlsplit(first_url))
         for _ in range(MAX_REDIRECTS + 1):
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
-            own = host in request.hosts and (parts.scheme == "https" or not secure)  # never the rule's headers over a downgrade
+            # the rule's headers and MirrorAuth only to the origin itself: the same scheme (never over
+            # a downgrade), host and port (another port of the host is another server)
+            own = host in request.hosts and _scheme_host_port(parts) == first
             marker = {LOOP_HEADER: self.marker.value(request.loop)}
             headers = {**dict(request.headers), **marker} if own else marker
             if own and parts.netloc != urlsplit(first_url).netloc:
@@ -439,3 +441,7 @@ class OriginClient:
         not_storable = f"the origin answered {status}" if status != 200 else check.mismatch()
         return found(body=b"".join(kept), not_storable=not_storable, size=check.size, md5=check.md5_base64,
                      etag=check.digests.value(), part_size=part_size)
+
+
+def _scheme_host_port(parts: SplitResult) -> tuple[str, str, int | None]:
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)

@@ -5,7 +5,9 @@ contain `${bucket}`, the name of the bucket a request is for. Pure.
 Which entry applies to a bucket: the entry of its exact name, else the pattern with the longest
 prefix that the name starts with. A pattern applies only to a name S3's naming rules allow (3 to 63
 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit, no '..', not an
-IP address), so what `${bucket}` puts into a URL is always safe there, in its host or its path.
+IP address), so what `${bucket}` puts into a URL is always safe there, in its path or as the first
+label of a host whose domain the rule fixes (`${bucket}.DOMAIN`); nowhere else in a host, where the
+name a client sends would choose the origin's host (loopback, link-local, any name).
 Looking an entry up costs at most one dictionary look-up per distinct prefix length (at most 63),
 whatever the number of entries.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-BUCKET_PLACEHOLDER = "${bucket}"
+from backorigin.s3.addressing import BUCKET_PLACEHOLDER
+
 # What validation puts in for ${bucket} to check the URL around it.
 SAMPLE_BUCKET = "bucket"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -50,21 +53,19 @@ def check_placeholders(url: str, allowed: bool = True) -> str:
         if found != BUCKET_PLACEHOLDER or not allowed:
             why = "only MirrorURL and MirrorURLSlave take ${bucket}" if found == BUCKET_PLACEHOLDER else "the one placeholder is ${bucket}"
             raise ValueError(f"{url!r}: {found!r}: {why}")
+    host = url.partition("://")[2].split("/", 1)[0]
+    first, dot, domain = host.partition(".")
+    if BUCKET_PLACEHOLDER in host and (first != BUCKET_PLACEHOLDER or not dot or BUCKET_PLACEHOLDER in domain
+                                       or not domain.split(":")[0].strip(".")):
+        raise ValueError(f"{url!r}: ${{bucket}} goes in the host only as its whole first label before a fixed domain "
+                         "(http(s)://${bucket}.DOMAIN[:PORT]/), or in the path: the bucket a client names must not "
+                         "choose the origin's host")
     return fill_in(url, SAMPLE_BUCKET)
 
 
 def fill_in(url: str, bucket: str) -> str:
     return url.replace(BUCKET_PLACEHOLDER, bucket)
 
-
-def host_bucket_base(endpoint: str) -> str | None:
-    """For an S3 endpoint whose host is ${bucket}.HOST (virtual-hosted style: each bucket at a
-    host of its own), the endpoint of HOST; None for any other endpoint."""
-    scheme, found, rest = endpoint.partition(_HOST_BUCKET)
-    return f"{scheme}://{rest}" if found and rest and BUCKET_PLACEHOLDER not in rest else None
-
-
-_HOST_BUCKET = f"://{BUCKET_PLACEHOLDER}."
 
 
 class PatternIndex:

@@ -15,9 +15,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 from mitmproxy import http
 
-from backorigin.rules.buckets import BUCKET_PLACEHOLDER, host_bucket_base
+from backorigin.rules.buckets import BUCKET_PLACEHOLDER
 from backorigin.rules.model import LOOP_HEADER, OriginCredentials, RoutingRule, is_protected_header
-from backorigin.s3.addressing import ObjectRef, is_store_parameter
+from backorigin.s3.addressing import ObjectRef, host_bucket_base, is_store_parameter
 
 # OSS adds a header for Alibaba Cloud CDN to AliCDN redirects but does not document its
 # name; ours is named for what it says, so CDN or client rules can act on it.

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backorigin.rules.buckets import SAMPLE_BUCKET, fill_in, host_bucket_base
+from backorigin.rules.buckets import SAMPLE_BUCKET, fill_in
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.plan import covering_mirror
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
-from backorigin.s3.addressing import ObjectRef
+from backorigin.s3.addressing import ObjectRef, host_bucket_base
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,17 @@ from enum import Enum
 
 from mitmproxy import http
 
+BUCKET_PLACEHOLDER = "${bucket}"  # a bucket's name in a rule's origin URL (rules.buckets)
+_HOST_BUCKET = f"://{BUCKET_PLACEHOLDER}."
+
+
+def host_bucket_base(endpoint: str) -> str | None:
+    """For an S3 endpoint whose host is ${bucket}.HOST (virtual-hosted style: each bucket at a
+    host of its own), the endpoint of HOST; None for any other endpoint."""
+    scheme, found, rest = endpoint.partition(_HOST_BUCKET)
+    return f"{scheme}://{rest}" if found and rest and BUCKET_PLACEHOLDER not in rest else None
+
+
 # Query parameters that turn an object URL into a different API call (ACL, tags,
 # multipart parts, a specific version...). Such GETs are never mirrored.
 SUBRESOURCES = frozenset(

@@ -21,7 +21,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from backorigin import xmlsafe
-from backorigin.rules.buckets import host_bucket_base
+from backorigin.s3.addressing import host_bucket_base
 
 
 @functools.cache

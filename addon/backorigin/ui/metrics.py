@@ -69,7 +69,7 @@ class AddonState:
     tombstones: Callable[[], int | None]  # kept as they change; None: shared, not counted
     guard: OriginGuard  # the origins' 404s, limits and circuits (miss.guard)
     leases: Leases  # the turns taken with the fleet's other proxies (miss.leases)
-    set_aside: Mapping[str, int]  # live requests forwarded untouched, by reason (s3.stores)
+    set_aside: Mapping[str, int]  # live requests forwarded untouched, by reason (backorigin.stores)
 
 
 @dataclass(eq=False)  # registries key collectors by identity
@@ -194,6 +194,8 @@ class WriteThroughCollector(Collector):
         for scope in ("lane", "key"):
             retries.add_metric([scope], outcomes.get(f"retry_{scope}", 0))
         yield synced
+        yield CounterMetricFamily("backorigin_writethrough_not_utf8", "Writes of keys that are not UTF-8 text, left out "
+                                  "of write-through (S3 keys are UTF-8)", value=outcomes.get("not_utf8", 0))
         yield retries
 
 

@@ -24,7 +24,9 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
+from backorigin.decision import printable
 from backorigin.deletes.deletes import ReadingBody, deleted_objects, read_as_it_passes
+from backorigin.miss.mirror import is_utf8
 from backorigin.options import declare, parse_seconds, read_settings
 from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
@@ -90,7 +92,7 @@ class WriteThrough:
     def on_requestheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects body is read as it passes (its keys), unless the deletes addon reads it already."""
         if self._deletes_many(flow) and not isinstance(flow.request.stream, ReadingBody):
-            flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})))
+            flow.request.stream = ReadingBody(ObjectsReader(frozenset({"Object"})), guard=True)
 
     def on_responseheaders(self, flow: http.HTTPFlow) -> None:
         """A DeleteObjects answer is read as it passes (its refused keys), and its end waits for the journal."""
@@ -130,7 +132,13 @@ class WriteThrough:
         endpoint = self.context.endpoint(flow.request)
         if endpoint is None:  # set aside (s3.reading): not a write the proxy can place
             return []
-        return [Change(endpoint, ref.bucket, ref.key, copy) for ref in refs if (copy := rules.origin_copy(book, ref)) is not None]
+        for ref in [ref for ref in refs if not is_utf8(ref.key)]:  # as a miss is not stored: S3 keys are UTF-8 text
+            logger.warning("write-through: s3://%s/%s is left out: the key is not UTF-8 text, which S3 keys are (the "
+                           "origin does not get this write)", ref.bucket, printable(ref.key))
+            if self.supervisor is not None:
+                self.supervisor.outcomes["not_utf8"] += 1
+        return [Change(endpoint, ref.bucket, ref.key, copy) for ref in refs
+                if is_utf8(ref.key) and (copy := rules.origin_copy(book, ref)) is not None]
 
     def _deleted_keys(self, flow: http.HTTPFlow, bucket: str) -> list[str]:
         """The keys a DeleteObjects named, less those its answer lists as <Error> (read as they
