@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
+from tests.origin_server import ScriptedOrigin
 from tests.support import Mitmdump
 from tests.sweep_support import ORIGIN_KEYS, start_s3_origin, stop_quickly
 
@@ -27,6 +28,14 @@ def s3_origin(tmp_path_factory):
     origin = start_s3_origin(tmp_path_factory.mktemp("sweep-origin"), ORIGIN_KEYS)
     yield origin
     stop_quickly(origin)
+
+
+@pytest.fixture(scope="module")
+def recording_origin():
+    """A scripted origin of the test file's own: its request log holds that file's requests only."""
+    origin = ScriptedOrigin().start()
+    yield origin
+    origin.stop()
 
 
 @pytest.fixture(scope="session")

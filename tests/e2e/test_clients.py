@@ -44,13 +44,6 @@ def signed_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def recording_origin():
-    origin = ScriptedOrigin().start()
-    yield origin
-    origin.stop()
-
-
-@pytest.fixture(scope="module")
 def clients_proxy(tmp_path_factory, signed_store, recording_origin):
     """The README's reverse-proxy command. keep_host_header: SigV4 signs Host. The store's
     keys in mitmdump's environment: write-backs sign with boto3's default credential chain."""

@@ -19,7 +19,7 @@ import requests
 from backorigin.tools.embedded_store import free_ports
 from tests.clients import VENV_BIN, clean_env, rclone_command
 from tests.modes_support import ModeMitmdump
-from tests.origin_server import ScriptedOrigin, body_for, elsewhere
+from tests.origin_server import body_for, elsewhere
 from tests.support import Mitmdump, http_get, mirror_rule, running_store, stored, wait_for, wait_stored, write_rules
 
 KEYS = ("readingmodeskey", "readingmodessecret")
@@ -30,13 +30,6 @@ BUCKET, PRIVATE = "h2-bucket", "private-bucket"
 def signed_store(tmp_path_factory):
     with running_store(tmp_path_factory.mktemp("reading-modes-store"), [BUCKET, PRIVATE], KEYS) as store:
         yield store
-
-
-@pytest.fixture(scope="module")
-def recording_origin():
-    origin = ScriptedOrigin().start()
-    yield origin
-    origin.stop()
 
 
 @pytest.fixture(scope="module")
