@@ -149,6 +149,14 @@ def test_an_undeclared_prefix_in_a_quiet_delete_is_read_and_the_key_stays_delete
     assert answer.status_code == 200 and len(deleted) == 1
 
 
+def test_a_key_asked_twice_in_a_quiet_delete_and_refused_once_stays_deleted(world):
+    """Each <Error> of a quiet answer refuses one entry: here the first (its ETag does not match),
+    while the second deleted the key (found by a second attacker round: no tombstone was left)."""
+    deleted, answer = check_one(world, '<Delete><Quiet>true</Quiet><Object><Key>{0}</Key><ETag>"0000"</ETag></Object>'
+                                       "<Object><Key>{0}</Key></Object></Delete>", STORE_KEYS)
+    assert answer.status_code == 200 and len(deleted) == 1, answer.text
+
+
 @pytest.mark.parametrize("template", [
     "<Delete><Quiet>true</Quiet><Object><Key>{0}</Key></Object></Delete>junk after the root",
     "text before the root<Delete><Quiet>true</Quiet><Object><Key>{0}</Key></Object></Delete>",

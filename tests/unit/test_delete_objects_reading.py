@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from backorigin.deletes.deletes import GUARD_HELD, ReadingBody
+from backorigin.deletes.bodies import GUARD_HELD, ReadingBody, not_refused
 from backorigin.xmlsafe import ObjectsReader, go_local_name
 
 
@@ -65,3 +65,18 @@ def test_an_unreadable_body_reaches_the_store_spoilt_before_its_end(body):
     for chunk in (5, 4096):
         out, stream = passed(body, chunk)
         assert stream.reader.failed and len(out) == len(body) and b"</Delete>" not in out and b"\0" in out
+
+
+@pytest.mark.parametrize("asked, errors, deleted", [
+    # a key asked twice, one entry refused (an ETag condition, say): the other deleted it
+    ([("dup", None), ("dup", None)], [("dup", None)], [("dup", None)]),
+    ([("dup", None), ("dup", None)], [("dup", None), ("dup", None)], []),
+    ([("a", None), ("b", None)], [("a", None)], [("b", None)]),
+    # an error naming a version refuses that version's entry only
+    ([("k", "v1"), ("k", None)], [("k", "v1")], [("k", None)]),
+    ([("k", "v1"), ("k", "v2")], [("k", "v2")], [("k", "v1")]),
+    # an error for a key nobody asked for refuses nothing
+    ([("a", None)], [("z", None)], [("a", None)]),
+])
+def test_each_error_of_a_quiet_answer_refuses_one_entry(asked, errors, deleted):
+    assert not_refused(asked, errors) == deleted

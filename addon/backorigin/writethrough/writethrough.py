@@ -25,7 +25,7 @@ from mitmproxy.addonmanager import Loader
 
 from backorigin.context import Context
 from backorigin.decision import printable
-from backorigin.deletes.deletes import ReadingBody, deleted_objects, read_as_it_passes
+from backorigin.deletes.bodies import ReadingBody, deleted_objects, read_as_it_passes
 from backorigin.miss.mirror import is_utf8
 from backorigin.options import declare, parse_seconds, read_settings
 from backorigin.rules import writethrough as rules
