@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from botocore.credentials import Credentials
 
 from backorigin.tombstones.journal import LocalTombstones
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
-from tests.support import wait_for
+from tests.support import wait_for, write_identities
 
 BUCKETS = ("pub", "priv", "mine")
 ADMIN = ("readingadmin", "readingadminsecret")  # the proxy's own credentials too
@@ -33,15 +32,10 @@ DOMAIN = "s3.test"
 def start_store(workdir: Path) -> EmbeddedStore:
     """SeaweedFS with virtual-hosted names under s3.test: anonymous may read pub, the user
     may read, write and list mine, the admin anything."""
-    config = workdir / "s3.json"
-    workdir.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps({"identities": [
-        {"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}],
-         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
-        {"name": "user", "credentials": [{"accessKey": USER[0], "secretKey": USER[1]}],
-         "actions": ["Read:mine", "Write:mine", "List:mine"]},
-        {"name": "anonymous", "actions": ["Read:pub"]},
-    ]}))
+    config = write_identities(workdir / "s3.json", ADMIN, {
+        "user": (USER, ["Read:mine", "Write:mine", "List:mine"]),
+        "anonymous": (None, ["Read:pub"]),
+    })
     store = EmbeddedStore(workdir / "data", free_ports(1, with_grpc=True)[0], *ADMIN,
                           extra_args=(f"-s3.domainName={DOMAIN}", f"-s3.config={config}"))
     store.start()

@@ -347,6 +347,21 @@ def book_of(bucket: str, rules: list[dict]):
 
 
 # `weed mini` makes a volume per bucket and has room for about 80 by default: these make room for thousands
+ADMIN_ACTIONS = ["Admin", "Read", "Write", "List", "Tagging"]
+
+
+def write_identities(path: Path, admin: tuple[str, str], others: dict[str, tuple[tuple[str, str] | None, list[str]]]) -> Path:
+    """A SeaweedFS `-s3.config` file: `admin` may do anything; each other identity (keys, or None
+    for anonymous clients) only its actions ("Read:bucket", "Write:bucket/prefix/*"...)."""
+    identities = [{"name": "admin", "credentials": [{"accessKey": admin[0], "secretKey": admin[1]}], "actions": ADMIN_ACTIONS}]
+    for name, (keys, actions) in others.items():
+        credentials = {"credentials": [{"accessKey": keys[0], "secretKey": keys[1]}]} if keys else {}
+        identities.append({"name": name, **credentials, "actions": actions})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"identities": identities}))
+    return path
+
+
 MANY_BUCKETS = ("-volume.max=0", "-master.volumeSizeLimitMB=4")
 
 

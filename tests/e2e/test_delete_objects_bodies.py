@@ -8,7 +8,6 @@ must not reach the store whole: nothing is deleted and the client gets 400 Malfo
 from __future__ import annotations
 
 import itertools
-import json
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ from hypothesis.control import currently_in_test_context
 from backorigin.tools.embedded_store import EmbeddedStore, free_ports
 from tests.e2e.test_reading import h2_first
 from tests.reading_support import signed, tombstoned
-from tests.support import stored
+from tests.support import stored, write_identities
 from tests.writethrough_support import ORIGIN_BUCKET, STORE_KEYS, Proxy, start_origin, write_through_rules
 
 BUCKET = "dob-bucket"
@@ -32,14 +31,10 @@ _count = itertools.count()
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dob")
-    config = workdir / "s3.json"
-    config.write_text(json.dumps({"identities": [
-        {"name": "admin", "credentials": [{"accessKey": STORE_KEYS[0], "secretKey": STORE_KEYS[1]}],
-         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
-        {"name": "prefixed", "credentials": [{"accessKey": PREFIXED[0], "secretKey": PREFIXED[1]}],
-         "actions": [f"Read:{BUCKET}/mine/*", f"Write:{BUCKET}/mine/*", f"List:{BUCKET}"]},
-        {"name": "anonymous", "actions": [f"Write:{BUCKET}/anonymous/*"]},  # a path SigV4 clients cannot sign
-    ]}))
+    config = write_identities(workdir / "s3.json", STORE_KEYS, {
+        "prefixed": (PREFIXED, [f"Read:{BUCKET}/mine/*", f"Write:{BUCKET}/mine/*", f"List:{BUCKET}"]),
+        "anonymous": (None, [f"Write:{BUCKET}/anonymous/*"]),  # a path SigV4 clients cannot sign
+    })
     store = EmbeddedStore(workdir / "store", free_ports(1, with_grpc=True)[0], *STORE_KEYS,
                           extra_args=(f"-s3.config={config}",))
     store.start()

@@ -41,6 +41,7 @@ from tests.support import (
     stored,
     wait_for,
     wait_stored,
+    write_identities,
     write_rules,
 )
 
@@ -486,15 +487,10 @@ OUTSIDER = ("outsiderkey", "outsidersecret")  # no Read on the bucket at all
 @pytest.fixture(scope="module")
 def auth_store(tmp_path_factory, stores):
     workdir = tmp_path_factory.mktemp("auth-store")
-    config = workdir / "s3.json"
-    config.write_text(json.dumps({"identities": [
-        {"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}],
-         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
-        {"name": "reader", "credentials": [{"accessKey": READER[0], "secretKey": READER[1]}],
-         "actions": ["Read:signed-bucket"]},
-        {"name": "outsider", "credentials": [{"accessKey": OUTSIDER[0], "secretKey": OUTSIDER[1]}],
-         "actions": ["Read:some-other-bucket"]},
-    ]}))
+    config = write_identities(workdir / "s3.json", ADMIN, {
+        "reader": (READER, ["Read:signed-bucket"]),
+        "outsider": (OUTSIDER, ["Read:some-other-bucket"]),
+    })
     store = start_store(stores, EmbeddedStore(
         workdir / "data", free_ports(1, with_grpc=True)[0], *ADMIN, extra_args=(f"-s3.config={config}",)))
     store.create_buckets(["signed-bucket"])
