@@ -211,7 +211,7 @@ class Deletes:
         finally:
             self._release(held)
         written = self.context.object(flow) if succeeded and kind is WriteKind.CREATE else None
-        if written and (endpoint := self.context.endpoint(flow.request)) is not None:
+        if written and self.undoing and (endpoint := self.context.endpoint(flow.request)) is not None:
             self.undoing.written((endpoint, written.bucket, written.key))
         if written and await self.is_deleted(written):
             await asyncio.to_thread(self.in_force.tombstones.discard, written.bucket, written.key)
