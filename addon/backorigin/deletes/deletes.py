@@ -320,10 +320,12 @@ class Deletes:
 async def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey], since: float) -> None:
     """The deleted keys' fills are never stored and their write-backs are withdrawn; one that
     landed since the delete went out (it was uploading) is deleted again while its tombstone
-    stands. In the background: no client waits for an upload."""
-    for endpoint, bucket, key in keys:
-        landed = await mirror.forget((endpoint, bucket, key), since)
-        if landed and await is_tombstoned(tombstones, bucket, key):
+    stands. In the background: no client waits for an upload. Every key's write-backs are withdrawn
+    at once (one key at a time, each waiting for the worker, let the worker start the later keys'
+    uploads meanwhile)."""
+    landed = await asyncio.gather(*(mirror.forget(key, since) for key in keys))
+    for (endpoint, bucket, key), stored in zip(keys, landed, strict=True):
+        if stored and await is_tombstoned(tombstones, bucket, key):
             logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)
             try:
                 await asyncio.to_thread(shared_s3_client(endpoint).delete_object, Bucket=bucket, Key=key)
