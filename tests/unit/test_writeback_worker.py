@@ -92,3 +92,23 @@ async def test_an_upload_under_way_goes_on_when_held(tmp_path):
     await worker.until(1)
     assert worker.reports == [(running.stem, "stored")]
     await worker.writeback.drain(1)
+
+
+async def test_a_shutdown_counts_the_deferred_and_held_write_backs_it_leaves_spooled(tmp_path, caplog):
+    """The store is unreachable: a write-back that has given up for now (deferred) is no longer
+    uploading, yet stays spooled; so does a held one. The shutdown says how many stay."""
+    worker = Worker(tmp_path / "spool")
+
+    def unreachable(upload: ObjectUpload, body: Path, wanted) -> str:
+        raise ConnectionRefusedError("nothing listens")
+
+    worker.writeback._upload = unreachable  # type: ignore[assignment]
+    deferred = worker.spool("deferred")
+    await worker.until(1)
+    assert worker.reports == [(deferred.stem, "deferred")]
+    held = worker.spool("held")
+    worker.writeback.hold(held)
+    caplog.set_level("WARNING")
+    await worker.writeback.drain(0.1)
+    assert "2 write-back(s) still pending" in caplog.text
+    assert deferred.exists() and held.exists()

@@ -317,13 +317,16 @@ class Deletes:
         return [(ref, only_version) for ref, only_version in refs if covered_by_mirror(self.context.rulebook, ref)]
 
 
-async def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey], since: float) -> None:
-    """The deleted keys' fills are never stored and their write-backs are withdrawn; one that
-    landed since the delete went out (it was uploading) is deleted again while its tombstone
-    stands. In the background: no client waits for an upload. Every key's write-backs are withdrawn
-    at once (one key at a time, each waiting for the worker, let the worker start the later keys'
-    uploads meanwhile)."""
-    landed = await asyncio.gather(*(mirror.forget(key, since) for key in keys))
+def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey], since: float) -> Awaitable[None]:
+    """The deleted keys' fills are never stored and their write-backs are withdrawn, now, before
+    the client has its answer (told later, the worker may start them meanwhile); one that landed
+    since the delete went out (it was uploading) is deleted again while its tombstone stands, in
+    the awaitable returned, run in the background: no client waits for an upload."""
+    return _delete_again(keys, [mirror.forget(key, since) for key in keys], tombstones)
+
+
+async def _delete_again(keys: list[ObjectKey], withdrawals: list[Awaitable[bool]], tombstones: Tombstones) -> None:
+    landed = await asyncio.gather(*withdrawals)
     for (endpoint, bucket, key), stored in zip(keys, landed, strict=True):
         if stored and await is_tombstoned(tombstones, bucket, key):
             logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)

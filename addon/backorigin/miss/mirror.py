@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from backorigin.decision import Action, Decision, Outcome
@@ -267,17 +267,17 @@ class Mirror:
         fill.path = self.writeback.spool.body_of(fill.manifest)
         return "queued"
 
-    async def forget(self, key: ObjectKey, since: float) -> bool:
+    def forget(self, key: ObjectKey, since: float) -> Awaitable[bool]:
         """The object was deleted through the proxy (the store said yes to a delete sent at `since`,
-        a time.time()): no fill or write-back of it may recreate it. Clients already reading a fill
-        still get their bytes. True when a write-back of it was stored since (the delete may have
-        come first: the caller deletes the object again)."""
+        a time.time()): from now on no fill or write-back of it may recreate it. Clients already
+        reading a fill still get their bytes. Its result: whether a write-back of it was stored
+        since (the delete may have come first: the caller deletes the object again)."""
         self.known.discard(key)
         fill = self.fills.get(key)
         if fill is not None:
             self.objects.drop(fill)
             fill.deleted = True
-        return await self.writeback.withdraw(key, since)
+        return self.writeback.withdraw(key, since)
 
     async def shutdown(self, timeout: float) -> None:
         for claim in self._claims.values():

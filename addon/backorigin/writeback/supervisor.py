@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -103,15 +103,19 @@ class WriteBackSupervisor:
         del self._held[key]
         self._send_each(key, "release")
 
-    async def withdraw(self, key: ObjectKey, since: float = 0.0) -> bool:
+    def withdraw(self, key: ObjectKey, since: float = 0.0) -> Awaitable[bool]:
         """The object was deleted (by a delete sent at `since`, a time.time()): none of its
-        write-backs may land. Returns once the worker has unspooled each one that had not started,
-        or finished uploading it (a caller that must not wait runs it in the background); True when
-        one was stored since (then the proxy deletes the object again)."""
+        write-backs may land. The worker is told now, before the caller answers its client; the
+        result is done once the worker has unspooled each one that had not started, or finished
+        uploading it (a caller that must not wait awaits it in the background); True when one was
+        stored since (then the proxy deletes the object again)."""
         waiting = []
         for manifest in list(self._by_object.get(key, ())):
             self.process.send({"withdraw": str(manifest)}, keep=True)
             waiting.append(self._pending[manifest][1])
+        return self._withdrawn(key, since, waiting)
+
+    async def _withdrawn(self, key: ObjectKey, since: float, waiting: list[asyncio.Future[WriteBackOutcome]]) -> bool:
         await asyncio.gather(*(asyncio.shield(ended) for ended in waiting))
         return any(ended.result() == "stored" for ended in waiting) or self._stored.get(key, 0.0) >= since
 

@@ -165,15 +165,17 @@ class WriteBack:
         self.report(manifest, outcome, "")
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for pending uploads; what is left stays spooled."""
+        """Wait up to `timeout` seconds for pending uploads; what is left (deferred and held ones
+        too) stays spooled."""
+        unfinished: set[asyncio.Future[WriteBackOutcome]] = set()
         if self._pending:
             logger.info("waiting up to %gs for %d pending write-back(s)", timeout, len(self._pending))
             _, unfinished = await asyncio.wait([asyncio.wrap_future(f) for f, _ in self._pending.values()], timeout=timeout)
-            if unfinished:
-                logger.warning(
-                    "%d write-back(s) still pending; they stay in %s and resume at the next start",
-                    len(unfinished), self.spool.directory,
-                )
+        with self._deferred_lock:
+            left = len(unfinished) + len(self._deferred) + len(self._parked)
+        if left:
+            logger.warning("%d write-back(s) still pending; they stay in %s and resume at the next start",
+                           left, self.spool.directory)
         self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
