@@ -24,6 +24,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 GRPC_OFFSET = 10000
+VOLUME_SIZE_MB = 64
 _SERVICES = ("s3", "master", "volume", "filer", "admin")
 
 
@@ -86,6 +87,10 @@ class EmbeddedStore:
             weed_binary(), "mini", f"-dir={self.data_dir}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # each bucket takes a volume of its own; left to itself, mini sizes volumes from the free
+            # disk (1 GiB each with 15 GB free) and allows free disk / size of them: a few dozen
+            # buckets, then "No writable volumes and no free volumes left" (extra_args may override)
+            f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}",
             *(f"-{name}.port={port}" for name, port in ports.items()),
             *self.extra_args,
         ]
