@@ -25,6 +25,7 @@ from functools import partial
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from backorigin.backoriginsettings import BackOriginSettings
 from backorigin.context import Context
 from backorigin.decider import Decided, Decider, settled
 from backorigin.decision import METADATA_KEY, Action, Decision, Outcome, Recorder, set_aside_recorded
@@ -38,7 +39,7 @@ from backorigin.miss.fleetleases import FleetLeases
 from backorigin.miss.mirroring import Mirroring
 from backorigin.miss.originprotection import OriginProtection
 from backorigin.miss.probe import StoreProbe, answer_from_store
-from backorigin.options import GivenOnce, check_choice
+from backorigin.options import GivenOnce, declare, read_settings
 from backorigin.parts import Parts
 from backorigin.rules import plan
 from backorigin.rules.model import LOOP_HEADER, RuleBook, RulesError
@@ -57,7 +58,6 @@ from backorigin.ui.metrics import AddonState, MetricsEndpoint
 from backorigin.writethrough.writethrough import WriteThrough
 
 logger = logging.getLogger(__name__)
-HEAD_ON_MISS = ("object", "oss")
 READS = ("GET", "HEAD")
 # mitmproxy sets the root logger to DEBUG and turns every record into an event on its loop:
 # the HTTP and AWS libraries' dozens of DEBUG records per request would cost more than the work
@@ -69,7 +69,7 @@ class BackOrigin:
     def __init__(self) -> None:
         """The shared parts first (backorigin.parts), then each child with what it uses, in the
         order mitmproxy calls them."""
-        self._private_origins_ok = False
+        self.settings = BackOriginSettings()
         self.rules_file = RulesFile(check=self._check_rules)
         set_aside = SetAsideLog()
         self.context = Context(self.rules_file, set_aside=set_aside.note)
@@ -94,15 +94,14 @@ class BackOrigin:
                        Commands(self.context, self.recorder.stats, parts.writeback, parts.tombstones), GivenOnce()]
 
     def load(self, loader: Loader) -> None:
-        add_options(loader)
+        declare(BackOriginSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options  # read once here, not per flow: an option read copies its value every time
-        self.context.dry_run = options.backorigin_dry_run
-        self.recorder.debug_header = options.backorigin_debug_header
-        self.decider.mirror_heads = check_choice("backorigin_head_on_miss", options.backorigin_head_on_miss, HEAD_ON_MISS) == "object"
-        self.decider.denied_is_miss = options.backorigin_403_is_miss
-        self._private_origins_ok = options.backorigin_403_is_miss_private_origins
+        self.settings = settings = read_settings(BackOriginSettings, options)
+        self.context.dry_run, self.recorder.debug_header = settings.dry_run, settings.debug_header
+        self.decider.mirror_heads = settings.head_on_miss == "object"
+        self.decider.denied_is_miss = settings.denied_is_miss
         try:
             self._check_rules(self.context.rulebook)
         except RulesError as e:
@@ -112,7 +111,7 @@ class BackOrigin:
 
     def _check_rules(self, book: RuleBook) -> None:
         """What this addon's options require of the rules (the rules file checks each new book with it)."""
-        if self.decider.denied_is_miss and not self._private_origins_ok:
+        if self.decider.denied_is_miss and not self.settings.private_origins:
             plan.refuse_private_origins(book)
 
     def _rules_tried(self, flow: http.HTTPFlow, decided: Decision) -> list[str]:
@@ -329,29 +328,6 @@ async def _awaited_in_order(pending: Awaitable[None], rest: tuple[Callable[[], A
     for part in rest:
         if (more := part()) is not None:
             await more
-
-
-def add_options(loader: Loader) -> None:
-    """BackOrigin's own options: how a GET/HEAD of an object is decided."""
-    loader.add_option(
-        "backorigin_head_on_miss", str, "object",
-        "HEAD of a missing object: 'object' answers it as the object will answer (it is fetched and stored), "
-        "for S3 tools that HEAD before they GET; 'oss' answers 404 unless the rule has MirrorAllowHeadObject.",
-        choices=HEAD_ON_MISS,
-    )
-    loader.add_option(
-        "backorigin_403_is_miss", bool, False,
-        "Treat a GET's 403 AccessDenied as a miss once a HEAD with the proxy's own credentials finds no object "
-        "(stores answer 403 instead of 404 to callers without ListBucket).",
-    )
-    loader.add_option(
-        "backorigin_403_is_miss_private_origins", bool, False,
-        "With backorigin_403_is_miss, allow Mirror rules that reach a private origin (MirrorAuth, or any "
-        "MirrorHeaders.Set, such as a token): anyone the store denies then gets the private origin's objects. "
-        "Refused unless this says so.",
-    )
-    loader.add_option("backorigin_dry_run", bool, False, "Decide and annotate only: never contact the origin, never store.")
-    loader.add_option("backorigin_debug_header", bool, False, "Add an x-backorigin header with the decision to answers.")
 
 
 def refuse_loop(flow: http.HTTPFlow, looped: ObjectRef) -> Decision:

@@ -1,14 +1,15 @@
 """Options declared once per subsystem, as fields of its settings dataclass (as s3transfer's
-TransferConfig): each field made by `seconds`, `size`, `count` or `flag` names its option, its
-help and how its value reads, so the option's declaration (`declare`), its validation and the
-settings themselves (`read_settings`), and the options reference in the docs all come from it.
-Seconds and sizes are given as text (mitmproxy's --set parses no floats)."""
+TransferConfig): each field made by `seconds`, `size`, `count`, `flag`, `choice`, `text`,
+`optional_text`, `texts` or `optional_port` names its option, its help and how its value reads,
+so the option's declaration (`declare`), its validation and the settings themselves
+(`read_settings`), and the options reference in the docs all come from it. Seconds and sizes
+are given as text (mitmproxy's --set parses no floats)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from mitmproxy import exceptions
 from mitmproxy.addonmanager import Loader
@@ -22,9 +23,10 @@ OPTION = "backorigin_option"  # the key of a settings field's Option in its meta
 class Option:
     name: str
     help: str
-    typespec: type
+    typespec: Any  # as mitmproxy types options (a type, Optional[...] or Sequence[str])
     default: Any  # as mitmproxy holds it (seconds and sizes as text)
     read: Callable[[Any], Any]  # the option's value -> the field's, OptionsError naming the option when it is bad
+    choices: tuple[str, ...] | None = None  # shown by mitmproxy (help, console), checked by `read`
 
 
 def seconds(name: str, default: float, help: str, zero_is_off: bool = False) -> Any:
@@ -37,8 +39,10 @@ def size(name: str, default: str, help: str) -> Any:
         name, help, str, default, lambda text: parse_size(name, text))})
 
 
-def count(name: str, default: int, help: str, least: int = 1, zero_means: str = "") -> Any:
+def count(name: str, default: int, help: str, least: int = 1, zero_means: str = "", most: int | None = None) -> Any:
     def read(value: int) -> int:
+        if most is not None and not least <= value <= most:
+            raise exceptions.OptionsError(f"{name}: {value} is outside {least}..{most}")
         if value < least:
             raise exceptions.OptionsError(f"{name}: must be 0 ({zero_means}) or more" if zero_means else
                                           f"{name}: must be at least {least}")
@@ -48,6 +52,35 @@ def count(name: str, default: int, help: str, least: int = 1, zero_means: str = 
 
 def flag(name: str, default: bool, help: str) -> Any:
     return field(default=default, metadata={OPTION: Option(name, help, bool, default, bool)})
+
+
+def choice(name: str, default: str, choices: tuple[str, ...], help: str) -> Any:
+    return field(default=default, metadata={OPTION: Option(
+        name, help, str, default, lambda value: check_choice(name, value, choices), choices)})
+
+
+def text(name: str, default: str, help: str, read: Callable[[str], Any] = str) -> Any:
+    """Text; with `read`, what the field holds is made from it (`read` raises OptionsError naming the option)."""
+    return field(default=read(default), metadata={OPTION: Option(name, help, str, default, read)})
+
+
+def optional_text(name: str, help: str) -> Any:
+    """Text, or None (the default) when not given."""
+    return field(default=None, metadata={OPTION: Option(name, help, Optional[str], None, lambda value: value)})
+
+
+def texts(name: str, help: str) -> Any:
+    """A list of texts (repeatable with --set), none by default; the field holds a tuple."""
+    return field(default=(), metadata={OPTION: Option(name, help, Sequence[str], [], tuple)})
+
+
+def optional_port(name: str, help: str) -> Any:
+    """A TCP port, or None (the default): off."""
+    def read(port: int | None) -> int | None:
+        if port is not None and not 0 <= port <= 65535:
+            raise exceptions.OptionsError(f"{name}: {port} is not a port (0..65535)")
+        return port
+    return field(default=None, metadata={OPTION: Option(name, help, Optional[int], None, read)})
 
 
 def _options(settings: type) -> Iterable[tuple[str, Option]]:
@@ -60,7 +93,7 @@ def declare(settings: type, loader: Loader) -> None:
     """The options of `settings`' fields, as mitmproxy options (a child that reads some of them
     declares them all: mitmproxy takes a declaration made again with the same signature)."""
     for _, option in _options(settings):
-        loader.add_option(option.name, option.typespec, option.default, option.help)
+        loader.add_option(option.name, option.typespec, option.default, option.help, option.choices)
 
 
 def option_names(settings: type) -> frozenset[str]:
