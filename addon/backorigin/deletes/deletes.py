@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Optional
+from dataclasses import dataclass
 
 import botocore.exceptions
 from mitmproxy import ctx, exceptions, http
@@ -33,7 +33,7 @@ from backorigin.context import Context
 from backorigin.deletes.bodies import ReadingBody, deleted_objects, read_as_it_passes, refuse_unread
 from backorigin.deletes.undoing import Undoing
 from backorigin.miss.mirror import Mirror
-from backorigin.options import check_choice, declare
+from backorigin.options import choice, declare, optional_text, read_settings
 from backorigin.rules.plan import covered_by_mirror
 from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectKey, ObjectRef, WriteKind, write_kind
@@ -62,6 +62,19 @@ LOGGED_KEYS = 5  # of a DeleteObjects' tombstones, named in its log line (the re
 Refuse = Callable[[http.HTTPFlow, replies.Reply], Awaitable[None]]  # answer a flow whose body is on its way
 
 
+@dataclass(frozen=True)
+class DeleteSettings:
+    deletes: str = choice(
+        "backorigin_deletes", "stick", DELETES,
+        "'stick': a DeleteObject/DeleteObjects through the proxy leaves a tombstone, so the key is never mirrored "
+        "again until a PUT, CopyObject or CompleteMultipartUpload of it; 'resurrect': OSS's behaviour (the next "
+        "GET mirrors it back).")
+    tombstones: str | None = optional_text(
+        "backorigin_tombstones",
+        "Where tombstones live: default a folder beside the spool (one proxy); s3://BUCKET/PREFIX/ keeps them "
+        "in the store (written create-only), shared by every proxy in front of it.")
+
+
 class Deletes:
     def __init__(self, context: Context, mirror: Mirror, in_force: TombstonesInForce, refuse: Refuse) -> None:
         """`mirror`: its fills and write-backs are forgotten when their object is deleted; `in_force`:
@@ -82,22 +95,11 @@ class Deletes:
 
     def load(self, loader: Loader) -> None:
         declare(WriteBackSettings, loader)  # backorigin_spool_fsync: the tombstones beside the spool follow it
-        loader.add_option(
-            "backorigin_deletes", str, "stick",
-            "'stick': a DeleteObject/DeleteObjects through the proxy leaves a tombstone, so the key is never mirrored "
-            "again until a PUT, CopyObject or CompleteMultipartUpload of it; 'resurrect': OSS's behaviour (the next "
-            "GET mirrors it back).",
-            choices=DELETES,
-        )
-        loader.add_option(
-            "backorigin_tombstones", Optional[str], None,  # type: ignore[arg-type]
-            "Where tombstones live: default a folder beside the spool (one proxy); s3://BUCKET/PREFIX/ keeps them "
-            "in the store (written create-only), shared by every proxy in front of it.",
-        )
+        declare(DeleteSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
-        options = ctx.options
-        stick = check_choice("backorigin_deletes", options.backorigin_deletes, DELETES) == "stick"
+        settings = read_settings(DeleteSettings, ctx.options)
+        stick = settings.deletes == "stick"
         stores = self.context.names.stores
         self.store = store = stores[0].address if len(stores) == 1 else None  # tombstones in the store: the one store's
         writeback = self.mirror.writeback
@@ -105,14 +107,14 @@ class Deletes:
         tombstones = self.in_force.tombstones if self.in_force.opened else None
         if tombstones is None or {"backorigin_tombstones", "backorigin_spool_dir", "confdir"} & updated:
             try:
-                tombstones = open_tombstones(options.backorigin_tombstones, spool / "tombstones", store,
-                                             fsync=options.backorigin_spool_fsync)
+                tombstones = open_tombstones(settings.tombstones, spool / "tombstones", store,
+                                             fsync=read_settings(WriteBackSettings, ctx.options).fsync)
             except TombstonesError as e:
                 raise exceptions.OptionsError(f"backorigin_tombstones: {e}") from None
             assert tombstones is not None  # there is a default folder
-        self.in_force.use(tombstones, options.backorigin_tombstones or str(spool / "tombstones"), stick)
+        self.in_force.use(tombstones, settings.tombstones or str(spool / "tombstones"), stick)
         # the write-back worker checks tombstones before every upload, where they live
-        writeback.tombstones = (options.backorigin_tombstones, store) if stick else None
+        writeback.tombstones = (settings.tombstones, store) if stick else None
 
     def running(self) -> None:
         """Deletes a crash left on their way are resolved in the background (tombstones.tombstones.resolve_pending)."""

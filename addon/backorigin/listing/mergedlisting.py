@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
@@ -20,6 +21,7 @@ from backorigin.listing.merge import Side, merged_listing
 from backorigin.listing.order import Learned, Order, reordered
 from backorigin.listing.request import ListingError, is_our_token, list_request
 from backorigin.listing.sources import boto3_pages, in_order, not_s3, origin_s3_client, origin_side, probe_order, without
+from backorigin.options import declare, flag, read_settings
 from backorigin.rules.model import RoutingRule, RuleBook
 from backorigin.rules.targets import NotAnS3Origin, OriginBucket
 from backorigin.s3 import replies
@@ -31,6 +33,14 @@ from backorigin.s3.storeclient import StoreClient, upstream_proxy, upstream_veri
 logger = logging.getLogger(__name__)
 
 NOT_S3_RETRY = 60.0  # seconds an origin that did not answer like S3 is left out before it is asked again
+
+
+@dataclass(frozen=True)
+class ListingSettings:
+    merged: bool = flag(
+        "backorigin_merged_listing", False,
+        "ListObjects(V2) through the proxy also list the objects of Mirror rules whose origin is an S3 bucket "
+        "(MirrorURL http(s)://host/BUCKET/[PREFIX/], public or MirrorAuth), merged into the bucket's listing.")
 
 
 class MergedListing:
@@ -59,14 +69,10 @@ class MergedListing:
         self._not_s3: dict[str, float] = {}  # origin endpoint/bucket -> when it last did not answer like S3
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "backorigin_merged_listing", bool, False,
-            "ListObjects(V2) through the proxy also list the objects of Mirror rules whose origin is an S3 bucket "
-            "(MirrorURL http(s)://host/BUCKET/[PREFIX/], public or MirrorAuth), merged into the bucket's listing.",
-        )
+        declare(ListingSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
-        self.enabled = ctx.options.backorigin_merged_listing
+        self.enabled = read_settings(ListingSettings, ctx.options).merged
         if {"ssl_insecure", "ssl_verify_upstream_trusted_ca"} & updated:
             self.store.verify = upstream_verification(ctx.options)
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
+from backorigin.options import count, declare, option_names, read_settings, text
 from backorigin.rules.model import DEFAULT_MAX_RULES, MAX_RULES_CEILING, RuleBook, RulesError
 from backorigin.rules.parsing import load_rules
 
@@ -28,28 +30,31 @@ def modified_at(path: Path) -> float:
         return 0.0
 
 
+@dataclass(frozen=True)
+class RulesSettings:
+    path: str = text("backorigin_rules", "rules.json",
+                     "Path of the rules file (OSS RoutingRule names, JSON); reloaded when it changes.")
+    max_rules: int = count(
+        "backorigin_max_rules", DEFAULT_MAX_RULES,
+        f"Most rules a bucket may have (OSS: 5 in the documents we follow, up to {MAX_RULES_CEILING}).",
+        most=MAX_RULES_CEILING)
+
+
 class RulesFile:
     def __init__(self, check: Callable[[RuleBook], None] = lambda book: None) -> None:
         """`check(book)`: what other addons require of the rules with their options (RulesError when not met)."""
         self.rulebook = RuleBook(source="", buckets={})
+        self.settings = RulesSettings()
         self.check = check
         self._mtime = 0.0
         self._watcher: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("backorigin_rules", str, "rules.json",
-                          "Path of the rules file (OSS RoutingRule names, JSON); reloaded when it changes.")
-        loader.add_option(
-            "backorigin_max_rules", int, DEFAULT_MAX_RULES,
-            f"Most rules a bucket may have (OSS: 5 in the documents we follow, up to {MAX_RULES_CEILING}).",
-        )
+        declare(RulesSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
-        if "backorigin_max_rules" in updated and not 1 <= ctx.options.backorigin_max_rules <= MAX_RULES_CEILING:
-            raise exceptions.OptionsError(
-                f"backorigin_max_rules: {ctx.options.backorigin_max_rules} is outside 1..{MAX_RULES_CEILING}"
-            )
-        if {"backorigin_rules", "backorigin_max_rules"} & updated:
+        self.settings = read_settings(RulesSettings, ctx.options)
+        if option_names(RulesSettings) & updated:
             try:
                 self._read()
             except RulesError as e:
@@ -68,12 +73,12 @@ class RulesFile:
         try:
             self._read()
         except RulesError as e:
-            self._mtime = modified_at(Path(ctx.options.backorigin_rules))  # report a bad edit once
+            self._mtime = modified_at(Path(self.settings.path))  # report a bad edit once
             logger.error("rules not reloaded, the previous rules stay in force:\n%s", e)
 
     def _read(self) -> None:
-        path = Path(ctx.options.backorigin_rules)
-        book = load_rules(path, ctx.options.backorigin_max_rules)
+        path = Path(self.settings.path)
+        book = load_rules(path, self.settings.max_rules)
         self.check(book)
         self.rulebook = book
         self._mtime = modified_at(path)
@@ -84,6 +89,6 @@ class RulesFile:
     async def _watch_forever(self) -> None:
         while True:
             await asyncio.sleep(CHECK_EVERY)
-            modified = modified_at(Path(ctx.options.backorigin_rules))
+            modified = modified_at(Path(self.settings.path))
             if modified and modified != self._mtime:  # 0.0: being replaced; look again next time
                 self.reload()

@@ -7,14 +7,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mitmproxy import ctx
 from mitmproxy.addonmanager import Loader
 
 from backorigin.decision import Action, Decision
+from backorigin.options import declare, optional_text, read_settings
 from backorigin.s3.clients import store_has
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    path: str | None = optional_text("backorigin_ledger", "Append every matched miss to this JSON-lines file.")
 
 
 class Ledger:
@@ -28,12 +35,12 @@ class Ledger:
         self.tombstones_at = tombstones_at
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("backorigin_ledger", Optional[str], None,  # type: ignore[arg-type]
-                          "Append every matched miss to this JSON-lines file.")
+        declare(LedgerSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
         if "backorigin_ledger" in updated:
-            self.path = Path(ctx.options.backorigin_ledger).expanduser() if ctx.options.backorigin_ledger else None
+            given = read_settings(LedgerSettings, ctx.options).path
+            self.path = Path(given).expanduser() if given else None
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
 

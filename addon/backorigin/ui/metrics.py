@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 from wsgiref.simple_server import WSGIServer
 
 from mitmproxy import ctx, exceptions
@@ -28,6 +27,7 @@ from backorigin.decision import Stats
 from backorigin.miss.guard import Circuit, OriginGuard
 from backorigin.miss.leases import Leases
 from backorigin.miss.origin import OriginResult
+from backorigin.options import declare, optional_port, read_settings, text
 from backorigin.s3.reading import Aside
 from backorigin.writeback.proxyspools import OWNER
 from backorigin.writeback.supervisor import WriteBackSupervisor
@@ -263,6 +263,13 @@ class Metrics:
             self._server = None
 
 
+@dataclass(frozen=True)
+class MetricsSettings:
+    port: int | None = optional_port(
+        "backorigin_metrics_port", "Serve Prometheus metrics on this port (http://HOST:PORT/metrics); off by default.")
+    host: str = text("backorigin_metrics_host", "127.0.0.1", "Address the metrics endpoint listens on.")
+
+
 class MetricsEndpoint:
     """The child addon: serves the proxy's metrics while backorigin_metrics_port is set."""
 
@@ -276,15 +283,12 @@ class MetricsEndpoint:
         measures.registry.register(WriteThroughCollector(writethrough))
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "backorigin_metrics_port", Optional[int], None,  # type: ignore[arg-type]
-            "Serve Prometheus metrics on this port (http://HOST:PORT/metrics); off by default.",
-        )
-        loader.add_option("backorigin_metrics_host", str, "127.0.0.1", "Address the metrics endpoint listens on.")
+        declare(MetricsSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
         if {"backorigin_metrics_port", "backorigin_metrics_host"} & updated:
-            self.serve(ctx.options.backorigin_metrics_port, ctx.options.backorigin_metrics_host)
+            settings = read_settings(MetricsSettings, ctx.options)
+            self.serve(settings.port, settings.host)
 
     def serve(self, port: int | None, host: str) -> None:
         self.close()
