@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backorigin.miss.fleetleases import lease_place
 from backorigin.miss.leases import Leases, Watch
-from backorigin.miss.leasestore import DEFAULT_PLACE, IN_BUCKET_PREFIX, LeasePlace, Seen
+from backorigin.miss.leasestore import DEFAULT_PLACE, IN_BUCKET_PREFIX, LeasePlace, Seen, lease_place
 
 
 @given(st.text(min_size=1, max_size=1024))

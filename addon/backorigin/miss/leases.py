@@ -98,7 +98,7 @@ class Leases:
     letting go (`release`), and counting what happened (the metrics)."""
 
     def __init__(self, settings: LeaseSettings | None = None, store: LeaseStore | None = None) -> None:
-        self.settings = settings or LeaseSettings()
+        self.settings = settings or LeaseSettings(place=None)  # off until configured
         self.store = store or LeaseStore()
         # threads of their own (boto3 blocks): a burst of misses never takes every thread of the loop's
         # default executor, nor waits for them; as many as a boto3 client pools connections

@@ -21,10 +21,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import botocore.exceptions
+from mitmproxy import exceptions
 
-from backorigin.options import seconds
+from backorigin.options import seconds, text
 from backorigin.s3.addressing import ObjectKey
 from backorigin.s3.clients import code_of, describe_error, make_s3_client, status_of, store_has
+from backorigin.tombstones.tombstones import StoreTombstones
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +61,33 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def lease_place(where: str) -> LeasePlace | None:
+    """backorigin_leases: s3://BUCKET/PREFIX/, "bucket" or "off" (ValueError otherwise)."""
+    if where == "off":
+        return None
+    if where == "bucket":
+        return LeasePlace(None)
+    return LeasePlace(*StoreTombstones.parse(where))  # the same form as backorigin_tombstones'
+
+
+def _read_place(where: str) -> LeasePlace | None:
+    try:
+        return lease_place(where)
+    except ValueError as e:
+        raise exceptions.OptionsError(f"backorigin_leases: {e} (give s3://BUCKET/PREFIX/, bucket or off)") from None
+
+
 @dataclass(frozen=True)
 class LeaseSettings:
     """backorigin_leases, backorigin_lease_ttl, backorigin_lease_wait (miss.fleetleases), and who this proxy is."""
 
-    place: LeasePlace | None = None  # None: off, each proxy fetches on its own
+    place: LeasePlace | None = text(  # None: off, each proxy fetches on its own
+        "backorigin_leases", DEFAULT_PLACE,
+        "Proxies in front of one store fetch a new object once between them, taking turns through a lease "
+        "written create-only in the store: s3://BUCKET/PREFIX/ keeps leases in that bucket of the store (a proxy "
+        "creates it if the store lacks it); 'bucket' keeps each in the object's own bucket, at its root, while "
+        "the object is fetched and stored (for a store where the proxy may not create a bucket); 'off': each "
+        "proxy fetches on its own.", read=_read_place)
     ttl: float = seconds(
         "backorigin_lease_ttl", 30.0,
         "Seconds a lease lasts unless its proxy renews it (every third of it, while it fetches and stores the "
