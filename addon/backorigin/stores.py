@@ -9,31 +9,47 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from backorigin.context import Context
+from backorigin.options import declare, option_names, optional_text, read_settings, texts
 from backorigin.s3.reading import HOST_NAME, Names, SetAside, Store, dns_name
 
 logger = logging.getLogger(__name__)
 
 LOGGED_LIMIT = 1000  # distinct Hosts and stores logged when first set aside; the metric counts them all
-OPTIONS = frozenset({"backorigin_stores", "backorigin_store_hosts", "backorigin_s3_endpoint", "backorigin_vhost_domains",
-                     "mode", "keep_host_header", "listen_host"})
 
 
-def add_s3_endpoint_option(loader: Loader) -> None:
-    """backorigin_s3_endpoint, declared by each child that reads it (mitmproxy takes a declaration
-    made again with the same signature)."""
-    loader.add_option(
-        "backorigin_s3_endpoint", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
+@dataclass(frozen=True)
+class StoreSettings:
+    """The stores and their names (declared by every child that reads one: mitmproxy takes a
+    declaration made again with the same signature)."""
+
+    stores: tuple[str, ...] = texts(
+        "backorigin_stores",
+        "The stores the proxy acts for, each http(s)://HOST[:PORT] (repeatable; backorigin run --store). Reverse "
+        "mode's store is its target. A request to any other host is forwarded untouched.")
+    store_hosts: tuple[str, ...] = texts(
+        "backorigin_store_hosts",
+        "More Host names clients use for the store, read path-style (a load balancer's, a DNS name of the proxy). "
+        "Known already: the stores' own names, the proxy's address (and localhost on loopback), the vhost domains.")
+    vhost_domains: tuple[str, ...] = texts(
+        "backorigin_vhost_domains",
+        "Domains of virtual-hosted-style names (BUCKET.DOMAIN/key) the store answers. In reverse mode they need "
+        "keep_host_header.")
+    s3_endpoint: str | None = optional_text(
+        "backorigin_s3_endpoint",
         "Where the proxy's own requests to the store go (write-backs, deletes, listings, its HEADs), e.g. "
         "http://127.0.0.1:8333, when the name clients use does not work from the proxy. Names the store when "
-        "no other option does; with several stores it cannot say whose address it is, and is refused.",
-    )
+        "no other option does; with several stores it cannot say whose address it is, and is refused.")
+
+
+OPTIONS = option_names(StoreSettings) | {"mode", "keep_host_header", "listen_host"}
 
 
 class Stores:
@@ -41,22 +57,7 @@ class Stores:
         self.context = context
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            "backorigin_stores", Sequence[str], [],
-            "The stores the proxy acts for, each http(s)://HOST[:PORT] (repeatable; backorigin run --store). Reverse "
-            "mode's store is its target. A request to any other host is forwarded untouched.",
-        )
-        loader.add_option(
-            "backorigin_store_hosts", Sequence[str], [],
-            "More Host names clients use for the store, read path-style (a load balancer's, a DNS name of the proxy). "
-            "Known already: the stores' own names, the proxy's address (and localhost on loopback), the vhost domains.",
-        )
-        loader.add_option(
-            "backorigin_vhost_domains", Sequence[str], [],
-            "Domains of virtual-hosted-style names (BUCKET.DOMAIN/key) the store answers. In reverse mode they need "
-            "keep_host_header.",
-        )
-        add_s3_endpoint_option(loader)
+        declare(StoreSettings, loader)
 
     def configure(self, updated: set[str]) -> None:
         if OPTIONS & updated:
@@ -89,16 +90,17 @@ class SetAsideLog:
 
 def names_of(options: Any) -> Names:
     """The Names the options give, ValueError for options that contradict each other."""
+    settings = read_settings(StoreSettings, options)
     modes = [ProxyMode.parse(spec) for spec in getattr(options, "mode", [])]
     targets = [Store.named(f"{m.scheme}://{m.address[0]}:{m.address[1]}") for m in modes if isinstance(m, ReverseMode)]
     only_reverse = bool(modes) and len(targets) == len(modes)
-    endpoint = options.backorigin_s3_endpoint
+    endpoint = settings.s3_endpoint
     try:
-        named = [Store.named(url) for url in options.backorigin_stores]
+        named = [Store.named(url) for url in settings.stores]
         if endpoint:
             Store.named(endpoint)
     except ValueError as e:
-        raise ValueError(f"{'backorigin_stores' if options.backorigin_stores else 'backorigin_s3_endpoint'}: {e}") from None
+        raise ValueError(f"{'backorigin_stores' if settings.stores else 'backorigin_s3_endpoint'}: {e}") from None
     urls = list(dict.fromkeys(store.url for store in [*targets, *named]))
     if only_reverse and (strays := [url for url in urls if url not in {t.url for t in targets}]):
         raise ValueError(f"backorigin_stores: {', '.join(strays)} is not reverse mode's target: in reverse mode the "
@@ -109,7 +111,7 @@ def names_of(options: Any) -> Names:
         raise ValueError(f"backorigin_s3_endpoint: one address for the proxy's own requests, but {len(urls)} stores are "
                          f"named ({', '.join(urls)}): give each proxy one store, or leave backorigin_s3_endpoint out")
     stores = tuple(Store.named(url, endpoint) for url in urls)
-    domains = tuple(dict.fromkeys(_names("backorigin_vhost_domains", options.backorigin_vhost_domains)))
+    domains = tuple(dict.fromkeys(_names("backorigin_vhost_domains", settings.vhost_domains)))
     for domain in domains:
         if under := [d for d in domains if domain.endswith("." + d)]:
             raise ValueError(f"backorigin_vhost_domains: {domain} is under {under[0]}, so BUCKET.{domain} reads two ways; "
@@ -117,7 +119,7 @@ def names_of(options: Any) -> Names:
     if domains and only_reverse and not getattr(options, "keep_host_header", False):
         raise ValueError("backorigin_vhost_domains: in reverse mode mitmproxy gives the store its own address as Host "
                          "unless keep_host_header is set; no virtual-hosted name can reach it")
-    listed = _names("backorigin_store_hosts", options.backorigin_store_hosts)
+    listed = _names("backorigin_store_hosts", settings.store_hosts)
     for name in [*listed, *(store.host for store in stores)]:
         if under := [d for d in domains if name.endswith("." + d)]:
             raise ValueError(f"{name} is BUCKET.DOMAIN under backorigin_vhost_domains ({under[0]}): a store that answers it "

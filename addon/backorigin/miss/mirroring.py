@@ -5,9 +5,9 @@ start (resuming the spool) and shutdown (draining the write-backs)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
@@ -15,12 +15,30 @@ from mitmproxy.addonmanager import Loader
 from backorigin.limits import MAX_OBJECT_SIZE
 from backorigin.miss.mirror import Mirror
 from backorigin.miss.origin import Timeouts
-from backorigin.options import declare, option_names, parse_size, read_settings
-from backorigin.stores import add_s3_endpoint_option
+from backorigin.options import declare, option_names, optional_text, read_settings, size, texts
+from backorigin.stores import StoreSettings
 from backorigin.writeback.proxyspools import SpoolInUse, claim, default_spool, describe, left_behind, proxy_name, release
 from backorigin.writeback.writebacksettings import WriteBackSettings
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    max_object_size: int = size(
+        "backorigin_max_object_size", MAX_OBJECT_SIZE,
+        "Largest body fetched from an origin (e.g. 5g); a larger one (announced or arriving) ends the fetch: 424, "
+        "or a reset once the answer has started; nothing is stored.")
+    origin_hosts: tuple[str, ...] = texts(
+        "backorigin_origin_hosts",
+        "Hosts an origin's redirect may lead to although they are not public (private, loopback...) and not the "
+        "rule's own (MirrorURL's or MirrorURLSlave's host). The rule's headers and MirrorAuth never go there.")
+    spool_dir: str | None = optional_text(
+        "backorigin_spool_dir",
+        "Directory where pending write-backs (and, by default, tombstones) wait; they survive restarts. Default: one "
+        "per proxy, CONFDIR/backorigin-spools/MODE-HOST-PORT (the listen address). A running proxy holds its "
+        "spool: a second proxy given the same one is refused.")
+
 
 class Mirroring:
     def __init__(self, mirror: Mirror) -> None:
@@ -32,40 +50,22 @@ class Mirroring:
         self.settings = WriteBackSettings()
 
     def load(self, loader: Loader) -> None:
-        declare(Timeouts, loader)
-        loader.add_option(
-            "backorigin_max_object_size", str, MAX_OBJECT_SIZE,
-            "Largest body fetched from an origin (e.g. 5g); a larger one (announced or arriving) ends the fetch: 424, "
-            "or a reset once the answer has started; nothing is stored.",
-        )
-        loader.add_option(
-            "backorigin_origin_hosts", Sequence[str], [],
-            "Hosts an origin's redirect may lead to although they are not public (private, loopback...) and not the "
-            "rule's own (MirrorURL's or MirrorURLSlave's host). The rule's headers and MirrorAuth never go there.",
-        )
-        declare(WriteBackSettings, loader)
-        add_s3_endpoint_option(loader)
-        loader.add_option(
-            "backorigin_spool_dir", Optional[str], None,  # type: ignore[arg-type]  # mitmproxy's Loader is typed too narrowly
-            "Directory where pending write-backs (and, by default, tombstones) wait; they survive restarts. Default: one "
-            "per proxy, CONFDIR/backorigin-spools/MODE-HOST-PORT (the listen address). A running proxy holds its "
-            "spool: a second proxy given the same one is refused.",
-        )
+        for settings in (Timeouts, MirrorSettings, WriteBackSettings, StoreSettings):  # StoreSettings: backorigin_s3_endpoint
+            declare(settings, loader)
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
         if option_names(Timeouts) & updated:
             self.origin.timeouts = read_settings(Timeouts, options)
-        if "backorigin_max_object_size" in updated:
-            self.origin.max_size = parse_size("backorigin_max_object_size", options.backorigin_max_object_size)
-        if "backorigin_origin_hosts" in updated:
-            self.origin.allowed_hosts = frozenset(host.lower().strip("[]") for host in options.backorigin_origin_hosts)
+        mirroring = read_settings(MirrorSettings, options)
+        self.origin.max_size = mirroring.max_object_size
+        self.origin.allowed_hosts = frozenset(host.lower().strip("[]") for host in mirroring.origin_hosts)
         self.settings = settings = read_settings(WriteBackSettings, options)
         if self._spool is not None and {"backorigin_spool_dir", "confdir"} & updated:
-            if spool_of(options) != self._spool:
+            if spool_of(mirroring.spool_dir, options) != self._spool:
                 raise exceptions.OptionsError("backorigin_spool_dir: cannot change while running; restart instead")
         if self._spool is None:  # the listen address names the default spool once: moving it takes a restart
-            spool = spool_of(options)
+            spool = spool_of(mirroring.spool_dir, options)
             try:
                 claim(spool, proxy_name(options.mode, options.listen_host, options.listen_port))
             except SpoolInUse as e:
@@ -80,7 +80,7 @@ class Mirroring:
         # the worker's arguments, read when it starts (at running)
         writeback.workers = settings.workers
         writeback.max_pending = settings.max_pending
-        writeback.endpoint = options.backorigin_s3_endpoint
+        writeback.endpoint = read_settings(StoreSettings, options).s3_endpoint
 
     def running(self) -> None:
         """Start the write-back worker; it resumes what a previous run left spooled, and each
@@ -99,8 +99,8 @@ class Mirroring:
             release(self._spool)
 
 
-def spool_of(options: Any) -> Path:
+def spool_of(spool_dir: str | None, options: Any) -> Path:
     """backorigin_spool_dir, else this proxy's own spool (see writeback.proxyspools)."""
-    if options.backorigin_spool_dir:
-        return Path(options.backorigin_spool_dir).expanduser()
+    if spool_dir:
+        return Path(spool_dir).expanduser()
     return default_spool(options.confdir, options.mode, options.listen_host, options.listen_port)

@@ -27,7 +27,7 @@ from backorigin.context import Context
 from backorigin.decision import printable
 from backorigin.deletes.bodies import ReadingBody, deleted_objects, read_as_it_passes
 from backorigin.miss.mirror import is_utf8
-from backorigin.options import declare, parse_seconds, read_settings
+from backorigin.options import declare, read_settings
 from backorigin.rules import writethrough as rules
 from backorigin.rules.model import RuleBook
 from backorigin.rules.rulesfile import CHECK_EVERY
@@ -35,6 +35,7 @@ from backorigin.s3 import replies
 from backorigin.s3.addressing import ObjectRef, WriteKind, write_kind
 from backorigin.s3.reading import plain_key
 from backorigin.writeback.supervisor import WriteBackSupervisor
+from backorigin.writeback.writebacksettings import WriteBackSettings
 from backorigin.writethrough.journal import Change
 from backorigin.writethrough.supervisor import WriteThroughSupervisor
 from backorigin.writethrough.writethroughsettings import WriteThroughSettings
@@ -58,6 +59,7 @@ class WriteThrough:
 
     def load(self, loader: Loader) -> None:
         declare(WriteThroughSettings, loader)
+        declare(WriteBackSettings, loader)  # backorigin_shutdown_timeout: the write-through drains within it too
 
     def configure(self, updated: set[str]) -> None:
         settings = read_settings(WriteThroughSettings, ctx.options)
@@ -78,8 +80,7 @@ class WriteThrough:
             self._watcher.cancel()
         if self.supervisor is None:
             return None
-        return asyncio.ensure_future(self.supervisor.drain(parse_seconds("backorigin_shutdown_timeout",
-                                                                         ctx.options.backorigin_shutdown_timeout)))
+        return asyncio.ensure_future(self.supervisor.drain(read_settings(WriteBackSettings, ctx.options).shutdown_timeout))
 
     def writing(self, flow: http.HTTPFlow, ref: ObjectRef) -> bool:
         """Whether the key has a write the origin has not had yet: its origin copy is stale, so a
