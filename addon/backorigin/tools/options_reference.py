@@ -3,10 +3,11 @@
 The addons mitmproxy loads (scripts/mitmproxy_addon.py's `addons`, children included, as
 mitmproxy traverses them) declare their options into a mitmproxy OptManager through
 mitmproxy's own Loader, exactly as at start-up; the page lists what that OptManager then holds:
-every `backorigin_*` option with its type, default, choices and help text. Most options are
-fields of a subsystem's settings dataclass (backorigin.options: GuardSettings, Timeouts,
-WriteBackSettings, LeaseSettings, WriteThroughSettings), declared from it in `load()`; the page
-follows what mitmproxy sees.
+every `backorigin_*` option with its type, default, choices and help text. Every option is a
+field of a subsystem's settings dataclass (backorigin.options), declared from it in `load()`:
+BackOriginSettings (how a GET/HEAD is decided), RulesSettings, StoreSettings, MirrorSettings,
+Timeouts, WriteBackSettings, GuardSettings, LeaseSettings, DeleteSettings, WriteThroughSettings,
+ListingSettings, MetricsSettings and LedgerSettings; the page follows what mitmproxy sees.
 
     python -m backorigin.tools.options_reference docs/options.md   # what `make docs` runs
 
