@@ -1,5 +1,6 @@
 """The addon under mitmproxy's own test helpers (taddons, tflow) with the real store behind it:
-a miss is mirrored, answered and written back; its HEAD answers as the stored object does."""
+a miss is mirrored, answered and written back; its HEAD answers as the stored object does; and the store
+itself has room for many buckets.
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from backorigin.addon import BackOrigin
 from backorigin.s3.addressing import ObjectRef
 from backorigin.s3.replies import error_body
+from backorigin.tools.embedded_store import VOLUME_SIZE_MB
 from tests.origin_server import body_for
 from tests.support import stored
 
@@ -55,3 +57,12 @@ async def test_head_of_a_miss_answers_as_the_object_will(tctx, store, s3, origin
     assert flow.response.status_code == 200 and flow.response.raw_content == b""
     assert flow.response.headers["content-length"] == str(len(body))
     assert flow.response.headers["etag"] == stored(s3, "mirror-bucket", f"ok/{unique}")["ETag"]
+
+
+def test_the_store_sizes_its_volumes_itself_not_from_the_free_disk(store):
+    """Each bucket takes a volume of SeaweedFS's. Left to itself, `weed mini` sizes volumes from the
+    free disk (1 GiB each with 15 GB free) and allows free disk / size of them: a session's store
+    ran out after 16 buckets (InternalError on every PutObject to a new one)."""
+    options = dict(line.split("=", 1) for line in (store.data_dir / "mini.options").read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+    assert options["master.volumeSizeLimitMB"] == str(VOLUME_SIZE_MB) == "64"
