@@ -1,6 +1,6 @@
 """The addon under mitmproxy's own test helpers (taddons, tflow) with the real store behind it:
 a miss is mirrored, answered and written back; its HEAD answers as the stored object does; and the store
-itself has room for many buckets.
+itself has room for many buckets."""
 
 from __future__ import annotations
 
