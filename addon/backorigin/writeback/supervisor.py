@@ -127,16 +127,13 @@ class WriteBackSupervisor:
         return {"upload": str(manifest), "hold": upload.object_key in self._held}
 
     def resume(self) -> list[tuple[Path, ObjectUpload]]:
-        """What a previous run left spooled (the worker resumes it by itself when it starts). The
-        worker starts now if there is any, else with the first write-back: a proxy that never
-        writes one back costs no process (a Python start with boto3, 0.5 s of CPU)."""
+        """What a previous run left spooled (the worker resumes it by itself when it starts)."""
         self.spool.clear_downloads()
         resumed = [(manifest, replace(upload, endpoint=self.endpoint) if self.endpoint else upload)
                    for manifest, upload in self.spool.pending()]
         for manifest, upload in resumed:
             self._track(manifest, upload)
-        if resumed:
-            self.process.start()
+        self.process.start()
         return resumed
 
     async def drain(self, timeout: float) -> None:
