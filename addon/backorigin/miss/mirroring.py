@@ -83,8 +83,8 @@ class Mirroring:
         writeback.endpoint = read_settings(StoreSettings, options).s3_endpoint
 
     def running(self) -> None:
-        """Resume what a previous run left spooled (the write-back worker starts now if there is
-        any, else with the first write-back); each such object is served from the spool until it lands."""
+        """Start the write-back worker; it resumes what a previous run left spooled, and each
+        such object is served from the spool until it lands."""
         spool = self.mirror.writeback.spool.directory
         logger.info("write-back spool: %s", spool)
         for left in left_behind(Path(ctx.options.confdir), spool):
