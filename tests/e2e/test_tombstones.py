@@ -250,6 +250,38 @@ def test_two_proxies_share_tombstones_through_the_store(tmp_path, store, s3, ori
         two.stop()
 
 
+def test_another_proxys_write_back_that_lands_before_the_shared_tombstone_is_deleted_again(tmp_path, store, s3, tomb_rules,
+                                                                                          unique):
+    """Shared tombstones are written once the store has deleted. In between, another proxy can miss
+    the key, find no tombstone and write it back (an attacker saw 7 of 1,000 keys of a DeleteObjects
+    come back for good). The deleting proxy looks once its tombstones are written and removes such
+    a write-back (it names its origin URL); an object a client wrote meanwhile is left alone."""
+    slow = Relay(store.s3_port, delay=2.0)  # the proxy's own requests (its tombstones) take 2 s
+    proxy = proxy_for(tmp_path, store, tomb_rules, backorigin_tombstones=f"s3://{SHARED}/{unique}/",
+                      backorigin_s3_endpoint=f"http://127.0.0.1:{slow.port}").start()
+    written_back, clients = f"ok/{unique}-written-back", f"ok/{unique}-clients"
+    objects = {"Objects": [{"Key": key} for key in (written_back, clients)]}
+    try:
+        for key in (written_back, clients):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"before")
+        signed = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1", aws_access_key_id="any",
+                              aws_secret_access_key="any")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            deleting = pool.submit(signed.delete_objects, Bucket=BUCKET, Delete=objects)
+            wait_for(lambda: stored(s3, BUCKET, written_back) is None and stored(s3, BUCKET, clients) is None, within=30)
+            assert not deleting.done()  # the store has deleted; the tombstones are on their way
+            s3.put_object(Bucket=BUCKET, Key=written_back, Body=b"from the origin",
+                          Metadata={"backorigin-origin-url": f"http://origin.test/{written_back}"})
+            s3.put_object(Bucket=BUCKET, Key=clients, Body=b"a client's")
+            assert len(deleting.result(timeout=60)["Deleted"]) == 2
+        wait_for(lambda: "written back by another proxy while its delete was on its way" in proxy.log(), within=30)
+        assert stored(s3, BUCKET, written_back) is None
+        assert s3.get_object(Bucket=BUCKET, Key=clients)["Body"].read() == b"a client's"
+    finally:
+        proxy.stop()
+        slow.close()
+
+
 def test_oss_behaviour_on_request_resurrects(tmp_path, store, origin, tomb_rules, unique):
     proxy = proxy_for(tmp_path, store, tomb_rules, backorigin_deletes="resurrect").start()
     key = f"ok/{unique}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import botocore.exceptions
@@ -40,6 +41,7 @@ from backorigin.s3.addressing import ObjectKey, ObjectRef, WriteKind, write_kind
 from backorigin.s3.clients import describe_error, shared_s3_client, store_has
 from backorigin.s3.reading import plain_key
 from backorigin.tombstones.tombstones import (
+    SHARED_WRITES,
     Intent,
     NoRoom,
     Tombstones,
@@ -50,6 +52,7 @@ from backorigin.tombstones.tombstones import (
     room_for,
 )
 from backorigin.tombstones.tombstonesinforce import TombstonesInForce
+from backorigin.writeback.upload import remove_if_written_back
 from backorigin.writeback.writebacksettings import WriteBackSettings
 from backorigin.xmlsafe import ObjectsReader
 
@@ -329,6 +332,7 @@ def overtake(mirror: Mirror, tombstones: Tombstones, keys: list[ObjectKey], sinc
 
 async def _delete_again(keys: list[ObjectKey], withdrawals: list[Awaitable[bool]], tombstones: Tombstones) -> None:
     landed = await asyncio.gather(*withdrawals)
+    others = []
     for (endpoint, bucket, key), stored in zip(keys, landed, strict=True):
         if stored and await is_tombstoned(tombstones, bucket, key):
             logger.info("s3://%s/%s was written back while its delete was on its way: deleting it again", bucket, key)
@@ -337,3 +341,29 @@ async def _delete_again(keys: list[ObjectKey], withdrawals: list[Awaitable[bool]
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
                 logger.error("s3://%s/%s: could not delete the write-back that overtook its delete: %s", bucket, key,
                              describe_error(e))
+        elif tombstones.blocking:
+            others.append((endpoint, bucket, key))
+    if others:
+        await _delete_other_proxies_write_backs(others)
+
+
+async def _delete_other_proxies_write_backs(keys: list[ObjectKey]) -> None:
+    """Tombstones in the store are shared by a fleet, and written once the store has deleted: in
+    between, another proxy may have missed a key, found no tombstone, and written it back (its
+    worker looked before the tombstone was there). Now that they are written, a write-back found
+    is removed; one that lands later is removed by its own worker, which looks again after storing."""
+    def remove(key: ObjectKey) -> None:
+        endpoint, bucket, name = key
+        try:
+            if remove_if_written_back(shared_s3_client(endpoint), bucket, name):
+                logger.info("s3://%s/%s was written back by another proxy while its delete was on its way: deleted "
+                            "again", bucket, name)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            logger.error("s3://%s/%s: could not check for another proxy's write-back after its delete: %s", bucket,
+                         name, describe_error(e))
+
+    def remove_all() -> None:
+        with ThreadPoolExecutor(SHARED_WRITES) as pool:
+            list(pool.map(remove, keys))
+
+    await asyncio.to_thread(remove_all)

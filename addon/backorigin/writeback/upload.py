@@ -27,8 +27,8 @@ import botocore.exceptions
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential_jitter
 from tenacity.stop import stop_base
 
-from backorigin.s3.clients import code_of, is_transient
-from backorigin.writeback.spool import ObjectUpload
+from backorigin.s3.clients import code_of, head, is_transient, status_of
+from backorigin.writeback.spool import ORIGIN_URL_META, ObjectUpload
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,21 @@ def remove_if_ours(client: Any, upload: ObjectUpload) -> bool:
     if not upload.etag or there.get("ETag") != upload.etag:
         return False
     client.delete_object(Bucket=upload.bucket, Key=upload.key)
+    return True
+
+
+def remove_if_written_back(client: Any, bucket: str, key: str) -> bool:
+    """Delete the object when it is a write-back (by any proxy: it names its origin URL in its
+    metadata), with If-Match its ETag, so that a client's later write of the key is left alone."""
+    there = head(client, bucket, key)
+    if there is None or ORIGIN_URL_META not in there.get("Metadata", {}):
+        return False
+    try:
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=there.get("ETag", ""))
+    except botocore.exceptions.ClientError as e:
+        if status_of(e) in (404, 412):
+            return False
+        raise
     return True
 
 
