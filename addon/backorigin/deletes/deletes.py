@@ -118,6 +118,7 @@ class Deletes:
         self.in_force.use(tombstones, settings.tombstones or str(spool / "tombstones"), stick)
         # the write-back worker checks tombstones before every upload, where they live
         writeback.tombstones = (settings.tombstones, store) if stick else None
+        writeback.process.refresh()  # a change at run time reaches the worker
 
     def running(self) -> None:
         """Deletes a crash left on their way are resolved in the background (tombstones.tombstones.resolve_pending)."""

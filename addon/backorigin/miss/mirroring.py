@@ -81,6 +81,7 @@ class Mirroring:
         writeback.workers = settings.workers
         writeback.max_pending = settings.max_pending
         writeback.endpoint = read_settings(StoreSettings, options).s3_endpoint
+        writeback.process.refresh()  # a change at run time reaches the worker
 
     def running(self) -> None:
         """Start the write-back worker; it resumes what a previous run left spooled, and each

@@ -44,6 +44,8 @@ class WorkerProcess:
         self._supervisor: asyncio.Task[None] | None = None
         self._up = asyncio.Event()  # a worker process is running
         self._stopping = False
+        self._running: list[str] = []  # the command the running worker was started with
+        self._refreshing = False  # stopped by refresh: started again at once, without a warning
 
     @property
     def started(self) -> bool:
@@ -63,6 +65,15 @@ class WorkerProcess:
     def start(self) -> None:
         if self._supervisor is None:
             self._supervisor = asyncio.ensure_future(self._supervise())
+
+    def refresh(self) -> None:
+        """Start the worker again if its command changed since it started (an option it is given
+        was changed at run time); what it had not finished resumes from disk, as after a kill."""
+        process = self._process
+        if process is not None and process.returncode is None and self._command() != self._running:
+            logger.info("the %s's options changed; starting it again", self.name)
+            self._refreshing = True
+            process.terminate()
 
     async def drain(self, timeout: float) -> None:
         """Let the worker finish what it is doing for up to `timeout` seconds, then stop it; what is
@@ -91,8 +102,9 @@ class WorkerProcess:
             # a session of its own: the terminal's Ctrl-C, meant for mitmdump, would reach the worker
             # too, even before it can ignore it (while it still imports), and kill it mid-drain; the
             # proxy tells it when to stop, and it stops by itself when the proxy is gone (its input ends)
+            self._running = self._command()
             self._process = process = await asyncio.create_subprocess_exec(
-                *self._command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                *self._running, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
             assert process.stdin is not None and process.stdout is not None and process.stderr is not None
@@ -105,7 +117,9 @@ class WorkerProcess:
             await process.wait()
             await relaying
             self._up.clear()
-            if not self._stopping:
+            if self._refreshing:
+                self._refreshing = False
+            elif not self._stopping:
                 logger.warning("the %s exited with status %s; starting another", self.name, process.returncode)
                 await asyncio.sleep(RESTART_AFTER)
 

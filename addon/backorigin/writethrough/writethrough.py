@@ -66,6 +66,7 @@ class WriteThrough:
         if self.supervisor is None:
             self.supervisor = WriteThroughSupervisor(self.writeback.spool.directory / "writethrough", synced=self.synced)
         self.supervisor.workers = settings.workers  # read when a worker starts
+        self.supervisor.process.refresh()  # a change at run time reaches the worker
         self.supervisor.journal.fsync = settings.fsync
 
     def running(self) -> None:
