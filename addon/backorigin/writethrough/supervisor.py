@@ -98,13 +98,16 @@ class WriteThroughSupervisor:
                 if not journaled.done():
                     journaled.set_result(None)
 
-    def resume(self) -> int:
-        """Track what a previous run left in the journal and start the worker for it."""
+    def track_journal(self) -> None:
+        """Count what a previous run left in the journal as pending, from the start (a scrape of
+        backorigin_writethrough_pending before the worker is up must not read 0)."""
         self.journal.clear_partials()
-        resumed = 0
         for entry in self.journal.entries():
             self._track(entry)
-            resumed += 1
+
+    def resume(self) -> int:
+        """Start the worker for what the journal holds (`track_journal`)."""
+        resumed = len(self._pending)
         if resumed:
             logger.info("write-through: resuming %d journal entries (%d key(s) not yet at the origin) from %s", resumed,
                         len(self._keys), self.journal.directory)

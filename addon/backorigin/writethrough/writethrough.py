@@ -65,6 +65,7 @@ class WriteThrough:
         settings = read_settings(WriteThroughSettings, ctx.options)
         if self.supervisor is None:
             self.supervisor = WriteThroughSupervisor(self.writeback.spool.directory / "writethrough", synced=self.synced)
+            self.supervisor.track_journal()
         self.supervisor.workers = settings.workers  # read when a worker starts
         self.supervisor.process.refresh()  # a change at run time reaches the worker
         self.supervisor.journal.fsync = settings.fsync
