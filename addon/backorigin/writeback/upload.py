@@ -85,13 +85,8 @@ def _precondition_failed(client: Any, upload: ObjectUpload) -> Literal["exists"]
 def remove_if_ours(client: Any, upload: ObjectUpload) -> bool:
     """Delete the object when it is the one this write-back stored (its ETag): a write-back that
     landed after a delete of its key. A later write of the key (another ETag) is left alone."""
-    try:
-        there = client.head_object(Bucket=upload.bucket, Key=upload.key)
-    except botocore.exceptions.ClientError as e:
-        if code_of(e) in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    if not upload.etag or there.get("ETag") != upload.etag:
+    there = head(client, upload.bucket, upload.key)
+    if there is None or not upload.etag or there.get("ETag") != upload.etag:
         return False
     client.delete_object(Bucket=upload.bucket, Key=upload.key)
     return True
